@@ -1,0 +1,312 @@
+"""HARModel: a Keras model whose train step adds HAR's adaptive Jacobian regularizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from har_tf import regularizer
+
+SCALES = ("official", "per_example")
+
+
+def _replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_loss_for_distribution(value):
+    """Divides a per-replica loss term by the replica count, as Keras's losses do."""
+    n = _replicas()
+    return value / n if n > 1 else value
+
+
+def unscale_loss_for_distribution(value):
+    n = _replicas()
+    return value * n if n > 1 else value
+
+
+def default_tap_layers(backbone: keras.Model) -> list[str]:
+    """Names of the pre-affine BatchNorm layers (no center, no scale) of a backbone.
+
+    That is HAR's default tap set: the normalized x_hat of every BN that
+    `har_tf.layers.pre_affine_batch_norm` created, and nothing else (an ordinary BN,
+    such as the stem's, is not tapped).
+    """
+    return [
+        layer.name
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        and not layer.center
+        and not layer.scale
+    ]
+
+
+@keras.saving.register_keras_serializable(package="har_tf")
+class HARModel(keras.Model):
+    """A classifier trained with HAR (Cao et al., ICLR 2021).
+
+    The training loss of a batch of B examples is
+
+        loss = L + lam * mean_i(tau[y_i] * R_i) + weight_decay / 2 * sum ||w||^2
+
+    where L is the compiled loss (batch-mean cross-entropy for HAR) and R_i is the
+    per-example norm of the gradient of L w.r.t. the tapped hidden activations,
+    computed by double backpropagation: an inner `tf.GradientTape` gives dL/dh with
+    its graph kept, and the outer tape differentiates the whole loss, R included.
+
+    With `lam == 0` the step is plain ERM: no inner tape, no second-order graph,
+    no extra cost.
+
+    Args:
+      backbone: a functional `keras.Model` mapping inputs to logits.
+      lam: the overall regularization strength lambda (a Python float; changing it
+        needs a new compile).
+      tau: per-class strengths, a sequence of C floats (C = width of the logits).
+        None means uniform regularization (tau = 1). A batch may instead carry
+        per-example tau: `(x, y, {"tau": tau_b, "sample_weight": w_b})`.
+      tap_layers: names of backbone layers whose outputs are regularized. None:
+        every `BatchNormalization(center=False, scale=False)` layer (the pre-affine
+        BNs of `har_tf.models`), as in the authors' code.
+      aggregation: "official" (authors' code: sum over layers of the per-example
+        norms) or "paper" (root of the sum of squared norms).
+      scale: "official": gradients of the batch-mean loss, so each example's
+        gradient carries a 1/B factor and lambda means what it means in the
+        authors' code (their README: lambda 10 at B = 128). "per_example": gradients
+        of each example's own loss (R multiplied by the global batch size), the
+        scale of the paper's "largest lambda * tau = 0.1".
+      weight_decay: coupled L2 on every trainable variable, i.e. the `weight_decay`
+        of `torch.optim.SGD` that the authors use (Keras optimizers' own
+        `weight_decay` is decoupled, a different thing).
+      epsilon: added under the norms' square roots to keep gradients finite at 0.
+      **kwargs: forwarded to `keras.Model`.
+
+    Example:
+    ```python
+    backbone = har_tf.models.cifar_resnet(depth=32)
+    model = HARModel(backbone, lam=10.0, tau=tau_per_class, weight_decay=1e-4)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(train_ds, epochs=120)  # logs loss, ce, reg, accuracy
+    ```
+
+    Reference:
+      Cao, Chen, Ma, Gaidon, Ma. Heteroskedastic and Imbalanced Deep Learning with
+      Adaptive Regularization. ICLR 2021. https://arxiv.org/abs/2006.15766
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        *,
+        lam: float = 0.0,
+        tau: Sequence[float] | None = None,
+        tap_layers: Sequence[str] | None = None,
+        aggregation: str = "official",
+        scale: str = "official",
+        weight_decay: float = 0.0,
+        epsilon: float = 1e-20,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if aggregation not in regularizer.AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
+            )
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if lam < 0 or weight_decay < 0:
+            raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
+        self.backbone = backbone
+        self.lam = float(lam)
+        self.aggregation = aggregation
+        self.scale = scale
+        self.weight_decay = float(weight_decay)
+        self.epsilon = float(epsilon)
+        self.num_classes = int(backbone.outputs[0].shape[-1])
+
+        if tap_layers is None:
+            tap_layers = default_tap_layers(backbone)
+        self.tap_layers = list(tap_layers)
+        if self.lam > 0 and not self.tap_layers:
+            raise ValueError(
+                "lam > 0 but the backbone has no tapped activations: pass tap_layers "
+                "or build the model with har_tf.layers.pre_affine_batch_norm"
+            )
+        if self.lam > 0:
+            stock = [
+                layer.name
+                for layer in backbone._flatten_layers(include_self=False)
+                if type(layer) is keras.layers.BatchNormalization
+            ]
+            if stock:
+                raise ValueError(
+                    f"lam > 0 needs second derivatives through every BatchNormalization, "
+                    f"and keras.layers.BatchNormalization gets them wrong in training mode "
+                    f"(tf.nn.moments stops the gradient of the mean). Layers {stock[:3]}"
+                    f"{' ...' if len(stock) > 3 else ''} are stock Keras BNs: convert the "
+                    "backbone with har_tf.layers.convert_batch_norms(backbone) or build it "
+                    "with har_tf.layers.BatchNormalization."
+                )
+        taps = []
+        for name in self.tap_layers:
+            try:
+                taps.append(backbone.get_layer(name).output)
+            except ValueError as e:
+                raise ValueError(f"tap layer {name!r} is not a layer of {backbone.name}") from e
+        # A second view of the same layers that also returns the tapped tensors.
+        # Set past Keras's attribute tracking: it shares every variable of
+        # `backbone` and must not be saved or counted twice.
+        object.__setattr__(
+            self, "_tap_model", keras.Model(backbone.input, [*backbone.outputs, *taps])
+        )
+
+        if tau is None:
+            tau = np.ones(self.num_classes)
+        tau = np.asarray(tau, dtype=np.float32)
+        if tau.shape != (self.num_classes,):
+            raise ValueError(f"tau must have {self.num_classes} entries, got shape {tau.shape}")
+        self.tau = self.add_weight(
+            name="tau",
+            shape=(self.num_classes,),
+            initializer=keras.initializers.Constant(tau),
+            trainable=False,
+        )
+        # Every variable exists now (the backbone is functional, hence built).
+        self.built = True
+        self.ce_tracker = keras.metrics.Mean(name="ce")
+        self.reg_tracker = keras.metrics.Mean(name="reg")
+
+    def set_tau(self, tau: Sequence[float]) -> None:
+        """Replaces the per-class tau table (no retracing needed)."""
+        tau = np.asarray(tau, dtype=np.float32)
+        if tau.shape != (self.num_classes,):
+            raise ValueError(f"tau must have {self.num_classes} entries, got shape {tau.shape}")
+        self.tau.assign(tau)
+
+    def call(self, inputs, training=None):
+        return self.backbone(inputs, training=training)
+
+    # -- training ------------------------------------------------------------------
+
+    def _unpack(self, data):
+        x, y, extra = keras.utils.unpack_x_y_sample_weight(data)
+        tau = None
+        sample_weight = extra
+        if isinstance(extra, dict):
+            unknown = set(extra) - {"tau", "sample_weight"}
+            if unknown:
+                raise ValueError(
+                    f"unknown keys {sorted(unknown)} in the batch's third element; "
+                    "expected 'tau' and/or 'sample_weight'"
+                )
+            tau = extra.get("tau")
+            sample_weight = extra.get("sample_weight")
+        return x, y, sample_weight, tau
+
+    def _example_tau(self, y, tau):
+        """tau_i for each example: the batch's own, else the class table at y_i."""
+        if tau is not None:
+            return tf.reshape(tf.cast(tau, tf.float32), [-1])
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
+            y = tf.argmax(y, axis=-1)  # one-hot labels
+        y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        return tf.gather(tf.cast(self.tau, tf.float32), y)
+
+    def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True):
+        """The pieces of the HAR objective on one (per-replica) batch.
+
+        Returns:
+          (y_pred, loss, ce, reg, r): `loss` is what the optimizer minimizes, scaled
+          for distribution like Keras's compiled loss (1/num_replicas); `ce` is the
+          compiled loss so scaled; `reg` is mean_i(tau_i * R_i) (unscaled, at least
+          float32) or None for ERM; `r` is R as a [B] tensor, or None for ERM.
+        """
+        if self.lam == 0.0:
+            y_pred = self(x, training=training)
+            ce = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+            reg = r = None
+            loss = ce
+        else:
+            with tf.GradientTape() as inner:
+                outputs = self._tap_model(x, training=training)
+                y_pred, taps = outputs[0], list(outputs[1:])
+                # Watch the tapped tensors themselves: their producers may not depend
+                # on any variable (e.g. a BN right after a parameter-free layer).
+                inner.watch(taps)
+                ce = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+                )
+            grads = inner.gradient(ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            if self.scale == "per_example":
+                # ce is a batch mean over the global batch (local mean / replicas), so
+                # each slice carries 1/global_batch; undo it.
+                global_batch = tf.cast(tf.shape(y_pred)[0], tf.float32) * float(_replicas())
+                grads = [g * tf.cast(global_batch, g.dtype) for g in grads]
+            r = regularizer.jacobian_penalty(
+                grads, aggregation=self.aggregation, epsilon=self.epsilon
+            )
+            reg = tf.reduce_mean(tf.cast(self._example_tau(y, tau), r.dtype) * r)
+            loss = tf.cast(ce, reg.dtype) + scale_loss_for_distribution(self.lam * reg)
+        if self.weight_decay > 0.0:
+            loss = regularizer.at_least_float32(loss)
+            l2 = tf.add_n(
+                [tf.reduce_sum(tf.square(tf.cast(w, loss.dtype))) for w in self.trainable_weights]
+            )
+            loss = loss + scale_loss_for_distribution(0.5 * self.weight_decay * l2)
+        return y_pred, loss, ce, reg, r
+
+    def train_step(self, data):
+        x, y, sample_weight, tau = self._unpack(data)
+        with tf.GradientTape() as tape:
+            y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau)
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss), sample_weight=tf.shape(y_pred)[0]
+            )
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        weights = self.trainable_weights
+        gradients = tape.gradient(scaled, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
+
+        batch = tf.shape(y_pred)[0]
+        self.ce_tracker.update_state(unscale_loss_for_distribution(ce), sample_weight=batch)
+        self.reg_tracker.update_state(tf.zeros(()) if reg is None else reg, sample_weight=batch)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight, _ = self._unpack(data)
+        return super().test_step((x, y, sample_weight))
+
+    def predict_step(self, data):
+        x, _, _, _ = self._unpack(data)
+        return self(x, training=False)
+
+    # -- serialization -------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            backbone=keras.saving.serialize_keras_object(self.backbone),
+            lam=self.lam,
+            tau=[float(t) for t in keras.ops.convert_to_numpy(self.tau)],
+            tap_layers=list(self.tap_layers),
+            aggregation=self.aggregation,
+            scale=self.scale,
+            weight_decay=self.weight_decay,
+            epsilon=self.epsilon,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

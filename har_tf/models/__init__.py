@@ -1,0 +1,3 @@
+from har_tf.models.resnet import cifar_resnet
+
+__all__ = ["cifar_resnet"]
