@@ -1,0 +1,21 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    """Runs a test with float64 layers and floatx, then restores both.
+
+    Keras caches its global dtype policy once any layer exists, so floatx alone is
+    not enough: the policy must be set too.
+    """
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(old_floatx)
+    keras.config.set_dtype_policy(old_policy)

@@ -1,0 +1,148 @@
+"""HARModel as a Keras citizen: fit/evaluate/predict, metrics, ERM path, saving."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from har_tf import HARModel
+from tests.har_tf import tiny_nets
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, tiny_nets.IN)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 1).astype("int32")
+    return x, y
+
+
+def _compiled(**kwargs):
+    model = HARModel(tiny_nets.tiny_backbone(), **kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def test_fit_logs_loss_ce_reg_accuracy_and_loss_is_their_sum():
+    x, y = _data()
+    model = _compiled(lam=2.0, tau=[1.0, 0.5, 0.25])
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    h = history.history
+    assert set(h) == {"loss", "ce", "reg", "accuracy"}
+    assert all(v > 0 for v in h["reg"])
+    # Epoch means of equally weighted batches: loss = ce + lam * reg exactly.
+    np.testing.assert_allclose(h["loss"], np.array(h["ce"]) + 2.0 * np.array(h["reg"]), rtol=1e-5)
+    assert h["ce"][-1] < h["ce"][0]  # it learns
+
+
+def test_erm_reports_zero_reg_and_evaluate_predict_work():
+    x, y = _data()
+    model = _compiled(lam=0.0)
+    h = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert h["reg"] == [0.0, 0.0]
+    np.testing.assert_allclose(h["loss"], h["ce"], rtol=1e-6)
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"loss", "accuracy"} <= set(results)
+    assert model.predict(x, verbose=0).shape == (64, tiny_nets.C)
+
+
+def test_metrics_reset_each_epoch():
+    x, y = _data()
+    model = _compiled(lam=1.0)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    first = model.get_metrics_result()["reg"]
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    # One batch per epoch: the second epoch's mean is that batch alone, not a running mean.
+    _, _, _, reg, _ = model.regularized_loss(x, y)
+    assert model.get_metrics_result()["reg"] != first
+    del reg
+
+
+@pytest.mark.parametrize("lam,expected_tapes", [(0.0, 1), (1.0, 2)])
+def test_erm_path_builds_no_second_tape(monkeypatch, lam, expected_tapes):
+    created = []
+
+    class CountingTape(tf.GradientTape):
+        def __init__(self, *args, **kwargs):
+            created.append(1)
+            super().__init__(*args, **kwargs)
+
+    model = _compiled(lam=lam)
+    traces = []
+    train_step = model.train_step
+
+    def counting_train_step(data):
+        traces.append(1)
+        return train_step(data)
+
+    model.train_step = counting_train_step
+    x, y = _data(n=16)
+    monkeypatch.setattr(tf, "GradientTape", CountingTape)
+    model.train_on_batch(x, y)  # traces train_step (Keras may trace it more than once)
+    assert traces
+    assert len(created) == expected_tapes * len(traces)
+
+
+def test_tau_in_batch_dict_and_sample_weight():
+    x, y = _data(n=32)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (x, y, {"tau": np.full(32, 0.5, "float32"), "sample_weight": np.ones(32, "float32")})
+    ).batch(8)
+    model = _compiled(lam=1.0)
+    h = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+    assert h["reg"][0] > 0
+    model.evaluate(ds, verbose=0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        model.fit(
+            tf.data.Dataset.from_tensor_slices((x, y, {"tua": np.ones(32)})).batch(8),
+            verbose=0,
+            shuffle=False,
+        )
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    x, y = _data()
+    model = _compiled(lam=1.5, tau=[0.1, 0.2, 1.0], aggregation="paper", scale="per_example")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, HARModel)
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        model.get_config(), sort_keys=True
+    )
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(loaded.tau.numpy(), [0.1, 0.2, 1.0], rtol=1e-6)
+    # Training continues from the loaded optimizer state with the same objective.
+    np.testing.assert_allclose(
+        loaded.regularized_loss(x, y, training=False)[1],
+        model.regularized_loss(x, y, training=False)[1],
+        rtol=1e-5,
+    )
+    # The tapped view shares variables: no weight is saved twice.
+    assert len(loaded.weights) == len({id(w) for w in loaded.weights})
+
+
+def test_set_tau_changes_the_objective_without_recompiling():
+    x, y = _data(n=16)
+    model = _compiled(lam=1.0, tau=[1.0, 1.0, 1.0])
+    reg_before = float(model.regularized_loss(x, y)[3])
+    model.set_tau([0.0, 0.0, 0.0])
+    assert float(model.regularized_loss(x, y)[3]) == 0.0
+    assert reg_before > 0
+    with pytest.raises(ValueError, match="3 entries"):
+        model.set_tau([1.0])
+
+
+def test_invalid_options_are_rejected():
+    with pytest.raises(ValueError, match="aggregation"):
+        HARModel(tiny_nets.tiny_backbone(), aggregation="max")
+    with pytest.raises(ValueError, match="scale"):
+        HARModel(tiny_nets.tiny_backbone(), scale="sum")
+    with pytest.raises(ValueError, match=">= 0"):
+        HARModel(tiny_nets.tiny_backbone(), lam=-1.0)

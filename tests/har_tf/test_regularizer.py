@@ -1,0 +1,183 @@
+"""R(x) and the HAR loss against independent references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from har_tf import HARModel, layers, regularizer
+from tests.har_tf import tiny_nets
+
+
+def _batch(n=7, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, tiny_nets.IN)).astype(keras.config.floatx())
+    y = rng.integers(0, tiny_nets.C, size=n).astype("int32")
+    return x, y
+
+
+def _har(backbone, **kwargs):
+    model = HARModel(backbone, **kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def test_jacobian_penalty_hand_computed():
+    g1 = tf.constant([[3.0, 4.0], [0.0, 0.0]])
+    g2 = tf.constant([[[1.0], [0.0]], [[0.0], [2.0]]])  # a rank-3 layer
+    official = regularizer.jacobian_penalty([g1, g2], aggregation="official", epsilon=0.0)
+    paper = regularizer.jacobian_penalty([g1, g2], aggregation="paper", epsilon=0.0)
+    np.testing.assert_allclose(official, [6.0, 2.0])
+    np.testing.assert_allclose(paper, [np.sqrt(26.0), 2.0], rtol=1e-6)
+
+
+def test_jacobian_penalty_gradient_is_finite_at_zero():
+    g = tf.Variable(tf.zeros((2, 3)))
+    with tf.GradientTape() as tape:
+        r = tf.reduce_sum(regularizer.jacobian_penalty([g]))
+    assert np.all(np.isfinite(tape.gradient(r, g).numpy()))
+
+
+def test_jacobian_penalty_rejects_unknown_aggregation():
+    with pytest.raises(ValueError, match="aggregation"):
+        regularizer.jacobian_penalty([tf.ones((1, 1))], aggregation="max")
+
+
+@pytest.mark.parametrize("aggregation", ["official", "paper"])
+def test_r_inference_mode_equals_per_example_loop(aggregation):
+    """With BN in inference mode, example i's slice is (1/B) x its own loss gradient."""
+    backbone = tiny_nets.tiny_backbone()
+    model = _har(backbone, lam=1.0, aggregation=aggregation)
+    x, y = _batch()
+    _, _, _, _, r = model.regularized_loss(x, y, training=False)
+
+    expected = []
+    for i in range(len(x)):
+        norms = []
+        for layer in ("bn1", "bn2"):  # one layer at a time
+            probe = keras.Model(backbone.input, [backbone.output, backbone.get_layer(layer).output])
+            with tf.GradientTape() as tape:
+                logits, h = probe(x[i : i + 1], training=False)
+                tape.watch(h)
+                loss = keras.losses.sparse_categorical_crossentropy(
+                    y[i : i + 1], logits, from_logits=True
+                )
+            g = tape.gradient(loss, h).numpy() / len(x)
+            norms.append(np.linalg.norm(g))
+        norms = np.array(norms)
+        expected.append(norms.sum() if aggregation == "official" else np.sqrt((norms**2).sum()))
+    np.testing.assert_allclose(r.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("aggregation", ["official", "paper"])
+def test_r_equals_independent_reimplementation(training, aggregation):
+    """Training mode couples examples through batch statistics; the reference has them."""
+    backbone = tiny_nets.tiny_backbone()
+    model = _har(backbone, lam=1.0, aggregation=aggregation)
+    x, y = _batch(n=9, seed=1)
+    expected = tiny_nets.reference_r(backbone, x, y, training=training, aggregation=aggregation)
+    _, _, _, _, r = model.regularized_loss(x, y, training=training)
+    np.testing.assert_allclose(r.numpy(), expected, rtol=1e-5)
+
+
+def test_per_example_scale_is_batch_size_times_official():
+    x, y = _batch(n=8)
+    r_official = _har(tiny_nets.tiny_backbone(), lam=1.0).regularized_loss(x, y)[4]
+    r_per_ex = _har(tiny_nets.tiny_backbone(), lam=1.0, scale="per_example").regularized_loss(x, y)[
+        4
+    ]
+    np.testing.assert_allclose(r_per_ex.numpy(), 8 * r_official.numpy(), rtol=1e-5)
+
+
+def test_loss_combines_ce_tau_and_r():
+    x, y = _batch(n=8)
+    tau = np.array([0.2, 1.0, 0.0], dtype="float32")
+    model = _har(tiny_nets.tiny_backbone(), lam=3.0, tau=tau)
+    _, loss, ce, reg, r = model.regularized_loss(x, y)
+    np.testing.assert_allclose(reg.numpy(), np.mean(tau[y] * r.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(loss.numpy(), ce.numpy() + 3.0 * reg.numpy(), rtol=1e-6)
+    # Per-example tau carried by the batch overrides the class table.
+    _, _, _, reg_b, _ = model.regularized_loss(x, y, tau=np.ones(8, "float32"))
+    np.testing.assert_allclose(reg_b.numpy(), np.mean(r.numpy()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradient_of_regularized_loss_matches_finite_differences(float64, training):
+    backbone = tiny_nets.tiny_backbone(seed=3)
+    model = _har(backbone, lam=5.0, tau=[0.3, 1.0, 0.6], weight_decay=1e-2)
+    x, y = _batch(n=6, seed=2)
+    weights = model.trainable_weights
+    assert {w.dtype for w in weights} == {"float64"}
+    with tf.GradientTape() as tape:
+        loss = model.regularized_loss(x, y, training=training)[1]
+    grads = [g.numpy() for g in tape.gradient(loss, weights)]
+
+    def loss_at(delta):
+        for w, d in zip(weights, delta, strict=True):
+            w.assign_add(d)
+        value = float(model.regularized_loss(x, y, training=training)[1])
+        for w, d in zip(weights, delta, strict=True):
+            w.assign_sub(d)
+        return value
+
+    rng = np.random.default_rng(0)
+    h = 1e-6
+    for _ in range(3):
+        direction = [rng.normal(size=w.shape) for w in weights]
+        fd = (loss_at([h * d for d in direction]) - loss_at([-h * d for d in direction])) / (2 * h)
+        analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True))
+        np.testing.assert_allclose(analytic, fd, rtol=1e-6)
+    # And the regularizer's own contribution is non-trivial (not just the CE).
+    model.lam = 0.0
+    with tf.GradientTape() as tape:
+        erm_loss = model.regularized_loss(x, y, training=training)[1]
+    erm_grads = tape.gradient(erm_loss, weights)
+    assert (
+        max(float(np.abs(g - e.numpy()).max()) for g, e in zip(grads, erm_grads, strict=True))
+        > 1e-4
+    )
+
+
+def test_stock_keras_batch_norm_has_wrong_second_derivative_and_is_rejected(float64):
+    """Documents why har_tf has its own BN: tf.nn.moments breaks double backprop."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(5, 3)))
+    w = tf.Variable(rng.normal(size=(3, 3)))
+    bias = tf.Variable(np.zeros(3))
+
+    def grad_norm_gradient(bn):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                z = x @ w + bias
+                inner.watch(z)
+                h = bn(z, training=True)
+                loss = tf.reduce_sum(tf.sin(h) * tf.range(1.0, 4.0, dtype=h.dtype))
+            # The inner gradient flows back through the BN, as it does in HAR for
+            # every tapped layer below another BN.
+            # Per-example norms, as R uses (a plain sum of squares would hide the
+            # error: the dropped term is constant over the batch, and BN's input
+            # gradients sum to zero over the batch).
+            r = tf.reduce_sum(tf.norm(inner.gradient(loss, z), axis=1))
+        return outer.gradient(r, bias).numpy()
+
+    # Shifting z by a bias changes nothing after a training-mode BN, so the exact
+    # gradient of r w.r.t. the bias is 0.
+    ours = grad_norm_gradient(layers.BatchNormalization(center=False, scale=False))
+    stock = grad_norm_gradient(keras.layers.BatchNormalization(center=False, scale=False))
+    np.testing.assert_allclose(ours, 0.0, atol=1e-12)
+    assert np.abs(stock).max() > 1e-3
+
+    inp = keras.Input((3,))
+    out = keras.layers.Dense(2)(keras.layers.BatchNormalization(center=False, scale=False)(inp))
+    plain = keras.Model(inp, out)
+    with pytest.raises(ValueError, match="convert_batch_norms"):
+        HARModel(plain, lam=1.0)
+    converted = layers.convert_batch_norms(plain)
+    HARModel(converted, lam=1.0)  # accepted
+    np.testing.assert_allclose(converted(x.numpy()), plain(x.numpy()))
+    assert type(converted.layers[1]) is layers.BatchNormalization
