@@ -1,0 +1,67 @@
+"""The TFRecord contract between `preprocess` and every later stage.
+
+Each record is a `tf.train.Example` with:
+  id           int64   unique example id within its split (the source index)
+  image        bytes   raw uint8 pixels, row-major H x W x C (shape in manifest.json)
+  label        int64   the training label (noisy for train; clean for test)
+  clean_label  int64   the label before corruption
+
+Shards are `<stage dir>/<split>-SSSSS-of-NNNNN.tfrecord`; `manifest.json` beside them
+lists them and records `image_shape`, `num_classes`, counts and the noise realized.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import tensorflow as tf
+
+SPLITS = ("train", "test")
+SUFFIX = ".tfrecord"
+
+
+def encode(example_id: int, image: bytes, label: int, clean_label: int) -> bytes:
+    """Serializes one record (pure protobuf; safe to call in Beam workers)."""
+
+    def _int(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    feature = {
+        "id": _int(example_id),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": _int(label),
+        "clean_label": _int(clean_label),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+FEATURES = {
+    "id": tf.io.FixedLenFeature([], tf.int64),
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "clean_label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def parser(image_shape):
+    """Returns a tf.data map fn: serialized Example -> dict with a uint8 `image`."""
+    image_shape = tuple(int(d) for d in image_shape)
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, FEATURES)
+        image = tf.io.decode_raw(ex["image"], tf.uint8)
+        ex["image"] = tf.reshape(image, image_shape)
+        ex["label"] = tf.cast(ex["label"], tf.int32)
+        ex["clean_label"] = tf.cast(ex["clean_label"], tf.int32)
+        return ex
+
+    return parse
+
+
+def shard_paths(stage_dir: str, split: str) -> list[str]:
+    """Sorted shard files of a split; raises FileNotFoundError if there are none."""
+    paths = sorted(glob.glob(os.path.join(stage_dir, f"{split}-*-of-*{SUFFIX}")))
+    if not paths:
+        raise FileNotFoundError(f"no {split} shards in {stage_dir}")
+    return paths
