@@ -1,0 +1,87 @@
+"""tf.data input for training and evaluation, from the preprocess stage's records."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import records, stage
+
+
+def load_manifest(workdir: str) -> dict:
+    return stage.read_json(os.path.join(stage.require(workdir, "preprocess"), "manifest.json"))
+
+
+def read_labels(workdir: str, split: str) -> dict[str, np.ndarray]:
+    """ids, labels and clean labels of a split as int64 numpy arrays (no images)."""
+    features = {k: v for k, v in records.FEATURES.items() if k != "image"}
+    ds = tf.data.TFRecordDataset(records.shard_paths(stage.stage_dir(workdir, "preprocess"), split))
+    ds = ds.batch(4096).map(lambda s: tf.io.parse_example(s, features))
+    parts = {k: [] for k in features}
+    for batch in ds.as_numpy_iterator():
+        for k in features:
+            parts[k].append(batch[k])
+    return {k: np.concatenate(v) if v else np.zeros([0], np.int64) for k, v in parts.items()}
+
+
+def _augment(image, seed):
+    """Pad 4 (zeros) + random crop back to size + random horizontal flip."""
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def make_dataset(
+    workdir: str,
+    split: str,
+    *,
+    batch_size: int,
+    training: bool,
+    augment: bool = False,
+    shuffle_buffer: int = 10_000,
+    seed: int = 0,
+    keep_ids: np.ndarray | None = None,
+    with_meta: bool = False,
+) -> tf.data.Dataset:
+    """Batches of (image float32 [B, H, W, C] on the 0..255 scale, label int32 [B]).
+
+    Args:
+      training: shuffle (reshuffled each epoch, seeded) and, with `augment`, apply
+        the authors' augmentation with stateless per-example seeds.
+      keep_ids: if given, only records whose id is in this int array.
+      with_meta: yield (image, label, {"id", "clean_label"}) instead, for analysis.
+        The third element is not a sample weight: use only with predict-like loops.
+    """
+    manifest = load_manifest(workdir)
+    paths = records.shard_paths(stage.stage_dir(workdir, "preprocess"), split)
+    ds = tf.data.TFRecordDataset(paths, num_parallel_reads=min(4, len(paths)))
+    ds = ds.map(records.parser(manifest["image_shape"]), num_parallel_calls=tf.data.AUTOTUNE)
+    if keep_ids is not None:
+        keys = tf.constant(np.asarray(keep_ids, dtype=np.int64))
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, dtype=tf.int32)), 0
+        )
+        ds = ds.filter(lambda ex: table.lookup(ex["id"]) > 0)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if training and augment:
+        # One stateless seed per (epoch-independent) position; the shuffle changes
+        # which example meets which seed each epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda ex, s: {**ex, "image": _augment(ex["image"], s)},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    def to_tuple(ex):
+        image = tf.cast(ex["image"], tf.float32)
+        if with_meta:
+            return image, ex["label"], {"id": ex["id"], "clean_label": ex["clean_label"]}
+        return image, ex["label"]
+
+    ds = ds.map(to_tuple, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

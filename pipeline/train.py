@@ -1,0 +1,77 @@
+"""Stage 4: train a fresh model per configured run (ERM, uniform, HAR) on all of train.
+
+Writes <workdir>/train/<run>/model.keras and history.json for each run of
+config.train.runs. "none" runs are ERM with lambda 0 (no double backprop);
+"uniform" uses tau = 1; "har" uses estimate_tau's tau.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from pipeline import data, modeling, stage
+
+NAME = "train"
+REGULARIZERS = ("none", "uniform", "har")
+
+
+def validate_runs(runs) -> None:
+    if not runs:
+        raise stage.PipelineError("config.train.runs is empty: nothing to train")
+    for name, run_cfg in runs.items():
+        if run_cfg.regularizer not in REGULARIZERS:
+            raise stage.PipelineError(
+                f"run {name!r}: regularizer {run_cfg.regularizer!r} is not one of {REGULARIZERS}"
+            )
+        if run_cfg.regularizer != "none" and run_cfg.lam <= 0:
+            raise stage.PipelineError(f"run {name!r}: a {run_cfg.regularizer} run needs lam > 0")
+
+
+def run(config, workdir: str) -> None:
+    section = config.train
+    validate_runs(section.runs)
+    tau = None
+    if any(r.regularizer == "har" for r in section.runs.values()):
+        tau = stage.read_json(os.path.join(stage.require(workdir, "estimate_tau"), "tau.json"))[
+            "tau"
+        ]
+    num_train = len(data.read_labels(workdir, "train")["id"])
+    steps = modeling.steps_for(num_train, section.batch_size)
+    with stage.stage_output(workdir, NAME, config=section) as out:
+        for name, run_cfg in section.runs.items():
+            logging.info("Training run %r (%s, lam=%s)", name, run_cfg.regularizer, run_cfg.lam)
+            run_dir = os.path.join(out, name)
+            os.makedirs(run_dir)
+            lam = 0.0 if run_cfg.regularizer == "none" else run_cfg.lam
+            model = modeling.build_har_model(
+                config,
+                section,
+                lam=lam,
+                tau=tau if run_cfg.regularizer == "har" else None,
+                seed=config.seed,
+            )
+            modeling.compile_model(model, section, steps_per_epoch=steps)
+            ds = data.make_dataset(
+                workdir,
+                "train",
+                batch_size=section.batch_size,
+                training=True,
+                augment=section.augment,
+                shuffle_buffer=section.shuffle_buffer,
+                seed=config.seed,
+            )
+            modeling.fit(model, ds, section, out_dir=run_dir)
+
+
+def main(argv):
+    del argv
+    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    from pipeline import cli
+
+    cli.define_common_flags()
+    app.run(main)
