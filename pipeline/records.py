@@ -6,14 +6,17 @@ Each record is a `tf.train.Example` with:
   label        int64   the training label (noisy for train; clean for test)
   clean_label  int64   the label before corruption
 
-Shards are `<stage dir>/<split>-SSSSS-of-NNNNN.tfrecord`; `manifest.json` beside them
-lists them and records `image_shape`, `num_classes`, counts and the noise realized.
+Shards are `<stage dir>/<split>-SSSSS-of-NNNNN.tfrecord` (`shard_name`): shard `s`
+holds the records with `id % NNNNN == s`, in ascending id order, so a rerun of the same
+config writes byte-identical files. `manifest.json` beside them lists them and records
+`image_shape`, `num_classes`, counts and the noise realized.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import uuid
 
 import tensorflow as tf
 
@@ -22,7 +25,12 @@ SUFFIX = ".tfrecord"
 
 
 def encode(example_id: int, image: bytes, label: int, clean_label: int) -> bytes:
-    """Serializes one record (pure protobuf; safe to call in Beam workers)."""
+    """Serializes one record (pure protobuf; safe to call in Beam workers).
+
+    Deterministic: the same arguments give the same bytes in every process. (By
+    default protobuf writes the `features` map in hash order, which differs between
+    processes.)
+    """
 
     def _int(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
@@ -33,7 +41,8 @@ def encode(example_id: int, image: bytes, label: int, clean_label: int) -> bytes
         "label": _int(label),
         "clean_label": _int(clean_label),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 FEATURES = {
@@ -57,6 +66,31 @@ def parser(image_shape):
         return ex
 
     return parse
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """`<split>-SSSSS-of-NNNNN.tfrecord`, the file name of shard `index` of `split`."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SUFFIX}"
+
+
+def write_shard(path: str, serialized) -> None:
+    """Writes serialized records to the TFRecord file `path`, in the order given.
+
+    The records go to a temporary file beside `path` (a hidden name that
+    `shard_paths` does not match), renamed to `path` once complete, so `path` never
+    holds part of a shard. No records gives an empty file.
+    """
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in serialized:
+                writer.write(record)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def shard_paths(stage_dir: str, split: str) -> list[str]:

@@ -1,0 +1,646 @@
+r"""Stage `preprocess`: source images -> corrupted, cut, sharded TFRecords (Apache Beam).
+
+  python -m pipeline.preprocess --config=configs/fashion_mnist_hetero.py \
+      --workdir=runs/fm [--beam_args="--direct_num_workers=2 \
+      --direct_running_mode=multi_processing"]
+
+Train split: each example's noisy label is drawn from the row of its clean label in
+the noise transition matrix (`config.data.noise`), then a step imbalance
+(`config.data.imbalance`) keeps, in each cut class, the `target` examples with the
+smallest `(imbalance_sort_keys(id), id)`. Test split: written as is (label ==
+clean_label). Every random choice is a hash of (config.seed, id) (see
+`har_tf.corruption`), so the output is the same set of records whatever the runner,
+worker count or chunking, and equals the in-memory reference
+`corrupt_labels` + `imbalance_keep_mask`. The files are deterministic too: shard `s`
+of a split holds the records with `id % num_shards == s`, sorted by id, so two runs
+of the same config write byte-identical shards (see `_WriteShard`).
+
+The Beam graph, per split; examples are read in chunks of `config.data.chunk_size`
+and processed as numpy arrays:
+
+  chunk ranges -> labels pass (labels file only): noisy labels, sort keys
+      -> counts before the cut (C x C transition counts, summed)  -> targets
+      -> per cut class, the `bound` smallest (key, id) (a vectorized top-k combiner)
+      -> the target-th smallest = the class's keep threshold     -> side input
+  chunk ranges -> write pass (images + labels, threshold side input): noisy labels,
+      keep mask, encoded records batched by shard (id % num_shards)
+      -> GroupByKey(shard) -> sort by id, write the shard file; kept C x C counts (summed)
+  counts, targets -> a small JSON per split, folded into manifest.json afterwards.
+
+Runner: `--runner=FnApiRunner` by default, Beam's in-process batch runner. Beam's
+plain "DirectRunner" first tries the Prism runner, which downloads a binary (no
+network here, and a surprise anywhere). Anything in `--beam_args` overrides it,
+e.g. `--direct_num_workers=2 --direct_running_mode=multi_processing`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as py_logging
+import os
+import re
+import shlex
+
+import apache_beam as beam
+import numpy as np
+from absl import app, flags, logging
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from har_tf import corruption
+from pipeline import records, sources, stage
+from pipeline.stage import PipelineError
+
+STAGE = "preprocess"
+MANIFEST = "manifest.json"
+DEFAULT_BEAM_ARGS = ("--runner=FnApiRunner",)
+_STATS_FILE = "_stats-{split}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The validated, picklable description of what the Beam job does.
+
+    Attributes:
+      source: where examples come from (`sources.IdxSource` or `sources.TfdsSource`).
+      num_classes: C.
+      image_shape: (H, W, channels) of the source images.
+      seed: `config.seed`, for the noise draw and the cut order.
+      noise_matrix: float64 (C, C) `T[clean, noisy]` applied to train (identity for
+        kind "none").
+      cut_classes: classes cut by the step imbalance (empty for kind "none").
+      ratio: the imbalance ratio n_max / n_rare.
+      cut_by: "noisy" or "clean": the labels the cut counts and selects by.
+      sizes: examples used per split (after `limit_*`).
+      chunk_size: examples per read chunk.
+      num_shards: shards per split.
+    """
+
+    source: object
+    num_classes: int
+    image_shape: tuple[int, ...]
+    seed: int
+    noise_matrix: np.ndarray
+    cut_classes: tuple[int, ...]
+    ratio: float
+    cut_by: str
+    sizes: dict
+    chunk_size: int
+    num_shards: int
+
+    def candidate_bound(self, split: str) -> int:
+        """An upper bound on any cut target: floor(n / ratio) >= floor(max(counts) / ratio)."""
+        return int(np.floor(self.sizes[split] / self.ratio))
+
+
+# ----------------------------------------------------------------------------------
+# Planning (driver side, before any Beam work)
+
+
+def make_plan(config) -> Plan:
+    """Validates `config.data` / `config.seed` and finds the data.
+
+    Raises:
+      PipelineError: for anything a user must fix in the config or the data.
+    """
+    data = config.data
+    sources.dataset_spec(data.dataset)  # Unknown names fail before any file lookup.
+    num_classes = int(data.num_classes)
+    if num_classes < 2:
+        raise PipelineError(f"config.data.num_classes must be >= 2, got {num_classes}")
+    seed = int(config.seed)
+    if seed < 0:
+        raise PipelineError(f"config.seed must be >= 0, got {seed}")
+    for field in ("num_shards", "chunk_size"):
+        if int(data[field]) < 1:
+            raise PipelineError(f"config.data.{field} must be >= 1, got {data[field]}")
+
+    noise = data.noise
+    if noise.kind == "none":
+        matrix = np.eye(num_classes)
+    elif noise.kind == "pairs":
+        try:
+            matrix = corruption.pair_swap_matrix(num_classes, noise.pairs, noise.flip_prob)
+        except ValueError as e:
+            raise PipelineError(f"config.data.noise: {e}") from e
+    else:
+        raise PipelineError(f"config.data.noise.kind = {noise.kind!r}; expected 'none' or 'pairs'")
+
+    imbalance = data.imbalance
+    if imbalance.kind == "none":
+        cut_classes, ratio = (), 1.0
+    elif imbalance.kind == "step":
+        cut_classes, ratio = tuple(int(c) for c in imbalance.classes), float(imbalance.ratio)
+        try:  # Checks classes and ratio on dummy counts.
+            corruption.step_imbalance_targets(np.ones(num_classes, np.int64), cut_classes, ratio)
+        except ValueError as e:
+            raise PipelineError(f"config.data.imbalance: {e}") from e
+    else:
+        raise PipelineError(
+            f"config.data.imbalance.kind = {imbalance.kind!r}; expected 'none' or 'step'"
+        )
+    if imbalance.by not in ("noisy", "clean"):
+        raise PipelineError(
+            f"config.data.imbalance.by = {imbalance.by!r}; expected 'noisy' or 'clean'"
+        )
+
+    source = sources.resolve_source(data)
+    limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
+    sizes = {}
+    for split in records.SPLITS:
+        shape = tuple(int(d) for d in source.image_shape(split))
+        if shape != tuple(int(d) for d in data.image_shape):
+            raise PipelineError(
+                f"{source.description}: {split} images have shape {shape}, but "
+                f"config.data.image_shape = {tuple(data.image_shape)}"
+            )
+        sizes[split] = sources.split_size(source, split, limits[split])
+        if sizes[split] == 0:
+            raise PipelineError(f"{source.description}: the {split} split has no examples")
+    return Plan(
+        source=source,
+        num_classes=num_classes,
+        image_shape=tuple(int(d) for d in data.image_shape),
+        seed=seed,
+        noise_matrix=matrix,
+        cut_classes=cut_classes,
+        ratio=ratio,
+        cut_by=imbalance.by,
+        sizes=sizes,
+        chunk_size=int(data.chunk_size),
+        num_shards=int(data.num_shards),
+    )
+
+
+# ----------------------------------------------------------------------------------
+# Per-chunk numpy work (runs in Beam workers)
+
+
+@dataclasses.dataclass
+class _Labels:
+    """Labels of one chunk: ids, clean, noisy, all int64 [n]."""
+
+    ids: np.ndarray
+    clean: np.ndarray
+    noisy: np.ndarray
+
+
+def _checked_labels(plan: Plan, split: str, start: int, labels: np.ndarray) -> np.ndarray:
+    bad = np.flatnonzero((labels < 0) | (labels >= plan.num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise PipelineError(
+            f"{plan.source.labels_origin(split)}: label {int(labels[i])} at index {start + i} "
+            f"is outside [0, {plan.num_classes}) (config.data.num_classes = "
+            f"{plan.num_classes}); {bad.size} label(s) in examples [{start}, "
+            f"{start + labels.size}) are out of range"
+        )
+    return labels
+
+
+def _corrupt(plan: Plan, split: str, start: int, clean: np.ndarray) -> _Labels:
+    clean = _checked_labels(plan, split, start, clean)
+    ids = np.arange(start, start + clean.size, dtype=np.int64)
+    if split == "train":
+        noisy = corruption.corrupt_labels(clean, ids, plan.noise_matrix, seed=plan.seed)
+    else:
+        noisy = clean
+    return _Labels(ids=ids, clean=clean, noisy=noisy)
+
+
+def _by(plan: Plan, labels: _Labels) -> np.ndarray:
+    return labels.noisy if plan.cut_by == "noisy" else labels.clean
+
+
+def _read_labels(chunk: tuple[int, int], plan: Plan, split: str) -> _Labels:
+    start, stop = chunk
+    return _corrupt(plan, split, start, plan.source.read_labels(split, start, stop))
+
+
+def _chunk_counts(labels: _Labels, plan: Plan) -> np.ndarray:
+    return corruption.transition_counts(labels.clean, labels.noisy, plan.num_classes)
+
+
+def _chunk_candidates(labels: _Labels, plan: Plan, bound: int):
+    """Per cut class present in the chunk: (class, (keys, ids)) of its `bound` smallest."""
+    keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
+    by = _by(plan, labels)
+    for c in plan.cut_classes:
+        members = np.flatnonzero(by == c)
+        if members.size:
+            chosen = members[corruption.smallest_by_key(keys[members], labels.ids[members], bound)]
+            yield c, (keys[chosen], labels.ids[chosen])
+
+
+class _SumCounts(beam.CombineFn):
+    """Sums int64 (C, C) count matrices; the empty sum is zeros."""
+
+    def __init__(self, num_classes: int):
+        self._num_classes = num_classes
+
+    def create_accumulator(self):
+        return np.zeros((self._num_classes, self._num_classes), np.int64)
+
+    def add_input(self, acc, counts):
+        return acc + counts
+
+    def merge_accumulators(self, accs):
+        return sum(accs, self.create_accumulator())
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _SmallestByKey(beam.CombineFn):
+    """Top-k by smallest (key, id) over chunks of (keys float64 [n], ids int64 [n]).
+
+    A vectorized stand-in for `beam.combiners.Top.Smallest(k)` on (key, id) pairs:
+    merging per-chunk top-k lists and trimming to k is exact.
+    """
+
+    def __init__(self, k: int):
+        self._k = k
+
+    def create_accumulator(self):
+        return np.zeros([0], np.float64), np.zeros([0], np.int64)
+
+    def _trim(self, keys, ids):
+        chosen = corruption.smallest_by_key(keys, ids, self._k)
+        return keys[chosen], ids[chosen]
+
+    def add_input(self, acc, chunk):
+        return self.merge_accumulators([acc, chunk])
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        return self._trim(
+            np.concatenate([a[0] for a in accs]), np.concatenate([a[1] for a in accs])
+        )
+
+    def extract_output(self, acc):
+        return self._trim(*acc)  # Sorted ascending.
+
+
+def _targets(counts_before: np.ndarray, plan: Plan) -> np.ndarray:
+    """int64 [C] per-class targets of the cut (the full count for uncut classes)."""
+    axis = 0 if plan.cut_by == "noisy" else 1  # noisy = column sums, clean = row sums
+    counts = counts_before.sum(axis=axis)
+    # n_max is the largest class of the source before noise (the authors' img_max),
+    # whichever label the cut goes by: 6000 / 10 = 600 on Fashion-MNIST.
+    n_max = int(counts_before.sum(axis=1).max(initial=0))
+    targets = corruption.step_imbalance_targets(counts, plan.cut_classes, plan.ratio, n_max=n_max)
+    for c in plan.cut_classes:
+        if targets[c] == 0:
+            raise PipelineError(
+                f"the step imbalance leaves class {c} empty: it has {counts[c]} examples by "
+                f"{plan.cut_by} label and the cut target is floor({n_max} / "
+                f"{plan.ratio:g}) = {int(np.floor(n_max / plan.ratio))}; lower "
+                "config.data.imbalance.ratio or use more data"
+            )
+    return targets
+
+
+def _threshold(item, targets: np.ndarray):
+    """(class, sorted candidates) -> (class, (key, id) of the last example kept)."""
+    c, (keys, ids) = item
+    t = int(targets[c])
+    # The candidates are the class's min(bound, count) smallest and t <= both, so
+    # the t-th smallest is among them.
+    return c, (float(keys[t - 1]), int(ids[t - 1]))
+
+
+def _keep_mask(labels: _Labels, plan: Plan, thresholds: dict) -> np.ndarray:
+    """bool [n]: an example of a cut class is kept iff (key, id) <= its class threshold."""
+    keep = np.ones(labels.ids.size, dtype=bool)
+    if not thresholds:
+        return keep
+    keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
+    by = _by(plan, labels)
+    for c, (key, last_id) in thresholds.items():
+        members = by == c
+        keep[members] = (keys[members] < key) | (
+            (keys[members] == key) & (labels.ids[members] <= last_id)
+        )
+    return keep
+
+
+class _EncodeChunk(beam.DoFn):
+    """Reads a chunk, corrupts and cuts it; emits encoded records and kept counts.
+
+    Main output: one `(shard, (ids, records))` per shard of the split, `ids` the
+    kept example ids with `id % num_shards == shard` (ascending) and `records` their
+    serialized Examples. Every shard gets an element, empty or not, so each shard
+    reaches `_WriteShard` and is written even if it holds no record.
+    """
+
+    COUNTS = "counts"
+
+    def __init__(self, plan: Plan, split: str):
+        self._plan = plan
+        self._split = split
+
+    def process(self, chunk, thresholds=None):
+        plan = self._plan
+        start, stop = chunk
+        images, clean = plan.source.read(self._split, start, stop)
+        labels = _corrupt(plan, self._split, start, clean)
+        keep = _keep_mask(labels, plan, thresholds or {})
+        kept = np.flatnonzero(keep)
+        flat = images.reshape(images.shape[0], -1)
+        ids = labels.ids[kept]
+        encoded = [
+            records.encode(example_id, flat[i].tobytes(), label, clean_label)
+            for i, example_id, label, clean_label in zip(
+                kept.tolist(),
+                ids.tolist(),
+                labels.noisy[kept].tolist(),
+                labels.clean[kept].tolist(),
+                strict=True,
+            )
+        ]
+        shard_of = ids % plan.num_shards
+        for shard in range(plan.num_shards):
+            members = np.flatnonzero(shard_of == shard)
+            yield shard, (ids[members].tolist(), [encoded[i] for i in members.tolist()])
+        counts = corruption.transition_counts(
+            labels.clean[kept], labels.noisy[kept], plan.num_classes
+        )
+        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
+
+
+class _WriteShard(beam.DoFn):
+    """Writes one shard file from its grouped `(ids, records)` batches.
+
+    The records are sorted by id and written to `<split>-SSSSS-of-NNNNN.tfrecord`
+    in `out_dir` through a temporary file renamed once complete
+    (`records.write_shard`); a shard with no records is an empty file. So the bytes
+    of a shard depend only on the config and the data, not on the runner, the
+    worker count, the chunking or the order in which chunks finish.
+
+    Memory: the GroupByKey hands all of a shard's records to one call, so a worker
+    holds about N / num_shards records at once, N the records kept in the split
+    (Fashion-MNIST train, 4 shards: ~9.6k records, ~8.4 MB; at most 60k / 4 = 15k).
+    Fine at this scale; for bigger data raise `config.data.num_shards`.
+    """
+
+    def __init__(self, out_dir: str, split: str, num_shards: int):
+        self._out_dir = out_dir
+        self._split = split
+        self._num_shards = num_shards
+
+    def process(self, item):
+        shard, batches = item
+        ids, encoded = [], []
+        for batch_ids, batch_records in batches:
+            ids.extend(batch_ids)
+            encoded.extend(batch_records)
+        order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
+        name = records.shard_name(self._split, shard, self._num_shards)
+        records.write_shard(os.path.join(self._out_dir, name), (encoded[i] for i in order))
+        yield name
+
+
+def _write_stats(_, path: str, *, before, after, targets) -> None:
+    stats = {
+        "transition_counts_before_cut": np.asarray(before).tolist(),
+        "transition_counts": np.asarray(after).tolist(),
+        "targets": None if targets is None else np.asarray(targets).tolist(),
+    }
+    with open(path, "w") as f:
+        json.dump(stats, f)
+
+
+# ----------------------------------------------------------------------------------
+# The Beam graph
+
+
+def _chunks(p, plan: Plan, split: str):
+    n, size = plan.sizes[split], plan.chunk_size
+    ranges = [(s, min(s + size, n)) for s in range(0, n, size)]
+    # Reshuffle so a multi-worker runner spreads the chunks instead of reading them
+    # all in the worker that created the list.
+    return p | f"{split}/Chunks" >> beam.Create(ranges) | f"{split}/Spread" >> beam.Reshuffle()
+
+
+def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
+    C = plan.num_classes
+    chunks = _chunks(p, plan, split)
+    cut = split == "train" and bool(plan.cut_classes)
+    if split == "train":
+        labels = chunks | f"{split}/ReadLabels" >> beam.Map(_read_labels, plan, split)
+        before = (
+            labels
+            | f"{split}/ChunkCounts" >> beam.Map(_chunk_counts, plan)
+            | f"{split}/CountsBeforeCut" >> beam.CombineGlobally(_SumCounts(C))
+        )
+    if cut:
+        bound = plan.candidate_bound(split)
+        targets = before | f"{split}/Targets" >> beam.Map(_targets, plan)
+        thresholds = (
+            labels
+            | f"{split}/Candidates" >> beam.FlatMap(_chunk_candidates, plan, bound)
+            | f"{split}/SmallestPerClass" >> beam.CombinePerKey(_SmallestByKey(bound))
+            | f"{split}/Thresholds" >> beam.Map(_threshold, beam.pvalue.AsSingleton(targets))
+        )
+        encode = beam.ParDo(_EncodeChunk(plan, split), thresholds=beam.pvalue.AsDict(thresholds))
+    else:
+        targets = None
+        encode = beam.ParDo(_EncodeChunk(plan, split))
+    encoded = chunks | f"{split}/Encode" >> encode.with_outputs(_EncodeChunk.COUNTS, main="records")
+    _ = (
+        encoded.records
+        | f"{split}/GroupByShard" >> beam.GroupByKey()
+        | f"{split}/WriteShards" >> beam.ParDo(_WriteShard(out_dir, split, plan.num_shards))
+    )
+    after = encoded[_EncodeChunk.COUNTS] | f"{split}/CountsAfterCut" >> beam.CombineGlobally(
+        _SumCounts(C)
+    )
+    if split != "train":
+        before = after
+
+    def side(pcoll):
+        return None if pcoll is None else beam.pvalue.AsSingleton(pcoll)
+
+    _ = (
+        p
+        | f"{split}/Once" >> beam.Create([None])
+        | f"{split}/Stats"
+        >> beam.Map(
+            _write_stats,
+            os.path.join(out_dir, _STATS_FILE.format(split=split)),
+            before=side(before),
+            after=side(after),
+            targets=side(targets),
+        )
+    )
+
+
+def pipeline_options(beam_args=()) -> PipelineOptions:
+    """Default options (the in-process FnApiRunner) overridden by `beam_args`.
+
+    Raises:
+      PipelineError: for an option no Beam options class knows (Beam would otherwise
+        drop it with a warning).
+    """
+    options = PipelineOptions([*DEFAULT_BEAM_ARGS, *beam_args])
+    known = options.get_all_options()
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(known)
+    if unknown:
+        names = ", ".join(f"--{name}" for name in sorted(unknown))
+        raise PipelineError(f"unknown Beam option(s) in --beam_args: {names}")
+    return options
+
+
+def _run_beam(plan: Plan, out_dir: str, beam_args) -> None:
+    options = pipeline_options(beam_args)
+    logging.info("Beam options: %s", options.get_all_options(drop_default=True))
+    p = beam.Pipeline(options=options)
+    for split in records.SPLITS:
+        _build_split(p, plan, split, out_dir)
+    quiet = _DropPipelineErrors()
+    for name in _BEAM_ERROR_LOGGERS:
+        py_logging.getLogger(name).addFilter(quiet)
+    try:
+        p.run().wait_until_finish()
+    except PipelineError as e:
+        # In-process runners re-raise our error with " [while running 'step']" added.
+        raise PipelineError(_STEP_SUFFIX.sub("", str(e))) from None
+    except Exception as e:
+        # Out-of-process workers report errors as text: recover ours from it.
+        match = re.search(r"PipelineError: (.+)", str(e))
+        if match:
+            raise PipelineError(_STEP_SUFFIX.sub("", match.group(1))) from e
+        raise
+    finally:
+        for name in _BEAM_ERROR_LOGGERS:
+            py_logging.getLogger(name).removeFilter(quiet)
+
+
+# Beam logs a failing bundle's traceback here before re-raising the error.
+_BEAM_ERROR_LOGGERS = ("apache_beam.runners.worker.bundle_processor", "apache_beam.runners.common")
+_STEP_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
+
+
+class _DropPipelineErrors(py_logging.Filter):
+    """Drops Beam's log of a PipelineError: the stage reports it once, plainly."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, PipelineError)
+
+
+# ----------------------------------------------------------------------------------
+# Manifest
+
+
+def _split_entry(stats: dict, plan: Plan, split: str, out_dir: str) -> dict:
+    before = np.asarray(stats["transition_counts_before_cut"], np.int64)
+    after = np.asarray(stats["transition_counts"], np.int64)
+    shards = [os.path.basename(p) for p in records.shard_paths(out_dir, split)]
+    expected = [records.shard_name(split, s, plan.num_shards) for s in range(plan.num_shards)]
+    if shards != expected:
+        raise PipelineError(f"expected the {split} shards {expected}, found {shards}")
+    return {
+        "num_source_examples": plan.sizes[split],
+        "num_examples": int(after.sum()),
+        "counts_before_cut": {
+            "clean": before.sum(axis=1).tolist(),
+            "noisy": before.sum(axis=0).tolist(),
+        },
+        "counts_after_cut": {
+            "noisy": after.sum(axis=0).tolist(),
+            "clean": after.sum(axis=1).tolist(),
+        },
+        "transition_counts_before_cut": before.tolist(),
+        "transition_counts": after.tolist(),
+        "transition_rates": corruption.row_normalize(after).tolist(),
+        "shards": shards,
+    }
+
+
+def _manifest(config, plan: Plan, out_dir: str) -> dict:
+    splits = {}
+    targets = None
+    for split in records.SPLITS:
+        path = os.path.join(out_dir, _STATS_FILE.format(split=split))
+        stats = stage.read_json(path)
+        os.remove(path)
+        splits[split] = _split_entry(stats, plan, split, out_dir)
+        if split == "train":
+            targets = stats["targets"]
+    return {
+        "dataset": config.data.dataset,
+        "source": plan.source.description,
+        "seed": plan.seed,
+        "num_classes": plan.num_classes,
+        "image_shape": list(plan.image_shape),
+        "noise": {
+            **config.data.noise.to_dict(),
+            "transition_matrix": plan.noise_matrix.tolist(),
+        },
+        "imbalance": {**config.data.imbalance.to_dict(), "targets": targets},
+        "splits": splits,
+    }
+
+
+# ----------------------------------------------------------------------------------
+# Entry points
+
+
+def run(config, workdir: str, beam_args=()) -> None:
+    """Runs the stage: writes `<workdir>/preprocess/` (shards + manifest.json).
+
+    Args:
+      config: the experiment config (reads `config.data` and `config.seed`).
+      workdir: the pipeline's working directory.
+      beam_args: extra Beam pipeline options, e.g. ["--direct_num_workers=2"].
+
+    Raises:
+      PipelineError: on a config or data problem; `<workdir>/preprocess` is then not
+        created.
+    """
+    plan = make_plan(config)
+    logging.info(
+        "preprocess: %s from %s, %s examples, noise %s, imbalance %s",
+        config.data.dataset,
+        plan.source.description,
+        plan.sizes,
+        config.data.noise.kind,
+        config.data.imbalance.kind,
+    )
+    section = {"seed": plan.seed, "data": config.data.to_dict()}
+    with stage.stage_output(workdir, STAGE, config=section) as out_dir:
+        _run_beam(plan, out_dir, list(beam_args))
+        manifest = _manifest(config, plan, out_dir)
+        stage.write_json(os.path.join(out_dir, MANIFEST), manifest)
+        train = manifest["splits"]["train"]
+        logging.info(
+            "preprocess: train %d -> %d examples; per class after the cut (noisy): %s",
+            train["num_source_examples"],
+            train["num_examples"],
+            train["counts_after_cut"]["noisy"],
+        )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    # Beam's INFO log names every fused stage; keep warnings and errors only.
+    py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
+    beam_args = shlex.split(FLAGS.beam_args)
+    stage.run_main(
+        STAGE, lambda config, workdir: run(config, workdir, beam_args), FLAGS.config, FLAGS.workdir
+    )
+
+
+if __name__ == "__main__":
+    # Run the importable module's main, not this __main__ copy, so Beam pickles the
+    # DoFns by reference to `pipeline.preprocess` (workers import it by that name).
+    from pipeline import cli, preprocess
+
+    cli.define_common_flags()
+    flags.DEFINE_string(
+        "beam_args", "", "Extra Beam pipeline options, e.g. '--direct_num_workers=2'."
+    )
+    app.run(preprocess.main)
