@@ -13,8 +13,10 @@ Commands:
   python -m pipeline.run --config=configs/fashion_mnist_hetero.py:smoke \
       --workdir=/tmp/smoke               # seconds; used by the tests
 
-Runtime and results on a 2-core CPU: see the table in README.md (measured, not
-targets).
+Measured on the project's 2-core CPU machine (seed 0, README has the details):
+  :quick  11.2 min; noisy_rare / clean accuracy: ERM 50.7 / 97.5, HAR 51.3 / 97.4
+  :smoke  ~30 s; not a result (one epoch on 3,000 examples)
+  full    not measured yet (120 epochs for each of pretrain, ERM and HAR)
 """
 
 from configs import common
@@ -31,6 +33,7 @@ def get_config(arg=None):
         for section in (config.pretrain, config.train):
             section.epochs = 12
             section.lr_drop_epochs = (8, 10)
+        config.train.drw_start_epoch = 8
     elif variant == "smoke":
         # Seconds: a slice of the data, one epoch, the smallest network.
         config.data.limit_train = 3000
@@ -42,6 +45,7 @@ def get_config(arg=None):
             section.lr_drop_epochs = ()
             section.batch_size = 64
             section.verbose = 0
+        config.train.drw_start_epoch = 0
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of full, quick, smoke")
     return config
