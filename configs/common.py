@@ -30,6 +30,11 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
     )
 
 
+def run(*, regularizer, lam, drw=False):
+    """One training run of the train stage (a fresh model)."""
+    return ml_collections.ConfigDict(dict(regularizer=regularizer, lam=lam, drw=drw))
+
+
 def base_config():
     config = ml_collections.ConfigDict()
     # Seeds the noise draw, the imbalance cut, the split, and weight initialization.
@@ -108,13 +113,19 @@ def base_config():
     config.train.scale = "official"
     # Runs to train; each is a fresh model. regularizer: "none" (ERM, lambda ignored
     # and no double backprop), "uniform" (tau = 1), "har" (estimated tau).
+    # drw: class-balanced loss weights from epoch drw_start_epoch (HAR-DRW, ERM-DRW).
     config.train.runs = ml_collections.ConfigDict(
         dict(
-            erm=ml_collections.ConfigDict(dict(regularizer="none", lam=0.0)),
-            har=ml_collections.ConfigDict(dict(regularizer="har", lam=10.0)),
+            erm=run(regularizer="none", lam=0.0),
+            har=run(regularizer="har", lam=10.0),
         ),
         sort_keys=False,  # runs train and are reported in this order
     )
+
+    # Deferred re-weighting (for runs with drw=True): from the first lr drop, as the
+    # authors do, with beta 0.9999.
+    config.train.drw_start_epoch = 80
+    config.train.drw_beta = 0.9999
 
     config.eval = ml_collections.ConfigDict(
         dict(

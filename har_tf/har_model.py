@@ -179,6 +179,14 @@ class HARModel(keras.Model):
         )
         # Every variable exists now (the backbone is functional, hence built).
         self.built = True
+        # Per-class weights of the loss (DRW); ones = unweighted. Applied with
+        # PyTorch's weighted-mean semantics, see `regularized_loss`.
+        self.class_weights = self.add_weight(
+            name="class_weights",
+            shape=(self.num_classes,),
+            initializer="ones",
+            trainable=False,
+        )
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.reg_tracker = keras.metrics.Mean(name="reg")
 
@@ -209,15 +217,39 @@ class HARModel(keras.Model):
             sample_weight = extra.get("sample_weight")
         return x, y, sample_weight, tau
 
+    def set_class_weights(self, weights: Sequence[float] | None) -> None:
+        """Weights the loss per class from now on (None: unweighted). No retracing.
+
+        The weighted loss is sum_i w[y_i] l_i / sum_i w[y_i], the semantics of
+        `torch.nn.functional.cross_entropy(weight=w)` that the authors' DRW uses.
+        """
+        weights = np.ones(self.num_classes) if weights is None else np.asarray(weights)
+        if weights.shape != (self.num_classes,) or np.any(weights < 0):
+            raise ValueError(
+                f"class weights must be {self.num_classes} non-negative values, got {weights}"
+            )
+        self.class_weights.assign(weights.astype(np.float32))
+
+    def _class_ids(self, y):
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
+            y = tf.argmax(y, axis=-1)  # one-hot labels
+        return tf.reshape(tf.cast(y, tf.int32), [-1])
+
+    def _loss_weights(self, y, sample_weight):
+        """Sample weights that turn Keras's sum(w l) / B into sum(w l) / sum(w)."""
+        w = tf.gather(tf.cast(self.class_weights, tf.float32), self._class_ids(y))
+        batch = tf.cast(tf.shape(w)[0], tf.float32)
+        w = w * batch / tf.maximum(tf.reduce_sum(w), 1e-12)
+        if sample_weight is not None:
+            w = w * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        return w
+
     def _example_tau(self, y, tau):
         """tau_i for each example: the batch's own, else the class table at y_i."""
         if tau is not None:
             return tf.reshape(tf.cast(tau, tf.float32), [-1])
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
-            y = tf.argmax(y, axis=-1)  # one-hot labels
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        return tf.gather(tf.cast(self.tau, tf.float32), y)
+        return tf.gather(tf.cast(self.tau, tf.float32), self._class_ids(y))
 
     def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True):
         """The pieces of the HAR objective on one (per-replica) batch.
@@ -228,6 +260,7 @@ class HARModel(keras.Model):
           compiled loss so scaled; `reg` is mean_i(tau_i * R_i) (unscaled, at least
           float32) or None for ERM; `r` is R as a [B] tensor, or None for ERM.
         """
+        sample_weight = self._loss_weights(y, sample_weight)
         if self.lam == 0.0:
             y_pred = self(x, training=training)
             ce = self._compute_loss(

@@ -108,6 +108,28 @@ def regression_tau(counts, *, density_exponent: float = 0.4, normalize: bool = T
     return tau / tau.max() if normalize else tau
 
 
+def class_balanced_weights(counts, *, beta: float = 0.9999):
+    """Class-balanced loss weights (Cui et al., 2019), as DRW uses them.
+
+    w_c = (1 - beta) / (1 - beta^n_c), normalized so that sum_c w_c = C: the
+    deferred re-weighting of the authors' HAR-DRW (and LDAM-DRW) code.
+
+    Args:
+      counts: [C] training examples per class, all >= 1.
+      beta: in [0, 1); 0 gives uniform weights.
+
+    Returns:
+      float64 [C] weights.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or np.any(counts < 1):
+        raise ValueError(f"counts must be 1-D with every entry >= 1, got {counts.tolist()}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return weights / weights.sum() * len(counts)
+
+
 def _check_range(labels, num_classes, what):
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:

@@ -72,10 +72,16 @@ def steps_for(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def fit(model: HARModel, train_ds, section, *, out_dir: str) -> dict:
+def fit(model: HARModel, train_ds, section, *, out_dir: str, callbacks=()) -> dict:
     """Fits for section.epochs, saves model.keras and history.json into out_dir."""
     # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
-    history = model.fit(train_ds, epochs=section.epochs, verbose=section.verbose, shuffle=False)
+    history = model.fit(
+        train_ds,
+        epochs=section.epochs,
+        verbose=section.verbose,
+        shuffle=False,
+        callbacks=list(callbacks),
+    )
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     for k, vals in hist.items():
         if not np.all(np.isfinite(vals)):

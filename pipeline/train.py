@@ -2,15 +2,18 @@
 
 Writes <workdir>/train/<run>/model.keras and history.json for each run of
 config.train.runs. "none" runs are ERM with lambda 0 (no double backprop);
-"uniform" uses tau = 1; "har" uses estimate_tau's tau.json.
+"uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
+gets class-balanced loss weights from config.train.drw_start_epoch (HAR-DRW).
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import app, flags, logging
 
+from har_tf.callbacks import DeferredReweighting
 from pipeline import data, modeling, stage
 
 NAME = "train"
@@ -37,8 +40,9 @@ def run(config, workdir: str) -> None:
         tau = stage.read_json(os.path.join(stage.require(workdir, "estimate_tau"), "tau.json"))[
             "tau"
         ]
-    num_train = len(data.read_labels(workdir, "train")["id"])
-    steps = modeling.steps_for(num_train, section.batch_size)
+    labels = data.read_labels(workdir, "train")["label"]
+    steps = modeling.steps_for(len(labels), section.batch_size)
+    class_counts = np.bincount(labels, minlength=config.data.num_classes)
     with stage.stage_output(workdir, NAME, config=section) as out:
         for name, run_cfg in section.runs.items():
             logging.info("Training run %r (%s, lam=%s)", name, run_cfg.regularizer, run_cfg.lam)
@@ -62,7 +66,14 @@ def run(config, workdir: str) -> None:
                 shuffle_buffer=section.shuffle_buffer,
                 seed=config.seed,
             )
-            modeling.fit(model, ds, section, out_dir=run_dir)
+            callbacks = []
+            if run_cfg.drw:
+                callbacks.append(
+                    DeferredReweighting(
+                        class_counts, start_epoch=section.drw_start_epoch, beta=section.drw_beta
+                    )
+                )
+            modeling.fit(model, ds, section, out_dir=run_dir, callbacks=callbacks)
 
 
 def main(argv):

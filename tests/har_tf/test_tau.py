@@ -57,3 +57,15 @@ def test_regression_tau():
     np.testing.assert_allclose(tau_lib.regression_tau([1, 32]), [1.0, 32**-0.4])
     with pytest.raises(ValueError):
         tau_lib.regression_tau([0, 3])
+
+
+def test_class_balanced_weights_hand_computed():
+    # beta 0.5: (1 - 0.5) / (1 - 0.5^1) = 1, (1 - 0.5) / (1 - 0.5^2) = 2/3; sum to C = 2.
+    np.testing.assert_allclose(tau_lib.class_balanced_weights([1, 2], beta=0.5), [1.2, 0.8])
+    np.testing.assert_allclose(tau_lib.class_balanced_weights([5, 500], beta=0.0), [1.0, 1.0])
+    w = tau_lib.class_balanced_weights([600, 6000, 6000])
+    assert w.sum() == pytest.approx(3.0) and w[0] > w[1] == pytest.approx(w[2])
+    with pytest.raises(ValueError, match="beta"):
+        tau_lib.class_balanced_weights([1, 2], beta=1.0)
+    with pytest.raises(ValueError, match="counts"):
+        tau_lib.class_balanced_weights([0, 2])
