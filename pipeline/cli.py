@@ -4,8 +4,10 @@ Stage modules define flags inside `if __name__ == "__main__":`, so importing sev
 stages (as `pipeline.run` does) never defines a flag twice.
 """
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
+
+from pipeline import stage
 
 
 def define_common_flags() -> None:
@@ -18,3 +20,15 @@ def define_common_flags() -> None:
     )
     flags.DEFINE_string("workdir", None, "Directory that holds every stage's output.")
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_stage(name: str, run_fn) -> None:
+    """The whole `__main__` of a stage: define flags, parse them, run (or skip)."""
+    define_common_flags()
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        stage.run_main(name, run_fn, flags.FLAGS.config, flags.FLAGS.workdir)
+
+    app.run(main)

@@ -102,3 +102,17 @@ def make_dataset(
 
     ds = ds.map(to_tuple, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def training_dataset(workdir: str, section, *, seed: int, keep_ids=None) -> tf.data.Dataset:
+    """The train split as a training stage's config section asks for it."""
+    return make_dataset(
+        workdir,
+        "train",
+        batch_size=section.batch_size,
+        training=True,
+        augment=section.augment,
+        shuffle_buffer=section.shuffle_buffer,
+        seed=seed,
+        keep_ids=keep_ids,
+    )

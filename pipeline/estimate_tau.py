@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from har_tf import tau as tau_lib
 from pipeline import data, modeling, stage
@@ -62,13 +62,7 @@ def run(config, workdir: str) -> None:
         )
 
 
-def main(argv):
-    del argv
-    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
     from pipeline import cli
 
-    cli.define_common_flags()
-    app.run(main)
+    cli.run_stage(NAME, run)

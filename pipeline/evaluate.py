@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags
 
 from pipeline import data, modeling, stage
 
@@ -105,13 +104,7 @@ def run(config, workdir: str) -> None:
             f.write(markdown(report, list(groups)))
 
 
-def main(argv):
-    del argv
-    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
     from pipeline import cli
 
-    cli.define_common_flags()
-    app.run(main)
+    cli.run_stage(NAME, run)

@@ -13,7 +13,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import logging
 
 from pipeline import data, modeling, stage
 
@@ -71,13 +71,7 @@ def run(config, workdir: str) -> None:
         logging.info("Exported %s (max |diff| vs Keras %.2e)", path, err)
 
 
-def main(argv):
-    del argv
-    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
     from pipeline import cli
 
-    cli.define_common_flags()
-    app.run(main)
+    cli.run_stage(NAME, run)

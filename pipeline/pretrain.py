@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from pipeline import data, modeling, stage
 
@@ -52,16 +52,7 @@ def run(config, workdir: str) -> None:
     logging.info("Pretrain split: %d examples in half A, %d in half B", len(half_a), len(half_b))
     with stage.stage_output(workdir, NAME, config=section) as out:
         np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
-        ds = data.make_dataset(
-            workdir,
-            "train",
-            batch_size=section.batch_size,
-            training=True,
-            augment=section.augment,
-            shuffle_buffer=section.shuffle_buffer,
-            seed=config.seed,
-            keep_ids=half_a,
-        )
+        ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=half_a)
         model = modeling.build_har_model(config, section, lam=0.0, seed=config.seed)
         modeling.compile_model(
             model, section, steps_per_epoch=modeling.steps_for(len(half_a), section.batch_size)
@@ -69,13 +60,7 @@ def run(config, workdir: str) -> None:
         modeling.fit(model, ds, section, out_dir=out)
 
 
-def main(argv):
-    del argv
-    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
     from pipeline import cli
 
-    cli.define_common_flags()
-    app.run(main)
+    cli.run_stage(NAME, run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from har_tf.callbacks import DeferredReweighting
 from pipeline import data, modeling, stage
@@ -57,15 +57,7 @@ def run(config, workdir: str) -> None:
                 seed=config.seed,
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
-            ds = data.make_dataset(
-                workdir,
-                "train",
-                batch_size=section.batch_size,
-                training=True,
-                augment=section.augment,
-                shuffle_buffer=section.shuffle_buffer,
-                seed=config.seed,
-            )
+            ds = data.training_dataset(workdir, section, seed=config.seed)
             callbacks = []
             if run_cfg.drw:
                 callbacks.append(
@@ -76,13 +68,7 @@ def run(config, workdir: str) -> None:
             modeling.fit(model, ds, section, out_dir=run_dir, callbacks=callbacks)
 
 
-def main(argv):
-    del argv
-    stage.run_main(NAME, run, flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
     from pipeline import cli
 
-    cli.define_common_flags()
-    app.run(main)
+    cli.run_stage(NAME, run)
