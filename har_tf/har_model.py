@@ -28,6 +28,14 @@ def unscale_loss_for_distribution(value):
     return value * n if n > 1 else value
 
 
+def _sum_over_replicas(*values):
+    """Sums of tensors over the replicas in sync (inside `strategy.run`), else themselves."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return tuple(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+
+
 def default_tap_layers(backbone: keras.Model) -> list[str]:
     """Names of the pre-affine BatchNorm layers (no center, no scale) of a backbone.
 
@@ -59,6 +67,23 @@ class HARModel(keras.Model):
 
     With `lam == 0` the step is plain ERM: no inner tape, no second-order graph,
     no extra cost.
+
+    Which activations are regularized is a property of the model, declared by
+    `tap_layers`: any layers of any functional backbone (Dense, activations, RNNs,
+    BNs), each tapped at its output. Every layer between the inputs and the loss must
+    be twice differentiable: use `har_tf.layers.BatchNormalization` (see
+    `har_tf.layers.convert_batch_norms`) and RNNs with `use_cudnn=False`; both are
+    checked here when `lam > 0`.
+
+    Mixed precision: under "mixed_bfloat16" nothing changes (bfloat16 has float32's
+    range). Under "mixed_float16" (GPU), gradients w.r.t. float16 taps are tiny (of
+    order 1/B, less for well-fit examples) and would underflow; `compile` then wraps
+    the optimizer in a `keras.optimizers.LossScaleOptimizer`, and the inner gradient
+    is taken of the loss scaled by its current scale, then unscaled in float32 before
+    the norms (likewise for an optimizer's static `loss_scale_factor`). A step where
+    the scaled inner gradient overflows reports an infinite `reg` and `loss`; the
+    optimizer then skips it and halves the scale, as for any overflow, but epoch means
+    of `loss`/`reg` include it (and `keras.callbacks.TerminateOnNaN` would stop).
 
     Args:
       backbone: a functional `keras.Model` mapping inputs to logits.
@@ -94,6 +119,34 @@ class HARModel(keras.Model):
     )
     model.fit(train_ds, epochs=120)  # logs loss, ce, reg, accuracy
     ```
+
+    Your own backbone, with the layers to regularize named:
+    ```python
+    inputs = keras.Input((784,))
+    h = keras.layers.Dense(256, name="my_dense")(inputs)
+    h = keras.layers.ReLU(name="my_relu")(h)
+    h = keras.layers.Dense(256, activation="relu", name="my_dense2")(h)
+    logits = keras.layers.Dense(10, name="logits")(h)
+    model = HARModel(
+        keras.Model(inputs, logits), lam=1.0, tap_layers=["my_relu", "my_dense2"]
+    )
+    ```
+    The paper's other models name their taps with helpers:
+    `backbone = har_tf.models.imdb_bilstm(vocab_size=20000)` with
+    `tap_layers=har_tf.models.rnn_tap_layers(backbone)`, and
+    `har_tf.models.resnet50(...)` / `inception_resnet_v2(...)` with
+    `tap_layers=har_tf.models.bn_tap_layers(backbone)`.
+
+    Distributed training (docs/DISTRIBUTED.md): create and compile the model under
+    `strategy.scope()`. One step on several replicas equals one step on one device
+    over the same global batch (tested with MirroredStrategy and
+    MultiWorkerMirroredStrategy) when every BatchNormalization is synchronized
+    (`cifar_resnet(synchronized_bn=True)`): the mean over the global batch in the
+    loss, in R (so lambda keeps its meaning) and in the DRW weights, and the logged
+    metrics are global-batch values. XLA: training with `jit_compile=True` under a
+    multi-replica strategy raises a ValueError (it fails in TF 2.21); Keras's "auto"
+    leaves XLA off on CPU-only machines and under tf.distribute, and on this
+    project's CPU XLA measured slower than no XLA.
 
     Reference:
       Cao, Chen, Ma, Gaidon, Ma. Heteroskedastic and Imbalanced Deep Learning with
@@ -152,6 +205,19 @@ class HARModel(keras.Model):
                     f"{' ...' if len(stock) > 3 else ''} are stock Keras BNs: convert the "
                     "backbone with har_tf.layers.convert_batch_norms(backbone) or build it "
                     "with har_tf.layers.BatchNormalization."
+                )
+            # TensorFlow's cuDNN RNN kernel has no second-order gradient (nothing is
+            # registered for CudnnRNNBackpropV3), and Keras picks it on a GPU.
+            cudnn = [
+                layer.name
+                for layer in backbone._flatten_layers(include_self=False)
+                if getattr(layer, "use_cudnn", False) is not False
+            ]
+            if cudnn and tf.config.list_logical_devices("GPU"):
+                raise ValueError(
+                    f"lam > 0 needs second derivatives through every RNN, and the cuDNN "
+                    f"kernel that Keras uses on a GPU has none. Build recurrent layers "
+                    f"{cudnn[:3]}{' ...' if len(cudnn) > 3 else ''} with use_cudnn=False."
                 )
         taps = []
         for name in self.tap_layers:
@@ -237,10 +303,17 @@ class HARModel(keras.Model):
         return tf.reshape(tf.cast(y, tf.int32), [-1])
 
     def _loss_weights(self, y, sample_weight):
-        """Sample weights that turn Keras's sum(w l) / B into sum(w l) / sum(w)."""
+        """Sample weights that turn Keras's sum(w l) / B into sum(w l) / sum(w).
+
+        Under a multi-replica strategy sum(w) runs over the global batch: Keras
+        divides each replica's sum(w l) by its own batch size and by the replica
+        count, so the replicas' losses add up to the weighted mean over the global
+        batch however it is split (with equal weights: the global-batch mean).
+        """
         w = tf.gather(tf.cast(self.class_weights, tf.float32), self._class_ids(y))
         batch = tf.cast(tf.shape(w)[0], tf.float32)
-        w = w * batch / tf.maximum(tf.reduce_sum(w), 1e-12)
+        (total,) = _sum_over_replicas(tf.reduce_sum(w))
+        w = w * (batch * float(_replicas())) / tf.maximum(total, 1e-12)
         if sample_weight is not None:
             w = w * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         return w
@@ -251,14 +324,31 @@ class HARModel(keras.Model):
             return tf.reshape(tf.cast(tau, tf.float32), [-1])
         return tf.gather(tf.cast(self.tau, tf.float32), self._class_ids(y))
 
+    def _loss_scale(self):
+        """The loss scale that `optimizer.scale_loss` applies (a scalar), or None if none.
+
+        A `keras.optimizers.LossScaleOptimizer` (which `compile` wraps around the
+        optimizer under "mixed_float16") scales by its current dynamic scale; any
+        optimizer may scale by a static `loss_scale_factor`.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or not (
+            isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            or optimizer.loss_scale_factor is not None
+        ):
+            return None
+        return optimizer.scale_loss(tf.constant(1.0))
+
     def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True):
         """The pieces of the HAR objective on one (per-replica) batch.
 
         Returns:
-          (y_pred, loss, ce, reg, r): `loss` is what the optimizer minimizes, scaled
-          for distribution like Keras's compiled loss (1/num_replicas); `ce` is the
-          compiled loss so scaled; `reg` is mean_i(tau_i * R_i) (unscaled, at least
-          float32) or None for ERM; `r` is R as a [B] tensor, or None for ERM.
+          (y_pred, loss, ce, reg, r): `loss` is what the optimizer minimizes: under
+          a strategy, this replica's share of the global-batch objective (the
+          replicas' shares add up to it, as Keras's compiled losses do); `ce` is
+          the compiled loss so scaled; `reg` is mean_i(tau_i * R_i) over this
+          replica's examples (unscaled, at least float32) or None for ERM; `r` is R
+          as a [B] tensor, or None for ERM.
         """
         sample_weight = self._loss_weights(y, sample_weight)
         if self.lam == 0.0:
@@ -278,17 +368,31 @@ class HARModel(keras.Model):
                 ce = self._compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
                 )
-            grads = inner.gradient(ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                # Mixed precision: gradients w.r.t. float16 taps are small (1/B and
+                # below) and underflow; differentiate the loss scaled as the outer step
+                # scales it, and unscale in at least float32 below.
+                loss_scale = self._loss_scale()
+                inner_ce = ce if loss_scale is None else ce * tf.cast(loss_scale, ce.dtype)
+            grads = inner.gradient(
+                inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            if loss_scale is not None:
+                grads = [regularizer.at_least_float32(g) for g in grads]
+                grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+            # Examples in the global batch (all replicas). ce is a mean over it, so
+            # each example's slice carries 1/global_batch whatever the split.
+            (global_batch,) = _sum_over_replicas(tf.cast(tf.shape(y_pred)[0], tf.float32))
             if self.scale == "per_example":
-                # ce is a batch mean over the global batch (local mean / replicas), so
-                # each slice carries 1/global_batch; undo it.
-                global_batch = tf.cast(tf.shape(y_pred)[0], tf.float32) * float(_replicas())
                 grads = [g * tf.cast(global_batch, g.dtype) for g in grads]
             r = regularizer.jacobian_penalty(
                 grads, aggregation=self.aggregation, epsilon=self.epsilon
             )
-            reg = tf.reduce_mean(tf.cast(self._example_tau(y, tau), r.dtype) * r)
-            loss = tf.cast(ce, reg.dtype) + scale_loss_for_distribution(self.lam * reg)
+            tau_r = tf.cast(self._example_tau(y, tau), r.dtype) * r
+            # The mean over this replica's examples (0 for a replica left without any).
+            reg = tf.math.divide_no_nan(tf.reduce_sum(tau_r), tf.cast(tf.size(tau_r), r.dtype))
+            # This replica's share of lam * (mean of tau * R over the global batch).
+            reg_loss = self.lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
+            loss = tf.cast(ce, reg.dtype) + reg_loss
         if self.weight_decay > 0.0:
             loss = regularizer.at_least_float32(loss)
             l2 = tf.add_n(
@@ -298,20 +402,38 @@ class HARModel(keras.Model):
         return y_pred, loss, ce, reg, r
 
     def train_step(self, data):
+        if self.jit_compile and _replicas() > 1:
+            raise ValueError(
+                "jit_compile=True fails under a multi-replica tf.distribute strategy in "
+                "TensorFlow 2.21 (the XLA step reads a variable of one replica from another "
+                "replica's device). Compile with jit_compile='auto' (XLA off under "
+                "tf.distribute) or False; see docs/DISTRIBUTED.md."
+            )
         x, y, sample_weight, tau = self._unpack(data)
         with tf.GradientTape() as tape:
             y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau)
+            # Under a strategy Keras logs the mean over replicas of each replica's own
+            # metric results. Each replica tracks its share of the global-batch value
+            # times the replica count, all with the same weight, so that the logs are
+            # the global values even when a batch splits unevenly (an epoch's end).
+            batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+            (global_batch,) = _sum_over_replicas(batch)
+            replica_weight = global_batch / float(_replicas())
             self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss), sample_weight=tf.shape(y_pred)[0]
+                unscale_loss_for_distribution(loss), sample_weight=replica_weight
             )
             scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
         weights = self.trainable_weights
         gradients = tape.gradient(scaled, weights)
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
 
-        batch = tf.shape(y_pred)[0]
-        self.ce_tracker.update_state(unscale_loss_for_distribution(ce), sample_weight=batch)
-        self.reg_tracker.update_state(tf.zeros(()) if reg is None else reg, sample_weight=batch)
+        self.ce_tracker.update_state(
+            unscale_loss_for_distribution(ce), sample_weight=replica_weight
+        )
+        reg_share = tf.zeros(()) if reg is None else reg * tf.cast(batch / global_batch, reg.dtype)
+        self.reg_tracker.update_state(
+            unscale_loss_for_distribution(reg_share), sample_weight=replica_weight
+        )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def test_step(self, data):

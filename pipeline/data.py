@@ -62,6 +62,7 @@ def make_dataset(
     seed: int = 0,
     keep_ids: np.ndarray | None = None,
     with_meta: bool = False,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (image float32 [B, H, W, C] on the 0..255 scale, label int32 [B]).
 
@@ -71,6 +72,8 @@ def make_dataset(
       keep_ids: if given, only records whose id is in this int array.
       with_meta: yield (image, label, {"id", "clean_label"}) instead, for analysis.
         The third element is not a sample weight: use only with predict-like loops.
+      drop_remainder: drop the last, smaller batch (needed under a multi-replica
+        strategy with synchronized BN, which fails on a replica with no example).
     """
     manifest = load_manifest(workdir)
     paths = records.shard_paths(stage.stage_dir(workdir, "preprocess"), split)
@@ -84,7 +87,7 @@ def make_dataset(
         ds = ds.filter(lambda ex: table.lookup(ex["id"]) > 0)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment:
         # Vectorized per batch (a per-example map costs more than the ResNet step on
         # 2 cores). Seeds are drawn anew each epoch, reproducibly.
@@ -115,4 +118,5 @@ def training_dataset(workdir: str, section, *, seed: int, keep_ids=None) -> tf.d
         shuffle_buffer=section.shuffle_buffer,
         seed=seed,
         keep_ids=keep_ids,
+        drop_remainder=section.strategy != "default",
     )

@@ -9,12 +9,28 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from har_tf import HARModel
 from har_tf.models import cifar_resnet
 from pipeline.stage import PipelineError
 
 MODELS = ("resnet",)
+# "default": TensorFlow's default strategy (one device: the first GPU, else the CPU).
+# "mirrored": tf.distribute.MirroredStrategy() (every local GPU, one replica each).
+STRATEGIES = ("default", "mirrored")
+_strategies: dict[str, tf.distribute.Strategy] = {}
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy a training section names (one per process)."""
+    if name not in STRATEGIES:
+        raise PipelineError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if name not in _strategies:
+        _strategies[name] = (
+            tf.distribute.get_strategy() if name == "default" else tf.distribute.MirroredStrategy()
+        )
+    return _strategies[name]
 
 
 def build_backbone(config) -> keras.Model:
@@ -30,6 +46,7 @@ def build_backbone(config) -> keras.Model:
         stem_strides=m.stem_strides,
         mean=tuple(d.mean),
         std=tuple(d.std),
+        synchronized_bn=m.synchronized_bn,
     )
 
 
@@ -37,17 +54,28 @@ def build_har_model(config, section, *, lam: float, tau=None, seed: int) -> HARM
     """A fresh, seeded HARModel: every run of a config starts from the same weights.
 
     `section` is the training stage's config (pretrain or train): its weight_decay
-    is the coupled L2 of the authors' SGD.
+    is the coupled L2 of the authors' SGD, and its `strategy` the `tf.distribute`
+    strategy whose scope the model is created in (`compile_model` and `fit` then
+    use the same one).
     """
+    strategy = distribution_strategy(getattr(section, "strategy", "default"))
+    if strategy.num_replicas_in_sync > 1 and not config.model.synchronized_bn:
+        logging.warning(
+            "Training on %d replicas with config.model.synchronized_bn=False: each "
+            "replica normalizes with its own slice of the batch, so results depend on "
+            "the replica count and BN moving statistics differ across replicas",
+            strategy.num_replicas_in_sync,
+        )
     keras.utils.set_random_seed(seed)
-    return HARModel(
-        build_backbone(config),
-        lam=lam,
-        tau=tau,
-        aggregation=config.train.aggregation,
-        scale=config.train.scale,
-        weight_decay=section.weight_decay,
-    )
+    with strategy.scope():
+        return HARModel(
+            build_backbone(config),
+            lam=lam,
+            tau=tau,
+            aggregation=config.train.aggregation,
+            scale=config.train.scale,
+            weight_decay=section.weight_decay,
+        )
 
 
 def compile_model(model: HARModel, section, *, steps_per_epoch: int) -> None:
@@ -61,11 +89,16 @@ def compile_model(model: HARModel, section, *, steps_per_epoch: int) -> None:
         if boundaries
         else section.learning_rate
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(lr, momentum=section.momentum),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    # The optimizer must be created under the strategy the model was built in.
+    with model.distribute_strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.SGD(lr, momentum=section.momentum),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            # Keras's "auto" turns XLA on for a GPU; HAR under XLA is unverified there,
+            # slower on this CPU, and refused under MirroredStrategy.
+            jit_compile=False,
+        )
 
 
 def steps_for(num_examples: int, batch_size: int) -> int:

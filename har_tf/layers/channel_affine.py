@@ -60,17 +60,33 @@ class ChannelAffine(keras.layers.Layer):
         return config
 
 
-def pre_affine_batch_norm(x, *, name, momentum=0.9, epsilon=1e-5):
+def pre_affine_batch_norm(x, *, name, momentum=0.9, epsilon=1e-5, synchronized=False):
     """BatchNorm as normalization (`<name>`, tappable) followed by `<name>_affine`.
 
     The normalization is `har_tf.layers.BatchNormalization` (exact second
     derivatives). Defaults are PyTorch's BatchNorm2d (momentum 0.1 in PyTorch's convention is 0.9
     in Keras's; epsilon 1e-5), as in the authors' code.
 
+    Args:
+      x: the input tensor (channels last).
+      name: name of the normalization layer; the affine is `<name>_affine`.
+      momentum, epsilon: of the normalization's moving statistics and variance.
+      synchronized: compute training-mode batch statistics over the global batch
+        of all replicas of a `tf.distribute` strategy (Keras's `synchronized=True`).
+        Use it under a multi-replica strategy: without it each replica normalizes
+        with its own slice's statistics, so the result depends on how the batch is
+        split, and the replicas' moving statistics drift apart. A no-op on one
+        device (the same statistics, computed as E[x^2] - E[x]^2).
+
     Returns:
       The affine output; the normalized tensor is `model.get_layer(name).output`.
     """
     x_hat = BatchNormalization(
-        center=False, scale=False, momentum=momentum, epsilon=epsilon, name=name
+        center=False,
+        scale=False,
+        momentum=momentum,
+        epsilon=epsilon,
+        synchronized=synchronized,
+        name=name,
     )(x)
     return ChannelAffine(name=f"{name}_affine")(x_hat)

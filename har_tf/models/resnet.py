@@ -34,13 +34,13 @@ def _conv(x, filters, strides, name):
     )(x)
 
 
-def _basic_block(x, filters, strides, name):
+def _basic_block(x, filters, strides, name, synchronized=False):
     shortcut = x
     y = _conv(x, filters, strides, f"{name}_conv1")
-    y = pre_affine_batch_norm(y, name=f"{name}_bn1")
+    y = pre_affine_batch_norm(y, name=f"{name}_bn1", synchronized=synchronized)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
     y = _conv(y, filters, 1, f"{name}_conv2")
-    y = pre_affine_batch_norm(y, name=f"{name}_bn2")
+    y = pre_affine_batch_norm(y, name=f"{name}_bn2", synchronized=synchronized)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = ShortcutA(filters, strides, name=f"{name}_shortcut")(x)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -57,6 +57,7 @@ def cifar_resnet(
     stem_strides: int = 1,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    synchronized_bn: bool = False,
     name: str = "cifar_resnet",
 ) -> keras.Model:
     """Builds a CIFAR ResNet whose block BNs are split into tappable normalization + affine.
@@ -79,6 +80,11 @@ def cifar_resnet(
       stem_strides: stride of the stem convolution (2 for small inputs on a CPU).
       mean, std: per-channel normalization applied inside the model, so that the
         exported model takes raw pixels.
+      synchronized_bn: every BatchNormalization (stem included) computes its
+        training-mode statistics over the global batch of all replicas
+        (`synchronized=True`). Set it under a multi-replica `tf.distribute`
+        strategy, so that training does not depend on how a batch is split across
+        replicas; it is saved in each layer's config.
       name: model name.
 
     Returns:
@@ -99,12 +105,14 @@ def cifar_resnet(
             mean=list(mean), variance=[s * s for s in std], name="normalize"
         )(x)
     x = _conv(x, widths[0], stem_strides, "stem_conv")
-    x = BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+    x = BatchNormalization(
+        momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name="stem_bn"
+    )(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for s, filters in enumerate(widths):
         for b in range(blocks_per_stage):
             strides = 2 if (s > 0 and b == 0) else 1
-            x = _basic_block(x, filters, strides, f"stage{s + 1}_block{b + 1}")
+            x = _basic_block(x, filters, strides, f"stage{s + 1}_block{b + 1}", synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer=_HE_NORMAL, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
