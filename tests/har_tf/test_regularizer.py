@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel, layers, regularizer
-from tests.har_tf import tiny_nets
+from tests.har_tf import gradient_checks, tiny_nets
 
 
 def _batch(n=7, seed=0):
@@ -111,36 +111,12 @@ def test_gradient_of_regularized_loss_matches_finite_differences(float64, traini
     backbone = tiny_nets.tiny_backbone(seed=3)
     model = _har(backbone, lam=5.0, tau=[0.3, 1.0, 0.6], weight_decay=1e-2)
     x, y = _batch(n=6, seed=2)
-    weights = model.trainable_weights
-    assert {w.dtype for w in weights} == {"float64"}
-    with tf.GradientTape() as tape:
-        loss = model.regularized_loss(x, y, training=training)[1]
-    grads = [g.numpy() for g in tape.gradient(loss, weights)]
-
-    def loss_at(delta):
-        for w, d in zip(weights, delta, strict=True):
-            w.assign_add(d)
-        value = float(model.regularized_loss(x, y, training=training)[1])
-        for w, d in zip(weights, delta, strict=True):
-            w.assign_sub(d)
-        return value
-
-    rng = np.random.default_rng(0)
-    h = 1e-6
-    for _ in range(3):
-        direction = [rng.normal(size=w.shape) for w in weights]
-        fd = (loss_at([h * d for d in direction]) - loss_at([-h * d for d in direction])) / (2 * h)
-        analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True))
-        np.testing.assert_allclose(analytic, fd, rtol=1e-6)
-    # And the regularizer's own contribution is non-trivial (not just the CE).
-    model.lam = 0.0
-    with tf.GradientTape() as tape:
-        erm_loss = model.regularized_loss(x, y, training=training)[1]
-    erm_grads = tape.gradient(erm_loss, weights)
-    assert (
-        max(float(np.abs(g - e.numpy()).max()) for g, e in zip(grads, erm_grads, strict=True))
-        > 1e-4
+    assert {w.dtype for w in model.trainable_weights} == {"float64"}
+    grads, erm_grads = gradient_checks.check_against_finite_differences(
+        model, x, y, training=training
     )
+    # And the regularizer's own contribution is non-trivial (not just the CE).
+    assert max(float(np.abs(g - e).max()) for g, e in zip(grads, erm_grads, strict=True)) > 1e-4
 
 
 def test_stock_keras_batch_norm_has_wrong_second_derivative_and_is_rejected(float64):
