@@ -26,6 +26,10 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
             augment=True,
             shuffle_buffer=10_000,
             verbose=1,
+            # tf.distribute strategy the stage trains under: "default" (one device) or
+            # "mirrored" (every local GPU; batch_size stays the global batch, split
+            # across replicas; set model.synchronized_bn too). See docs/DISTRIBUTED.md.
+            strategy="default",
         )
     )
 
@@ -35,35 +39,117 @@ def run(*, regularizer, lam, drw=False):
     return ml_collections.ConfigDict(dict(regularizer=regularizer, lam=lam, drw=drw))
 
 
+def rare_but_clean_imbalance(classes, *, ratio=10.0):
+    """The paper's App. C.3 variant: the rare classes are clean ones.
+
+    A step imbalance of `classes`, chosen among classes the noise leaves alone, so
+    that rarity and label noise fall on different classes. Used by the `rare_clean`
+    variant of configs/fashion_mnist_hetero.py.
+    """
+    return ml_collections.ConfigDict(
+        dict(kind="step", classes=tuple(classes), ratio=ratio, counts=(), by="noisy")
+    )
+
+
 def base_config():
     config = ml_collections.ConfigDict()
     # Seeds the noise draw, the imbalance cut, the split, and weight initialization.
     # The authors' code fixes RandomState(0); here it is a recorded config value.
     config.seed = 0
 
+    # Every field of `data` is documented in docs/DATA.md (sources, noise kinds,
+    # imbalance kinds, with example commands).
     config.data = ml_collections.ConfigDict(
         dict(
+            # The dataset's name, recorded in manifest.json. For source "auto" / "idx"
+            # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
+            # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
             dataset="fashion_mnist",
-            # Directory of IDX files; "" = $HAR_DATA_DIR, then the Debian package's
-            # /usr/share/datasets/fashion-mnist, then a TFDS download.
+            # Where examples come from (pipeline/sources.py):
+            #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
+            #                 package's directory, then a TFDS download (IDX datasets only)
+            #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback
+            #   "tfds"        the TFDS builder `dataset` (download_and_prepare, then
+            #                 sliced reads); data_dir = TFDS data_dir ("" = its default)
+            #   "npz"         <data_dir>/<split_names.SPLIT>.npz holding `x` uint8
+            #                 [N, H, W(, C)] and `y` int [N]
+            #   "image_list"  WebVision-style "<relative path> <label>" lists (image_list)
+            source="auto",
+            # "auto" / "idx": the directory of IDX files; "" = $HAR_DATA_DIR, then the
+            # Debian package's /usr/share/datasets/fashion-mnist, then a TFDS download.
+            # "tfds": TFDS's data_dir. "npz" / "image_list": the dataset's root.
             data_dir="",
+            # The source's name of each split: a TFDS split name (e.g. test="validation")
+            # or an .npz file stem. Not used by the IDX and image-list sources.
+            split_names=ml_collections.ConfigDict(dict(train="train", test="test")),
+            # TFDS feature keys. CIFAR-100's 20 superclasses: label_key="coarse_label"
+            # (with num_classes=20).
+            image_key="image",
+            label_key="label",
+            # source = "image_list" (WebVision 1.0's layout by default): list files and
+            # the directories their paths are relative to, all under data_dir. Images
+            # are decoded (PIL) and resized to image_shape.
+            image_list=ml_collections.ConfigDict(
+                dict(
+                    train="info/train_filelist_google.txt",
+                    train_root="",
+                    test="info/val_filelist.txt",
+                    test_root="val_images_256",
+                    # Keep only labels < max_classes (0 = all): 50 = "mini WebVision"
+                    # (Jiang et al. 2018), the first 50 classes of the Google subset.
+                    max_classes=0,
+                )
+            ),
             num_classes=10,
+            # (H, W, C) of the records. The IDX, npz and TFDS sources must match it;
+            # image lists (and TFDS datasets of variable image size) are resized to it.
             image_shape=(28, 28, 1),
             # Keep only the first N source examples of each split (0 = all): for tests.
             limit_train=0,
             limit_test=0,
+            # Label noise on the train split; T[clean, noisy] is recorded in the manifest.
             noise=ml_collections.ConfigDict(
                 dict(
-                    kind="pairs",  # "none" | "pairs"
+                    # "none" | "pairs" | "groups" | "cifar10_hetero" |
+                    # "cifar100_superclass" | "uniform" | "asymmetric" | "matrix"
+                    kind="pairs",
+                    # "pairs": each pair swaps labels with probability flip_prob.
                     pairs=((0, 6), (2, 4)),
+                    # "pairs", "groups" and the two presets: the probability of leaving
+                    # the clean label (0.4 in the paper).
                     flip_prob=0.4,
+                    # "groups": a label moves to each other member of its group with
+                    # flip_prob / (size - 1). Default: CIFAR-100's vehicles 1 and 2.
+                    # The presets fix their classes: "cifar10_hetero" = pairs (1, 9),
+                    # (3, 5) (needs num_classes 10); "cifar100_superclass" = these two
+                    # groups (needs num_classes 100); both use flip_prob.
+                    groups=((8, 13, 48, 58, 90), (41, 69, 81, 85, 89)),
+                    # "uniform": flip to a uniformly chosen OTHER class with this rate.
+                    rate=0.2,
+                    # "asymmetric": class c flips to targets[c] with probability
+                    # rates[c]; one entry per class. IMDB (paper App. C.1):
+                    # rates=(0.05, 0.4), targets=(1, 0).
+                    rates=(),
+                    targets=(),
+                    # "matrix": the full (C, C) T[clean, noisy]; rows must sum to 1.
+                    matrix=(),
                 )
             ),
+            # Class imbalance of the train split, cut after the noise. Targets use n_max =
+            # the source's largest class before noise (Fashion-MNIST 6000, CIFAR-10 5000).
             imbalance=ml_collections.ConfigDict(
                 dict(
-                    kind="step",  # "none" | "step"
+                    # "none" | "step" | "long_tailed" | "counts"
+                    kind="step",
+                    # "step": these classes are cut to floor(n_max / ratio). The paper's
+                    # App. C.3 "rare but clean" setting is a step cut of classes the
+                    # noise does not touch: see rare_but_clean_imbalance() below.
                     classes=(0, 2, 4, 6),
-                    ratio=10.0,  # n_max / n_rare
+                    # "step" and "long_tailed": n_max / n_rare. "long_tailed" keeps
+                    # floor(n_max * ratio ** (-c / (C - 1))) of class c (Cao et al. 2019).
+                    ratio=10.0,
+                    # "counts": examples to keep per class, one entry per class.
+                    counts=(),
                     by="noisy",  # cut by "noisy" label after the noise (authors) or "clean"
                 )
             ),
@@ -84,6 +170,11 @@ def base_config():
             blocks_per_stage=1,
             widths=(16, 32, 64),
             stem_strides=2,
+            # BatchNorm statistics over the global batch of all replicas. Set True
+            # under a multi-replica strategy (strategy = "mirrored" on several GPUs),
+            # so that training does not depend on how a batch is split. On one device
+            # both compute the same statistics.
+            synchronized_bn=False,
         )
     )
 

@@ -12,6 +12,12 @@ imbalance cut (`imbalance_sort_keys`).
 Conventions: `C` is the number of classes, `N` the number of examples; a transition
 matrix `T` has shape (C, C) with `T[clean, noisy]` the probability that an example
 of class `clean` is given label `noisy`.
+
+Noise matrices: `pair_swap_matrix`, `group_flip_matrix`, `uniform_noise_matrix`,
+`asymmetric_noise_matrix`, any matrix checked by `validate_transition_matrix`, and
+the paper's presets `cifar10_hetero_matrix` and `cifar100_superclass_matrix`.
+Imbalance targets (examples kept per class): `step_imbalance_targets`,
+`long_tailed_targets`, `count_targets`; `imbalance_keep_mask` applies any of them.
 """
 
 from __future__ import annotations
@@ -107,8 +113,145 @@ def validate_transition_matrix(matrix, num_classes: int | None = None) -> np.nda
             raise ValueError(f"transition matrix row {row} has a negative entry: {m[row]}")
         total = m[row].sum()
         if abs(total - 1.0) > _ROW_SUM_TOL:
-            raise ValueError(f"transition matrix row {row} sums to {total!r}, not 1")
+            raise ValueError(f"transition matrix row {row} sums to {float(total)!r}, not 1")
     return m
+
+
+# The paper's presets (Cao et al. 2021, Sec. 4 and App. C; the authors' code).
+# CIFAR-10 heteroskedastic noise: automobile (1) <-> truck (9), cat (3) <-> dog (5).
+CIFAR10_HETERO_PAIRS = ((1, 9), (3, 5))
+# CIFAR-100: two superclasses, "vehicles 1" and "vehicles 2" (fine-label ids).
+CIFAR100_VEHICLE_GROUPS = ((8, 13, 48, 58, 90), (41, 69, 81, 85, 89))
+# The probability of leaving the clean label in both presets.
+PAPER_FLIP_PROB = 0.4
+
+
+def group_flip_matrix(
+    num_classes: int, groups: Iterable[Sequence[int]], flip_prob: float
+) -> np.ndarray:
+    """Transition matrix where labels move within groups of classes.
+
+    A class of a group of k classes keeps its label with probability `1 - flip_prob`
+    and takes each of the other k - 1 members' labels with probability
+    `flip_prob / (k - 1)`; classes in no group are clean. Groups of two are
+    `pair_swap_matrix`.
+
+    Args:
+      num_classes: C.
+      groups: groups of at least two distinct class ids; a class may appear in one
+        group only.
+      flip_prob: the total probability of leaving the clean label, in [0, 1].
+
+    Returns:
+      float64 (C, C) matrix `T[clean, noisy]`.
+
+    Raises:
+      ValueError: on a class id out of range, a class in two groups or twice in one,
+        a group of fewer than two classes, or a probability outside [0, 1].
+    """
+    num_classes = _check_num_classes(num_classes)
+    flip_prob = _check_prob(flip_prob, "flip_prob")
+    matrix = np.eye(num_classes, dtype=np.float64)
+    seen: dict[int, tuple[int, ...]] = {}
+    for group in groups:
+        group = tuple(group)
+        if len(group) < 2:
+            raise ValueError(f"each group must hold at least two classes, got {group}")
+        members = [_check_class_id(c, num_classes, what=f"group {group}") for c in group]
+        for c in members:
+            if c in seen:
+                where = "twice in" if seen[c] is group else f"in two groups: {seen[c]} and"
+                raise ValueError(f"class {c} appears {where} {group}")
+            seen[c] = group
+        spread = flip_prob / (len(members) - 1)
+        for c in members:
+            matrix[c, members] = spread
+            matrix[c, c] = 1.0 - flip_prob
+    return matrix
+
+
+def cifar10_hetero_matrix(flip_prob: float = PAPER_FLIP_PROB) -> np.ndarray:
+    """The paper's CIFAR-10 noise: pairs {1, 9} and {3, 5} swap with `flip_prob`.
+
+    Returns:
+      float64 (10, 10) matrix `T[clean, noisy]` (`pair_swap_matrix`).
+    """
+    return pair_swap_matrix(10, CIFAR10_HETERO_PAIRS, flip_prob)
+
+
+def cifar100_superclass_matrix(flip_prob: float = PAPER_FLIP_PROB) -> np.ndarray:
+    """The paper's CIFAR-100 noise within the two vehicle superclasses.
+
+    Each of the ten vehicle classes keeps its label with probability 0.6 (for the
+    default `flip_prob` 0.4) and moves to each of the four other classes of its
+    superclass with 0.1; the other 90 classes are clean.
+
+    Returns:
+      float64 (100, 100) matrix `T[clean, noisy]` (`group_flip_matrix`).
+    """
+    return group_flip_matrix(100, CIFAR100_VEHICLE_GROUPS, flip_prob)
+
+
+def uniform_noise_matrix(num_classes: int, rate: float) -> np.ndarray:
+    """Class-agnostic noise: with probability `rate`, a uniformly chosen OTHER class.
+
+    Args:
+      num_classes: C >= 2.
+      rate: the probability of leaving the clean label, in [0, 1].
+
+    Returns:
+      float64 (C, C): `1 - rate` on the diagonal, `rate / (C - 1)` elsewhere.
+
+    Raises:
+      ValueError: for C < 2 or a rate outside [0, 1].
+    """
+    num_classes = _check_num_classes(num_classes)
+    if num_classes < 2:
+        raise ValueError(f"uniform noise needs at least two classes, got {num_classes}")
+    rate = _check_prob(rate, "rate")
+    matrix = np.full((num_classes, num_classes), rate / (num_classes - 1), dtype=np.float64)
+    np.fill_diagonal(matrix, 1.0 - rate)
+    return matrix
+
+
+def asymmetric_noise_matrix(
+    num_classes: int, rates: Sequence[float], targets: Sequence[int]
+) -> np.ndarray:
+    """Per-class flips to one named target each.
+
+    Class c keeps its label with probability `1 - rates[c]` and takes label
+    `targets[c]` with probability `rates[c]`. IMDB in the paper (App. C.1), class 0
+    negative and 1 positive: `rates=(0.05, 0.40), targets=(1, 0)`.
+
+    Args:
+      num_classes: C.
+      rates: float [C] flip probabilities in [0, 1] (0 = class c is clean).
+      targets: int [C] target classes; `targets[c]` may equal c only where
+        `rates[c] == 0`.
+
+    Returns:
+      float64 (C, C) matrix `T[clean, noisy]`.
+
+    Raises:
+      ValueError: naming the class on a wrong length, a rate outside [0, 1], a
+        target out of range, or a class flipping to itself with a rate > 0.
+    """
+    num_classes = _check_num_classes(num_classes)
+    rates, targets = tuple(rates), tuple(targets)
+    for name, values in (("rates", rates), ("targets", targets)):
+        if len(values) != num_classes:
+            raise ValueError(
+                f"{name} has {len(values)} entries; expected one per class ({num_classes})"
+            )
+    matrix = np.eye(num_classes, dtype=np.float64)
+    for c, (rate, target) in enumerate(zip(rates, targets, strict=True)):
+        rate = _check_prob(rate, f"rates[{c}]")
+        target = _check_class_id(target, num_classes, what=f"targets[{c}]")
+        if target == c and rate > 0:
+            raise ValueError(f"class {c} flips to itself (targets[{c}] = {c}, rate {rate})")
+        matrix[c, c] = 1.0 - rate
+        matrix[c, target] += rate
+    return matrix
 
 
 # ----------------------------------------------------------------------------------
@@ -214,15 +357,8 @@ def step_imbalance_targets(
     Returns:
       int64 [C] target counts.
     """
-    counts = np.asarray(counts)
-    if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer):
-        raise ValueError(f"counts must be a 1-D integer array, got {counts.dtype} {counts.shape}")
-    if np.any(counts < 0):
-        raise ValueError(f"counts must be non-negative, got {counts.tolist()}")
-    ratio = float(ratio)
-    if not ratio >= 1.0:  # also rejects NaN
-        raise ValueError(f"imbalance ratio must be >= 1, got {ratio}")
-    targets = counts.astype(np.int64)
+    targets = _check_counts(counts)
+    ratio = _check_ratio(ratio)
     if n_max is None:
         n_max = targets.max(initial=0)
     rare = int(np.floor(n_max / ratio))
@@ -230,6 +366,62 @@ def step_imbalance_targets(
         c = _check_class_id(c, counts.size, what="imbalance classes")
         targets[c] = min(targets[c], rare)
     return targets
+
+
+def long_tailed_targets(counts, ratio: float, *, n_max: int | None = None) -> np.ndarray:
+    """Per-class target counts of an exponential long tail (Cao et al. 2019, LDAM).
+
+    Class c is cut to `floor(n_max * (1 / ratio) ** (c / (C - 1)))` examples (never
+    above its own count): class 0 keeps n_max, class C - 1 keeps n_max / ratio. The
+    formula and rounding are the LDAM code's `int(img_max * imb_factor ** (c / (C -
+    1.0)))` with `imb_factor = 1 / ratio`; CIFAR-10, ratio 100: 5000, 2997, 1796,
+    1077, 645, 387, 232, 139, 83, 50.
+
+    Args:
+      counts: int [C] examples per class before the cut, C >= 2.
+      ratio: n_max / n_min, >= 1.
+      n_max: the size of the head class; default max(counts) (see
+        `step_imbalance_targets`).
+
+    Returns:
+      int64 [C] target counts.
+    """
+    counts = _check_counts(counts)
+    if counts.size < 2:
+        raise ValueError(f"a long tail needs at least two classes, got {counts.size}")
+    ratio = _check_ratio(ratio)
+    if n_max is None:
+        n_max = int(counts.max(initial=0))
+    exponents = np.arange(counts.size) / (counts.size - 1.0)
+    tail = np.array([int(n_max * (1.0 / ratio) ** e) for e in exponents], dtype=np.int64)
+    return np.minimum(counts, tail)
+
+
+def count_targets(counts, wanted) -> np.ndarray:
+    """Per-class target counts given explicitly: `min(counts[c], wanted[c])`.
+
+    Args:
+      counts: int [C] examples per class before the cut.
+      wanted: int [C] the examples to keep per class (>= 0).
+
+    Returns:
+      int64 [C] target counts.
+
+    Raises:
+      ValueError: naming the class on a wrong length or a negative or non-integer entry.
+    """
+    counts = _check_counts(counts)
+    wanted = tuple(wanted)
+    if len(wanted) != counts.size:
+        raise ValueError(
+            f"counts to keep has {len(wanted)} entries; expected one per class ({counts.size})"
+        )
+    out = np.empty(counts.size, dtype=np.int64)
+    for c, w in enumerate(wanted):
+        if isinstance(w, bool) or int(w) != w or w < 0:
+            raise ValueError(f"class {c}: the count to keep must be an integer >= 0, got {w!r}")
+        out[c] = int(w)
+    return np.minimum(counts, out)
 
 
 def imbalance_sort_keys(ids, *, seed: int) -> np.ndarray:
@@ -383,6 +575,29 @@ def _check_ids(ids, *, size: int | None = None, unique: bool = False) -> np.ndar
     if unique and np.unique(arr).size != arr.size:
         raise ValueError("ids must be unique")
     return arr
+
+
+def _check_counts(counts) -> np.ndarray:
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"counts must be a 1-D integer array, got {counts.dtype} {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError(f"counts must be non-negative, got {counts.tolist()}")
+    return counts.astype(np.int64)
+
+
+def _check_ratio(ratio) -> float:
+    ratio = float(ratio)
+    if not ratio >= 1.0:  # also rejects NaN
+        raise ValueError(f"imbalance ratio must be >= 1, got {ratio}")
+    return ratio
+
+
+def _check_prob(value, name: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
 
 
 def _check_num_classes(num_classes) -> int:

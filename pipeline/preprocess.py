@@ -5,13 +5,14 @@ r"""Stage `preprocess`: source images -> corrupted, cut, sharded TFRecords (Apac
       --direct_running_mode=multi_processing"]
 
 Train split: each example's noisy label is drawn from the row of its clean label in
-the noise transition matrix (`config.data.noise`), then a step imbalance
-(`config.data.imbalance`) keeps, in each cut class, the `target` examples with the
-smallest `(imbalance_sort_keys(id), id)`. Test split: written as is (label ==
-clean_label). Every random choice is a hash of (config.seed, id) (see
-`har_tf.corruption`), so the output is the same set of records whatever the runner,
-worker count or chunking, and equals the in-memory reference
-`corrupt_labels` + `imbalance_keep_mask`. The files are deterministic too: shard `s`
+the noise transition matrix (`config.data.noise`: pairs, groups, the paper's
+presets, uniform, asymmetric or a given matrix), then an imbalance
+(`config.data.imbalance`: step, long_tailed or counts) keeps, in each cut class,
+the `target` examples with the smallest `(imbalance_sort_keys(id), id)`. Test
+split: written as is (label == clean_label). Every random choice is a hash of
+(config.seed, id) (see `har_tf.corruption`), so the output is the same set of
+records whatever the runner, worker count or chunking, and equals the in-memory
+reference `corrupt_labels` + `imbalance_keep_mask`. The files are deterministic too: shard `s`
 of a split holds the records with `id % num_shards == s`, sorted by id, so two runs
 of the same config write byte-identical shards (see `_WriteShard`).
 
@@ -20,7 +21,8 @@ and processed as numpy arrays:
 
   chunk ranges -> labels pass (labels file only): noisy labels, sort keys
       -> counts before the cut (C x C transition counts, summed)  -> targets
-      -> per cut class, the `bound` smallest (key, id) (a vectorized top-k combiner)
+      -> per cut class c, the `bound[c]` smallest (key, id) (a vectorized top-k
+         combiner; `bound[c]` >= any target c can get, `Plan.candidate_bounds`)
       -> the target-th smallest = the class's keep threshold     -> side input
   chunk ranges -> write pass (images + labels, threshold side input): noisy labels,
       keep mask, encoded records batched by shard (id % num_shards)
@@ -62,14 +64,17 @@ class Plan:
     """The validated, picklable description of what the Beam job does.
 
     Attributes:
-      source: where examples come from (`sources.IdxSource` or `sources.TfdsSource`).
+      source: where examples come from (a `pipeline.sources` source).
       num_classes: C.
       image_shape: (H, W, channels) of the source images.
       seed: `config.seed`, for the noise draw and the cut order.
       noise_matrix: float64 (C, C) `T[clean, noisy]` applied to train (identity for
         kind "none").
-      cut_classes: classes cut by the step imbalance (empty for kind "none").
-      ratio: the imbalance ratio n_max / n_rare.
+      imbalance_kind: "none", "step", "long_tailed" or "counts".
+      cut_classes: classes the imbalance may cut (empty for kind "none"; every class
+        for "long_tailed" and "counts").
+      ratio: the imbalance ratio n_max / n_rare ("step", "long_tailed").
+      class_counts: examples to keep per class ("counts"; empty otherwise).
       cut_by: "noisy" or "clean": the labels the cut counts and selects by.
       sizes: examples used per split (after `limit_*`).
       chunk_size: examples per read chunk.
@@ -81,16 +86,41 @@ class Plan:
     image_shape: tuple[int, ...]
     seed: int
     noise_matrix: np.ndarray
+    imbalance_kind: str
     cut_classes: tuple[int, ...]
     ratio: float
+    class_counts: tuple[int, ...]
     cut_by: str
     sizes: dict
     chunk_size: int
     num_shards: int
 
-    def candidate_bound(self, split: str) -> int:
-        """An upper bound on any cut target: floor(n / ratio) >= floor(max(counts) / ratio)."""
-        return int(np.floor(self.sizes[split] / self.ratio))
+    def imbalance_targets(self, counts: np.ndarray, n_max: int) -> np.ndarray:
+        """int64 [C] examples to keep per class, given int [C] counts before the cut.
+
+        The same `har_tf.corruption` functions the in-memory reference uses; n_max is
+        the source's largest class before noise.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        if self.imbalance_kind == "step":
+            return corruption.step_imbalance_targets(
+                counts, self.cut_classes, self.ratio, n_max=n_max
+            )
+        if self.imbalance_kind == "long_tailed":
+            return corruption.long_tailed_targets(counts, self.ratio, n_max=n_max)
+        if self.imbalance_kind == "counts":
+            return corruption.count_targets(counts, self.class_counts)
+        return counts
+
+    def candidate_bounds(self, split: str) -> np.ndarray:
+        """int64 [C]: an upper bound on each class's cut target in `split`.
+
+        Every kind's target is non-decreasing in both the class count and n_max, and
+        both are at most n, the split's size; so the targets for counts = n_max = n
+        bound the real ones.
+        """
+        n = self.sizes[split]
+        return self.imbalance_targets(np.full(self.num_classes, n, np.int64), n)
 
 
 # ----------------------------------------------------------------------------------
@@ -104,7 +134,7 @@ def make_plan(config) -> Plan:
       PipelineError: for anything a user must fix in the config or the data.
     """
     data = config.data
-    sources.dataset_spec(data.dataset)  # Unknown names fail before any file lookup.
+    sources.check_source_config(data)  # Bad names fail before any file lookup.
     num_classes = int(data.num_classes)
     if num_classes < 2:
         raise PipelineError(f"config.data.num_classes must be >= 2, got {num_classes}")
@@ -115,36 +145,22 @@ def make_plan(config) -> Plan:
         if int(data[field]) < 1:
             raise PipelineError(f"config.data.{field} must be >= 1, got {data[field]}")
 
-    noise = data.noise
-    if noise.kind == "none":
-        matrix = np.eye(num_classes)
-    elif noise.kind == "pairs":
-        try:
-            matrix = corruption.pair_swap_matrix(num_classes, noise.pairs, noise.flip_prob)
-        except ValueError as e:
-            raise PipelineError(f"config.data.noise: {e}") from e
-    else:
-        raise PipelineError(f"config.data.noise.kind = {noise.kind!r}; expected 'none' or 'pairs'")
-
+    matrix = noise_matrix(data.noise, num_classes)
     imbalance = data.imbalance
-    if imbalance.kind == "none":
-        cut_classes, ratio = (), 1.0
-    elif imbalance.kind == "step":
-        cut_classes, ratio = tuple(int(c) for c in imbalance.classes), float(imbalance.ratio)
-        try:  # Checks classes and ratio on dummy counts.
-            corruption.step_imbalance_targets(np.ones(num_classes, np.int64), cut_classes, ratio)
-        except ValueError as e:
-            raise PipelineError(f"config.data.imbalance: {e}") from e
-    else:
-        raise PipelineError(
-            f"config.data.imbalance.kind = {imbalance.kind!r}; expected 'none' or 'step'"
-        )
+    kind, cut_classes, ratio, class_counts = _imbalance_fields(imbalance, num_classes)
     if imbalance.by not in ("noisy", "clean"):
         raise PipelineError(
             f"config.data.imbalance.by = {imbalance.by!r}; expected 'noisy' or 'clean'"
         )
 
     source = sources.resolve_source(data)
+    source_classes = getattr(source, "num_label_classes", lambda: None)()
+    if source_classes is not None and source_classes != num_classes:
+        raise PipelineError(
+            f"{source.description}: the label feature {data.get('label_key', 'label')!r} "
+            f"(config.data.label_key) has {source_classes} classes, but "
+            f"config.data.num_classes = {num_classes}"
+        )
     limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
     sizes = {}
     for split in records.SPLITS:
@@ -163,13 +179,154 @@ def make_plan(config) -> Plan:
         image_shape=tuple(int(d) for d in data.image_shape),
         seed=seed,
         noise_matrix=matrix,
+        imbalance_kind=kind,
         cut_classes=cut_classes,
         ratio=ratio,
+        class_counts=class_counts,
         cut_by=imbalance.by,
         sizes=sizes,
         chunk_size=int(data.chunk_size),
         num_shards=int(data.num_shards),
     )
+
+
+NOISE_KINDS = (
+    "none",
+    "pairs",
+    "groups",
+    "cifar10_hetero",
+    "cifar100_superclass",
+    "uniform",
+    "asymmetric",
+    "matrix",
+)
+IMBALANCE_KINDS = ("none", "step", "long_tailed", "counts")
+
+
+def noise_matrix(noise, num_classes: int) -> np.ndarray:
+    """The (C, C) transition matrix `config.data.noise` asks for.
+
+    Args:
+      noise: `config.data.noise` (reads `kind` and that kind's fields, see
+        configs/common.py).
+      num_classes: C.
+
+    Returns:
+      float64 (C, C) `T[clean, noisy]`, rows summing to 1.
+
+    Raises:
+      PipelineError: naming the field for an unknown kind, a preset used with the
+        wrong number of classes, or a field the kind's matrix rejects.
+    """
+    kind = noise.kind
+    if kind not in NOISE_KINDS:
+        raise PipelineError(
+            f"config.data.noise.kind = {kind!r}; expected one of {', '.join(NOISE_KINDS)}"
+        )
+    presets = {"cifar10_hetero": 10, "cifar100_superclass": 100}
+    if kind in presets and num_classes != presets[kind]:
+        raise PipelineError(
+            f"config.data.noise.kind = {kind!r} needs config.data.num_classes = "
+            f"{presets[kind]}, got {num_classes}"
+        )
+
+    def build(fn, *names):
+        # Errors name the field: the builders' messages start with the argument's
+        # name where it is not obvious (e.g. "rates[2] must be in [0, 1]"); any other
+        # error is about the last, structural field (flip_prob is checked first).
+        try:
+            return fn(*(noise[n] for n in names))
+        except (ValueError, TypeError) as e:
+            field = next((n for n in names if str(e).startswith(n)), names[-1])
+            raise PipelineError(f"config.data.noise.{field}: {e}") from e
+
+    if kind in ("pairs", "groups", "cifar10_hetero", "cifar100_superclass"):
+        _check_probability(noise.flip_prob, "config.data.noise.flip_prob")
+    if kind == "none":
+        return np.eye(num_classes)
+    if kind == "pairs":
+        return build(
+            lambda p, pairs: corruption.pair_swap_matrix(num_classes, pairs, p),
+            "flip_prob",
+            "pairs",
+        )
+    if kind == "groups":
+        return build(
+            lambda p, groups: corruption.group_flip_matrix(num_classes, groups, p),
+            "flip_prob",
+            "groups",
+        )
+    if kind == "cifar10_hetero":
+        return corruption.cifar10_hetero_matrix(float(noise.flip_prob))
+    if kind == "cifar100_superclass":
+        return corruption.cifar100_superclass_matrix(float(noise.flip_prob))
+    if kind == "uniform":
+        _check_probability(noise.rate, "config.data.noise.rate")
+        return corruption.uniform_noise_matrix(num_classes, float(noise.rate))
+    if kind == "asymmetric":
+        if len(noise.rates) != num_classes:
+            raise PipelineError(
+                f"config.data.noise.rates has {len(noise.rates)} entries; kind 'asymmetric' "
+                f"needs one flip rate per class (config.data.num_classes = {num_classes})"
+            )
+        return build(
+            lambda rates, targets: corruption.asymmetric_noise_matrix(num_classes, rates, targets),
+            "rates",
+            "targets",
+        )
+    return build(
+        lambda m: corruption.validate_transition_matrix(m, num_classes=num_classes), "matrix"
+    )
+
+
+def _check_probability(value, name: str) -> None:
+    try:
+        ok = 0.0 <= float(value) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PipelineError(f"{name} = {value!r}; must be a probability in [0, 1]")
+
+
+def _imbalance_fields(imbalance, num_classes: int):
+    """Validated (kind, cut_classes, ratio, class_counts) of `config.data.imbalance`."""
+    kind = imbalance.kind
+    if kind not in IMBALANCE_KINDS:
+        raise PipelineError(
+            f"config.data.imbalance.kind = {kind!r}; expected one of {', '.join(IMBALANCE_KINDS)}"
+        )
+    dummy = np.ones(num_classes, np.int64)
+    if kind == "none":
+        return kind, (), 1.0, ()
+    if kind == "counts":
+        counts = tuple(imbalance.counts)
+        try:
+            corruption.count_targets(dummy, counts)
+        except (ValueError, TypeError) as e:
+            raise PipelineError(f"config.data.imbalance.counts: {e}") from e
+        for c, n in enumerate(counts):
+            if n == 0:
+                raise PipelineError(
+                    f"config.data.imbalance.counts[{c}] = 0 would leave class {c} empty"
+                )
+        return kind, tuple(range(num_classes)), 1.0, tuple(int(n) for n in counts)
+    try:
+        ratio = float(imbalance.ratio)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"config.data.imbalance.ratio: {e}") from e
+    if kind == "long_tailed":
+        try:
+            corruption.long_tailed_targets(dummy, ratio)
+        except ValueError as e:
+            raise PipelineError(f"config.data.imbalance.ratio: {e}") from e
+        return kind, tuple(range(num_classes)), ratio, ()
+    try:  # Checks classes and ratio on dummy counts.
+        cut_classes = tuple(int(c) for c in imbalance.classes)
+        corruption.step_imbalance_targets(dummy, cut_classes, ratio)
+    except (ValueError, TypeError) as e:
+        field = "ratio" if "ratio" in str(e) else "classes"
+        raise PipelineError(f"config.data.imbalance.{field}: {e}") from e
+    return kind, cut_classes, ratio, ()
 
 
 # ----------------------------------------------------------------------------------
@@ -221,15 +378,16 @@ def _chunk_counts(labels: _Labels, plan: Plan) -> np.ndarray:
     return corruption.transition_counts(labels.clean, labels.noisy, plan.num_classes)
 
 
-def _chunk_candidates(labels: _Labels, plan: Plan, bound: int):
-    """Per cut class present in the chunk: (class, (keys, ids)) of its `bound` smallest."""
+def _chunk_candidates(labels: _Labels, plan: Plan, bounds: np.ndarray):
+    """Per cut class c in the chunk: (c, (bound, keys, ids)) of its `bounds[c]` smallest."""
     keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
     by = _by(plan, labels)
     for c in plan.cut_classes:
         members = np.flatnonzero(by == c)
+        bound = int(bounds[c])
         if members.size:
             chosen = members[corruption.smallest_by_key(keys[members], labels.ids[members], bound)]
-            yield c, (keys[chosen], labels.ids[chosen])
+            yield c, (bound, keys[chosen], labels.ids[chosen])
 
 
 class _SumCounts(beam.CombineFn):
@@ -252,21 +410,21 @@ class _SumCounts(beam.CombineFn):
 
 
 class _SmallestByKey(beam.CombineFn):
-    """Top-k by smallest (key, id) over chunks of (keys float64 [n], ids int64 [n]).
+    """Top-k by smallest (key, id) over chunks of (k, keys float64 [n], ids int64 [n]).
 
     A vectorized stand-in for `beam.combiners.Top.Smallest(k)` on (key, id) pairs:
-    merging per-chunk top-k lists and trimming to k is exact.
+    merging per-chunk top-k lists and trimming to k is exact. Each input carries its
+    class's k (every input of a key has the same one), since a CombineFn applied per
+    key does not see the key.
     """
 
-    def __init__(self, k: int):
-        self._k = k
-
     def create_accumulator(self):
-        return np.zeros([0], np.float64), np.zeros([0], np.int64)
+        return 0, np.zeros([0], np.float64), np.zeros([0], np.int64)
 
-    def _trim(self, keys, ids):
-        chosen = corruption.smallest_by_key(keys, ids, self._k)
-        return keys[chosen], ids[chosen]
+    @staticmethod
+    def _trim(k, keys, ids):
+        chosen = corruption.smallest_by_key(keys, ids, k)
+        return k, keys[chosen], ids[chosen]
 
     def add_input(self, acc, chunk):
         return self.merge_accumulators([acc, chunk])
@@ -274,11 +432,14 @@ class _SmallestByKey(beam.CombineFn):
     def merge_accumulators(self, accs):
         accs = list(accs)
         return self._trim(
-            np.concatenate([a[0] for a in accs]), np.concatenate([a[1] for a in accs])
+            max(a[0] for a in accs),
+            np.concatenate([a[1] for a in accs]),
+            np.concatenate([a[2] for a in accs]),
         )
 
     def extract_output(self, acc):
-        return self._trim(*acc)  # Sorted ascending.
+        _, keys, ids = self._trim(*acc)
+        return keys, ids  # Sorted ascending.
 
 
 def _targets(counts_before: np.ndarray, plan: Plan) -> np.ndarray:
@@ -288,14 +449,37 @@ def _targets(counts_before: np.ndarray, plan: Plan) -> np.ndarray:
     # n_max is the largest class of the source before noise (the authors' img_max),
     # whichever label the cut goes by: 6000 / 10 = 600 on Fashion-MNIST.
     n_max = int(counts_before.sum(axis=1).max(initial=0))
-    targets = corruption.step_imbalance_targets(counts, plan.cut_classes, plan.ratio, n_max=n_max)
+    targets = plan.imbalance_targets(counts, n_max)
+    # What each class would keep had it enough examples (for the messages below).
+    wanted = plan.imbalance_targets(np.full_like(counts, 2**62), n_max)
     for c in plan.cut_classes:
         if targets[c] == 0:
+            if plan.imbalance_kind == "step":
+                rule = f"floor({n_max} / {plan.ratio:g}) = {wanted[c]}"
+            elif plan.imbalance_kind == "long_tailed":
+                rule = (
+                    f"floor({n_max} * {plan.ratio:g} ** (-{c} / {plan.num_classes - 1})) "
+                    f"= {wanted[c]}"
+                )
+            else:
+                rule = f"config.data.imbalance.counts[{c}] = {wanted[c]}"
+            fix = (
+                "lower config.data.imbalance.ratio or use more data"
+                if wanted[c] == 0
+                else "no example of it is left to keep (check the noise and num_classes)"
+            )
             raise PipelineError(
-                f"the step imbalance leaves class {c} empty: it has {counts[c]} examples by "
-                f"{plan.cut_by} label and the cut target is floor({n_max} / "
-                f"{plan.ratio:g}) = {int(np.floor(n_max / plan.ratio))}; lower "
-                "config.data.imbalance.ratio or use more data"
+                f"the {plan.imbalance_kind} imbalance leaves class {c} empty: it has "
+                f"{counts[c]} examples by {plan.cut_by} label and the cut target is {rule}; " + fix
+            )
+        if plan.imbalance_kind == "counts" and counts[c] < wanted[c]:
+            logging.warning(
+                "imbalance counts: class %d has %d examples by %s label, fewer than the "
+                "%d asked for; keeping all of them.",
+                c,
+                counts[c],
+                plan.cut_by,
+                wanted[c],
             )
     return targets
 
@@ -434,12 +618,12 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
             | f"{split}/CountsBeforeCut" >> beam.CombineGlobally(_SumCounts(C))
         )
     if cut:
-        bound = plan.candidate_bound(split)
+        bounds = plan.candidate_bounds(split)
         targets = before | f"{split}/Targets" >> beam.Map(_targets, plan)
         thresholds = (
             labels
-            | f"{split}/Candidates" >> beam.FlatMap(_chunk_candidates, plan, bound)
-            | f"{split}/SmallestPerClass" >> beam.CombinePerKey(_SmallestByKey(bound))
+            | f"{split}/Candidates" >> beam.FlatMap(_chunk_candidates, plan, bounds)
+            | f"{split}/SmallestPerClass" >> beam.CombinePerKey(_SmallestByKey())
             | f"{split}/Thresholds" >> beam.Map(_threshold, beam.pvalue.AsSingleton(targets))
         )
         encode = beam.ParDo(_EncodeChunk(plan, split), thresholds=beam.pvalue.AsDict(thresholds))

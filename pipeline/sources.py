@@ -1,12 +1,21 @@
-"""Where `preprocess` reads its examples from: IDX files on disk, or a TFDS download.
+"""Where `preprocess` reads its examples from (`config.data.source`).
 
 A source is a small picklable object (it travels to Beam workers) with
-`num_examples(split)`, `read(split, start, stop)` and `read_labels(split, start,
-stop)`; reads take a chunk `[start, stop)` of the split's examples in source order,
-so no worker needs the whole dataset in memory, and the example id is the index in
-the source.
+`description`, `check()`, `num_examples(split)`, `image_shape(split)`,
+`labels_origin(split)`, `read(split, start, stop)` (uint8 [n, H, W, C] images,
+int64 [n] labels) and `read_labels(split, start, stop)`; reads take a chunk
+`[start, stop)` of the split's examples in source order, so no worker needs the
+whole dataset in memory, and the example id is the index in the source.
 
-Resolution order for the IDX datasets (`resolve_source`):
+Sources (docs/DATA.md has an example command for each):
+  IdxSource        MNIST-style IDX files ("auto", "idx").
+  TfdsSource       any TFDS image-classification dataset, read by split slices ("tfds").
+  NpzSource        one .npz per split, `x` uint8 images and `y` int labels, memory-mapped
+                   (np.savez) or streamed (np.savez_compressed) by chunk ("npz").
+  ImageListSource  WebVision-style lists of `<relative path> <label>`, images decoded
+                   with PIL and resized to config.data.image_shape ("image_list").
+
+Resolution order for the IDX datasets under source "auto" (`resolve_source`):
   1. `config.data.data_dir` if non-empty (must hold the files);
   2. `$HAR_DATA_DIR` if set (must hold the files);
   3. the Debian package's directory (`apt-get install dataset-fashion-mnist`);
@@ -20,6 +29,7 @@ import functools
 import gzip
 import os
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -69,7 +79,9 @@ DATASETS = {
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise PipelineError(
-            f"unknown dataset {name!r} (config.data.dataset); known: {', '.join(sorted(DATASETS))}"
+            f"unknown dataset {name!r} (config.data.dataset); known: "
+            f"{', '.join(sorted(DATASETS))}. For any other dataset set config.data.source "
+            "to 'tfds' (a TFDS builder name), 'npz' or 'image_list' (docs/DATA.md)"
         )
     return DATASETS[name]
 
@@ -248,67 +260,671 @@ class IdxSource:
 
 
 @functools.cache
-def _tfds_builder(name: str):
-    """Returns a prepared TFDS builder (downloads on first use; needs the network)."""
+def _tfds_builder(name: str, data_dir: str = ""):
+    """Returns a prepared TFDS builder (downloads on first use; needs the network).
+
+    Cached per process: Beam workers build it once, not once per chunk.
+    """
     import tensorflow_datasets as tfds  # Imported lazily: slow, and rarely needed.
 
-    builder = tfds.builder(name)
+    builder = tfds.builder(name, data_dir=data_dir or None)
     builder.download_and_prepare()
     return builder
 
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSource:
-    """A TFDS dataset with `image` (uint8 H x W x C) and `label` features."""
+    """Any TFDS image-classification dataset, read by split slices.
+
+    A read of `[start, stop)` asks TFDS for the split slice `"<split>[start:stop]"`,
+    which reads only those examples, in TFDS's deterministic (unshuffled) order, so
+    the example id is the index in that order.
+
+    Attributes:
+      name: the TFDS builder name, e.g. "cifar10" or "cifar100:3.0.2".
+      data_dir: TFDS's data_dir ("" = its default, ~/tensorflow_datasets).
+      image_key: the image feature (uint8 H x W x C).
+      label_key: the ClassLabel feature, e.g. "coarse_label" for CIFAR-100's 20
+        superclasses.
+      split_names: (split, TFDS split name) pairs, e.g. (("test", "validation"),).
+      resize_to: (H, W, C) (config.data.image_shape) to resize to when the dataset's
+        images vary in size; datasets of fixed image size must match it instead
+        (checked by `preprocess`).
+    """
 
     name: str
+    data_dir: str = ""
+    image_key: str = "image"
+    label_key: str = "label"
+    split_names: tuple[tuple[str, str], ...] = ()
+    resize_to: tuple[int, ...] = ()
 
     @property
     def description(self) -> str:
-        return "tfds"
+        return f"tfds:{self.name}" + (f" in {self.data_dir}" if self.data_dir else "")
 
     def _builder(self):
+        if self.data_dir:
+            return _tfds_builder(self.name, self.data_dir)
         return _tfds_builder(self.name)
 
+    def _split(self, split: str) -> str:
+        return dict(self.split_names).get(split, split)
+
+    def _feature(self, key: str, field: str):
+        features = self._builder().info.features
+        if key not in features:
+            raise PipelineError(
+                f"tfds:{self.name} has no feature {key!r} (config.data.{field}); its "
+                f"features: {', '.join(sorted(features.keys()))}"
+            )
+        return features[key]
+
     def check(self) -> None:
+        """Builds (and if needed downloads) the dataset; checks the two features."""
         self._builder()
+        shape = self._feature(self.image_key, "image_key").shape
+        if len(shape) != 3:
+            raise PipelineError(
+                f"tfds:{self.name} feature {self.image_key!r} has shape {shape}; "
+                "expected an image (H, W, C)"
+            )
+        if self.num_label_classes() is None:
+            raise PipelineError(
+                f"tfds:{self.name} feature {self.label_key!r} (config.data.label_key) is "
+                "not a ClassLabel"
+            )
+
+    def num_label_classes(self) -> int | None:
+        """The number of classes of the label feature (None if not a ClassLabel)."""
+        return getattr(self._feature(self.label_key, "label_key"), "num_classes", None)
+
+    def _variable_shape(self) -> bool:
+        return any(d is None for d in self._feature(self.image_key, "image_key").shape)
 
     def num_examples(self, split: str) -> int:
-        return int(self._builder().info.splits[split].num_examples)
+        # The dataset's cardinality: TFDS asserts it from the split's metadata.
+        try:
+            ds = self._builder().as_dataset(split=self._split(split))
+        except (ValueError, KeyError) as e:  # e.g. an unknown split name
+            raise PipelineError(
+                f"tfds:{self.name}: cannot read split {self._split(split)!r} "
+                f"(config.data.split_names.{split}): {e}"
+            ) from e
+        n = int(ds.cardinality())
+        if n < 0:
+            raise PipelineError(f"tfds:{self.name}/{self._split(split)}: unknown size")
+        return n
 
     def image_shape(self, split: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._builder().info.features["image"].shape)
+        if self._variable_shape():
+            return self._resize_shape()
+        return tuple(int(d) for d in self._feature(self.image_key, "image_key").shape)
+
+    def _resize_shape(self) -> tuple[int, int, int]:
+        origin = f"tfds:{self.name} (images of variable size, resized to image_shape)"
+        shape = _check_channels(self.resize_to, origin)
+        channels = self._feature(self.image_key, "image_key").shape[-1]
+        if channels is not None and channels != shape[2]:
+            raise PipelineError(
+                f"tfds:{self.name} images have {channels} channel(s), but "
+                f"config.data.image_shape = {shape}"
+            )
+        return shape
 
     def labels_origin(self, split: str) -> str:
-        return f"tfds:{self.name}/{split}"
+        return f"tfds:{self.name}/{self._split(split)}"
 
-    def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _slice(self, split: str, start: int, stop: int, *, decode_images: bool):
         import tensorflow_datasets as tfds
 
-        # A split slice reads only [start, stop) in TFDS's (deterministic) order;
-        # batch_size=-1 returns the slice as whole tensors.
-        ds = self._builder().as_dataset(split=f"{split}[{start}:{stop}]", batch_size=-1)
-        batch = tfds.as_numpy(ds)
-        return batch["image"].astype(np.uint8), batch["label"].astype(np.int64)
+        name = f"{self._split(split)}[{start}:{stop}]"
+        decoders = None if decode_images else {self.image_key: tfds.decode.SkipDecoding()}
+        ds = self._builder().as_dataset(
+            split=name, decoders=decoders, read_config=tfds.ReadConfig(try_autocache=False)
+        )
+        return name, ds
+
+    def _check_count(self, name: str, got: int, start: int, stop: int) -> None:
+        if got != stop - start:
+            raise PipelineError(
+                f"tfds:{self.name}/{name} returned {got} examples, expected {stop - start}"
+            )
+
+    def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Examples [start, stop): (uint8 [n, H, W, C] images, int64 [n] labels)."""
+        import tensorflow_datasets as tfds
+
+        name, ds = self._slice(split, start, stop, decode_images=True)
+        ds = ds.map(lambda ex: {"image": ex[self.image_key], "label": ex[self.label_key]})
+        images, labels = [], []
+        if self._variable_shape():
+            shape = self._resize_shape()
+            for i, ex in enumerate(tfds.as_numpy(ds)):
+                origin = f"tfds:{self.name}/{self._split(split)} example {start + i}"
+                images.append(fit_image(ex["image"], shape, origin)[np.newaxis])
+                labels.append(np.reshape(ex["label"], [1]))
+        else:
+            for batch in tfds.as_numpy(ds.batch(1024)):
+                images.append(batch["image"])
+                labels.append(batch["label"])
+        shape = self.image_shape(split)
+        images = np.concatenate(images) if images else np.zeros((0, *shape), np.uint8)
+        labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
+        self._check_count(name, labels.size, start, stop)
+        return images.astype(np.uint8, copy=False), labels.astype(np.int64)
 
     def read_labels(self, split: str, start: int, stop: int) -> np.ndarray:
-        return self.read(split, start, stop)[1]
+        """int64 [stop - start] labels; the images are not decoded."""
+        import tensorflow_datasets as tfds
+
+        name, ds = self._slice(split, start, stop, decode_images=False)
+        ds = ds.map(lambda ex: ex[self.label_key]).batch(8192)
+        labels = [np.asarray(b) for b in tfds.as_numpy(ds)]
+        labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
+        self._check_count(name, labels.size, start, stop)
+        return labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------
+# Images: decoding and resizing (image lists, TFDS datasets of variable image size)
+
+
+def fit_image(image: np.ndarray, shape, origin: str) -> np.ndarray:
+    """A decoded uint8 image [h, w(, c)] as uint8 [H, W, C] of `shape`.
+
+    Grayscale and RGB convert into each other (PIL's "L" / "RGB" modes); the image is
+    resized with PIL's bilinear filter (antialiased when shrinking) if its size
+    differs. Deterministic, so reruns write the same bytes.
+
+    Raises:
+      PipelineError: naming `origin` for an image that is not 2-D / 3-D with 1, 3 or
+        4 channels.
+    """
+    from PIL import Image
+
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise PipelineError(f"{origin}: unsupported image shape {array.shape}")
+    return _pil_to_array(Image.fromarray(array), shape)
+
+
+def _pil_to_array(img, shape) -> np.ndarray:
+    from PIL import Image
+
+    height, width, channels = (int(d) for d in shape)
+    img = img.convert("RGB" if channels == 3 else "L")
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).reshape(height, width, channels)
+
+
+def load_image(path: str, shape) -> np.ndarray:
+    """Decodes an image file (JPEG, PNG, ... anything PIL reads) as uint8 `shape`.
+
+    Raises:
+      PipelineError: naming the file if it is missing or cannot be decoded.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # Decodes now, so a truncated file fails here.
+            return _pil_to_array(img, shape)
+    except FileNotFoundError as e:
+        raise PipelineError(f"{path}: image file not found") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL reports undecodable data as OSError (UnidentifiedImageError, "image file
+        # is truncated"), and some format errors as ValueError / SyntaxError.
+        raise PipelineError(f"{path}: cannot decode image: {e}") from e
+
+
+def _check_channels(shape, origin: str) -> tuple[int, int, int]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1:
+        raise PipelineError(
+            f"{origin}: config.data.image_shape = {shape}; expected (H, W, C) with C 1 or 3"
+        )
+    return shape
+
+
+# ----------------------------------------------------------------------------------
+# Image file lists (WebVision)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_image_list(
+    list_path: str, image_root: str, max_classes: int, _stamp: tuple[int, int]
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """(image paths, int64 labels) of a list file; `_stamp` invalidates the cache."""
+    paths, labels = [], []
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                text = line.strip()
+                if not text:
+                    continue
+                parts = text.rsplit(None, 1)
+                if len(parts) != 2:
+                    raise PipelineError(
+                        f"{list_path}:{line_no}: expected '<relative path> <label>', got {text!r}"
+                    )
+                path, token = parts
+                if not (token.isascii() and token.isdigit()):
+                    raise PipelineError(
+                        f"{list_path}:{line_no}: label {token!r} is not a non-negative "
+                        f"integer (line {text!r})"
+                    )
+                label = int(token)
+                if max_classes and label >= max_classes:
+                    continue
+                paths.append(os.path.join(image_root, path))
+                labels.append(label)
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{list_path}: not a UTF-8 text file ({e})") from e
+    except OSError as e:
+        raise PipelineError(f"{list_path}: cannot read the image list: {e}") from e
+    return tuple(paths), np.asarray(labels, dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageListSource:
+    """Images listed in text files, one `<relative path> <label>` per line (WebVision).
+
+    The example id is the index among the lines kept (blank lines skipped, and with
+    `max_classes` only labels < max_classes kept). Labels come from the list, so the
+    labels pass decodes no image; a chunk read decodes its images only. Each process
+    parses a list once and keeps its paths (not its images) in memory.
+
+    Attributes:
+      directory: the dataset root (config.data.data_dir).
+      lists: (split, list file, image root) triples; the paths of a list are relative
+        to its image root, and both are relative to `directory` (or absolute).
+      shape: (H, W, C), C 1 or 3 (config.data.image_shape): every image is converted
+        and resized to it.
+      max_classes: keep only labels < max_classes (0 = all); 50 = mini WebVision.
+    """
+
+    directory: str
+    lists: tuple[tuple[str, str, str], ...]
+    shape: tuple[int, int, int]
+    max_classes: int = 0
+
+    @property
+    def description(self) -> str:
+        return self.directory
+
+    def _files(self, split: str) -> tuple[str, str]:
+        list_file, root = {s: (f, r) for s, f, r in self.lists}[split]
+        return os.path.join(self.directory, list_file), os.path.join(self.directory, root)
+
+    def _entries(self, split: str) -> tuple[tuple[str, ...], np.ndarray]:
+        list_path, root = self._files(split)
+        try:
+            stat = os.stat(list_path)
+        except OSError as e:
+            raise PipelineError(f"{list_path}: cannot read the image list: {e}") from e
+        return _parse_image_list(
+            list_path, root, int(self.max_classes), (stat.st_mtime_ns, stat.st_size)
+        )
+
+    def check(self) -> None:
+        _check_channels(self.shape, "image list")
+        for split, _, _ in self.lists:
+            self._entries(split)
+
+    def num_examples(self, split: str) -> int:
+        return len(self._entries(split)[0])
+
+    def image_shape(self, split: str) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.shape)
+
+    def labels_origin(self, split: str) -> str:
+        return self._files(split)[0]
+
+    def read_labels(self, split: str, start: int, stop: int) -> np.ndarray:
+        return self._entries(split)[1][start:stop].copy()
+
+    def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Examples [start, stop): (uint8 [n, H, W, C] decoded images, int64 [n] labels)."""
+        paths, labels = self._entries(split)
+        shape = self.image_shape(split)
+        images = np.empty((stop - start, *shape), dtype=np.uint8)
+        for i, path in enumerate(paths[start:stop]):
+            images[i] = load_image(path, shape)
+        return images, labels[start:stop].copy()
+
+
+# ----------------------------------------------------------------------------------
+# NumPy .npz files
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyMember:
+    """Where an array lies in an .npz file.
+
+    Attributes:
+      path: the .npz file.
+      key: the array's name (`x`, `y`).
+      dtype: its numpy dtype string.
+      shape: its shape.
+      stored: True if the member is uncompressed (`np.savez`): its data is then
+        memory-mapped at `offset`, a byte offset in the .npz file. False for a
+        compressed member (`np.savez_compressed`): `offset` is then the data's
+        offset in the decompressed member, reached by decompressing up to it.
+      offset: see `stored`.
+    """
+
+    path: str
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    stored: bool
+    offset: int
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def read_npz_member(path: str, key: str) -> NpyMember:
+    """Finds and checks the header of array `key` in an .npz file (reads no data).
+
+    Raises:
+      PipelineError: naming the file for a file that is not a zip, a missing array, an
+        object or Fortran-ordered array, or a member shorter than its header says.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo(f"{key}.npy")
+            except KeyError:
+                names = sorted(n.removesuffix(".npy") for n in zf.namelist())
+                raise PipelineError(
+                    f"{path} holds no array {key!r} (it holds {', '.join(names) or 'none'})"
+                ) from None
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise PipelineError(f"{path}: {key}.npy has .npy format {version}")
+                header_len = f.tell()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise PipelineError(f"{path}: cannot read array {key!r}: {e}") from e
+    if dtype.hasobject:
+        raise PipelineError(f"{path}: array {key!r} holds Python objects ({dtype})")
+    if fortran and len(shape) > 1:
+        raise PipelineError(
+            f"{path}: array {key!r} is Fortran-ordered; save np.ascontiguousarray({key})"
+        )
+    if len(shape) < 1:
+        raise PipelineError(f"{path}: array {key!r} is a scalar")
+    member = NpyMember(
+        path=path,
+        key=key,
+        dtype=dtype.str,
+        shape=tuple(int(d) for d in shape),
+        stored=info.compress_type == zipfile.ZIP_STORED,
+        offset=header_len,
+    )
+    expected = header_len + member.shape[0] * member.row_bytes
+    if info.file_size < expected:
+        raise PipelineError(
+            f"{path}: array {key!r} is truncated: {info.file_size} bytes, its header "
+            f"implies {expected}"
+        )
+    if member.stored:
+        member = dataclasses.replace(member, offset=_zip_data_start(path, info) + header_len)
+    return member
+
+
+def _zip_data_start(path: str, info: zipfile.ZipInfo) -> int:
+    """Byte offset in the zip file of a member's (stored) data."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        fixed = f.read(30)
+    if len(fixed) < 30 or fixed[:4] != b"PK\x03\x04":
+        raise PipelineError(f"{path}: bad zip local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", fixed[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def read_npz_chunk(member: NpyMember, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of an .npz array, holding only the chunk in memory.
+
+    A stored member is memory-mapped; a compressed one is decompressed up to `stop`
+    (so a chunk near the end of a big compressed array costs a pass over the data
+    before it: prefer `np.savez` to `np.savez_compressed` for big arrays).
+    """
+    if not 0 <= start <= stop <= member.shape[0]:
+        raise ValueError(f"chunk [{start}, {stop}) outside [0, {member.shape[0]})")
+    shape = (stop - start, *member.shape[1:])
+    dtype = np.dtype(member.dtype)
+    if stop == start:
+        return np.zeros(shape, dtype)
+    try:
+        if member.stored:
+            mapped = np.memmap(
+                member.path,
+                dtype=dtype,
+                mode="r",
+                offset=member.offset + start * member.row_bytes,
+                shape=shape,
+            )
+            out = np.array(mapped)
+            del mapped
+            return out
+        with zipfile.ZipFile(member.path) as zf, zf.open(f"{member.key}.npy") as f:
+            f.seek(member.offset + start * member.row_bytes)
+            data = f.read((stop - start) * member.row_bytes)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+        raise PipelineError(f"{member.path}: cannot read {member.key}[{start}:{stop}]: {e}") from e
+    if len(data) < (stop - start) * member.row_bytes:
+        raise PipelineError(f"{member.path}: array {member.key!r} ends before row {stop}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzSource:
+    """One .npz file per split: `x` uint8 [N, H, W] or [N, H, W, C], `y` int [N].
+
+    Arrays are read by chunk: memory-mapped if saved with `np.savez`, decompressed
+    as a stream if saved with `np.savez_compressed` (slower for late chunks).
+
+    Attributes:
+      directory: holds the files (config.data.data_dir).
+      files: (split, file stem) pairs: split `s` is `<directory>/<stem>.npz`.
+    """
+
+    directory: str
+    files: tuple[tuple[str, str], ...] = (("train", "train"), ("test", "test"))
+
+    @property
+    def description(self) -> str:
+        return self.directory
+
+    def path(self, split: str) -> str:
+        return os.path.join(self.directory, dict(self.files)[split] + ".npz")
+
+    def _members(self, split: str) -> tuple[NpyMember, NpyMember]:
+        path = self.path(split)
+        if not os.path.isfile(path):
+            raise PipelineError(f"{path} does not exist (the {split} split of the npz source)")
+        x, y = read_npz_member(path, "x"), read_npz_member(path, "y")
+        if np.dtype(x.dtype) != np.uint8 or len(x.shape) not in (3, 4):
+            raise PipelineError(
+                f"{path}: x is {np.dtype(x.dtype)} {x.shape}; expected uint8 [N, H, W] or "
+                "[N, H, W, C]"
+            )
+        if np.dtype(y.dtype).kind not in "iu" or len(y.shape) != 1:
+            raise PipelineError(
+                f"{path}: y is {np.dtype(y.dtype)} {y.shape}; expected integer labels [N]"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise PipelineError(f"{path} holds {x.shape[0]} images (x) but {y.shape[0]} labels (y)")
+        return x, y
+
+    def check(self) -> None:
+        for split, _ in self.files:
+            self._members(split)
+
+    def num_examples(self, split: str) -> int:
+        return self._members(split)[1].shape[0]
+
+    def image_shape(self, split: str) -> tuple[int, ...]:
+        shape = self._members(split)[0].shape[1:]
+        return shape if len(shape) == 3 else (*shape, 1)
+
+    def labels_origin(self, split: str) -> str:
+        return f"{self.path(split)} (y)"
+
+    def read_labels(self, split: str, start: int, stop: int) -> np.ndarray:
+        return read_npz_chunk(self._members(split)[1], start, stop).astype(np.int64)
+
+    def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Examples [start, stop): (uint8 [n, H, W, C] images, int64 [n] labels)."""
+        x, y = self._members(split)
+        images = read_npz_chunk(x, start, stop)
+        if images.ndim == 3:
+            images = images[..., np.newaxis]
+        return images, read_npz_chunk(y, start, stop).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------
 # Resolution
 
+SOURCE_KINDS = ("auto", "idx", "tfds", "npz", "image_list")
 
-def resolve_source(data_config) -> IdxSource | TfdsSource:
-    """Finds the data for `data_config.dataset` (see the module docstring for the order).
 
-    Args:
-      data_config: `config.data` (reads `dataset` and `data_dir`).
+def check_source_config(data_config) -> str:
+    """Checks `config.data`'s source fields before any file is looked at.
+
+    Returns:
+      The source kind (`config.data.source`, "auto" if absent).
 
     Raises:
-      PipelineError: for an unknown dataset, an explicit directory without the files,
-        or no local files and a failed download.
+      PipelineError: naming the field for an unknown source kind, an unknown IDX
+        dataset under "auto", or a missing data_dir / bad option.
     """
+    kind = data_config.get("source", "auto")
+    if kind not in SOURCE_KINDS:
+        raise PipelineError(
+            f"config.data.source = {kind!r}; expected one of {', '.join(SOURCE_KINDS)}"
+        )
+    if kind == "auto":
+        dataset_spec(data_config.dataset)
+    if kind in ("npz", "image_list") and not data_config.data_dir:
+        raise PipelineError(
+            f"config.data.source = {kind!r} needs config.data.data_dir (the dataset's root)"
+        )
+    if kind == "image_list":
+        _check_channels(data_config.image_shape, "config.data.source = 'image_list'")
+        max_classes = int(data_config.image_list.max_classes)
+        num_classes = int(data_config.num_classes)
+        if not 0 <= max_classes <= num_classes:
+            raise PipelineError(
+                f"config.data.image_list.max_classes = {max_classes}; expected 0 (all "
+                f"labels) to config.data.num_classes = {num_classes}"
+            )
+    if kind == "tfds" and not data_config.dataset:
+        raise PipelineError("config.data.source = 'tfds' needs config.data.dataset")
+    return kind
+
+
+def _split_names(data_config) -> dict[str, str]:
+    names = data_config.get("split_names", None)
+    names = dict(names.items()) if names is not None else {}
+    return {split: str(names.get(split, split)) for split in ("train", "test")}
+
+
+def resolve_source(data_config):
+    """Builds and checks the source `data_config` asks for.
+
+    Args:
+      data_config: `config.data` (reads `source`, `dataset`, `data_dir` and the
+        chosen source's fields; `source` defaults to "auto").
+
+    Returns:
+      An `IdxSource`, `TfdsSource`, `NpzSource` or `ImageListSource`.
+
+    Raises:
+      PipelineError: for a bad source config, missing files, or data a source
+        cannot read (naming the file or field).
+    """
+    kind = check_source_config(data_config)
+    if kind == "auto":
+        return _resolve_auto(data_config)
+    if kind == "idx":
+        for origin, directory in (
+            ("config.data.data_dir", data_config.data_dir),
+            (f"${ENV_DATA_DIR}", os.environ.get(ENV_DATA_DIR, "")),
+        ):
+            if directory:
+                return _checked_idx(origin, directory)
+        raise PipelineError(
+            f"config.data.source = 'idx' needs config.data.data_dir or ${ENV_DATA_DIR}"
+        )
+    names = _split_names(data_config)
+    if kind == "npz":
+        if not os.path.isdir(data_config.data_dir):
+            raise PipelineError(
+                f"config.data.data_dir = {data_config.data_dir!r} is not a directory"
+            )
+        source = NpzSource(data_config.data_dir, tuple(names.items()))
+    elif kind == "image_list":
+        if not os.path.isdir(data_config.data_dir):
+            raise PipelineError(
+                f"config.data.data_dir = {data_config.data_dir!r} is not a directory"
+            )
+        lists = data_config.image_list
+        source = ImageListSource(
+            directory=data_config.data_dir,
+            lists=(("train", lists.train, lists.train_root), ("test", lists.test, lists.test_root)),
+            shape=tuple(int(d) for d in data_config.image_shape),
+            max_classes=int(lists.max_classes),
+        )
+    else:
+        source = TfdsSource(
+            name=data_config.dataset,
+            data_dir=data_config.data_dir,
+            image_key=data_config.get("image_key", "image"),
+            label_key=data_config.get("label_key", "label"),
+            split_names=tuple(names.items()),
+            resize_to=tuple(int(d) for d in data_config.image_shape),
+        )
+        try:
+            source.check()
+        except PipelineError:
+            raise
+        except Exception as e:
+            raise PipelineError(
+                f"TFDS dataset {data_config.dataset!r} (config.data.dataset) could not be "
+                f"loaded ({type(e).__name__}: {e}); without network, prepare it elsewhere "
+                "and point config.data.data_dir at TFDS's data_dir"
+            ) from e
+        return source
+    source.check()
+    return source
+
+
+def _checked_idx(origin: str, directory: str) -> IdxSource:
+    if not os.path.isdir(directory):
+        raise PipelineError(f"{origin} = {directory!r} is not a directory")
+    source = IdxSource(directory)
+    try:
+        source.check()
+    except PipelineError as e:
+        raise PipelineError(f"{origin} = {directory!r}: {e}") from e
+    return source
+
+
+def _resolve_auto(data_config) -> IdxSource | TfdsSource:
+    """The IDX datasets' lookup order (see the module docstring)."""
     spec = dataset_spec(data_config.dataset)
     explicit = [
         ("config.data.data_dir", data_config.data_dir),
@@ -319,14 +935,7 @@ def resolve_source(data_config) -> IdxSource | TfdsSource:
             logging.info("%s is not set.", origin)
             continue
         logging.info("Reading %s from %s = %s.", spec.name, origin, directory)
-        if not os.path.isdir(directory):
-            raise PipelineError(f"{origin} = {directory!r} is not a directory")
-        source = IdxSource(directory)
-        try:
-            source.check()
-        except PipelineError as e:
-            raise PipelineError(f"{origin} = {directory!r}: {e}") from e
-        return source
+        return _checked_idx(origin, directory)
 
     if spec.debian_dir and os.path.isdir(spec.debian_dir):
         source = IdxSource(spec.debian_dir)

@@ -333,3 +333,211 @@ def test_transition_counts_and_row_normalize():
 def test_transition_counts_rejects_out_of_range():
     with pytest.raises(ValueError, match=r"noisy\[1\] = 4"):
         corruption.transition_counts(np.array([0, 1]), np.array([0, 4]), 4)
+
+
+# ----------------------------------------------------------------------------------
+# Noise presets and kinds
+
+
+def test_cifar10_hetero_matrix_by_hand():
+    m = corruption.cifar10_hetero_matrix()
+    expected = np.eye(10)
+    for a, b in ((1, 9), (3, 5)):  # automobile <-> truck, cat <-> dog
+        expected[a, a] = expected[b, b] = 0.6
+        expected[a, b] = expected[b, a] = 0.4
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-15)
+    assert m[1, 9] == m[3, 5] == pytest.approx(0.4) and m[0, 0] == m[8, 8] == 1.0
+    np.testing.assert_allclose(corruption.cifar10_hetero_matrix(0.2)[9], [0, 0.2] + [0] * 7 + [0.8])
+
+
+def test_cifar100_superclass_matrix_by_hand():
+    m = corruption.cifar100_superclass_matrix()
+    assert m.shape == (100, 100)
+    vehicles_1, vehicles_2 = (8, 13, 48, 58, 90), (41, 69, 81, 85, 89)
+    for group, other in ((vehicles_1, vehicles_2), (vehicles_2, vehicles_1)):
+        for a in group:
+            row = np.zeros(100)
+            row[list(group)] = 0.1
+            row[a] = 0.6
+            np.testing.assert_allclose(m[a], row, rtol=0, atol=1e-15)
+            assert np.all(m[a, list(other)] == 0)
+    assert m[8, 13] == pytest.approx(0.1) and m[90, 8] == pytest.approx(0.1)
+    assert m[41, 41] == pytest.approx(0.6) and m[41, 8] == 0
+    clean = [c for c in range(100) if c not in vehicles_1 + vehicles_2]
+    np.testing.assert_array_equal(m[np.ix_(clean, clean)], np.eye(90))
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+
+
+def test_group_flip_matrix_by_hand_and_pairs_are_groups_of_two():
+    m = corruption.group_flip_matrix(5, [(0, 2, 3)], 0.3)
+    expected = np.array(
+        [
+            [0.7, 0.0, 0.15, 0.15, 0.0],
+            [0.0, 1.0, 0.0, 0.0, 0.0],
+            [0.15, 0.0, 0.7, 0.15, 0.0],
+            [0.15, 0.0, 0.15, 0.7, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(
+        corruption.group_flip_matrix(C, PAIRS, 0.4), corruption.pair_swap_matrix(C, PAIRS, 0.4)
+    )
+
+
+@pytest.mark.parametrize(
+    "groups, prob, match",
+    [
+        ([(0, 1), (1, 2)], 0.4, r"class 1 appears in two groups: \(0, 1\) and \(1, 2\)"),
+        ([(0, 1, 1)], 0.4, r"class 1 appears twice in \(0, 1, 1\)"),
+        ([(4,)], 0.4, "at least two classes"),
+        ([(0, 10)], 0.4, "class 10 is outside"),
+        ([(0, 1)], 1.01, "flip_prob must be in"),
+    ],
+)
+def test_group_flip_matrix_rejects(groups, prob, match):
+    with pytest.raises(ValueError, match=match):
+        corruption.group_flip_matrix(C, groups, prob)
+
+
+def test_uniform_noise_matrix_by_hand():
+    m = corruption.uniform_noise_matrix(4, 0.3)
+    expected = np.array(
+        [
+            [0.7, 0.1, 0.1, 0.1],
+            [0.1, 0.7, 0.1, 0.1],
+            [0.1, 0.1, 0.7, 0.1],
+            [0.1, 0.1, 0.1, 0.7],
+        ]
+    )
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(corruption.uniform_noise_matrix(2, 1.0), [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(corruption.uniform_noise_matrix(3, 0.0), np.eye(3))
+    with pytest.raises(ValueError, match="at least two classes"):
+        corruption.uniform_noise_matrix(1, 0.1)
+    with pytest.raises(ValueError, match="rate must be in"):
+        corruption.uniform_noise_matrix(3, -0.1)
+
+
+def test_asymmetric_noise_matrix_by_hand():
+    # IMDB (paper App. C.1): 5% of negatives become positive, 40% of positives negative.
+    imdb = corruption.asymmetric_noise_matrix(2, (0.05, 0.40), (1, 0))
+    np.testing.assert_allclose(imdb, [[0.95, 0.05], [0.40, 0.60]], rtol=0, atol=1e-15)
+    m = corruption.asymmetric_noise_matrix(3, (0.2, 0.0, 0.5), (2, 1, 0))
+    np.testing.assert_allclose(m, [[0.8, 0, 0.2], [0, 1, 0], [0.5, 0, 0.5]], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "rates, targets, match",
+    [
+        ((0.1,), (1, 0), "rates has 1 entries; expected one per class"),
+        ((0.1, 0.1), (1,), "targets has 1 entries"),
+        ((0.1, 1.5), (1, 0), r"rates\[1\] must be in \[0, 1\]"),
+        ((0.1, 0.1), (1, 2), r"targets\[1\]: class 2 is outside \[0, 2\)"),
+        ((0.1, 0.1), (0, 0), r"class 0 flips to itself"),
+    ],
+)
+def test_asymmetric_noise_matrix_rejects(rates, targets, match):
+    with pytest.raises(ValueError, match=match):
+        corruption.asymmetric_noise_matrix(2, rates, targets)
+
+
+def _realized(matrix, labels, seed=0):
+    noisy = corruption.corrupt_labels(labels, np.arange(labels.size), matrix, seed=seed)
+    counts = corruption.transition_counts(labels, noisy, matrix.shape[0])
+    return corruption.row_normalize(counts), counts
+
+
+VEHICLES = np.array([8, 13, 48, 58, 90, 41, 69, 81, 85, 89])
+
+
+@pytest.mark.parametrize(
+    "name, matrix, classes",
+    [
+        ("cifar10_hetero", corruption.cifar10_hetero_matrix(), np.arange(10)),
+        # Labels drawn among the ten vehicle classes only: 10k each, like the others.
+        ("cifar100_superclass", corruption.cifar100_superclass_matrix(), VEHICLES),
+        ("uniform", corruption.uniform_noise_matrix(10, 0.3), np.arange(10)),
+        ("imdb", corruption.asymmetric_noise_matrix(2, (0.05, 0.4), (1, 0)), np.arange(2)),
+        (
+            "matrix",
+            np.array([[0.5, 0.3, 0.2], [0.0, 0.9, 0.1], [0.25, 0.25, 0.5]]),
+            np.arange(3),
+        ),
+    ],
+)
+def test_realized_rates_of_each_kind_on_1e5_labels(name, matrix, classes):
+    n = 100_000
+    labels = np.random.default_rng(7).choice(classes, size=n)
+    rates, counts = _realized(matrix, labels)
+    # >= 10k examples per class: a rate's binomial sd is <= 0.005, so 0.02 is 4 sd.
+    np.testing.assert_allclose(rates[classes], matrix[classes], rtol=0, atol=0.02)
+    assert np.all(counts[matrix == 0] == 0), name  # Impossible moves never happen.
+
+
+def test_cifar100_superclass_leaves_the_other_classes_alone():
+    labels = np.random.default_rng(3).integers(0, 100, size=100_000)
+    rates, _ = _realized(corruption.cifar100_superclass_matrix(), labels)
+    others = np.setdiff1d(np.arange(100), VEHICLES)
+    np.testing.assert_array_equal(rates[others][:, others], np.eye(90))
+    # ~1000 per vehicle class: the stay rate is 0.6 within ~3 sd (sd 0.0155).
+    np.testing.assert_allclose(np.diag(rates)[VEHICLES], 0.6, atol=0.05)
+
+
+def test_uniform_noise_spreads_evenly_over_the_other_classes():
+    labels = np.zeros(100_000, dtype=np.int64)  # one class, all flips out of it
+    rates, _ = _realized(corruption.uniform_noise_matrix(5, 0.4), labels)
+    assert rates[0, 0] == pytest.approx(0.6, abs=0.01)
+    np.testing.assert_allclose(rates[0, 1:], 0.1, atol=0.005)  # sd ~0.001
+
+
+# ----------------------------------------------------------------------------------
+# Imbalance kinds
+
+
+def test_long_tailed_targets_cifar10_lt_published_sizes():
+    # Cao et al. 2019 (LDAM), CIFAR-10-LT with ratio 100: the per-class sizes and
+    # the totals of the published CIFAR-10-LT / CIFAR-100-LT splits.
+    got = corruption.long_tailed_targets(np.full(10, 5000), 100.0)
+    assert got.tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert got.dtype == np.int64
+    assert corruption.long_tailed_targets(np.full(10, 5000), 10.0).sum() == 20431
+    assert corruption.long_tailed_targets(np.full(100, 500), 100.0).sum() == 10847
+    assert corruption.long_tailed_targets(np.full(100, 500), 10.0).sum() == 19573
+
+
+def test_long_tailed_targets_by_hand():
+    # ratio 16 over 5 classes: n_max * 16 ** (-c / 4) = 100, 50, 25, 12.5, 6.25.
+    counts = np.array([100, 100, 100, 100, 100])
+    assert corruption.long_tailed_targets(counts, 16.0).tolist() == [100, 50, 25, 12, 6]
+    # Never above a class's own count; n_max from the caller (the source, pre-noise).
+    counts = np.array([90, 30, 100, 5, 100])
+    got = corruption.long_tailed_targets(counts, 16.0, n_max=200)
+    assert got.tolist() == [90, 30, 50, 5, 12]
+    assert corruption.long_tailed_targets(counts, 1.0).tolist() == counts.tolist()
+    with pytest.raises(ValueError, match="ratio must be >= 1"):
+        corruption.long_tailed_targets(counts, 0.9)
+    with pytest.raises(ValueError, match="at least two classes"):
+        corruption.long_tailed_targets(np.array([5]), 2.0)
+
+
+def test_count_targets_by_hand_and_rejects():
+    counts = np.array([10, 20, 30])
+    assert corruption.count_targets(counts, (5, 25, 0)).tolist() == [5, 20, 0]
+    with pytest.raises(ValueError, match="2 entries; expected one per class"):
+        corruption.count_targets(counts, (1, 2))
+    with pytest.raises(ValueError, match="class 1: .*integer >= 0, got -1"):
+        corruption.count_targets(counts, (1, -1, 2))
+    with pytest.raises(ValueError, match="class 2: .*got 2.5"):
+        corruption.count_targets(counts, (1, 1, 2.5))
+
+
+def test_keep_mask_with_long_tailed_targets_keeps_exact_counts():
+    n = 30_000
+    labels = _balanced_labels(n, seed=6)
+    ids = np.arange(n)
+    counts = np.bincount(labels, minlength=C)
+    targets = corruption.long_tailed_targets(counts, 10.0)
+    keep = corruption.imbalance_keep_mask(labels, ids, targets, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[keep], minlength=C), targets)
+    assert targets[0] == counts[0] and targets[-1] == counts.max() // 10  # 309 of 2923

@@ -1,9 +1,11 @@
 """End-to-end tests of the Beam `preprocess` stage on tiny IDX datasets.
 
 The reference for what the records must hold is the in-memory numpy path,
-`corrupt_labels` + `step_imbalance_targets` + `imbalance_keep_mask`, which shares only
-the per-example hash with the Beam job (the job selects through per-chunk top-k,
-a combiner and thresholds instead of a global mask).
+`corrupt_labels` + the targets + `imbalance_keep_mask`, which shares only the
+per-example hash with the Beam job (the job selects through per-chunk top-k, a
+combiner and thresholds instead of a global mask). The reference builds the noise
+matrix and the long-tailed / counts targets itself, from the formulas, rather than
+through the job's `noise_matrix` / `Plan.imbalance_targets`.
 """
 
 from __future__ import annotations
@@ -70,23 +72,58 @@ def assert_sharded_by_id(stage_dir: str, split: str, kept_ids, num_shards: int) 
         np.testing.assert_array_equal(shard_ids(path), kept_ids[kept_ids % num_shards == s])
 
 
+def reference_matrix(config) -> np.ndarray:
+    """T[clean, noisy] of `config.data.noise`, built here from its definition."""
+    noise, num_classes = config.data.noise, config.data.num_classes
+    if noise.kind == "pairs":
+        return corruption.pair_swap_matrix(num_classes, noise.pairs, noise.flip_prob)
+    if noise.kind == "uniform":  # 1 - r stays, r / (C - 1) to each other class
+        matrix = np.full((num_classes, num_classes), noise.rate / (num_classes - 1))
+        np.fill_diagonal(matrix, 1.0 - noise.rate)
+        return matrix
+    if noise.kind == "asymmetric":  # class c -> targets[c] with rates[c]
+        matrix = np.eye(num_classes)
+        for c, (rate, target) in enumerate(zip(noise.rates, noise.targets, strict=True)):
+            matrix[c, c] -= rate
+            matrix[c, target] += rate
+        return matrix
+    if noise.kind == "matrix":
+        return np.asarray(noise.matrix, dtype=np.float64)
+    assert noise.kind == "none", noise.kind
+    return np.eye(num_classes)
+
+
+def reference_targets(config, counts: np.ndarray, n_max: int) -> np.ndarray:
+    """Examples kept per class by `config.data.imbalance`, from its definition."""
+    imbalance, num_classes = config.data.imbalance, config.data.num_classes
+    if imbalance.kind == "step":
+        return corruption.step_imbalance_targets(
+            counts, imbalance.classes, imbalance.ratio, n_max=n_max
+        )
+    if imbalance.kind == "long_tailed":  # Cao et al. 2019: n_max * ratio^(-c / (C - 1))
+        tail = [
+            int(n_max * (1 / imbalance.ratio) ** (c / (num_classes - 1)))
+            for c in range(num_classes)
+        ]
+        return np.minimum(counts, tail)
+    if imbalance.kind == "counts":
+        return np.minimum(counts, imbalance.counts)
+    assert imbalance.kind == "none", imbalance.kind
+    return counts
+
+
 def reference_train(data, config) -> dict[str, np.ndarray]:
     """The records the train split must hold, computed in memory with numpy."""
     n = min(config.data.limit_train or NUM_TRAIN, NUM_TRAIN)
     num_classes = config.data.num_classes
     clean = data["train"].labels[:n].astype(np.int64)
     ids = np.arange(n)
-    noise = config.data.noise
-    if noise.kind == "pairs":
-        matrix = corruption.pair_swap_matrix(num_classes, noise.pairs, noise.flip_prob)
-    else:
-        matrix = np.eye(num_classes)
+    matrix = reference_matrix(config)
     noisy = corruption.corrupt_labels(clean, ids, matrix, seed=config.seed)
     by = noisy if config.data.imbalance.by == "noisy" else clean
-    targets = corruption.step_imbalance_targets(
+    targets = reference_targets(
+        config,
         np.bincount(by, minlength=num_classes),
-        config.data.imbalance.classes,
-        config.data.imbalance.ratio,
         n_max=int(np.bincount(clean, minlength=num_classes).max()),  # source size, pre-noise
     )
     keep = corruption.imbalance_keep_mask(by, ids, targets, seed=config.seed)
@@ -279,6 +316,107 @@ def test_cut_by_clean_label_and_other_seed(dataset, tmp_path):
     np.testing.assert_array_equal(counts, want["targets"])
 
 
+def run_and_compare(config, data, workdir: str) -> tuple[dict, dict, dict]:
+    """Runs preprocess; asserts the train records equal the numpy reference exactly."""
+    preprocess.run(config, workdir)
+    out = stage.stage_dir(workdir, "preprocess")
+    manifest = stage.read_json(os.path.join(out, "manifest.json"))
+    got = read_split(out, "train", (28, 28, 1))
+    want = reference_train(data, config)
+    for key in ("id", "label", "clean_label"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(got["image"][..., 0], data["train"].images[got["id"]])
+    cut = config.data.imbalance.kind != "none"
+    assert manifest["imbalance"]["targets"] == (want["targets"].tolist() if cut else None)
+    np.testing.assert_allclose(manifest["noise"]["transition_matrix"], want["matrix"], atol=1e-15)
+    return got, want, manifest
+
+
+def test_uniform_noise_and_long_tailed_cut_equal_numpy_reference(dataset, tmp_path):
+    directory, data = dataset
+    config = smoke_config(directory)
+    config.data.noise.kind = "uniform"
+    config.data.noise.rate = 0.3
+    config.data.imbalance.kind = "long_tailed"
+    # A steep tail: the head classes keep far more than n / ratio = 60, which a
+    # step-style candidate bound would have cut short.
+    config.data.imbalance.ratio = 50.0
+    got, want, _ = run_and_compare(config, data, str(tmp_path))
+    noisy_counts = np.bincount(got["label"], minlength=10)
+    np.testing.assert_array_equal(noisy_counts, want["targets"])
+    # The tail really is a tail: every class cut, the last to n_max / 50.
+    n_max = np.bincount(want["all_clean"], minlength=10).max()
+    assert want["targets"][9] == int(n_max / 50) and np.all(np.diff(want["targets"][1:]) < 0)
+    assert want["targets"][0] > 250 and want["targets"][3] > 60
+    # Uniform noise moves ~30% of labels, to every other class.
+    assert 0.25 < np.mean(want["all_noisy"] != want["all_clean"]) < 0.35
+    assert np.all(corruption.transition_counts(want["all_clean"], want["all_noisy"], 10) > 0)
+
+
+def test_matrix_noise_and_counts_cut_by_clean_label_equal_numpy_reference(
+    dataset, tmp_path, caplog
+):
+    directory, data = dataset
+    caplog.set_level(logging.WARNING)
+    matrix = np.eye(10)
+    matrix[7] = [0.1, 0, 0, 0, 0, 0, 0, 0.5, 0.4, 0]  # class 7 -> 0 or 8
+    matrix[2] = [0, 0, 0.7, 0.3, 0, 0, 0, 0, 0, 0]
+    config = smoke_config(directory)
+    config.seed = 3
+    config.data.noise.kind = "matrix"
+    config.data.noise.matrix = tuple(tuple(row) for row in matrix.tolist())
+    config.data.imbalance.kind = "counts"
+    config.data.imbalance.by = "clean"
+    # Class 5 asks for more than it has: it keeps all of them.
+    config.data.imbalance.counts = (30, 300, 5, 40, 250, 10_000, 20, 60, 300, 1)
+    got, want, manifest = run_and_compare(config, data, str(tmp_path))
+    clean_counts = np.bincount(want["all_clean"], minlength=10)
+    np.testing.assert_array_equal(
+        np.bincount(got["clean_label"], minlength=10),
+        np.minimum(clean_counts, config.data.imbalance.counts),
+    )
+    assert manifest["imbalance"]["kind"] == "counts"
+    warning = f"class 5 has {clean_counts[5]} examples by clean label, fewer than the 10000"
+    assert warning in caplog.text
+    realized = np.asarray(manifest["splits"]["train"]["transition_counts_before_cut"])
+    assert realized[7, 8] > 0 and realized[7, 1] == 0 and realized[2, 3] > 0
+
+
+def test_asymmetric_noise_equals_numpy_reference(dataset, tmp_path):
+    directory, data = dataset
+    config = smoke_config(directory)
+    config.data.noise.kind = "asymmetric"
+    config.data.noise.rates = (0.0, 0.05, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3)
+    config.data.noise.targets = (0, 0, 6, 3, 4, 5, 6, 7, 8, 1)
+    config.data.imbalance.kind = "none"
+    got, want, _ = run_and_compare(config, data, str(tmp_path))
+    moves = set(
+        zip(
+            got["clean_label"][got["label"] != got["clean_label"]].tolist(),
+            got["label"][got["label"] != got["clean_label"]].tolist(),
+            strict=True,
+        )
+    )
+    assert moves == {(1, 0), (2, 6), (9, 1)}
+
+
+def test_rare_but_clean_variant_equals_numpy_reference(dataset, tmp_path):
+    directory, data = dataset
+    config = fashion_mnist_hetero.get_config("smoke,rare_clean")
+    config.data.data_dir = str(directory)
+    config.data.chunk_size = 700
+    assert config.data.imbalance.classes == (1, 3, 5, 7)
+    got, want, _ = run_and_compare(config, data, str(tmp_path))
+    rare = np.isin(got["clean_label"], (1, 3, 5, 7))
+    # The rare classes are clean: none of their labels moved, and they were cut.
+    np.testing.assert_array_equal(got["label"][rare], got["clean_label"][rare])
+    assert np.any(got["label"][~rare] != got["clean_label"][~rare])
+    n_max = np.bincount(want["all_clean"], minlength=10).max()
+    np.testing.assert_array_equal(
+        np.bincount(got["label"], minlength=10)[[1, 3, 5, 7]], n_max // 10
+    )
+
+
 def test_no_noise_no_cut(dataset, tmp_path):
     directory, data = dataset
     config = smoke_config(directory, limit_train=0, limit_test=0)
@@ -351,10 +489,43 @@ def test_cut_to_zero_names_the_class(dataset, tmp_path):
     assert not os.path.exists(stage.stage_dir(str(tmp_path), "preprocess"))
 
 
+def test_long_tail_to_zero_names_the_first_empty_class(dataset, tmp_path):
+    directory, data = dataset
+    config = smoke_config(directory)
+    config.data.imbalance.kind = "long_tailed"
+    config.data.imbalance.ratio = 1e6
+    n_max = int(np.bincount(data["train"].labels[:3000], minlength=10).max())
+    first = next(c for c in range(10) if int(n_max * 1e-6 ** (c / 9)) == 0)
+    assert first == 4  # ~330 * 10^(-6 * 4 / 9) = 0.7
+    with pytest.raises(PipelineError, match=f"long_tailed imbalance leaves class {first} empty"):
+        preprocess.run(config, str(tmp_path))
+    assert not os.path.exists(stage.stage_dir(str(tmp_path), "preprocess"))
+
+
+def test_counts_cut_of_a_class_the_noise_emptied_names_the_class(dataset, tmp_path):
+    directory, _ = dataset
+    matrix = np.eye(10)
+    matrix[3] = np.eye(10)[4]  # every clean 3 is labelled 4: no noisy 3 is left
+    config = smoke_config(directory)
+    config.data.noise.kind = "matrix"
+    config.data.noise.matrix = tuple(tuple(row) for row in matrix.tolist())
+    config.data.imbalance.kind = "counts"
+    config.data.imbalance.counts = (50,) * 10
+    with pytest.raises(
+        PipelineError,
+        match=r"counts imbalance leaves class 3 empty: it has 0 examples by noisy label "
+        r"and the cut target is config.data.imbalance.counts\[3\] = 50; no example",
+    ):
+        preprocess.run(config, str(tmp_path))
+    assert not os.path.exists(stage.stage_dir(str(tmp_path), "preprocess"))
+
+
 def test_unknown_dataset(tmp_path):
     config = smoke_config(tmp_path)
     config.data.dataset = "cifar11"
-    with pytest.raises(PipelineError, match=r"unknown dataset 'cifar11'.*fashion_mnist, mnist"):
+    with pytest.raises(
+        PipelineError, match=r"unknown dataset 'cifar11'.*fashion_mnist, mnist.*'tfds'"
+    ):
         preprocess.run(config, str(tmp_path / "work"))
     assert not os.path.exists(tmp_path / "work")
 
@@ -371,23 +542,96 @@ def test_data_dir_without_files(tmp_path):
         preprocess.run(smoke_config(tmp_path / "empty"), str(tmp_path / "work"))
 
 
+ASYMMETRIC = dict(kind="asymmetric", rates=(0.1,) * 10, targets=(1, 0, 3, 2, 5, 4, 7, 6, 9, 8))
+
+
 @pytest.mark.parametrize(
-    "section, field, value, match",
+    "section, fields, match",
     [
-        ("noise", "kind", "uniform", "noise.kind = 'uniform'"),
-        ("noise", "flip_prob", 1.5, "flip_prob"),
-        ("noise", "pairs", ((0, 6), (6, 2)), "class 6 appears in two pairs"),
-        ("imbalance", "kind", "longtail", "imbalance.kind"),
-        ("imbalance", "ratio", 0.5, "ratio must be >= 1"),
-        ("imbalance", "classes", (0, 12), "class 12 is outside"),
-        ("imbalance", "by", "both", "imbalance.by"),
+        ("noise", dict(kind="uniformm"), r"noise.kind = 'uniformm'; expected one of none, pairs"),
+        ("noise", dict(flip_prob=1.5), r"config.data.noise.flip_prob = 1.5; must be a prob"),
+        ("noise", dict(pairs=((0, 6), (6, 2))), r"noise.pairs: class 6 appears in two pairs"),
+        ("noise", dict(kind="groups", groups=((0, 6, 2), (2, 3))), r"noise.groups: class 2"),
+        ("noise", dict(kind="groups", flip_prob=-0.1), r"noise.flip_prob = -0.1"),
+        ("noise", dict(kind="uniform", rate=1.2), r"noise.rate = 1.2; must be a probability"),
+        ("noise", dict(kind="cifar100_superclass"), r"needs config.data.num_classes = 100, got 10"),
+        ("noise", dict(kind="asymmetric"), r"noise.rates has 0 entries; .*num_classes = 10"),
+        ("noise", {**ASYMMETRIC, "targets": (1,) * 9}, r"noise.targets: targets has 9 entries"),
+        ("noise", {**ASYMMETRIC, "targets": (10,) * 10}, r"noise.targets: targets\[0\]: class 10"),
+        ("noise", {**ASYMMETRIC, "rates": (0.1,) * 9 + (2.0,)}, r"noise.rates: rates\[9\] must"),
+        ("noise", dict(kind="matrix"), r"noise.matrix: transition matrix must be square"),
+        (
+            "noise",
+            dict(
+                kind="matrix",
+                matrix=tuple(tuple(r) for r in np.eye(10)[:, ::-1].tolist()[:9]) + ((0.5,) * 10,),
+            ),
+            r"noise.matrix: transition matrix row 9 sums to 5.0, not 1",
+        ),
+        ("imbalance", dict(kind="longtail"), r"imbalance.kind = 'longtail'; expected one of"),
+        ("imbalance", dict(ratio=0.5), r"imbalance.ratio: imbalance ratio must be >= 1"),
+        ("imbalance", dict(kind="long_tailed", ratio=0.5), r"imbalance.ratio: .*>= 1"),
+        ("imbalance", dict(classes=(0, 12)), r"imbalance.classes: .*class 12 is outside"),
+        ("imbalance", dict(by="both"), r"imbalance.by = 'both'"),
+        ("imbalance", dict(kind="counts"), r"imbalance.counts: .*0 entries; expected one per"),
+        (
+            "imbalance",
+            dict(kind="counts", counts=(5, 5, 5, 0, 5, 5, 5, 5, 5, 5)),
+            r"imbalance.counts\[3\] = 0 would leave class 3 empty",
+        ),
+        (
+            "imbalance",
+            dict(kind="counts", counts=(5, 5, 5, -2, 5, 5, 5, 5, 5, 5)),
+            r"imbalance.counts: class 3: the count to keep must be an integer >= 0, got -2",
+        ),
     ],
 )
-def test_bad_corruption_config(tmp_path, section, field, value, match):
-    config = smoke_config(tmp_path)
-    config.data[section][field] = value
+def test_bad_corruption_config(dataset, tmp_path, section, fields, match):
+    directory, _ = dataset
+    config = smoke_config(directory)
+    for field, value in fields.items():
+        config.data[section][field] = value
     with pytest.raises(PipelineError, match=match):
         preprocess.run(config, str(tmp_path / "work"))
+    assert not os.path.exists(tmp_path / "work" / "preprocess")
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("cifar10_hetero", {}),
+        ("groups", dict(groups=((0, 2, 4), (6, 7)))),
+        ("uniform", dict(rate=0.5)),
+        ("asymmetric", ASYMMETRIC),
+        ("matrix", dict(matrix=tuple(tuple(r) for r in np.full((10, 10), 0.1).tolist()))),
+    ],
+)
+def test_noise_matrix_of_each_kind_is_the_corruption_function(dataset, kind, extra):
+    """The plan's matrix is the `har_tf.corruption` builder's (hand-checked there)."""
+    config = smoke_config(dataset[0])
+    config.data.noise.kind = kind
+    for field, value in extra.items():
+        config.data.noise[field] = value
+    got = preprocess.noise_matrix(config.data.noise, 10)
+    want = {
+        "cifar10_hetero": lambda: corruption.cifar10_hetero_matrix(0.4),
+        "groups": lambda: corruption.group_flip_matrix(10, ((0, 2, 4), (6, 7)), 0.4),
+        "uniform": lambda: corruption.uniform_noise_matrix(10, 0.5),
+        "asymmetric": lambda: corruption.asymmetric_noise_matrix(
+            10, ASYMMETRIC["rates"], ASYMMETRIC["targets"]
+        ),
+        "matrix": lambda: np.full((10, 10), 0.1),
+    }[kind]()
+    np.testing.assert_array_equal(got, want)
+    assert preprocess.make_plan(config).noise_matrix.tolist() == want.tolist()
+
+
+def test_cifar100_superclass_plan_matrix():
+    noise = fashion_mnist_hetero.get_config().data.noise
+    noise.kind = "cifar100_superclass"
+    np.testing.assert_array_equal(
+        preprocess.noise_matrix(noise, 100), corruption.cifar100_superclass_matrix()
+    )
 
 
 def test_image_shape_mismatch(dataset, tmp_path):
