@@ -1,0 +1,139 @@
+r"""Step time and peak memory of ERM, uniform-reg and HAR training steps.
+
+ResNet-32 (the authors' network), batch 128 of 32x32x3, all cores. Times are
+measured in one process with the three kinds of step interleaved (round-robin), so
+that machine noise hits all three alike; each figure is the median over rounds.
+Peak memory is measured in separate child processes (one per kind) by TensorFlow's
+own allocator: the children run with TF_CPU_ALLOCATOR_USE_BFC=true, which makes
+`tf.config.experimental.get_memory_info("CPU:0")` report the peak bytes allocated.
+After a warm-up step the stats are reset and one more step is measured: the
+step's working memory (saved activations, the gradient graph's intermediates,
+gradients, variables). RSS cannot show this: the allocator keeps its pool.
+
+  python benchmarks/step_time.py --json
+  python benchmarks/step_time.py --rounds 5 --steps 5 --batch 64 --depth 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from har_tf import HARModel  # noqa: E402
+from har_tf.models import cifar_resnet  # noqa: E402
+
+KINDS = {"erm": (0.0, False), "unif": (10.0, False), "har": (10.0, True)}
+
+
+def build(kind: str, args) -> HARModel:
+    lam, per_class = KINDS[kind]
+    keras.utils.set_random_seed(0)
+    tau = np.linspace(0.05, 1.0, 10) if per_class else None
+    model = HARModel(cifar_resnet(depth=args.depth), lam=lam, tau=tau, weight_decay=1e-4)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    return model
+
+
+def batch(args):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(args.batch, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=args.batch).astype("int32")
+    return x, y
+
+
+def time_steps(model, x, y, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def peak_child(kind: str, args) -> float:
+    """Runs --peak KIND in a child process with the BFC CPU allocator; returns MB."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak", kind]
+    cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
+    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def peak(kind: str, args) -> None:
+    import tensorflow as tf
+
+    model = build(kind, args)
+    x, y = batch(args)
+    model.train_on_batch(x, y)  # warm-up: tracing has its own one-off allocations
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    model.train_on_batch(x, y)
+    print(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=5, help="steps per kind per round")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no_memory", action="store_true", help="skip the memory children")
+    parser.add_argument("--peak", choices=sorted(KINDS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak:
+        peak(args.peak, args)
+        return
+
+    x, y = batch(args)
+    models = {kind: build(kind, args) for kind in KINDS}
+    for model in models.values():  # trace, build, warm up
+        time_steps(model, x, y, 2)
+    times = {kind: [] for kind in KINDS}
+    for _ in range(args.rounds):
+        for kind, model in models.items():
+            times[kind].append(time_steps(model, x, y, args.steps))
+    med = {kind: statistics.median(t) for kind, t in times.items()}
+    result = {
+        "erm_s": round(med["erm"], 4),
+        "unif_s": round(med["unif"], 4),
+        "har_s": round(med["har"], 4),
+        "ratio": round(med["har"] / med["erm"], 3),
+        # Ratio within each round, then the median: robust to drifting machine load.
+        "ratio_paired": round(
+            statistics.median(h / e for h, e in zip(times["har"], times["erm"], strict=True)), 3
+        ),
+        "depth": args.depth,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+    }
+    if not args.no_memory:
+        erm_mb, har_mb = peak_child("erm", args), peak_child("har", args)
+        result.update(
+            erm_peak_mb=round(erm_mb, 1),
+            har_peak_mb=round(har_mb, 1),
+            peak_ratio=round(har_mb / erm_mb, 3) if erm_mb > 0 else None,
+        )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>16}: {v}")
+
+
+if __name__ == "__main__":
+    main()
