@@ -15,15 +15,36 @@ def load_manifest(workdir: str) -> dict:
 
 
 def read_labels(workdir: str, split: str) -> dict[str, np.ndarray]:
-    """ids, labels and clean labels of a split as int64 numpy arrays (no images)."""
+    """ids, labels and clean labels of a split as int64 numpy arrays (no images).
+
+    Reads every record of the split once, shard by shard, so it also validates the
+    data a stage is about to use: a truncated or corrupt shard (bad length or CRC)
+    or a record count that disagrees with manifest.json is a PipelineError naming
+    the shard.
+    """
     features = {k: v for k, v in records.FEATURES.items() if k != "image"}
-    ds = tf.data.TFRecordDataset(records.shard_paths(stage.stage_dir(workdir, "preprocess"), split))
-    ds = ds.batch(4096).map(lambda s: tf.io.parse_example(s, features))
+    expected = load_manifest(workdir)["splits"][split]["num_examples"]
     parts = {k: [] for k in features}
-    for batch in ds.as_numpy_iterator():
-        for k in features:
-            parts[k].append(batch[k])
-    return {k: np.concatenate(v) if v else np.zeros([0], np.int64) for k, v in parts.items()}
+    for path in records.shard_paths(stage.stage_dir(workdir, "preprocess"), split):
+        ds = tf.data.TFRecordDataset(path).batch(4096)
+        ds = ds.map(lambda s: tf.io.parse_example(s, features))
+        try:
+            for batch in ds.as_numpy_iterator():
+                for k in features:
+                    parts[k].append(batch[k])
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise stage.PipelineError(
+                f"{path}: corrupt or truncated TFRecord shard ({e.message.splitlines()[0]}); "
+                f"delete {stage.stage_dir(workdir, 'preprocess')} and rerun preprocess"
+            ) from None
+    out = {k: np.concatenate(v) if v else np.zeros([0], np.int64) for k, v in parts.items()}
+    if len(out["id"]) != expected:
+        raise stage.PipelineError(
+            f"the {split} shards in {stage.stage_dir(workdir, 'preprocess')} hold "
+            f"{len(out['id'])} records but manifest.json says {expected}; delete the "
+            "directory and rerun preprocess"
+        )
+    return out
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, *, pad: int = 4) -> tf.Tensor:

@@ -36,3 +36,42 @@ def test_augment_batch_is_deterministic_given_the_seed():
     c = data.augment_batch(images, tf.constant([1, 3], tf.int64))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def _preprocessed(tmp_path):
+    from configs import fashion_mnist_hetero
+    from pipeline import preprocess
+    from tests.pipeline import idx_fixtures
+
+    idx_fixtures.write_dataset(tmp_path / "idx", num_train=300, num_test=60)
+    config = fashion_mnist_hetero.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "idx")
+    workdir = str(tmp_path / "work")
+    preprocess.run(config, workdir)
+    return workdir
+
+
+def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
+    import os
+
+    import pytest
+
+    from pipeline import records, stage
+
+    workdir = _preprocessed(tmp_path)
+    labels = data.read_labels(workdir, "train")
+    manifest = data.load_manifest(workdir)
+    assert len(labels["id"]) == manifest["splits"]["train"]["num_examples"]
+
+    shard = records.shard_paths(os.path.join(workdir, "preprocess"), "train")[1]
+    with open(shard, "rb") as f:
+        content = f.read()
+    with open(shard, "wb") as f:
+        f.write(content[:-7])  # cut into the last record
+    with pytest.raises(stage.PipelineError, match=f"{shard}: corrupt or truncated"):
+        data.read_labels(workdir, "train")
+
+    with open(shard, "wb") as f:
+        f.write(b"")  # a whole shard's records gone: only the count can tell
+    with pytest.raises(stage.PipelineError, match="manifest.json says"):
+        data.read_labels(workdir, "train")
