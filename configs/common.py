@@ -30,6 +30,10 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
             # "mirrored" (every local GPU; batch_size stays the global batch, split
             # across replicas; set model.synchronized_bn too). See docs/DISTRIBUTED.md.
             strategy="default",
+            # TensorFlow op determinism (tf.config.experimental.enable_op_determinism)
+            # while this stage trains: with the seeded tf.data input, a run resumed
+            # from its per-epoch checkpoint ends with the weights of an uninterrupted one.
+            deterministic=True,
         )
     )
 

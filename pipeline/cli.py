@@ -19,6 +19,14 @@ def define_common_flags() -> None:
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Directory that holds every stage's output.")
+    flags.DEFINE_bool(
+        "force",
+        False,
+        "Rerun even if complete. A stage run as a program refuses a complete but stale "
+        "output (made with another config) unless given --force; pipeline.run reruns "
+        "stale stages itself, and with --force reruns every stage.",
+    )
+    flags.DEFINE_bool("quiet", False, "No Keras progress bars while training (fit verbose=0).")
     flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import math
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ from absl import logging
 
 from har_tf import HARModel
 from har_tf.models import cifar_resnet
+from pipeline import stage
 from pipeline.stage import PipelineError
 
 MODELS = ("resnet",)
@@ -105,24 +107,142 @@ def steps_for(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def fit(model: HARModel, train_ds, section, *, out_dir: str, callbacks=()) -> dict:
-    """Fits for section.epochs, saves model.keras and history.json into out_dir."""
+CHECKPOINTS = "checkpoints"
+_CKPT = "epoch-{:04d}.weights.h5"
+_CKPT_HISTORY = "history.partial.json"
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the training state (model and optimizer variables) after every epoch.
+
+    Writes `<directory>/epoch-NNNN.weights.h5` (NNNN = epochs completed) through a
+    temporary file and an atomic rename, after `history.partial.json` (every epoch's
+    logs so far), and keeps only the newest checkpoint. A process killed at any point
+    leaves a loadable checkpoint whose history covers exactly its epochs.
+    """
+
+    def __init__(self, directory: str, history: list[dict]):
+        super().__init__()
+        self.directory = directory
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history[epoch:] = [{k: float(v) for k, v in (logs or {}).items()}]
+        stage.write_json(os.path.join(self.directory, _CKPT_HISTORY), self.history)
+        tmp = os.path.join(self.directory, "tmp-" + _CKPT.format(epoch + 1))
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, os.path.join(self.directory, _CKPT.format(epoch + 1)))
+        for old in range(epoch + 1):
+            path = os.path.join(self.directory, _CKPT.format(old))
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def restore_checkpoint(model: HARModel, directory: str) -> tuple[int, list[dict]]:
+    """Loads the newest EpochCheckpoint in `directory` into `model` (compiled).
+
+    Returns:
+      (epochs completed, their logs); (0, []) if there is no checkpoint.
+    """
+    done = sorted(
+        int(f[len("epoch-") : -len(".weights.h5")])
+        for f in (os.listdir(directory) if os.path.isdir(directory) else [])
+        if f.startswith("epoch-") and f.endswith(".weights.h5")
+    )
+    if not done:
+        return 0, []
+    epoch = done[-1]
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(directory, _CKPT.format(epoch)))
+    history = stage.read_json(os.path.join(directory, _CKPT_HISTORY))[:epoch]
+    if len(history) != epoch:
+        raise PipelineError(
+            f"checkpoint {directory} holds {epoch} epochs but its history "
+            f"{len(history)}; delete the directory to start over"
+        )
+    logging.info("Resuming from %s: %d epochs already done.", directory, epoch)
+    return epoch, history
+
+
+def fit(
+    model: HARModel,
+    train_ds,
+    section,
+    *,
+    out_dir: str,
+    callbacks=(),
+    resume: bool = True,
+    tensorboard: bool = True,
+) -> dict:
+    """Fits for section.epochs, saves model.keras and history.json into out_dir.
+
+    With `resume`, the training state is checkpointed after every epoch in
+    `out_dir/checkpoints/` and a later call (after a crash or kill) continues from the
+    last completed epoch; the checkpoints are deleted once model.keras is written.
+    With section.deterministic, TensorFlow's op determinism is enabled, so a resumed
+    fit ends with the same weights as an uninterrupted one (the tf.data input is
+    advanced by the completed epochs, so that each epoch sees its own shuffle and
+    augmentation). With `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/`
+    (if the `tensorboard` package is installed; else a warning). --quiet (a flag of
+    the stage mains and pipeline.run) turns Keras's progress bar off.
+    """
+    if getattr(section, "deterministic", False):
+        tf.config.experimental.enable_op_determinism()
+    callbacks = list(callbacks)
+    initial_epoch, history = 0, []
+    if resume:
+        ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
+        os.makedirs(ckpt_dir, exist_ok=True)
+        initial_epoch, history = restore_checkpoint(model, ckpt_dir)
+        # tf.data reshuffles (and redraws augmentation seeds) per iterator: replay the
+        # iterators of the completed epochs so that epoch k gets epoch k's order.
+        for _ in range(initial_epoch):
+            iter(train_ds)
+        callbacks.append(EpochCheckpoint(ckpt_dir, history))
+    if tensorboard and tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
+    elif tensorboard:
+        logging.warning("No TensorBoard logs: the `tensorboard` package is not installed.")
+    verbose = 0 if stage.flag_value("quiet", False) else section.verbose
     # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
-    history = model.fit(
+    result = model.fit(
         train_ds,
         epochs=section.epochs,
-        verbose=section.verbose,
+        initial_epoch=initial_epoch,
+        verbose=verbose,
         shuffle=False,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if resume:
+        logs = history
+    else:
+        logs = [
+            {k: vals[i] for k, vals in result.history.items()}
+            for i in range(len(next(iter(result.history.values()), [])))
+        ]
+    keys = sorted({k for entry in logs for k in entry})
+    hist = {k: [float("nan") if e.get(k) is None else float(e[k]) for e in logs] for k in keys}
     for k, vals in hist.items():
         if not np.all(np.isfinite(vals)):
             raise PipelineError(f"training diverged: {k} became {vals[-1]} (history {vals})")
-    model.save(os.path.join(out_dir, "model.keras"))
-    with open(os.path.join(out_dir, "history.json"), "w") as f:
-        json.dump(hist, f, indent=2)
+    tmp = os.path.join(out_dir, "tmp-model.keras")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(out_dir, "model.keras"))
+    stage.write_json(os.path.join(out_dir, "history.json"), hist)
+    if resume:
+        shutil.rmtree(os.path.join(out_dir, CHECKPOINTS), ignore_errors=True)
     return hist
+
+
+def tensorboard_available() -> bool:
+    """Whether tf.summary can write (it needs the `tensorboard` package)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def is_fitted(out_dir: str) -> bool:
+    """Whether `fit` finished in out_dir (model.keras and history.json written)."""
+    return all(os.path.isfile(os.path.join(out_dir, f)) for f in ("model.keras", "history.json"))
 
 
 def predict_classes(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Stage 2: split train into halves (stratified by noisy label) and fit ERM on half A.
 
 Writes <workdir>/pretrain/: split.npz (ids of half_a and half_b), model.keras,
-history.json.
+history.json, tensorboard/. An interrupted attempt resumes from the last completed
+epoch (checkpoints in pretrain.partial/checkpoints/).
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ def run(config, workdir: str) -> None:
         train["id"], train["label"], seed=config.seed, stratified=section.stratified
     )
     logging.info("Pretrain split: %d examples in half A, %d in half B", len(half_a), len(half_b))
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    # resume: an interrupted attempt continues from its last checkpointed epoch.
+    with stage.stage_output(workdir, NAME, config=section, resume=True) as out:
         np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
+        if modeling.is_fitted(out):
+            return
         ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=half_a)
         model = modeling.build_har_model(config, section, lam=0.0, seed=config.seed)
         modeling.compile_model(

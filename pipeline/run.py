@@ -1,9 +1,16 @@
 """Runs the whole pipeline: preprocess -> pretrain -> estimate_tau -> train ->
-evaluate -> export, skipping every stage that already completed in --workdir, and
-prints the results table.
+evaluate -> export, and prints the results table.
+
+A stage already complete in --workdir with the fingerprint the current config gives
+(stage.fingerprints) is skipped. A stale one (another config or input) is rerun, and
+so is every later stage; the old output is moved to `<stage>.stale-<time>` and
+deleted once the new one is complete. A stage that was interrupted resumes (training
+stages from their last completed epoch).
 
   python -m pipeline.run --config=configs/fashion_mnist_hetero.py:quick \
       --workdir=runs/quickstart
+  ... --force                 # rerun every stage
+  ... --from_stage=train      # rerun train and every later stage
 """
 
 from __future__ import annotations
@@ -30,31 +37,71 @@ assert tuple(STAGE_RUNS) == stage.STAGES
 
 def needed_stages(config) -> list[str]:
     """Stages this config needs: estimate_tau (and pretrain) only if a run uses HAR."""
-    needs_tau = any(r.regularizer == "har" for r in config.train.runs.values())
+    needs_tau = stage.uses_tau(config)
     return [s for s in stage.STAGES if needs_tau or s not in ("pretrain", "estimate_tau")]
 
 
-def run_pipeline(config, workdir: str, *, beam_args=()) -> None:
+def run_pipeline(
+    config, workdir: str, *, beam_args=(), force: bool = False, from_stage: str = ""
+) -> None:
+    """Runs every needed stage that is missing or stale, and every stage after it.
+
+    Args:
+      force: rerun every stage (from scratch: no resuming of interrupted attempts).
+      from_stage: rerun this stage and every later one (a name of stage.STAGES), from
+        scratch.
+
+    Raises:
+      PipelineError: a stage failed, or from_stage names no stage.
+    """
+    if from_stage and from_stage not in stage.STAGES:
+        raise stage.PipelineError(
+            f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
+        )
     os.makedirs(workdir, exist_ok=True)
-    for name in needed_stages(config):
-        if stage.is_complete(workdir, name):
-            logging.info("Stage %s: already complete, skipping.", name)
-            print(f"== {name}: complete, skipped")
-            continue
-        print(f"== {name}: running")
-        start = time.time()
-        if name == "preprocess":
-            preprocess.run(config, workdir, beam_args=beam_args)
-        else:
-            STAGE_RUNS[name](config, workdir)
-        print(f"== {name}: done in {time.time() - start:.0f} s")
+    names = needed_stages(config)
+    with stage.fingerprinting(config) as fps:
+        rerun = force
+        for name in names:
+            forced = force or (
+                bool(from_stage) and stage.STAGES.index(name) >= stage.STAGES.index(from_stage)
+            )
+            rerun = rerun or forced
+            state = stage.state(workdir, name, fps[name])
+            if state == "current" and not rerun:
+                logging.info("Stage %s: already complete, skipping.", name)
+                print(f"== {name}: complete, skipped")
+                continue
+            # Everything after a stage that runs depends on its new output.
+            rerun = True
+            why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
+            print(f"== {name}: {why}")
+            start = time.time()
+            if forced:  # start afresh rather than resume an interrupted attempt
+                stage.clear_partial(workdir, name)
+            aside = stage.set_aside(workdir, name)
+            try:
+                if name == "preprocess":
+                    preprocess.run(config, workdir, beam_args=beam_args)
+                else:
+                    STAGE_RUNS[name](config, workdir)
+            except BaseException:
+                stage.restore(workdir, name, aside)
+                raise
+            print(f"== {name}: done in {time.time() - start:.0f} s")
 
 
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
     try:
-        run_pipeline(FLAGS.config, FLAGS.workdir, beam_args=shlex.split(FLAGS.beam_args))
+        run_pipeline(
+            FLAGS.config,
+            FLAGS.workdir,
+            beam_args=shlex.split(FLAGS.beam_args),
+            force=FLAGS.force,
+            from_stage=FLAGS.from_stage,
+        )
     except stage.PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -69,4 +116,9 @@ if __name__ == "__main__":
 
     cli.define_common_flags()
     flags.DEFINE_string("beam_args", "", "Extra Beam pipeline options for preprocess.")
+    flags.DEFINE_string(
+        "from_stage",
+        "",
+        f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
+    )
     app.run(main)

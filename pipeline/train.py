@@ -1,7 +1,10 @@
 """Stage 4: train a fresh model per configured run (ERM, uniform, HAR) on all of train.
 
-Writes <workdir>/train/<run>/model.keras and history.json for each run of
-config.train.runs. "none" runs are ERM with lambda 0 (no double backprop);
+Writes <workdir>/train/<run>/model.keras, history.json and tensorboard/ for each run
+of config.train.runs. An interrupted attempt keeps the runs it finished and resumes
+the one it was in from its last completed epoch (<run>/checkpoints/ in train.partial).
+
+"none" runs are ERM with lambda 0 (no double backprop);
 "uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
 gets class-balanced loss weights from config.train.drw_start_epoch (HAR-DRW).
 """
@@ -43,11 +46,16 @@ def run(config, workdir: str) -> None:
     labels = data.read_labels(workdir, "train")["label"]
     steps = modeling.steps_for(len(labels), section.batch_size)
     class_counts = np.bincount(labels, minlength=config.data.num_classes)
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    # resume: runs an interrupted attempt finished are kept, and the run it was in
+    # continues from its last checkpointed epoch.
+    with stage.stage_output(workdir, NAME, config=section, resume=True) as out:
         for name, run_cfg in section.runs.items():
-            logging.info("Training run %r (%s, lam=%s)", name, run_cfg.regularizer, run_cfg.lam)
             run_dir = os.path.join(out, name)
-            os.makedirs(run_dir)
+            if modeling.is_fitted(run_dir):
+                logging.info("Run %r already trained in %s; keeping it.", name, run_dir)
+                continue
+            logging.info("Training run %r (%s, lam=%s)", name, run_cfg.regularizer, run_cfg.lam)
+            os.makedirs(run_dir, exist_ok=True)
             lam = 0.0 if run_cfg.regularizer == "none" else run_cfg.lam
             model = modeling.build_har_model(
                 config,

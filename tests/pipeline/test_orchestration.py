@@ -1,0 +1,319 @@
+"""Fingerprints, stale stages, --force / --from_stage, and resuming after a kill."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import fashion_mnist_hetero
+from pipeline import modeling, stage
+from pipeline import run as run_lib
+from tests.pipeline import idx_fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+UPSTREAM = ("preprocess", "pretrain", "estimate_tau")
+DOWNSTREAM = ("train", "evaluate", "export")
+
+
+def _argv(module, workdir, idx_dir, *overrides):
+    return [
+        sys.executable,
+        "-m",
+        module,
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={idx_dir}",
+        "--quiet",
+        *overrides,
+    ]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("HAR_DATA_DIR", None)
+    return env
+
+
+def _run(module, workdir, idx_dir, *overrides):
+    result = subprocess.run(
+        _argv(module, workdir, idx_dir, *overrides),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return result
+
+
+def _pipeline(workdir, idx_dir, *overrides):
+    result = _run("pipeline.run", workdir, idx_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _fingerprints(workdir):
+    return {n: stage.stored_fingerprint(workdir, n) for n in stage.STAGES}
+
+
+# ----------------------------------------------------------------------------------
+# Fast: fingerprints and stage directories, in process
+
+
+def _config(**train):
+    config = fashion_mnist_hetero.get_config("smoke")
+    for k, v in train.items():
+        setattr(config.train, k, v)
+    return config
+
+
+def test_fingerprint_depends_on_the_stage_sections_and_inputs():
+    base = stage.fingerprints(_config())
+    assert set(base) == set(stage.STAGES)
+    assert all(len(fp) == 64 for fp in base.values())
+    assert stage.fingerprints(_config()) == base  # deterministic
+    more_epochs = stage.fingerprints(_config(epochs=2))
+    for name in UPSTREAM:
+        assert more_epochs[name] == base[name], name
+    for name in DOWNSTREAM:
+        assert more_epochs[name] != base[name], name
+    # What is printed is not part of any fingerprint.
+    assert stage.fingerprints(_config(verbose=2)) == base
+    # tau feeds estimate_tau and, through it, train (a HAR run) and later stages.
+    config = _config()
+    config.tau.error_floor = 0.01
+    tau_changed = stage.fingerprints(config)
+    assert [n for n in stage.STAGES if tau_changed[n] != base[n]] == [
+        "estimate_tau",
+        "train",
+        "evaluate",
+        "export",
+    ]
+    config = _config()
+    config.seed = 1
+    assert all(v != base[k] for k, v in stage.fingerprints(config).items())
+
+
+def test_fingerprint_of_an_erm_only_train_ignores_tau():
+    config = _config()
+    with config.unlocked():
+        del config.train.runs["har"]
+    base = stage.fingerprints(config)
+    config.tau.error_floor = 0.01
+    changed = stage.fingerprints(config)
+    assert changed["train"] == base["train"]
+    assert changed["estimate_tau"] != base["estimate_tau"]
+
+
+def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
+    workdir = str(tmp_path)
+    config = _config()
+    partial = os.path.join(workdir, "train.partial")
+    with stage.fingerprinting(config) as fps:
+        with pytest.raises(RuntimeError):
+            with stage.stage_output(workdir, "train", resume=True) as out:
+                open(os.path.join(out, "ckpt"), "w").close()
+                raise RuntimeError("killed")
+        assert os.path.isfile(os.path.join(partial, "ckpt"))
+        # A non-resuming stage clears what the earlier attempt left...
+        with pytest.raises(RuntimeError):
+            with stage.stage_output(workdir, "train") as out:
+                assert os.listdir(out) == [stage.PARTIAL_FINGERPRINT]
+                open(os.path.join(out, "ckpt"), "w").close()
+                raise RuntimeError("killed")
+        # ... a resuming one keeps it.
+        with stage.stage_output(workdir, "train", resume=True) as out:
+            assert os.path.isfile(os.path.join(out, "ckpt"))
+        assert stage.state(workdir, "train", fps["train"]) == "current"
+        assert stage.stored_fingerprint(workdir, "train") == fps["train"]
+        assert not os.path.exists(partial)
+        assert not os.path.exists(os.path.join(workdir, "train", stage.PARTIAL_FINGERPRINT))
+    meta = stage.read_json(os.path.join(workdir, "train", stage.METADATA))
+    assert meta["started"] <= meta["finished"] and isinstance(meta["argv"], list)
+    assert stage.state(workdir, "train", stage.fingerprints(_config(epochs=2))["train"]) == (
+        "stale"
+    )
+
+
+def test_resume_never_continues_a_partial_made_for_another_config(tmp_path):
+    workdir = str(tmp_path)
+    with stage.fingerprinting(_config()):
+        with pytest.raises(RuntimeError):
+            with stage.stage_output(workdir, "train", resume=True) as out:
+                open(os.path.join(out, "ckpt"), "w").close()
+                raise RuntimeError("killed")
+    with stage.fingerprinting(_config(epochs=2)):
+        with stage.stage_output(workdir, "train", resume=True) as out:
+            assert not os.path.exists(os.path.join(out, "ckpt"))
+
+
+def test_set_aside_and_restore(tmp_path):
+    workdir = str(tmp_path)
+    os.makedirs(os.path.join(workdir, "train"))
+    aside = stage.set_aside(workdir, "train")
+    assert os.path.basename(aside).startswith("train.stale-")
+    assert not os.path.exists(os.path.join(workdir, "train"))
+    stage.restore(workdir, "train", aside)
+    assert os.path.isdir(os.path.join(workdir, "train")) and not os.path.exists(aside)
+    aside = stage.set_aside(workdir, "train")
+    stage.discard_stale(workdir, "train")
+    assert os.listdir(workdir) == []
+    assert stage.set_aside(workdir, "train") is None
+    os.makedirs(os.path.join(workdir, "train.partial", "checkpoints"))
+    stage.clear_partial(workdir, "train")
+    assert os.listdir(workdir) == []
+
+
+def test_unknown_from_stage_is_a_clear_error(tmp_path):
+    with pytest.raises(stage.PipelineError, match="unknown --from_stage='trian'; stages: pre"):
+        run_lib.run_pipeline(_config(), str(tmp_path), from_stage="trian")
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------
+# Slow: the pipeline as a program
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("idx")
+    idx_fixtures.write_dataset(directory, num_train=1500, num_test=300)
+    return str(directory)
+
+
+@pytest.mark.slow
+def test_changed_config_reruns_downstream_only(tmp_path, idx_dir):
+    workdir = str(tmp_path / "work")
+    _pipeline(workdir, idx_dir)
+    first = _fingerprints(workdir)
+    assert all(first.values())
+
+    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2")
+    for name in UPSTREAM:
+        assert f"== {name}: complete, skipped" in result.stdout
+    for name in DOWNSTREAM:
+        assert f"== {name}: stale, rerunning" in result.stdout
+    second = _fingerprints(workdir)
+    assert [n for n in stage.STAGES if first[n] != second[n]] == list(DOWNSTREAM)
+    history = stage.read_json(os.path.join(workdir, "train", "har", "history.json"))
+    assert len(history["loss"]) == 2
+    assert not glob.glob(os.path.join(workdir, "*.stale-*"))
+    assert not glob.glob(os.path.join(workdir, "*.partial"))
+    # TensorBoard logs for each training run (tf.summary needs the package).
+    if modeling.tensorboard_available():
+        for run in ("train/erm", "train/har", "pretrain"):
+            assert glob.glob(os.path.join(workdir, run, "tensorboard", "train", "events.out.*"))
+    else:
+        assert "the `tensorboard` package is not installed" in result.stderr
+
+    # A stage run directly refuses a stale output (the config changed back).
+    direct = _run("pipeline.train", workdir, idx_dir)
+    assert direct.returncode == 1
+    assert "error: train: stage 'train'" in direct.stderr and "stale" in direct.stderr
+    assert "--force" in direct.stderr and "Traceback" not in direct.stderr
+
+    unknown = _run("pipeline.run", workdir, idx_dir, "--config.train.epochs=2", "--from_stage=x")
+    assert unknown.returncode == 1
+    assert "unknown --from_stage='x'; stages: preprocess, pretrain" in unknown.stderr
+
+    before = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
+    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--from_stage=evaluate")
+    for name in ("preprocess", "pretrain", "estimate_tau", "train"):
+        assert f"== {name}: complete, skipped" in result.stdout
+    for name in ("evaluate", "export"):
+        assert f"== {name}: rerunning" in result.stdout
+    after = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
+    assert [n for n in stage.STAGES if before[n] != after[n]] == ["evaluate", "export"]
+    assert _fingerprints(workdir) == second
+
+    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--force")
+    for name in stage.STAGES:
+        assert f"== {name}: rerunning" in result.stdout
+    assert _fingerprints(workdir) == second
+
+
+def _wait_for(pattern, proc, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = glob.glob(pattern)
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(f"the pipeline ended (rc {proc.returncode}) before {pattern}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {pattern}")
+
+
+def _kill_when(pattern, workdir, idx_dir, *overrides):
+    proc = subprocess.Popen(
+        _argv("pipeline.run", workdir, idx_dir, *overrides),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        found = _wait_for(pattern, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return found
+
+
+def _weights(path):
+    import keras
+
+    return keras.saving.load_model(path).get_weights()
+
+
+@pytest.mark.slow
+def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
+    epochs = "--config.train.epochs=4"
+    killed = str(tmp_path / "killed")
+    # A kill during preprocess leaves no complete stage.
+    _kill_when(os.path.join(killed, "preprocess.partial"), killed, idx_dir, epochs)
+    assert not any(stage.is_complete(killed, n) for n in stage.STAGES)
+
+    # A kill after train checkpointed epoch >= 1 of some run.
+    found = _kill_when(
+        os.path.join(killed, "train.partial", "*", "checkpoints", "epoch-*.weights.h5"),
+        killed,
+        idx_dir,
+        epochs,
+    )
+    assert not stage.is_complete(killed, "train")
+    assert os.path.isdir(os.path.join(killed, "train.partial"))
+    # verbose is no part of a fingerprint; --quiet (given by _argv) overrides it.
+    resumed = _pipeline(killed, idx_dir, epochs, "--config.train.verbose=1")
+    assert "Epoch " not in resumed.stdout
+    assert "== train: running" in resumed.stdout
+    # It continued from the checkpoint rather than starting over.
+    assert "Resuming from" in resumed.stderr and "epochs already done" in resumed.stderr, found
+
+    reference = str(tmp_path / "reference")
+    result = _pipeline(reference, idx_dir, epochs, "--config.train.verbose=1", "--noquiet")
+    assert "Epoch 4/4" in result.stdout  # Keras's progress output, on without --quiet
+    assert _fingerprints(killed) == _fingerprints(reference)
+    for run in ("erm", "har"):
+        a = os.path.join(killed, "train", run)
+        b = os.path.join(reference, "train", run)
+        assert not os.path.exists(os.path.join(a, "checkpoints"))
+        hist_a = stage.read_json(os.path.join(a, "history.json"))
+        hist_b = stage.read_json(os.path.join(b, "history.json"))
+        assert len(hist_a["loss"]) == 4 and hist_a.keys() == hist_b.keys()
+        # Op determinism + the replayed tf.data epochs: the same computation, so the
+        # same bits (no tolerance needed).
+        for k in hist_a:
+            np.testing.assert_array_equal(hist_a[k], hist_b[k], err_msg=f"{run} {k}")
+        for wa, wb in zip(
+            _weights(os.path.join(a, "model.keras")),
+            _weights(os.path.join(b, "model.keras")),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(wa, wb, err_msg=run)
