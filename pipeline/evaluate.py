@@ -1,8 +1,17 @@
-"""Stage 5: accuracy of every trained run on the clean test split.
+"""Stage 5: evaluation of every trained run on the clean test split.
 
-Per run: overall accuracy, per-class accuracy, accuracy of each group named in
-config.eval.groups, and the final training metrics. Writes report.json and report.md
-(one row per run; columns = groups + overall), with the tau table when present.
+Per run, at the final epoch: top-1 and top-5 accuracy, per-class accuracy, accuracy of
+each group named in config.eval.groups, the confusion matrix (rows = true class), the
+applied strength lambda * tau_c per class, per-example training-set losses by category
+(clean / noisy / rare) and the final training metrics. Beside the estimated tau it
+shows each class's TRUE noise rate from the manifest (1 - T[c, c] of the train split).
+
+Writes <workdir>/evaluate/: report.json, report.md (tables, with the PNG figures
+embedded by relative path), error_vs_strength.png (paper Fig. 4),
+train_loss_hist.png (paper Fig. 1) and training_curves.png.
+
+Not reported: the "best epoch" accuracy, which needs a test evaluation after every
+epoch during training (the train stage does not record one).
 """
 
 from __future__ import annotations
@@ -10,10 +19,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
 
-from pipeline import data, modeling, stage
+from pipeline import data, modeling, plots, stage
 
 NAME = "evaluate"
+TOP_K = 5
+PLOTS = {
+    "error_vs_strength": "error_vs_strength.png",
+    "train_loss_hist": "train_loss_hist.png",
+    "training_curves": "training_curves.png",
+}
+CATEGORIES = ("clean", "noisy", "rare")
+
+
+# ----------------------------------------------------------------------------------
+# Pure metrics (numpy in, numbers out)
 
 
 def accuracies(labels, preds, num_classes: int, groups: dict) -> dict:
@@ -39,30 +60,208 @@ def accuracies(labels, preds, num_classes: int, groups: dict) -> dict:
     }
 
 
+def top_k_accuracy(labels, scores, k: int) -> float:
+    """Fraction of examples whose label is among the k highest scores (k capped at C).
+
+    Ties are broken by class index (lower first), like np.argsort(-scores, stable).
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if len(labels) == 0:
+        return float("nan")
+    k = min(int(k), scores.shape[-1])
+    top = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=-1)))
+
+
+def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
+    """int64 [C, C]: entry [t, p] counts examples of true class t predicted as p."""
+    labels = np.asarray(labels, np.int64)
+    preds = np.asarray(preds, np.int64)
+    return np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def true_noise_rates(manifest: dict) -> list[float]:
+    """Per clean class c, the train split's fraction relabelled: 1 - T[c, c]."""
+    rates = np.asarray(manifest["splits"]["train"]["transition_rates"], float)
+    return (1.0 - np.diag(rates)).tolist()
+
+
+def rare_classes(imbalance: dict, num_classes: int) -> list[int]:
+    """Classes the imbalance cut made rare: a step cut's `classes`; for other kinds,
+    the classes whose target count is below the largest target."""
+    kind = imbalance.get("kind", "none")
+    if kind == "none":
+        return []
+    if kind == "step":
+        return sorted(int(c) for c in imbalance.get("classes", ()))
+    targets = imbalance.get("targets")
+    if not targets:
+        return []
+    targets = np.asarray(targets, float)
+    return [c for c in range(num_classes) if targets[c] < targets.max()]
+
+
+def example_categories(labels, clean_labels, rare: list[int], *, by: str = "noisy") -> np.ndarray:
+    """Per example, one of CATEGORIES (mutually exclusive): "noisy" if the training
+    label differs from the clean one; else "rare" if its class (the `by` label, as the
+    cut used) is a rare class; else "clean"."""
+    labels = np.asarray(labels)
+    clean_labels = np.asarray(clean_labels)
+    cut_label = clean_labels if by == "clean" else labels
+    out = np.full(len(labels), "clean", dtype=object)
+    out[np.isin(cut_label, rare)] = "rare"
+    out[labels != clean_labels] = "noisy"
+    return out
+
+
+def cross_entropy(logits, labels) -> np.ndarray:
+    """Per-example softmax cross-entropy, float64 [N], stable for large logits."""
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.int64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=-1))
+    return log_z - shifted[np.arange(len(labels)), labels]
+
+
+def loss_summary(losses, categories) -> dict:
+    """Count, mean and median loss per category."""
+    losses = np.asarray(losses, float)
+    out = {}
+    for cat in CATEGORIES:
+        sel = losses[np.asarray(categories) == cat]
+        out[cat] = {
+            "n": int(len(sel)),
+            "mean": float(sel.mean()) if len(sel) else float("nan"),
+            "median": float(np.median(sel)) if len(sel) else float("nan"),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Model passes
+
+
+def _logits(forward, dataset, *, with_meta: bool = False):
+    """(logits float32 [N, C], labels [N], clean labels [N] or None) over a dataset;
+    `forward` maps an image batch to logits."""
+    logits, labels, clean = [], [], []
+    for batch in dataset:
+        logits.append(forward(batch[0]).numpy().astype(np.float32))
+        labels.append(batch[1].numpy())
+        if with_meta:
+            clean.append(batch[2]["clean_label"].numpy())
+    if not logits:
+        raise stage.PipelineError("the dataset to evaluate on is empty")
+    return (
+        np.concatenate(logits),
+        np.concatenate(labels),
+        np.concatenate(clean) if with_meta else None,
+    )
+
+
+# ----------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def _pct(v) -> str:
+    return _fmt(None if v is None else 100 * v, ".1f")
+
+
 def markdown(report: dict, groups: list[str]) -> str:
     cols = [*groups, "overall"]
     lines = [
         "# Results on the clean test split",
         "",
-        "Accuracy (%) at the final epoch of each run.",
+        "Accuracy (%) at the final epoch of each run. (A best-epoch figure needs a test",
+        "evaluation after every epoch during training, which is not recorded.)",
         "",
-        "| run | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
+        "| run | " + " | ".join(cols) + " | top-5 | lambda |",
+        "|---" * (len(cols) + 3) + "|",
     ]
     for name, r in report["runs"].items():
         vals = [r["test"]["groups"][g] for g in groups] + [r["test"]["overall"]]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_pct(v) for v in vals)
+            + f" | {_pct(r['test']['top5'])} | {r['lam']:g} |"
+        )
+    plots_ = report.get("plots", {})
+    if "error_vs_strength" in plots_:
+        lines += [
+            "",
+            "## Per-class test error vs applied strength lambda * tau_c (paper Fig. 4)",
+            "",
+            f"![per-class error vs strength]({plots_['error_vs_strength']})",
+        ]
+    for name, r in report["runs"].items():
+        t = r["test"]
+        lines += [
+            "",
+            f"## Run `{name}`",
+            "",
+            "| class | accuracy (%) | error | lambda * tau_c |",
+            "|---|---|---|---|",
+        ]
+        for c, (acc, s) in enumerate(zip(t["per_class"], r["strength"], strict=True)):
+            err = None if acc is None or not np.isfinite(acc) else 1 - acc
+            lines.append(f"| {c} | {_pct(acc)} | {_fmt(err)} | {s:.4g} |")
+        cm = t["confusion"]
+        num = len(cm)
+        lines += [
+            "",
+            "Confusion matrix (rows = true class, columns = predicted class):",
+            "",
+            "| true \\ pred | " + " | ".join(str(c) for c in range(num)) + " |",
+            "|---" * (num + 1) + "|",
+        ]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(cm)]
+        ls = r.get("train_losses")
+        if ls:
+            lines += [
+                "",
+                "Training-set loss (cross-entropy vs the training label):",
+                "",
+                "| examples | n | mean | median |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {cat} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['median'])} |"
+                for cat, s in ls.items()
+            ]
     if "tau" in report:
         t = report["tau"]
         lines += [
             "",
             "## Estimated tau (from the pretrained model on held-out half B)",
             "",
-            "| class | held-out error | n (train) | tau |",
-            "|---|---|---|---|",
+            "The true noise rate is 1 - T[c, c] of the train split (manifest): how well",
+            "the held-out error tracks it shows how well uncertainty was estimated.",
+            "",
+            "| class | held-out error | true noise rate | n (train) | tau |",
+            "|---|---|---|---|---|",
         ]
-        for c, (e, n, tau) in enumerate(zip(t["err"], t["n"], t["tau"], strict=True)):
-            lines.append(f"| {c} | {e:.3f} | {n} | {tau:.3f} |")
+        rows = zip(t["err"], t["true_noise_rate"], t["n"], t["tau"], strict=True)
+        for c, (e, rate, n, tau) in enumerate(rows):
+            lines.append(f"| {c} | {_fmt(e)} | {_fmt(rate)} | {n} | {_fmt(tau)} |")
+    if "train_loss_hist" in plots_:
+        lines += [
+            "",
+            "## Training-set losses: clean, noisy and rare examples (paper Fig. 1)",
+            "",
+            "noisy: training label != clean label; rare: a cut class, label clean;",
+            f"clean: the rest. Rare classes: {report.get('rare_classes', [])}.",
+            "",
+            f"![training-set loss histograms]({plots_['train_loss_hist']})",
+        ]
+    if "training_curves" in plots_:
+        lines += ["", "## Training curves", "", f"![training curves]({plots_['training_curves']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -77,28 +276,68 @@ def run(config, workdir: str) -> None:
             raise stage.PipelineError(
                 f"eval group {g!r} names classes {bad} outside [0, {num_classes})"
             )
-    report = {"runs": {}, "groups": {g: list(c) for g, c in groups.items()}}
+    manifest = data.load_manifest(workdir)
+    imbalance = manifest.get("imbalance", {})
+    rare = rare_classes(imbalance, num_classes)
+    report = {
+        "runs": {},
+        "groups": {g: list(c) for g, c in groups.items()},
+        "rare_classes": rare,
+        "true_noise_rate": true_noise_rates(manifest),
+        "best_epoch": None,  # needs per-epoch test evaluation in the train stage
+    }
     runs = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
     # Keep the config's order of runs where possible.
     order = [r for r in config.train.runs.keys() if r in runs] + [
         r for r in runs if r not in config.train.runs
     ]
+    histories, losses_by_run = {}, {}
     for name in order:
         model = modeling.load_model(os.path.join(train_dir, name, "model.keras"))
-        labels, preds = modeling.predict_classes(
-            model, data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
+        test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
+        forward = tf.function(lambda x, m=model: m(x, training=False), reduce_retracing=True)
+        logits, labels, _ = _logits(forward, test_ds)
+        preds = np.argmax(logits, axis=-1)
+        test = accuracies(labels, preds, num_classes, groups)
+        test["top5"] = top_k_accuracy(labels, logits, TOP_K)
+        test["confusion"] = confusion_matrix(labels, preds, num_classes).tolist()
+        train_ds = data.make_dataset(
+            workdir, "train", batch_size=section.batch_size, training=False, with_meta=True
         )
-        history = stage.read_json(os.path.join(train_dir, name, "history.json"))
+        train_logits, train_labels, train_clean = _logits(forward, train_ds, with_meta=True)
+        losses = cross_entropy(train_logits, train_labels)
+        cats = example_categories(train_labels, train_clean, rare, by=imbalance.get("by", "noisy"))
+        losses_by_run[name] = {c: losses[cats == c] for c in CATEGORIES}
+        histories[name] = stage.read_json(os.path.join(train_dir, name, "history.json"))
+        lam = float(model.lam)
+        tau = np.asarray(model.tau.numpy(), float) if lam > 0 else np.zeros(num_classes)
         report["runs"][name] = {
-            "lam": float(model.lam),
-            "test": accuracies(labels, preds, num_classes, groups),
-            "final_train": {k: v[-1] for k, v in history.items()},
+            "lam": lam,
+            "tau": tau.tolist(),
+            "strength": (lam * tau).tolist(),
+            "test": test,
+            "train_losses": loss_summary(losses, cats),
+            "final_train": {k: v[-1] for k, v in histories[name].items() if v},
         }
     if stage.is_complete(workdir, "estimate_tau"):
         report["tau"] = stage.read_json(
             os.path.join(stage.stage_dir(workdir, "estimate_tau"), "tau.json")
         )
+        report["tau"]["true_noise_rate"] = report["true_noise_rate"]
     with stage.stage_output(workdir, NAME, config=section) as out:
+        plots.error_vs_strength(
+            {
+                n: {
+                    "strength": r["strength"],
+                    "error": [1 - a for a in r["test"]["per_class"]],
+                }
+                for n, r in report["runs"].items()
+            },
+            os.path.join(out, PLOTS["error_vs_strength"]),
+        )
+        plots.loss_histograms(losses_by_run, os.path.join(out, PLOTS["train_loss_hist"]))
+        plots.training_curves(histories, os.path.join(out, PLOTS["training_curves"]))
+        report["plots"] = dict(PLOTS)
         stage.write_json(os.path.join(out, "report.json"), report)
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(markdown(report, list(groups)))

@@ -4,6 +4,10 @@ Writes <workdir>/export/<model_name>/<version>/ (saved_model.pb, variables/). Th
 `serving_default` signature takes the raw stored input, `image`: uint8
 [batch, H, W, C], and returns `probabilities` (float32 [batch, C]) and `class_id`
 (int64 [batch]); normalization happens inside the model.
+
+Beside the version directories it writes a model card, <model_name>/model_card.md and
+model_card.json: the config summary, the data manifest summary, the evaluate stage's
+metrics for the exported run (when that stage completed) and the serving signature.
 """
 
 from __future__ import annotations
@@ -18,6 +22,122 @@ from absl import logging
 from pipeline import data, modeling, stage
 
 NAME = "export"
+SIGNATURE = "serving_default"
+# The config.data.noise fields each noise kind uses (the model card shows only these).
+NOISE_FIELDS = {
+    "none": (),
+    "pairs": ("pairs", "flip_prob"),
+    "groups": ("groups", "flip_prob"),
+    "cifar10_hetero": ("flip_prob",),
+    "cifar100_superclass": ("flip_prob",),
+    "uniform": ("rate",),
+    "asymmetric": ("rates", "targets"),
+    "matrix": (),
+}
+
+
+def signature_summary(image_shape, num_classes: int) -> dict:
+    """The `serving_default` signature as the model card describes it."""
+    h, w, c = (int(d) for d in image_shape)
+    return {
+        "name": SIGNATURE,
+        "inputs": {"image": {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}},
+        "outputs": {
+            "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)]},
+            "class_id": {"dtype": "int64", "shape": [-1]},
+        },
+    }
+
+
+def model_card(config, manifest: dict, metrics: dict | None, signature: dict) -> dict:
+    """The model card's content (JSON-able); `metrics` is the evaluate stage's entry
+    for the exported run, or None if that stage has not completed."""
+    section = config.export
+    run_cfg = config.train.runs.get(section.run)
+    train = manifest["splits"]["train"]
+    return {
+        "model_name": section.model_name,
+        "version": int(section.version),
+        "run": section.run,
+        "config": {
+            "seed": config.seed,
+            "model": config.model.to_dict(),
+            "run": run_cfg.to_dict() if run_cfg is not None else None,
+            "train": {
+                k: config.train[k]
+                for k in ("epochs", "batch_size", "learning_rate", "weight_decay", "augment")
+            },
+            "tau": config.tau.to_dict(),
+        },
+        "data": {
+            "dataset": manifest["dataset"],
+            "source": manifest.get("source"),
+            "num_classes": manifest["num_classes"],
+            "image_shape": manifest["image_shape"],
+            "noise": {
+                k: v
+                for k, v in manifest["noise"].items()
+                if k == "kind" or k in NOISE_FIELDS.get(manifest["noise"].get("kind"), ())
+            },
+            "true_noise_rate": [1.0 - row[c] for c, row in enumerate(train["transition_rates"])],
+            "imbalance": manifest["imbalance"],
+            "train_examples": train["num_examples"],
+            "train_counts_noisy": train["counts_after_cut"]["noisy"],
+            "train_counts_clean": train["counts_after_cut"]["clean"],
+            "test_examples": manifest["splits"]["test"]["num_examples"],
+        },
+        "metrics": metrics,
+        "signature": signature,
+    }
+
+
+def model_card_markdown(card: dict) -> str:
+    d = card["data"]
+    lines = [
+        f"# Model card: {card['model_name']} (version {card['version']})",
+        "",
+        f"Run `{card['run']}` of the train stage: {card['config']['run']}.",
+        "",
+        "## Data",
+        "",
+        f"- dataset: {d['dataset']} ({d['source']}), {d['num_classes']} classes, "
+        f"images {d['image_shape']}",
+        f"- noise: {d['noise']}; true noise rate per class (train): "
+        f"{[round(r, 3) for r in d['true_noise_rate']]}",
+        f"- imbalance: {d['imbalance']}",
+        f"- train examples: {d['train_examples']}; per class (noisy label): "
+        f"{d['train_counts_noisy']}",
+        f"- test examples: {d['test_examples']}",
+        "",
+        "## Metrics on the clean test split",
+        "",
+    ]
+    m = card["metrics"]
+    if m is None:
+        lines.append("Not available: the evaluate stage had not completed at export time.")
+    else:
+        t = m["test"]
+        lines += [f"- top-1 accuracy: {100 * t['overall']:.2f}%"]
+        if t.get("top5") is not None:
+            lines += [f"- top-5 accuracy: {100 * t['top5']:.2f}%"]
+        lines += [
+            f"- {g}: {'n/a' if v is None else f'{100 * v:.2f}%'}" for g, v in t["groups"].items()
+        ]
+    s = card["signature"]
+    lines += ["", "## Serving signature", "", f"`{s['name']}`:", ""]
+    for kind in ("inputs", "outputs"):
+        for name, spec in s[kind].items():
+            lines.append(f"- {kind[:-1]} `{name}`: {spec['dtype']} {spec['shape']}")
+    c = card["config"]
+    lines += [
+        "",
+        "## Config",
+        "",
+        f"- seed {c['seed']}; model {c['model']}",
+        f"- train: {c['train']}",
+        f"- tau: {c['tau']}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def export_saved_model(model: keras.Model, path: str, image_shape) -> None:
@@ -40,7 +160,14 @@ def export_saved_model(model: keras.Model, path: str, image_shape) -> None:
             tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name="image")
         ],
     )
-    archive.write_out(path, verbose=False)
+    # Writing a SavedModel sets absl's logger level for the whole process (hiding
+    # later INFO logs); restore it.
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    try:
+        archive.write_out(path, verbose=False)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def run(config, workdir: str) -> None:
@@ -55,7 +182,8 @@ def run(config, workdir: str) -> None:
     if int(section.version) < 1:
         raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
     model = modeling.load_model(model_path)
-    image_shape = data.load_manifest(workdir)["image_shape"]
+    manifest = data.load_manifest(workdir)
+    image_shape = manifest["image_shape"]
     with stage.stage_output(workdir, NAME, config=section) as out:
         path = os.path.join(out, section.model_name, str(int(section.version)))
         export_saved_model(model, path, image_shape)
@@ -69,6 +197,27 @@ def run(config, workdir: str) -> None:
         if err > 1e-4:
             raise stage.PipelineError(f"exported model disagrees with the trained one by {err}")
         logging.info("Exported %s (max |diff| vs Keras %.2e)", path, err)
+        metrics = None
+        if stage.is_complete(workdir, "evaluate"):
+            report = stage.read_json(
+                os.path.join(stage.stage_dir(workdir, "evaluate"), "report.json")
+            )
+            metrics = report["runs"].get(section.run)
+            if metrics is not None:
+                metrics = {k: metrics[k] for k in ("lam", "test", "final_train") if k in metrics}
+                # The config's order of groups (report.json's keys are sorted).
+                groups = metrics["test"]["groups"]
+                order = [g for g in config.eval.groups if g in groups]
+                metrics["test"]["groups"] = {
+                    g: groups[g] for g in [*order, *(g for g in groups if g not in order)]
+                }
+        card = model_card(
+            config, manifest, metrics, signature_summary(image_shape, config.data.num_classes)
+        )
+        card_dir = os.path.join(out, section.model_name)
+        stage.write_json(os.path.join(card_dir, "model_card.json"), card)
+        with open(os.path.join(card_dir, "model_card.md"), "w") as f:
+            f.write(model_card_markdown(card))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""The evaluate stage: metrics against hand-computed values, plots, and a whole run."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import evaluate, plots, stage
+from tests.pipeline import workdir_fixtures
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_MAGIC, path
+    # IHDR width and height are positive.
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width > 100 and height > 100
+
+
+# Three classes, six examples.
+LABELS = np.array([0, 0, 1, 1, 2, 2])
+LOGITS = np.array(
+    [
+        [3.0, 2.0, 1.0],  # pred 0, correct
+        [1.0, 3.0, 2.0],  # pred 1, label 0 second-to-last
+        [0.0, 5.0, 1.0],  # pred 1, correct
+        [4.0, 0.0, 1.0],  # pred 0, label 1 last
+        [1.0, 2.0, 3.0],  # pred 2, correct
+        [2.0, 1.0, 0.0],  # pred 0, label 2 last
+    ]
+)
+PREDS = LOGITS.argmax(axis=1)
+
+
+def test_accuracies_by_hand():
+    acc = evaluate.accuracies(LABELS, PREDS, 3, {"a": (0, 1), "b": (2,)})
+    assert acc["overall"] == pytest.approx(3 / 6)
+    assert acc["per_class"] == pytest.approx([1 / 2, 1 / 2, 1 / 2])
+    assert acc["groups"] == pytest.approx({"a": 2 / 4, "b": 1 / 2})
+    assert acc["num_examples"] == 6
+
+
+def test_per_class_accuracy_of_a_missing_class_is_nan():
+    acc = evaluate.accuracies([0, 0], [0, 1], 2, {"g": (1,)})
+    assert acc["per_class"][0] == 0.5 and np.isnan(acc["per_class"][1])
+    assert np.isnan(acc["groups"]["g"])
+
+
+def test_top_k_by_hand():
+    assert evaluate.top_k_accuracy(LABELS, LOGITS, 1) == pytest.approx(3 / 6)
+    # Top-2 sets of the misses: example 1 {1, 2} (label 0 out), example 3 {0, 2}
+    # (label 1 out), example 5 {0, 1} (label 2 out). So top-2 = top-1 here.
+    assert evaluate.top_k_accuracy(LABELS, LOGITS, 2) == pytest.approx(3 / 6)
+    # k >= C: every label is in the top k.
+    assert evaluate.top_k_accuracy(LABELS, LOGITS, 5) == 1.0
+    # Example 1 with scores (2.5, 3, 2): label 0 now second.
+    logits = LOGITS.copy()
+    logits[1] = [2.5, 3.0, 2.0]
+    assert evaluate.top_k_accuracy(LABELS, logits, 2) == pytest.approx(4 / 6)
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    cm = evaluate.confusion_matrix(LABELS, PREDS, 3)
+    expected = np.array(
+        [
+            [1, 1, 0],  # true 0: predicted 0, 1
+            [1, 1, 0],  # true 1: predicted 1, 0
+            [1, 0, 1],  # true 2: predicted 2, 0
+        ]
+    )
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm.sum(axis=1), np.bincount(LABELS, minlength=3))
+    # The diagonal over the row sums is the per-class accuracy.
+    acc = evaluate.accuracies(LABELS, PREDS, 3, {})
+    np.testing.assert_allclose(np.diag(cm) / cm.sum(axis=1), acc["per_class"])
+
+
+def test_true_noise_rates_from_manifest():
+    manifest = {"splits": {"train": {"transition_rates": [[0.6, 0.4], [0.1, 0.9]]}}}
+    assert evaluate.true_noise_rates(manifest) == pytest.approx([0.4, 0.1])
+
+
+def test_rare_classes():
+    assert evaluate.rare_classes({"kind": "step", "classes": (4, 0)}, 5) == [0, 4]
+    assert evaluate.rare_classes({"kind": "none", "classes": (1,)}, 5) == []
+    assert evaluate.rare_classes({"kind": "long_tailed", "targets": [9, 9, 3, 1]}, 4) == [2, 3]
+
+
+def test_example_categories_are_exclusive():
+    labels = np.array([0, 1, 2, 3, 0])
+    clean = np.array([0, 1, 3, 2, 2])
+    cats = evaluate.example_categories(labels, clean, rare=[0, 3])
+    assert cats.tolist() == ["rare", "clean", "noisy", "noisy", "noisy"]
+    # Cut by the clean label: example 0's clean label 0 is rare; example 1 is not.
+    cats = evaluate.example_categories(labels, clean, rare=[1], by="clean")
+    assert cats.tolist() == ["clean", "rare", "noisy", "noisy", "noisy"]
+
+
+def test_cross_entropy_by_hand():
+    logits = np.array([[0.0, 0.0], [1000.0, 0.0]])
+    losses = evaluate.cross_entropy(logits, [1, 1])
+    np.testing.assert_allclose(losses, [np.log(2.0), 1000.0])
+
+
+def test_loss_summary():
+    s = evaluate.loss_summary([1.0, 3.0, 2.0], np.array(["clean", "clean", "noisy"], object))
+    assert s["clean"] == {"n": 2, "mean": 2.0, "median": 2.0}
+    assert s["noisy"]["n"] == 1 and s["noisy"]["mean"] == 2.0
+    assert s["rare"]["n"] == 0 and np.isnan(s["rare"]["mean"])
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    plots.error_vs_strength(
+        {
+            "erm": {"strength": [0.0] * 3, "error": [0.1, 0.5, float("nan")]},
+            "har": {"strength": [1.0, 10.0, 3.0], "error": [0.1, 0.3, 0.2]},
+        },
+        str(tmp_path / "a.png"),
+    )
+    plots.loss_histograms(
+        {
+            "erm": {"clean": rng.random(50), "noisy": rng.random(10) + 2, "rare": []},
+            "har": {"clean": rng.random(50), "noisy": rng.random(10), "rare": rng.random(5)},
+        },
+        str(tmp_path / "b.png"),
+    )
+    plots.training_curves(
+        {"erm": {"loss": [2.0, 1.0], "accuracy": [0.3, 0.6]}, "har": {"loss": [2.5, 1.1]}},
+        str(tmp_path / "c.png"),
+    )
+    for name in "abc":
+        assert_png(tmp_path / f"{name}.png")
+
+
+# ----------------------------------------------------------------------------------
+# The stage on a real (tiny) workdir: preprocess, then untrained models as "runs".
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("work"))
+    config = workdir_fixtures.make_workdir(str(tmp_path_factory.mktemp("idx")), workdir)
+    evaluate.run(config, workdir)
+    return config, workdir, stage.stage_dir(workdir, "evaluate")
+
+
+def test_stage_report_numbers(evaluated):
+    config, workdir, out = evaluated
+    report = stage.read_json(os.path.join(out, "report.json"))
+    manifest = stage.read_json(os.path.join(workdir, "preprocess", "manifest.json"))
+    assert list(report["runs"]) == ["erm", "har"]
+    assert report["rare_classes"] == [0, 2, 4, 6]
+    rates = manifest["splits"]["train"]["transition_rates"]
+    assert report["tau"]["true_noise_rate"] == pytest.approx([1 - rates[c][c] for c in range(10)])
+    # The pairs noise flips classes 0, 6, 2, 4 only.
+    assert all(report["tau"]["true_noise_rate"][c] == 0 for c in (1, 3, 5, 7, 8, 9))
+    for r in report["runs"].values():
+        t = r["test"]
+        cm = np.array(t["confusion"])
+        assert cm.shape == (10, 10) and cm.sum() == t["num_examples"] == 100
+        assert np.trace(cm) / cm.sum() == pytest.approx(t["overall"])
+        assert t["overall"] <= t["top5"] <= 1.0
+        counts = r["train_losses"]
+        assert sum(c["n"] for c in counts.values()) == manifest["splits"]["train"]["num_examples"]
+        assert r["final_train"]["loss"] == 2.0
+    assert report["runs"]["erm"]["strength"] == [0.0] * 10
+    assert report["runs"]["har"]["strength"] == pytest.approx(10 * workdir_fixtures.TAU)
+    assert report["best_epoch"] is None
+
+
+def test_stage_writes_plots_referenced_by_the_report(evaluated):
+    _, _, out = evaluated
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert "| run | noisy_rare | clean | overall | top-5 | lambda |" in md
+    assert "true noise rate" in md and "Confusion matrix" in md
+    for png in evaluate.PLOTS.values():
+        assert f"]({png})" in md
+        assert_png(os.path.join(out, png))
