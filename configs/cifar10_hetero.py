@@ -44,17 +44,8 @@ def get_config(arg=None):
     if variant == "full":
         pass
     elif variant == "smoke":
-        data.limit_train = 3000
-        data.limit_test = 500
-        data.num_shards = 2
-        config.model.blocks_per_stage = 1
-        config.model.widths = (4, 8, 8)
-        for section in (config.pretrain, config.train):
-            section.epochs = 1
-            section.lr_drop_epochs = ()
-            section.batch_size = 64
-            section.verbose = 0
-        config.train.drw_start_epoch = 0
+        common.apply_smoke(config)
+        config.model.blocks_per_stage = 1  # ResNet-32 -> ResNet-8
     else:
         raise ValueError(f"unknown variant {variant!r}; expected full or smoke")
     return config

@@ -55,6 +55,21 @@ def rare_but_clean_imbalance(classes, *, ratio=10.0):
     )
 
 
+def apply_smoke(config):
+    """Shrinks any experiment to seconds: a slice of the data, one epoch, a tiny net."""
+    config.data.limit_train = 3000
+    config.data.limit_test = 500
+    config.data.num_shards = 2
+    config.model.widths = (4, 8, 8)
+    for section in (config.pretrain, config.train):
+        section.epochs = 1
+        section.lr_drop_epochs = ()
+        section.batch_size = 64
+        section.verbose = 0
+    config.train.drw_start_epoch = 0
+    return config
+
+
 def base_config():
     config = ml_collections.ConfigDict()
     # Seeds the noise draw, the imbalance cut, the split, and weight initialization.

@@ -45,17 +45,7 @@ def get_config(arg=None):
             section.lr_drop_epochs = (8, 10)
         config.train.drw_start_epoch = 8
     elif variant == "smoke":
-        # Seconds: a slice of the data, one epoch, the smallest network.
-        config.data.limit_train = 3000
-        config.data.limit_test = 500
-        config.data.num_shards = 2
-        config.model.widths = (4, 8, 8)
-        for section in (config.pretrain, config.train):
-            section.epochs = 1
-            section.lr_drop_epochs = ()
-            section.batch_size = 64
-            section.verbose = 0
-        config.train.drw_start_epoch = 0
+        common.apply_smoke(config)
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of full, quick, smoke")
     for modifier in modifiers:
