@@ -20,7 +20,8 @@ the same noise, but the step cut falls on the clean classes 1, 3, 5, 7 (Trouser,
 Dress, Sandal, Sneaker) instead of the noisy ones; groups noisy / rare_clean / clean.
 
 Measured on the project's 2-core CPU machine (seed 0, README has the details):
-  :quick  11.2 min; noisy_rare / clean accuracy: ERM 50.7 / 97.5, HAR 51.3 / 97.4
+  :quick  9.8 min; noisy_rare / clean accuracy: ERM 52.3 / 97.4, HAR 51.2 / 97.3
+          (an earlier revision: ERM 50.7 / 97.5, HAR 51.3 / 97.4; one seed each)
   :smoke  ~30 s; not a result (one epoch on 3,000 examples)
   full    not measured yet (120 epochs for each of pretrain, ERM and HAR)
 """
