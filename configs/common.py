@@ -15,6 +15,8 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
         dict(
             epochs=epochs,
             batch_size=batch_size,
+            # "sgd" (with momentum) or "adam" (the paper's IMDB recipe).
+            optimizer="sgd",
             learning_rate=lr,
             momentum=0.9,
             # Coupled L2 on every trainable variable, as torch.optim.SGD(weight_decay).
@@ -93,6 +95,7 @@ def base_config():
             #   "npz"         <data_dir>/<split_names.SPLIT>.npz holding `x` uint8
             #                 [N, H, W(, C)] and `y` int [N]
             #   "image_list"  WebVision-style "<relative path> <label>" lists (image_list)
+            #   "csv"         a text CSV (csv below; modality "text")
             source="auto",
             # "auto" / "idx": the directory of IDX files; "" = $HAR_DATA_DIR, then the
             # Debian package's /usr/share/datasets/fashion-mnist, then a TFDS download.
@@ -119,6 +122,29 @@ def base_config():
                     max_classes=0,
                 )
             ),
+            # "image" or "text": what the records hold. Text comes from source "csv" or
+            # a TFDS text dataset ("tfds" with text_key); see configs/imdb_hetero.py.
+            modality="image",
+            # source = "csv": one CSV file with a header row. The test split is a
+            # stratified, seeded held-out share of it (recorded in manifest.json).
+            csv=ml_collections.ConfigDict(
+                dict(
+                    path="",  # relative paths are under data_dir
+                    text_column="text",
+                    label_column="label",  # integer labels 0 .. num_classes - 1
+                    # Keep only rows whose filter_column equals filter_value ("" = all).
+                    filter_column="",
+                    filter_value="",
+                    test_fraction=0.2,
+                    split_seed=0,
+                )
+            ),
+            # modality = "text" with source "tfds": the Text feature (imdb_reviews: "text").
+            text_key="text",
+            # modality = "text": the vocabulary preprocess builds from the kept train
+            # records (vocab.txt; max_tokens counts the padding and OOV ids), and the
+            # number of tokens a text is cut or padded to (pipeline/text.py).
+            text=ml_collections.ConfigDict(dict(max_tokens=20_000, sequence_length=256)),
             num_classes=10,
             # (H, W, C) of the records. The IDX, npz and TFDS sources must match it;
             # image lists (and TFDS datasets of variable image size) are resized to it.

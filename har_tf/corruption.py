@@ -28,6 +28,7 @@ import numpy as np
 
 NOISE_STREAM = 0
 IMBALANCE_STREAM = 1
+HOLDOUT_STREAM = 2
 
 _U64 = np.uint64
 # SplitMix64 constants (Steele, Lea and Flood 2014): the golden-ratio increment and
@@ -466,6 +467,32 @@ def smallest_by_key(keys, ids, k: int) -> np.ndarray:
         candidates = np.arange(keys.size)
     order = np.lexsort((ids[candidates], keys[candidates]))
     return candidates[order[:k]].astype(np.int64)
+
+
+def stratified_holdout_mask(labels, ids, fraction: float, *, seed: int) -> np.ndarray:
+    """bool [N]: which examples a stratified, seeded held-out split takes.
+
+    In each class c with n_c examples, the round(fraction * n_c) examples with the
+    smallest `(example_uniforms(ids, seed, stream=HOLDOUT_STREAM), id)` are held out,
+    so every class keeps its share exactly and the choice of an example depends only
+    on (seed, its id, its class's members), not on the order of the data.
+
+    Args:
+      labels: int [N] class labels (any non-negative ints).
+      ids: int [N] unique non-negative example ids.
+      fraction: in [0, 1].
+      seed: non-negative integer seed.
+    """
+    labels = np.asarray(labels)
+    ids = _check_ids(ids, size=labels.size, unique=True)
+    fraction = _check_prob(fraction, "fraction")
+    keys = example_uniforms(ids, seed, stream=HOLDOUT_STREAM)
+    held = np.zeros(labels.size, dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = int(np.floor(fraction * members.size + 0.5))
+        held[members[smallest_by_key(keys[members], ids[members], k)]] = True
+    return held
 
 
 def imbalance_keep_mask(labels, ids, targets, *, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import records, stage
+from pipeline import records, stage, text
 
 
 def load_manifest(workdir: str) -> dict:
@@ -22,7 +22,7 @@ def read_labels(workdir: str, split: str) -> dict[str, np.ndarray]:
     or a record count that disagrees with manifest.json is a PipelineError naming
     the shard.
     """
-    features = {k: v for k, v in records.FEATURES.items() if k != "image"}
+    features = records.LABEL_FEATURES
     expected = load_manifest(workdir)["splits"][split]["num_examples"]
     parts = {k: [] for k in features}
     for path in records.shard_paths(stage.stage_dir(workdir, "preprocess"), split):
@@ -85,7 +85,11 @@ def make_dataset(
     with_meta: bool = False,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (image float32 [B, H, W, C] on the 0..255 scale, label int32 [B]).
+    """Batches of (input, label int32 [B]).
+
+    The input is, for images, float32 [B, H, W, C] on the 0..255 scale; for text
+    (manifest modality "text"), int64 token ids [B, sequence_length] from the
+    preprocess stage's vocabulary (`pipeline.text.vectorizer`).
 
     Args:
       training: shuffle (reshuffled each epoch, seeded) and, with `augment`, apply
@@ -99,7 +103,10 @@ def make_dataset(
     manifest = load_manifest(workdir)
     paths = records.shard_paths(stage.stage_dir(workdir, "preprocess"), split)
     ds = tf.data.TFRecordDataset(paths, num_parallel_reads=min(4, len(paths)))
-    ds = ds.map(records.parser(manifest["image_shape"]), num_parallel_calls=tf.data.AUTOTUNE)
+    is_text = manifest.get("modality", "image") == "text"
+    if is_text and training and augment:
+        raise stage.PipelineError("augment = True is for images; set it False for text")
+    ds = ds.map(records.parser_for(manifest), num_parallel_calls=tf.data.AUTOTUNE)
     if keep_ids is not None:
         keys = tf.constant(np.asarray(keep_ids, dtype=np.int64))
         table = tf.lookup.StaticHashTable(
@@ -118,14 +125,35 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 
+    vectorize = text_vectorizer(workdir, manifest) if is_text else None
+
     def to_tuple(ex):
-        image = tf.cast(ex["image"], tf.float32)
+        x = vectorize(ex["text"]) if is_text else tf.cast(ex["image"], tf.float32)
         if with_meta:
-            return image, ex["label"], {"id": ex["id"], "clean_label": ex["clean_label"]}
-        return image, ex["label"]
+            return x, ex["label"], {"id": ex["id"], "clean_label": ex["clean_label"]}
+        return x, ex["label"]
 
     ds = ds.map(to_tuple, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def text_vectorizer(workdir: str, manifest: dict | None = None):
+    """The preprocess stage's vocabulary as a TextVectorization layer (raw -> ids)."""
+    manifest = manifest or load_manifest(workdir)
+    info = manifest.get("text")
+    if info is None:
+        raise stage.PipelineError(f"the preprocess output in {workdir} holds no text")
+    path = os.path.join(stage.stage_dir(workdir, "preprocess"), info["vocabulary_file"])
+    return text.vectorizer(text.read_vocabulary(path), info["sequence_length"])
+
+
+def raw_texts(workdir: str, split: str, n: int) -> list[bytes]:
+    """The raw texts of the first `n` records of a split, in make_dataset's order
+    (without shuffling): what a client would send to the exported model."""
+    paths = records.shard_paths(stage.stage_dir(workdir, "preprocess"), split)
+    ds = tf.data.TFRecordDataset(paths, num_parallel_reads=min(4, len(paths)))
+    ds = ds.map(records.text_parser()).take(n)
+    return [ex["text"] for ex in ds.as_numpy_iterator()]
 
 
 def training_dataset(workdir: str, section, *, seed: int, keep_ids=None) -> tf.data.Dataset:

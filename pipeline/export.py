@@ -1,9 +1,11 @@
 """Stage 6: SavedModel of one trained run, in TF Serving's versioned layout.
 
 Writes <workdir>/export/<model_name>/<version>/ (saved_model.pb, variables/). The
-`serving_default` signature takes the raw stored input, `image`: uint8
-[batch, H, W, C], and returns `probabilities` (float32 [batch, C]) and `class_id`
-(int64 [batch]); normalization happens inside the model.
+`serving_default` signature takes the raw stored input and returns `probabilities`
+(float32 [batch, C]) and `class_id` (int64 [batch]). The input is, for images,
+`image`: uint8 [batch, H, W, C] (normalization happens inside the model); for text,
+`text`: string [batch], raw UTF-8 (the preprocess stage's standardization and
+vocabulary are inside the SavedModel, see pipeline/text.py).
 
 Beside the version directories it writes a model card, <model_name>/model_card.md and
 model_card.json: the config summary, the data manifest summary, the evaluate stage's
@@ -36,12 +38,16 @@ NOISE_FIELDS = {
 }
 
 
-def signature_summary(image_shape, num_classes: int) -> dict:
+def signature_summary(image_shape, num_classes: int, *, modality: str = "image") -> dict:
     """The `serving_default` signature as the model card describes it."""
-    h, w, c = (int(d) for d in image_shape)
+    if modality == "text":
+        inputs = {"text": {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}}
+    else:
+        h, w, c = (int(d) for d in image_shape)
+        inputs = {"image": {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}}
     return {
         "name": SIGNATURE,
-        "inputs": {"image": {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}},
+        "inputs": inputs,
         "outputs": {
             "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)]},
             "class_id": {"dtype": "int64", "shape": [-1]},
@@ -73,7 +79,9 @@ def model_card(config, manifest: dict, metrics: dict | None, signature: dict) ->
             "dataset": manifest["dataset"],
             "source": manifest.get("source"),
             "num_classes": manifest["num_classes"],
+            "modality": manifest.get("modality", "image"),
             "image_shape": manifest["image_shape"],
+            "text": manifest.get("text"),
             "noise": {
                 k: v
                 for k, v in manifest["noise"].items()
@@ -101,7 +109,12 @@ def model_card_markdown(card: dict) -> str:
         "## Data",
         "",
         f"- dataset: {d['dataset']} ({d['source']}), {d['num_classes']} classes, "
-        f"images {d['image_shape']}",
+        + (
+            f"texts (vocabulary of {d['text']['vocabulary_size']} tokens, "
+            f"{d['text']['sequence_length']} tokens per text)"
+            if d.get("modality") == "text"
+            else f"images {d['image_shape']}"
+        ),
         f"- noise: {d['noise']}; true noise rate per class (train): "
         f"{[round(r, 3) for r in d['true_noise_rate']]}",
         f"- imbalance: {d['imbalance']}",
@@ -140,12 +153,15 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_saved_model(model: keras.Model, path: str, image_shape) -> None:
-    """Writes `model` as a SavedModel with a uint8-image `serving_default` signature."""
+def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vectorizer=None) -> None:
+    """Writes `model` as a SavedModel with a `serving_default` signature.
+
+    Images: `image` uint8 [batch, *image_shape]. Text (`vectorizer` given, a
+    `pipeline.text.vectorizer` layer): `text` string [batch], vectorized inside.
+    """
     backbone = model.backbone if hasattr(model, "backbone") else model
 
-    def serve(image):
-        logits = backbone(tf.cast(image, tf.float32), training=False)
+    def outputs(logits):
         return {
             "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
             "class_id": tf.argmax(logits, axis=-1),
@@ -153,13 +169,21 @@ def export_saved_model(model: keras.Model, path: str, image_shape) -> None:
 
     archive = keras.export.ExportArchive()
     archive.track(backbone)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=serve,
-        input_signature=[
-            tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name="image")
-        ],
-    )
+    if vectorizer is not None:
+        archive.track(vectorizer)
+        archive.add_endpoint(
+            name="serving_default",
+            fn=lambda text: outputs(backbone(vectorizer(text), training=False)),
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        )
+    else:
+        archive.add_endpoint(
+            name="serving_default",
+            fn=lambda image: outputs(backbone(tf.cast(image, tf.float32), training=False)),
+            input_signature=[
+                tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name="image")
+            ],
+        )
     # Writing a SavedModel sets absl's logger level for the whole process (hiding
     # later INFO logs); restore it.
     absl_logger = logging.get_absl_logger()
@@ -184,15 +208,21 @@ def run(config, workdir: str) -> None:
     model = modeling.load_model(model_path)
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]
+    modality = manifest.get("modality", "image")
     with stage.stage_output(workdir, NAME, config=section) as out:
         path = os.path.join(out, section.model_name, str(int(section.version)))
-        export_saved_model(model, path, image_shape)
-        # Self-check: the reloaded SavedModel agrees with the Keras model.
-        images, _ = next(iter(data.make_dataset(workdir, "test", batch_size=8, training=False)))
-        served = tf.saved_model.load(path).signatures["serving_default"](
-            image=tf.cast(images, tf.uint8)
-        )
-        expected = tf.nn.softmax(model.predict_on_batch(images), axis=-1)
+        vectorizer = data.text_vectorizer(workdir, manifest) if modality == "text" else None
+        export_saved_model(model, path, image_shape, vectorizer=vectorizer)
+        # Self-check: the reloaded SavedModel, fed the raw stored input, agrees with
+        # the Keras model fed what training feeds it.
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+        inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=8, training=False)))
+        if modality == "text":
+            raw = data.raw_texts(workdir, "test", 8)
+            served = signature(text=tf.constant(raw))
+        else:
+            served = signature(image=tf.cast(inputs, tf.uint8))
+        expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1)
         err = float(np.max(np.abs(served["probabilities"].numpy() - expected.numpy())))
         if err > 1e-4:
             raise stage.PipelineError(f"exported model disagrees with the trained one by {err}")
@@ -212,7 +242,10 @@ def run(config, workdir: str) -> None:
                     g: groups[g] for g in [*order, *(g for g in groups if g not in order)]
                 }
         card = model_card(
-            config, manifest, metrics, signature_summary(image_shape, config.data.num_classes)
+            config,
+            manifest,
+            metrics,
+            signature_summary(image_shape, config.data.num_classes, modality=modality),
         )
         card_dir = os.path.join(out, section.model_name)
         stage.write_json(os.path.join(card_dir, "model_card.json"), card)

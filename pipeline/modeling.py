@@ -13,11 +13,14 @@ import tensorflow as tf
 from absl import logging
 
 from har_tf import HARModel
-from har_tf.models import cifar_resnet
+from har_tf.models import cifar_resnet, imdb_bilstm, rnn_tap_layers
 from pipeline import stage
 from pipeline.stage import PipelineError
 
-MODELS = ("resnet",)
+# "resnet": a CIFAR-style ResNet on images; "bilstm": the paper's IMDB BiLSTM on
+# token ids (taps: its LSTM layers).
+MODELS = ("resnet", "bilstm")
+OPTIMIZERS = ("sgd", "adam")
 # "default": TensorFlow's default strategy (one device: the first GPU, else the CPU).
 # "mirrored": tf.distribute.MirroredStrategy() (every local GPU, one replica each).
 STRATEGIES = ("default", "mirrored")
@@ -36,10 +39,27 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def build_backbone(config) -> keras.Model:
-    """The experiment's network (config.model), mapping raw pixels to logits."""
+    """The experiment's network (config.model): raw pixels, or token ids, to logits."""
     m, d = config.model, config.data
     if m.name not in MODELS:
         raise PipelineError(f"unknown model.name {m.name!r}; known: {', '.join(MODELS)}")
+    modality = d.get("modality", "image")
+    if (m.name == "bilstm") != (modality == "text"):
+        raise PipelineError(
+            f"model.name {m.name!r} does not take config.data.modality {modality!r} "
+            '("bilstm" is the text model, "resnet" the image model)'
+        )
+    if m.name == "bilstm":
+        return imdb_bilstm(
+            # Token ids are < max_tokens (padding and OOV included).
+            vocab_size=int(d.text.max_tokens),
+            embedding_dim=m.embedding_dim,
+            units=m.units,
+            num_layers=m.num_layers,
+            dropout=m.dropout,
+            num_classes=d.num_classes,
+            sequence_length=int(d.text.sequence_length),
+        )
     return cifar_resnet(
         num_classes=d.num_classes,
         input_shape=tuple(d.image_shape),
@@ -70,10 +90,13 @@ def build_har_model(config, section, *, lam: float, tau=None, seed: int) -> HARM
         )
     keras.utils.set_random_seed(seed)
     with strategy.scope():
+        backbone = build_backbone(config)
         return HARModel(
-            build_backbone(config),
+            backbone,
             lam=lam,
             tau=tau,
+            # None: the pre-affine BatchNormalizations (the ResNets).
+            tap_layers=rnn_tap_layers(backbone) if config.model.name == "bilstm" else None,
             aggregation=config.train.aggregation,
             scale=config.train.scale,
             weight_decay=section.weight_decay,
@@ -81,7 +104,11 @@ def build_har_model(config, section, *, lam: float, tau=None, seed: int) -> HARM
 
 
 def compile_model(model: HARModel, section, *, steps_per_epoch: int) -> None:
-    """SGD with momentum, coupled weight decay and a step schedule (section fields)."""
+    """The section's optimizer ("sgd": with momentum; "adam"), coupled weight decay
+    (in HARModel) and a step schedule (section fields)."""
+    name = section.get("optimizer", "sgd")
+    if name not in OPTIMIZERS:
+        raise PipelineError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
     boundaries = [int(e * steps_per_epoch) for e in section.lr_drop_epochs]
     if boundaries != sorted(boundaries):
         raise PipelineError(f"lr_drop_epochs must be increasing, got {section.lr_drop_epochs}")
@@ -94,7 +121,11 @@ def compile_model(model: HARModel, section, *, steps_per_epoch: int) -> None:
     # The optimizer must be created under the strategy the model was built in.
     with model.distribute_strategy.scope():
         model.compile(
-            optimizer=keras.optimizers.SGD(lr, momentum=section.momentum),
+            optimizer=(
+                keras.optimizers.SGD(lr, momentum=section.momentum)
+                if name == "sgd"
+                else keras.optimizers.Adam(lr)
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             # Keras's "auto" turns XLA on for a GPU; HAR under XLA is unverified there,

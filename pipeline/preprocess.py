@@ -31,13 +31,19 @@ and processed as numpy arrays:
 
 Runner: `--runner=FnApiRunner` by default, Beam's in-process batch runner. Beam's
 plain "DirectRunner" first tries the Prism runner, which downloads a binary (no
-network here, and a surprise anywhere). Anything in `--beam_args` overrides it,
-e.g. `--direct_num_workers=2 --direct_running_mode=multi_processing`.
+network here, and a surprise anywhere; offline it falls back to the FnApiRunner).
+Anything in `--beam_args` overrides it: `--direct_num_workers=2
+--direct_running_mode=multi_processing` runs the FnApiRunner with 2 worker
+processes; `--runner=DaskRunner --dask_client_address=tcp://HOST:PORT` runs on a
+dask.distributed cluster (`pipeline.dask_runner`). docs/DATA.md, "Runners", has
+these and the Dataflow, Flink and Spark options.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import importlib
 import json
 import logging as py_logging
 import os
@@ -47,15 +53,17 @@ import shlex
 import apache_beam as beam
 import numpy as np
 from absl import app, flags, logging
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from har_tf import corruption
-from pipeline import records, sources, stage
+from pipeline import records, sources, stage, text
 from pipeline.stage import PipelineError
 
 STAGE = "preprocess"
 MANIFEST = "manifest.json"
 DEFAULT_BEAM_ARGS = ("--runner=FnApiRunner",)
+_DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+_DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
 _STATS_FILE = "_stats-{split}.json"
 
 
@@ -79,6 +87,8 @@ class Plan:
       sizes: examples used per split (after `limit_*`).
       chunk_size: examples per read chunk.
       num_shards: shards per split.
+      modality: "image" or "text" (the source's; `image_shape` is () for text).
+      max_tokens: for text, the vocabulary size (padding and OOV included).
     """
 
     source: object
@@ -94,6 +104,8 @@ class Plan:
     sizes: dict
     chunk_size: int
     num_shards: int
+    modality: str = "image"
+    max_tokens: int = 0
 
     def imbalance_targets(self, counts: np.ndarray, n_max: int) -> np.ndarray:
         """int64 [C] examples to keep per class, given int [C] counts before the cut.
@@ -161,11 +173,24 @@ def make_plan(config) -> Plan:
             f"(config.data.label_key) has {source_classes} classes, but "
             f"config.data.num_classes = {num_classes}"
         )
+    modality = getattr(source, "modality", "image")
+    max_tokens = 0
+    if modality == "text":
+        max_tokens = int(data.text.max_tokens)
+        if max_tokens < 3:
+            raise PipelineError(
+                f"config.data.text.max_tokens = {max_tokens}; needs >= 3 (padding, "
+                "out-of-vocabulary and at least one token)"
+            )
+        if int(data.text.sequence_length) < 1:
+            raise PipelineError(
+                f"config.data.text.sequence_length must be >= 1, got {data.text.sequence_length}"
+            )
     limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
     sizes = {}
     for split in records.SPLITS:
-        shape = tuple(int(d) for d in source.image_shape(split))
-        if shape != tuple(int(d) for d in data.image_shape):
+        shape = () if modality == "text" else tuple(int(d) for d in source.image_shape(split))
+        if modality == "image" and shape != tuple(int(d) for d in data.image_shape):
             raise PipelineError(
                 f"{source.description}: {split} images have shape {shape}, but "
                 f"config.data.image_shape = {tuple(data.image_shape)}"
@@ -176,7 +201,7 @@ def make_plan(config) -> Plan:
     return Plan(
         source=source,
         num_classes=num_classes,
-        image_shape=tuple(int(d) for d in data.image_shape),
+        image_shape=() if modality == "text" else tuple(int(d) for d in data.image_shape),
         seed=seed,
         noise_matrix=matrix,
         imbalance_kind=kind,
@@ -187,6 +212,8 @@ def make_plan(config) -> Plan:
         sizes=sizes,
         chunk_size=int(data.chunk_size),
         num_shards=int(data.num_shards),
+        modality=modality,
+        max_tokens=max_tokens,
     )
 
 
@@ -514,10 +541,13 @@ class _EncodeChunk(beam.DoFn):
     Main output: one `(shard, (ids, records))` per shard of the split, `ids` the
     kept example ids with `id % num_shards == shard` (ascending) and `records` their
     serialized Examples. Every shard gets an element, empty or not, so each shard
-    reaches `_WriteShard` and is written even if it holds no record.
+    reaches `_WriteShard` and is written even if it holds no record. For text, the
+    train split also emits the token counts of its kept records (output TOKENS), from
+    which the vocabulary is built.
     """
 
     COUNTS = "counts"
+    TOKENS = "tokens"
 
     def __init__(self, plan: Plan, split: str):
         self._plan = plan
@@ -526,14 +556,22 @@ class _EncodeChunk(beam.DoFn):
     def process(self, chunk, thresholds=None):
         plan = self._plan
         start, stop = chunk
-        images, clean = plan.source.read(self._split, start, stop)
+        inputs, clean = plan.source.read(self._split, start, stop)
         labels = _corrupt(plan, self._split, start, clean)
         keep = _keep_mask(labels, plan, thresholds or {})
         kept = np.flatnonzero(keep)
-        flat = images.reshape(images.shape[0], -1)
         ids = labels.ids[kept]
+        if plan.modality == "text":
+            payloads = [{"text": t.encode("utf-8")} for t in inputs]
+            if self._split == "train":
+                kept_texts = [inputs[i] for i in kept.tolist()]
+                counts = text.count_tokens(kept_texts) if kept_texts else {}
+                yield beam.pvalue.TaggedOutput(self.TOKENS, dict(counts))
+        else:
+            flat = inputs.reshape(inputs.shape[0], -1)
+            payloads = [{"image": row.tobytes()} for row in flat]
         encoded = [
-            records.encode(example_id, flat[i].tobytes(), label, clean_label)
+            records.encode(example_id, label, clean_label, **payloads[i])
             for i, example_id, label, clean_label in zip(
                 kept.tolist(),
                 ids.tolist(),
@@ -584,6 +622,30 @@ class _WriteShard(beam.DoFn):
         yield name
 
 
+class _SumTokenCounts(beam.CombineFn):
+    """Sums {token: count} dicts (the vocabulary's counts over all kept train texts)."""
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, acc, counts):
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accs):
+        total = collections.Counter()
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+def _write_vocabulary(counts: dict, path: str, max_tokens: int) -> None:
+    text.write_vocabulary(path, text.build_vocabulary(counts, max_tokens))
+
+
 def _write_stats(_, path: str, *, before, after, targets) -> None:
     stats = {
         "transition_counts_before_cut": np.asarray(before).tolist(),
@@ -630,7 +692,16 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
     else:
         targets = None
         encode = beam.ParDo(_EncodeChunk(plan, split))
-    encoded = chunks | f"{split}/Encode" >> encode.with_outputs(_EncodeChunk.COUNTS, main="records")
+    encoded = chunks | f"{split}/Encode" >> encode.with_outputs(
+        _EncodeChunk.COUNTS, _EncodeChunk.TOKENS, main="records"
+    )
+    if plan.modality == "text" and split == "train":
+        _ = (
+            encoded[_EncodeChunk.TOKENS]
+            | f"{split}/TokenCounts" >> beam.CombineGlobally(_SumTokenCounts())
+            | f"{split}/Vocabulary"
+            >> beam.Map(_write_vocabulary, os.path.join(out_dir, text.VOCAB_FILE), plan.max_tokens)
+        )
     _ = (
         encoded.records
         | f"{split}/GroupByShard" >> beam.GroupByKey()
@@ -662,11 +733,27 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
 def pipeline_options(beam_args=()) -> PipelineOptions:
     """Default options (the in-process FnApiRunner) overridden by `beam_args`.
 
+    `--runner=DaskRunner` (or Beam's class path for it) becomes
+    `pipeline.dask_runner.DaskRunner`, which fixes two faults of Beam 2.77's that
+    lose this job's outputs (see that module). A runner given by its class path has
+    its module imported first: that defines the runner's own options
+    (`--dask_client_address`), which Beam would otherwise only learn of when it
+    creates the runner, after this check.
+
     Raises:
       PipelineError: for an option no Beam options class knows (Beam would otherwise
-        drop it with a warning).
+        drop it with a warning), or a runner module that cannot be imported.
     """
     options = PipelineOptions([*DEFAULT_BEAM_ARGS, *beam_args])
+    runner = options.view_as(StandardOptions).runner
+    if runner in _DASK_RUNNER_NAMES:
+        runner = options.view_as(StandardOptions).runner = _DASK_RUNNER
+    if "." in runner:
+        module = runner.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise PipelineError(f"--runner={runner}: cannot import {module}: {e}") from e
     known = options.get_all_options()
     unknown = set(options.get_all_options(retain_unknown_options=True)) - set(known)
     if unknown:
@@ -752,9 +839,10 @@ def _manifest(config, plan: Plan, out_dir: str) -> dict:
         splits[split] = _split_entry(stats, plan, split, out_dir)
         if split == "train":
             targets = stats["targets"]
-    return {
+    manifest = {
         "dataset": config.data.dataset,
         "source": plan.source.description,
+        "modality": plan.modality,
         "seed": plan.seed,
         "num_classes": plan.num_classes,
         "image_shape": list(plan.image_shape),
@@ -765,6 +853,20 @@ def _manifest(config, plan: Plan, out_dir: str) -> dict:
         "imbalance": {**config.data.imbalance.to_dict(), "targets": targets},
         "splits": splits,
     }
+    if hasattr(plan.source, "split_info"):
+        manifest["test_split"] = plan.source.split_info()
+    if plan.modality == "text":
+        vocabulary = text.read_vocabulary(os.path.join(out_dir, text.VOCAB_FILE))
+        if not vocabulary:
+            raise PipelineError("the kept train texts hold no token: the vocabulary is empty")
+        manifest["text"] = {
+            "vocabulary_file": text.VOCAB_FILE,
+            "vocabulary_size": len(vocabulary),
+            "max_tokens": plan.max_tokens,
+            "sequence_length": int(config.data.text.sequence_length),
+            "standardize": "lower, <br /> to space, ASCII punctuation removed",
+        }
+    return manifest
 
 
 # ----------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Each record is a `tf.train.Example` with:
   id           int64   unique example id within its split (the source index)
-  image        bytes   raw uint8 pixels, row-major H x W x C (shape in manifest.json)
+  image        bytes   raw uint8 pixels, row-major H x W x C (shape in manifest.json),
+                       for manifest["modality"] == "image"
+  text         bytes   the raw UTF-8 text, for manifest["modality"] == "text"
   label        int64   the training label (noisy for train; clean for test)
   clean_label  int64   the label before corruption
 
@@ -24,20 +26,30 @@ SPLITS = ("train", "test")
 SUFFIX = ".tfrecord"
 
 
-def encode(example_id: int, image: bytes, label: int, clean_label: int) -> bytes:
+def encode(
+    example_id: int,
+    label: int,
+    clean_label: int,
+    *,
+    image: bytes | None = None,
+    text: bytes | None = None,
+) -> bytes:
     """Serializes one record (pure protobuf; safe to call in Beam workers).
 
-    Deterministic: the same arguments give the same bytes in every process. (By
-    default protobuf writes the `features` map in hash order, which differs between
-    processes.)
+    Exactly one of `image` (raw pixels) and `text` (UTF-8) is given. Deterministic:
+    the same arguments give the same bytes in every process. (By default protobuf
+    writes the `features` map in hash order, which differs between processes.)
     """
+    if (image is None) == (text is None):
+        raise ValueError("a record holds exactly one of image and text")
 
     def _int(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
 
+    payload = ("image", image) if image is not None else ("text", text)
     feature = {
         "id": _int(example_id),
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        payload[0]: tf.train.Feature(bytes_list=tf.train.BytesList(value=[payload[1]])),
         "label": _int(label),
         "clean_label": _int(clean_label),
     }
@@ -45,12 +57,14 @@ def encode(example_id: int, image: bytes, label: int, clean_label: int) -> bytes
     return example.SerializeToString(deterministic=True)
 
 
-FEATURES = {
+LABEL_FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.int64),
-    "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "clean_label": tf.io.FixedLenFeature([], tf.int64),
 }
+FEATURES = {**LABEL_FEATURES, "image": tf.io.FixedLenFeature([], tf.string)}
+TEXT_FEATURES = {**LABEL_FEATURES, "text": tf.io.FixedLenFeature([], tf.string)}
+MODALITIES = ("image", "text")
 
 
 def parser(image_shape):
@@ -66,6 +80,25 @@ def parser(image_shape):
         return ex
 
     return parse
+
+
+def text_parser():
+    """Returns a tf.data map fn: serialized Example -> dict with a string `text`."""
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, TEXT_FEATURES)
+        ex["label"] = tf.cast(ex["label"], tf.int32)
+        ex["clean_label"] = tf.cast(ex["clean_label"], tf.int32)
+        return ex
+
+    return parse
+
+
+def parser_for(manifest: dict):
+    """The parser of a preprocess output, by its manifest's modality."""
+    if manifest.get("modality", "image") == "text":
+        return text_parser()
+    return parser(manifest["image_shape"])
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

