@@ -47,7 +47,8 @@ SECTIONS = {
     # build_har_model also reads train.aggregation and train.scale.
     "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale"),
     "estimate_tau": ("tau", "eval.batch_size"),
-    "train": ("seed", "model", "train"),
+    # The train stage's per-epoch test pass (pipeline.epoch_eval) reads these two.
+    "train": ("seed", "model", "train", "eval.per_epoch_test", "eval.batch_size"),
     "evaluate": ("eval",),
     "export": ("export",),
 }

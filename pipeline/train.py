@@ -1,8 +1,11 @@
 """Stage 4: train a fresh model per configured run (ERM, uniform, HAR) on all of train.
 
 Writes <workdir>/train/<run>/model.keras, history.json and tensorboard/ for each run
-of config.train.runs. An interrupted attempt keeps the runs it finished and resumes
-the one it was in from its last completed epoch (<run>/checkpoints/ in train.partial).
+of config.train.runs. With config.eval.per_epoch_test, every epoch also evaluates on
+the test split (pipeline.epoch_eval: test_accuracy, test_top5, test_class_<c>_accuracy
+in history.json), for the evaluate stage's best-epoch figure. An interrupted attempt
+keeps the runs it finished and resumes the one it was in from its last completed epoch
+(<run>/checkpoints/ in train.partial).
 
 "none" runs are ERM with lambda 0 (no double backprop);
 "uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
@@ -17,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from har_tf.callbacks import DeferredReweighting
-from pipeline import data, modeling, stage
+from pipeline import data, epoch_eval, modeling, stage
 
 NAME = "train"
 REGULARIZERS = ("none", "uniform", "har")
@@ -67,6 +70,9 @@ def run(config, workdir: str) -> None:
             modeling.compile_model(model, section, steps_per_epoch=steps)
             ds = data.training_dataset(workdir, section, seed=config.seed)
             callbacks = []
+            if config.eval.per_epoch_test:
+                # Before fit's EpochCheckpoint, so that the checkpointed history has it.
+                callbacks.append(epoch_eval.monitor_for(config, workdir))
             if run_cfg.drw:
                 callbacks.append(
                     DeferredReweighting(

@@ -1,11 +1,12 @@
 """The evaluate stage: metrics against hand-computed values, plots, and a whole run."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from pipeline import evaluate, plots, stage
+from pipeline import data, epoch_eval, evaluate, plots, stage
 from tests.pipeline import workdir_fixtures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +80,53 @@ def test_confusion_matrix_rows_are_true_classes():
     np.testing.assert_allclose(np.diag(cm) / cm.sum(axis=1), acc["per_class"])
 
 
+def _history(test_accuracy, per_class):
+    """A history.json with per-epoch test metrics: per_class is [epochs][C]."""
+    per_class = np.asarray(per_class, float)
+    return {
+        "loss": [1.0] * len(test_accuracy),
+        epoch_eval.TEST_ACCURACY: list(test_accuracy),
+        epoch_eval.TEST_TOP5: [0.9 + e / 100 for e in range(len(test_accuracy))],
+        **{epoch_eval.class_accuracy_key(c): per_class[:, c].tolist() for c in range(6)},
+    }
+
+
+def test_best_epoch_by_hand():
+    # Six classes; test counts 10, 30, 20, 40, 0 (class 4: no test example, so no
+    # key in a real history), 50. Epochs 2 and 3 tie on test accuracy: epoch 2 wins.
+    counts = [10, 30, 20, 40, 0, 50]
+    per_class = [
+        [0.1, 0.1, 0.1, 0.1, 0.0, 0.1],
+        [0.5, 0.2, 0.4, 0.9, 0.0, 0.6],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ]
+    history = _history([0.1, 0.7, 0.7], per_class)
+    del history[epoch_eval.class_accuracy_key(4)]
+    groups = {"a": (0, 1), "b": (2, 3, 4), "empty": (4,), "all": tuple(range(6))}
+    best = evaluate.best_epoch(history, counts, groups)
+    assert best["epoch"] == 2 and best["selected_on"] == "test set"
+    assert best["top1"] == 0.7 and best["top5"] == 0.91
+    np.testing.assert_array_equal(best["per_class"], [0.5, 0.2, 0.4, 0.9, np.nan, 0.6])
+    # Accuracy over the group's examples: correct counts over example counts.
+    assert best["groups"]["a"] == pytest.approx((5 + 6) / 40)
+    assert best["groups"]["b"] == pytest.approx((8 + 36) / 60)
+    assert np.isnan(best["groups"]["empty"])
+    assert best["groups"]["all"] == pytest.approx((5 + 6 + 8 + 36 + 30) / 150)
+
+
+def test_best_epoch_top5_with_at_most_five_classes_is_one():
+    history = {epoch_eval.TEST_ACCURACY: [0.5], epoch_eval.class_accuracy_key(0): [0.5]}
+    best = evaluate.best_epoch(history, [4, 0], {})
+    assert best["top5"] == 1.0 and best["per_class"][0] == 0.5
+
+
+def test_best_epoch_names_a_missing_class_key():
+    history = _history([0.5], [[0.5] * 6])
+    del history[epoch_eval.class_accuracy_key(3)]
+    with pytest.raises(stage.PipelineError, match="class 3 has 7 test examples .*test_class_3"):
+        evaluate.best_epoch(history, [1, 1, 1, 7, 1, 1], {})
+
+
 def test_true_noise_rates_from_manifest():
     manifest = {"splits": {"train": {"transition_rates": [[0.6, 0.4], [0.1, 0.9]]}}}
     assert evaluate.true_noise_rates(manifest) == pytest.approx([0.4, 0.1])
@@ -142,11 +190,31 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def prepared(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("work"))
-    config = workdir_fixtures.make_workdir(str(tmp_path_factory.mktemp("idx")), workdir)
+    idx_dir = str(tmp_path_factory.mktemp("idx"))
+    config = workdir_fixtures.make_workdir(idx_dir, workdir)
+    return config, workdir, idx_dir
+
+
+@pytest.fixture(scope="module")
+def evaluated(prepared):
+    config, workdir, _ = prepared
     evaluate.run(config, workdir)
     return config, workdir, stage.stage_dir(workdir, "evaluate")
+
+
+@pytest.fixture(scope="module")
+def evaluated_without_per_epoch_test(prepared, tmp_path_factory):
+    """The same inputs, evaluated with config.eval.per_epoch_test = False."""
+    _, workdir, idx_dir = prepared
+    copy = str(tmp_path_factory.mktemp("no_per_epoch_test"))
+    for name in ("preprocess", "estimate_tau", "train"):
+        shutil.copytree(stage.stage_dir(workdir, name), stage.stage_dir(copy, name))
+    config = workdir_fixtures.tiny_config(idx_dir)
+    config.eval.per_epoch_test = False
+    evaluate.run(config, copy)
+    return stage.stage_dir(copy, "evaluate")
 
 
 def test_stage_report_numbers(evaluated):
@@ -167,10 +235,50 @@ def test_stage_report_numbers(evaluated):
         assert t["overall"] <= t["top5"] <= 1.0
         counts = r["train_losses"]
         assert sum(c["n"] for c in counts.values()) == manifest["splits"]["train"]["num_examples"]
-        assert r["final_train"]["loss"] == 2.0
+        # Training metrics only: the per-epoch test metrics are not training figures.
+        assert r["final_train"] == {"loss": 2.0, "reg": r["lam"] / 20}
     assert report["runs"]["erm"]["strength"] == [0.0] * 10
     assert report["runs"]["har"]["strength"] == pytest.approx(10 * workdir_fixtures.TAU)
-    assert report["best_epoch"] is None
+
+
+def test_stage_best_epoch_from_the_history(evaluated):
+    # workdir_fixtures.TEST_HISTORY: epoch 1 has the higher test accuracy, and class c
+    # has accuracy c / 10 there.
+    config, workdir, out = evaluated
+    report = stage.read_json(os.path.join(out, "report.json"))
+    assert report["per_epoch_test"] is True
+    test = data.make_dataset(workdir, "test", batch_size=100, training=False)
+    counts = np.bincount(np.concatenate([y.numpy() for _, y in test]), minlength=10)
+    assert counts.sum() == 100
+    per_class = np.arange(10) / 10
+    for r in report["runs"].values():
+        best = r["best_epoch"]
+        assert best["epoch"] == 1 and best["selected_on"] == "test set"
+        assert best["top1"] == 0.6 and best["top5"] == 0.9
+        assert best["per_class"] == pytest.approx(per_class)
+        for g, classes in config.eval.groups.items():
+            c = list(classes)
+            expected = (per_class[c] * counts[c]).sum() / counts[c].sum()
+            assert best["groups"][g] == pytest.approx(expected), g
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert evaluate.BEST_EPOCH_TITLE in md
+    assert "| run | best epoch | noisy_rare | clean | overall | top-5 |" in md
+    noisy_rare = report["runs"]["har"]["best_epoch"]["groups"]["noisy_rare"]
+    assert f"| har | 1 | {100 * noisy_rare:.1f} |" in md
+    assert "accuracy at best epoch 1 (%) |" in md
+
+
+def test_stage_without_per_epoch_test_says_so(evaluated_without_per_epoch_test):
+    out = evaluated_without_per_epoch_test
+    report = stage.read_json(os.path.join(out, "report.json"))
+    assert report["per_epoch_test"] is False
+    assert all(r["best_epoch"] is None for r in report["runs"].values())
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert evaluate.BEST_EPOCH_TITLE in md and evaluate.BEST_EPOCH_UNAVAILABLE in md
+    assert "| run | best epoch |" not in md and "accuracy at best epoch" not in md
+    assert "| run | noisy_rare | clean | overall | top-5 | lambda |" in md
 
 
 def test_stage_writes_plots_referenced_by_the_report(evaluated):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import modeling, stage
+from pipeline import epoch_eval, modeling, stage
 from pipeline import run as run_lib
 from tests.pipeline import idx_fixtures
 
@@ -307,6 +307,10 @@ def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
         hist_a = stage.read_json(os.path.join(a, "history.json"))
         hist_b = stage.read_json(os.path.join(b, "history.json"))
         assert len(hist_a["loss"]) == 4 and hist_a.keys() == hist_b.keys()
+        # The per-epoch test metrics (config.eval.per_epoch_test, on by default) are
+        # part of the history, so the exact comparison below covers them too.
+        assert {epoch_eval.TEST_ACCURACY, epoch_eval.TEST_TOP5} <= hist_a.keys()
+        assert sum(epoch_eval.is_class_key(k) for k in hist_a) == 10
         # Op determinism + the replayed tf.data epochs: the same computation, so the
         # same bits (no tolerance needed).
         for k in hist_a:

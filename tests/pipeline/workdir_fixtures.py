@@ -9,10 +9,18 @@ import os
 import numpy as np
 
 from configs import fashion_mnist_hetero
-from pipeline import modeling, preprocess, stage
+from pipeline import epoch_eval, modeling, preprocess, stage
 from tests.pipeline import idx_fixtures
 
 TAU = np.linspace(0.1, 1.0, 10)
+# Per-epoch test metrics of both runs, as the train stage's TestSetMonitor records
+# them (known numbers for evaluate's best epoch): epoch 1 of 2 has the higher
+# test_accuracy, so the best epoch is not the last.
+TEST_HISTORY = {
+    epoch_eval.TEST_ACCURACY: [0.6, 0.4],
+    epoch_eval.TEST_TOP5: [0.9, 0.8],
+    **{epoch_eval.class_accuracy_key(c): [c / 10, 1 - c / 10] for c in range(10)},
+}
 
 
 def tiny_config(idx_dir: str):
@@ -43,5 +51,5 @@ def make_workdir(idx_dir: str, workdir: str, *, with_tau: bool = True):
             os.makedirs(os.path.join(out, name))
             model.save(os.path.join(out, name, "model.keras"))
             with open(os.path.join(out, name, "history.json"), "w") as f:
-                json.dump({"loss": [2.3, 2.0], "reg": [lam / 10, lam / 20]}, f)
+                json.dump({"loss": [2.3, 2.0], "reg": [lam / 10, lam / 20], **TEST_HISTORY}, f)
     return config

@@ -1,0 +1,108 @@
+"""Test-split metrics after every training epoch, for the best-epoch figure.
+
+The authors report each run's best test accuracy over all epochs, i.e. an epoch
+selected on the test set. To report that figure (clearly labelled) beside the
+final-epoch one, the train stage runs `TestSetMonitor` after every epoch: one
+inference pass over the test split whose results are added to the epoch's logs, so
+that history.json, the per-epoch resume checkpoints and TensorBoard all carry them.
+The evaluate stage then picks the best epoch from history.json.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import data, stage
+
+PREFIX = "test_"
+TEST_ACCURACY = PREFIX + "accuracy"
+TEST_TOP5 = PREFIX + "top5"
+TOP_K = 5
+
+
+def class_accuracy_key(c: int) -> str:
+    """The history key of class c's per-epoch test accuracy."""
+    return f"{PREFIX}class_{c}_accuracy"
+
+
+def is_class_key(key: str) -> bool:
+    """Whether a history key is a per-class test accuracy (one per class: too many
+    for a panel each in the training curves)."""
+    return key.startswith(PREFIX + "class_") and key.endswith("_accuracy")
+
+
+class TestSetMonitor(keras.callbacks.Callback):
+    """Adds test-split metrics to every epoch's logs, computed in inference mode.
+
+    Writes `test_accuracy` (top-1), `test_top5` (only with more than TOP_K classes:
+    with fewer it is 1 by definition) and `test_class_<c>_accuracy` for every class c
+    that has test examples (a class without any has no accuracy; leaving its key out
+    keeps history.json finite). Predictions break ties by the lower class index
+    (tf.math.top_k is stable), as evaluate's numpy metrics do, so the last epoch's
+    figures equal the final-epoch report's for the same batches.
+
+    It reads no random state and updates no variable (BatchNormalization runs in
+    inference mode), so training follows the same trajectory with or without it.
+    Pass it before EpochCheckpoint (modeling.fit appends that one after the
+    callbacks it is given) so that the checkpointed history records its entries.
+
+    Args:
+      dataset: (image, label) batches of the test split, iterated once per epoch.
+      num_classes: C.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, dataset: tf.data.Dataset, num_classes: int):
+        super().__init__()
+        self.dataset = dataset
+        self.num_classes = int(num_classes)
+        self._counts = None
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        # Traced anew per model: a trace captures the variables of the model it saw.
+        self._counts = tf.function(self._batch_counts, reduce_retracing=True)
+
+    def _batch_counts(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """int32 [3, C]: per class, the batch's examples, top-1 hits and top-k hits."""
+        logits = self.model(images, training=False)
+        labels = tf.cast(labels, tf.int32)
+        top = tf.math.top_k(logits, k=min(TOP_K, self.num_classes)).indices
+        hits = tf.stack(
+            [
+                tf.ones_like(labels),
+                tf.cast(top[:, 0] == labels, tf.int32),
+                tf.cast(tf.reduce_any(top == labels[:, None], axis=-1), tf.int32),
+            ]
+        )  # [3, B]
+        one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.int32)  # [B, C]
+        return tf.reduce_sum(hits[:, :, None] * one_hot[None], axis=1)
+
+    def evaluate(self) -> dict[str, float]:
+        """The metrics of the model as it is now (see the class docstring for keys)."""
+        counts = np.zeros([3, self.num_classes], np.int64)
+        for images, labels in self.dataset:
+            counts += self._counts(images, labels).numpy()
+        n, top1, topk = counts
+        if n.sum() == 0:
+            raise stage.PipelineError("the test split is empty: nothing to evaluate per epoch")
+        out = {TEST_ACCURACY: top1.sum() / n.sum()}
+        if self.num_classes > TOP_K:
+            out[TEST_TOP5] = topk.sum() / n.sum()
+        for c in np.flatnonzero(n):
+            out[class_accuracy_key(int(c))] = top1[c] / n[c]
+        return {k: float(v) for k, v in out.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        # Keras hands every callback the same logs dict: later ones see these keys.
+        logs.update(self.evaluate())
+
+
+def monitor_for(config, workdir: str) -> TestSetMonitor:
+    """A TestSetMonitor over the workdir's test split, batched as evaluate batches it
+    (config.eval.batch_size), so the last epoch's figures match the report's."""
+    dataset = data.make_dataset(workdir, "test", batch_size=config.eval.batch_size, training=False)
+    return TestSetMonitor(dataset, config.data.num_classes)
