@@ -124,7 +124,8 @@ def best_epoch(history: dict, class_counts, groups: dict) -> dict:
         "selected_on": SELECTED_ON,
         "top1": float(history[epoch_eval.TEST_ACCURACY][k]),
         # With k >= C every label is in the top k (top_k_accuracy caps k likewise).
-        "top5": float(history[epoch_eval.TEST_TOP5][k]) if num_classes > TOP_K else 1.0,
+        # With C <= 5 every label is in the top 5: no figure rather than a vacuous 100%.
+        "top5": float(history[epoch_eval.TEST_TOP5][k]) if num_classes > TOP_K else None,
         "per_class": per_class,
         "groups": group_acc,
     }
@@ -379,7 +380,7 @@ def run(config, workdir: str) -> None:
         logits, labels, _ = _logits(forward, test_ds)
         preds = np.argmax(logits, axis=-1)
         test = accuracies(labels, preds, num_classes, groups)
-        test["top5"] = top_k_accuracy(labels, logits, TOP_K)
+        test["top5"] = top_k_accuracy(labels, logits, TOP_K) if num_classes > TOP_K else None
         test["confusion"] = confusion_matrix(labels, preds, num_classes).tolist()
         train_ds = data.make_dataset(
             workdir, "train", batch_size=section.batch_size, training=False, with_meta=True

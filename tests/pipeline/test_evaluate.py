@@ -114,10 +114,10 @@ def test_best_epoch_by_hand():
     assert best["groups"]["all"] == pytest.approx((5 + 6 + 8 + 36 + 30) / 150)
 
 
-def test_best_epoch_top5_with_at_most_five_classes_is_one():
+def test_best_epoch_has_no_top5_with_at_most_five_classes():
     history = {epoch_eval.TEST_ACCURACY: [0.5], epoch_eval.class_accuracy_key(0): [0.5]}
     best = evaluate.best_epoch(history, [4, 0], {})
-    assert best["top5"] == 1.0 and best["per_class"][0] == 0.5
+    assert best["top5"] is None and best["per_class"][0] == 0.5
 
 
 def test_best_epoch_names_a_missing_class_key():

@@ -424,6 +424,10 @@ def test_text_pipeline_exports_a_model_that_takes_raw_strings(csv_data, tmp_path
     card = stage.read_json(
         os.path.join(stage.stage_dir(workdir, "export"), "har", "model_card.json")
     )
+    report = stage.read_json(os.path.join(stage.stage_dir(workdir, "evaluate"), "report.json"))
+    for run in ("erm", "unif", "har"):
+        assert report["runs"][run]["test"]["top5"] is None  # 2 classes: no top-5 figure
+        assert report["runs"][run]["best_epoch"]["epoch"] == 1
     assert card["signature"]["inputs"] == {
         "text": {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}
     }
