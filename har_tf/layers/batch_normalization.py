@@ -1,6 +1,7 @@
 """BatchNormalization whose training-mode statistics are differentiable twice."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -32,6 +33,73 @@ class BatchNormalization(keras.layers.BatchNormalization):
         mean = ops.mean(inputs, axis=axes, keepdims=True)
         variance = ops.mean(ops.square(inputs - mean), axis=axes)
         return ops.squeeze(mean, axis=axes), variance
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.synchronized:
+            return super().call(inputs, training=training, mask=mask)
+        if self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        # Training mode on one device: the same statistics and outputs as Keras's
+        # path, with a hand-written backward pass (see `normalize`).
+        x = tf.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        y, mean, variance = normalize(x, self._reduction_axes, self.epsilon)
+        self.moving_mean.assign(
+            ops.cast(self.moving_mean, x.dtype) * self.momentum + mean * (1.0 - self.momentum)
+        )
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, x.dtype) * self.momentum
+            + variance * (1.0 - self.momentum)
+        )
+        if self.scale:
+            y = y * ops.cast(self.gamma, y.dtype)
+        if self.center:
+            y = y + ops.cast(self.beta, y.dtype)
+        return ops.cast(y, self.compute_dtype)
+
+
+def normalize(x: tf.Tensor, axes, epsilon: float):
+    """Training-mode batch normalization (no affine) with a lean, exact backward pass.
+
+    y = (x - mean) * rsqrt(var + epsilon), the statistics over `axes` (biased
+    variance). Autodiff of that composition builds a long backward graph (the
+    gradients of two means, a square and a broadcast rsqrt), and HAR differentiates
+    that graph once more. Here the first-order backward is the closed form
+
+        dx = rstd * (dy - mean(dy) - y * mean(dy * y))
+
+    written with ordinary ops on `y` and `rstd`, which are themselves computed from
+    `x` by ordinary ops. A second differentiation (HAR's outer tape) goes through
+    the closed form and then through `y(x)` and `rstd(x)`, so both orders are exact
+    (tests/har_tf/test_layers.py checks them against the plain composition).
+
+    Returns:
+      (y, mean [C], variance [C]): `mean` and `variance` are for the moving
+      statistics (Keras's biased variance) and carry no gradient.
+    """
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
+    rstd = tf.math.rsqrt(variance + epsilon)
+    y = _normalized(x, centered * rstd, rstd, tuple(axes))
+    squeeze = lambda t: tf.stop_gradient(tf.squeeze(t, axis=axes))  # noqa: E731
+    return y, squeeze(mean), squeeze(variance)
+
+
+def _normalized(x, y, rstd, axes):
+    """`y` in value; its gradient w.r.t. `x` is the closed-form BN backward."""
+
+    @tf.custom_gradient
+    def forward(x, y, rstd):
+        def backward(dy):
+            m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
+            m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
+            # y and rstd get no first-order gradient here: dx already is the total
+            # derivative through them.
+            return rstd * (dy - m1 - y * m2), None, None
+
+        return tf.identity(y), backward
+
+    return forward(x, y, rstd)
 
 
 def convert_batch_norms(model: keras.Model) -> keras.Model:

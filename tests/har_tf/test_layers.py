@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from har_tf import HARModel, default_tap_layers
-from har_tf.layers import ChannelAffine, ShortcutA, pre_affine_batch_norm
+from har_tf.layers import BatchNormalization, ChannelAffine, ShortcutA, pre_affine_batch_norm
 from har_tf.models import cifar_resnet
 
 
@@ -75,3 +76,43 @@ def test_har_model_rejects_unknown_tap_layer_and_missing_taps():
         HARModel(plain, lam=1.0)
     with pytest.raises(ValueError, match="tau must have 10 entries"):
         HARModel(backbone, lam=1.0, tau=[1.0, 2.0])
+
+
+def _plain_batch_norm(x, gamma, beta, eps=1e-5):
+    """Training-mode BN as a plain composition of ops (autodiff gives both orders)."""
+    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
+
+
+@pytest.mark.parametrize("center_scale", [False, True])
+def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, center_scale):
+    """The hand-written BN backward (first order) and its autodiff (second order, as
+    HAR's outer tape takes it) equal autodiff of the plain composition."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(1.0, 2.0, size=(6, 3, 2, 4)))
+    gamma = rng.normal(size=4) if center_scale else np.ones(4)
+    beta = rng.normal(size=4) if center_scale else np.zeros(4)
+    weights = tf.constant(rng.normal(size=(6, 3, 2, 4)))
+    layer = BatchNormalization(center=center_scale, scale=center_scale, epsilon=1e-5)
+    layer.build(x.shape)
+    if center_scale:
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+
+    def second_order(fn):
+        # d/dx of the squared norm of d(loss)/dx, loss non-linear in the output.
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(tf.sin(fn(x)) * weights)
+            g = inner.gradient(loss, x)
+            r = tf.reduce_sum(tf.square(g))
+        return g, outer.gradient(r, x)
+
+    g_fast, h_fast = second_order(lambda t: layer(t, training=True))
+    g_ref, h_ref = second_order(lambda t: _plain_batch_norm(t, gamma, beta))
+    np.testing.assert_allclose(g_fast, g_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_fast, h_ref, rtol=1e-9, atol=1e-11)
+    assert np.abs(h_ref).max() > 1e-3  # the second-order term is not trivially zero
