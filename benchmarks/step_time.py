@@ -12,6 +12,11 @@ gradients, variables). RSS cannot show this: the allocator keeps its pool.
 
   python benchmarks/step_time.py --json
   python benchmarks/step_time.py --rounds 5 --steps 5 --batch 64 --depth 20
+  python benchmarks/step_time.py --model bilstm --batch 64 --rounds 3 --steps 2
+
+`--model bilstm`: the paper's IMDB network (2 x 256-unit BiLSTM, embedding 128,
+vocabulary 20,000, configs/imdb_hetero.py) on random token ids [batch, 256]
+(`--seq_len`), taps on its LSTMs, HAR in the per-example scale.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from har_tf import HARModel  # noqa: E402
-from har_tf.models import cifar_resnet  # noqa: E402
+from har_tf.models import cifar_resnet, imdb_bilstm, rnn_tap_layers  # noqa: E402
 
 KINDS = {"erm": (0.0, False), "unif": (10.0, False), "har": (10.0, True)}
 
@@ -40,10 +45,23 @@ KINDS = {"erm": (0.0, False), "unif": (10.0, False), "har": (10.0, True)}
 def build(kind: str, args) -> HARModel:
     lam, per_class = KINDS[kind]
     keras.utils.set_random_seed(0)
-    tau = np.linspace(0.05, 1.0, 10) if per_class else None
-    model = HARModel(cifar_resnet(depth=args.depth), lam=lam, tau=tau, weight_decay=1e-4)
+    if args.model == "bilstm":
+        backbone = imdb_bilstm(vocab_size=20_000, sequence_length=args.seq_len)
+        tau = np.array([0.3, 1.0]) if per_class else None
+        model = HARModel(
+            backbone,
+            lam=lam / 100,  # 0.1, the paper's IMDB strength
+            tau=tau,
+            tap_layers=rnn_tap_layers(backbone),
+            scale="per_example",
+        )
+        optimizer = keras.optimizers.Adam(1e-3)
+    else:
+        tau = np.linspace(0.05, 1.0, 10) if per_class else None
+        model = HARModel(cifar_resnet(depth=args.depth), lam=lam, tau=tau, weight_decay=1e-4)
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     model.compile(
-        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
@@ -52,6 +70,9 @@ def build(kind: str, args) -> HARModel:
 
 def batch(args):
     rng = np.random.default_rng(0)
+    if args.model == "bilstm":
+        x = rng.integers(2, 20_000, size=(args.batch, args.seq_len)).astype("int64")
+        return x, rng.integers(0, 2, size=args.batch).astype("int32")
     x = rng.uniform(0, 1, size=(args.batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=args.batch).astype("int32")
     return x, y
@@ -68,6 +89,7 @@ def peak_child(kind: str, args) -> float:
     """Runs --peak KIND in a child process with the BFC CPU allocator; returns MB."""
     cmd = [sys.executable, os.path.abspath(__file__), "--peak", kind]
     cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
+    cmd += ["--model", args.model, "--seq_len", str(args.seq_len)]
     env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return float(out.strip().splitlines()[-1])
@@ -86,6 +108,8 @@ def peak(kind: str, args) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("resnet32", "bilstm"), default="resnet32")
+    parser.add_argument("--seq_len", type=int, default=256, help="bilstm: tokens per example")
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
@@ -116,6 +140,7 @@ def main():
         "ratio_paired": round(
             statistics.median(h / e for h, e in zip(times["har"], times["erm"], strict=True)), 3
         ),
+        "model": args.model,
         "depth": args.depth,
         "batch": args.batch,
         "rounds": args.rounds,
