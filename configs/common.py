@@ -40,9 +40,15 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
     )
 
 
-def run(*, regularizer, lam, drw=False):
-    """One training run of the train stage (a fresh model)."""
-    return ml_collections.ConfigDict(dict(regularizer=regularizer, lam=lam, drw=drw))
+def run(*, regularizer, lam, drw=False, reg_every=1):
+    """One training run of the train stage (a fresh model).
+
+    reg_every > 1: the opt-in approximation of `HARModel(reg_every=...)`, the
+    regularizer on every k-th step only, with k * lam (docs/PERFORMANCE.md).
+    """
+    return ml_collections.ConfigDict(
+        dict(regularizer=regularizer, lam=lam, drw=drw, reg_every=reg_every)
+    )
 
 
 def rare_but_clean_imbalance(classes, *, ratio=10.0):

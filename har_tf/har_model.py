@@ -106,6 +106,14 @@ class HARModel(keras.Model):
         of `torch.optim.SGD` that the authors use (Keras optimizers' own
         `weight_decay` is decoupled, a different thing).
       epsilon: added under the norms' square roots to keep gradients finite at 0.
+      reg_every: an opt-in approximation for speed (default 1: the exact objective
+        at every step). With k > 1 the regularizer is applied on every k-th training
+        step only (optimizer.iterations % k == 0), with strength k * lam so that its
+        average over steps is unchanged; the other steps are ERM steps (one tape).
+        The mean step costs about (HAR + (k - 1) ERM) / k; the peak memory is still
+        that of a HAR step. docs/PERFORMANCE.md has its measured accuracy against
+        the exact objective. One device only (a ValueError under several replicas).
+        The logged `reg` averages the regularized steps only.
       **kwargs: forwarded to `keras.Model`.
 
     Example:
@@ -164,6 +172,7 @@ class HARModel(keras.Model):
         scale: str = "official",
         weight_decay: float = 0.0,
         epsilon: float = 1e-20,
+        reg_every: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -181,6 +190,9 @@ class HARModel(keras.Model):
         self.scale = scale
         self.weight_decay = float(weight_decay)
         self.epsilon = float(epsilon)
+        if int(reg_every) != reg_every or reg_every < 1:
+            raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
+        self.reg_every = int(reg_every)
         self.num_classes = int(backbone.outputs[0].shape[-1])
 
         if tap_layers is None:
@@ -339,8 +351,10 @@ class HARModel(keras.Model):
             return None
         return optimizer.scale_loss(tf.constant(1.0))
 
-    def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True):
+    def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True, lam=None):
         """The pieces of the HAR objective on one (per-replica) batch.
+
+        `lam` overrides `self.lam` (a Python float; 0 gives the ERM objective).
 
         Returns:
           (y_pred, loss, ce, reg, r): `loss` is what the optimizer minimizes: under
@@ -350,8 +364,9 @@ class HARModel(keras.Model):
           replica's examples (unscaled, at least float32) or None for ERM; `r` is R
           as a [B] tensor, or None for ERM.
         """
+        lam = self.lam if lam is None else float(lam)
         sample_weight = self._loss_weights(y, sample_weight)
-        if self.lam == 0.0:
+        if lam == 0.0:
             y_pred = self(x, training=training)
             ce = self._compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
@@ -391,7 +406,7 @@ class HARModel(keras.Model):
             # The mean over this replica's examples (0 for a replica left without any).
             reg = tf.math.divide_no_nan(tf.reduce_sum(tau_r), tf.cast(tf.size(tau_r), r.dtype))
             # This replica's share of lam * (mean of tau * R over the global batch).
-            reg_loss = self.lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
+            reg_loss = lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
             loss = tf.cast(ce, reg.dtype) + reg_loss
         if self.weight_decay > 0.0:
             loss = regularizer.at_least_float32(loss)
@@ -410,31 +425,55 @@ class HARModel(keras.Model):
                 "tf.distribute) or False; see docs/DISTRIBUTED.md."
             )
         x, y, sample_weight, tau = self._unpack(data)
-        with tf.GradientTape() as tape:
-            y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau)
-            # Under a strategy Keras logs the mean over replicas of each replica's own
-            # metric results. Each replica tracks its share of the global-batch value
-            # times the replica count, all with the same weight, so that the logs are
-            # the global values even when a batch splits unevenly (an epoch's end).
-            batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
-            (global_batch,) = _sum_over_replicas(batch)
-            replica_weight = global_batch / float(_replicas())
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss), sample_weight=replica_weight
+        if self.reg_every == 1 or self.lam == 0.0:
+            y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, self.lam)
+            regularized = tf.constant(1.0)
+        else:
+            if _replicas() > 1:
+                raise ValueError("reg_every > 1 is supported on one device only")
+            regularized = tf.cast(
+                tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32
             )
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+
+            def har_step():
+                lam = self.lam * self.reg_every
+                y_pred, loss, ce, reg, grads = self._gradients(x, y, sample_weight, tau, lam)
+                return y_pred, loss, ce, tf.cast(reg, tf.float32), grads
+
+            def erm_step():
+                y_pred, loss, ce, _, grads = self._gradients(x, y, sample_weight, tau, 0.0)
+                return y_pred, loss, ce, tf.zeros(()), grads
+
+            y_pred, loss, ce, reg, gradients = tf.cond(regularized > 0, har_step, erm_step)
         weights = self.trainable_weights
-        gradients = tape.gradient(scaled, weights)
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
 
+        # Under a strategy Keras logs the mean over replicas of each replica's own
+        # metric results. Each replica tracks its share of the global-batch value
+        # times the replica count, all with the same weight, so that the logs are
+        # the global values even when a batch splits unevenly (an epoch's end).
+        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        (global_batch,) = _sum_over_replicas(batch)
+        replica_weight = global_batch / float(_replicas())
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=replica_weight
+        )
         self.ce_tracker.update_state(
             unscale_loss_for_distribution(ce), sample_weight=replica_weight
         )
         reg_share = tf.zeros(()) if reg is None else reg * tf.cast(batch / global_batch, reg.dtype)
         self.reg_tracker.update_state(
-            unscale_loss_for_distribution(reg_share), sample_weight=replica_weight
+            unscale_loss_for_distribution(reg_share),
+            sample_weight=replica_weight * tf.cast(regularized, replica_weight.dtype),
         )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _gradients(self, x, y, sample_weight, tau, lam):
+        """(y_pred, loss, ce, reg, gradients of the weights) of one step's objective."""
+        with tf.GradientTape() as tape:
+            y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau, lam=lam)
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        return y_pred, loss, ce, reg, tape.gradient(scaled, self.trainable_weights)
 
     def test_step(self, data):
         x, y, sample_weight, _ = self._unpack(data)
@@ -457,6 +496,7 @@ class HARModel(keras.Model):
             scale=self.scale,
             weight_decay=self.weight_decay,
             epsilon=self.epsilon,
+            reg_every=self.reg_every,
         )
         return config
 

@@ -72,7 +72,9 @@ def build_backbone(config) -> keras.Model:
     )
 
 
-def build_har_model(config, section, *, lam: float, tau=None, seed: int) -> HARModel:
+def build_har_model(
+    config, section, *, lam: float, tau=None, seed: int, reg_every: int = 1
+) -> HARModel:
     """A fresh, seeded HARModel: every run of a config starts from the same weights.
 
     `section` is the training stage's config (pretrain or train): its weight_decay
@@ -100,6 +102,7 @@ def build_har_model(config, section, *, lam: float, tau=None, seed: int) -> HARM
             aggregation=config.train.aggregation,
             scale=config.train.scale,
             weight_decay=section.weight_decay,
+            reg_every=reg_every,
         )
 
 

@@ -36,6 +36,8 @@ def validate_runs(runs) -> None:
             )
         if run_cfg.regularizer != "none" and run_cfg.lam <= 0:
             raise stage.PipelineError(f"run {name!r}: a {run_cfg.regularizer} run needs lam > 0")
+        if int(run_cfg.get("reg_every", 1)) < 1:
+            raise stage.PipelineError(f"run {name!r}: reg_every must be >= 1")
 
 
 def run(config, workdir: str) -> None:
@@ -66,6 +68,7 @@ def run(config, workdir: str) -> None:
                 lam=lam,
                 tau=tau if run_cfg.regularizer == "har" else None,
                 seed=config.seed,
+                reg_every=int(run_cfg.get("reg_every", 1)),
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
             ds = data.training_dataset(workdir, section, seed=config.seed)

@@ -146,3 +146,46 @@ def test_invalid_options_are_rejected():
         HARModel(tiny_nets.tiny_backbone(), scale="sum")
     with pytest.raises(ValueError, match=">= 0"):
         HARModel(tiny_nets.tiny_backbone(), lam=-1.0)
+
+
+def _sgd_model(**kwargs):
+    keras.utils.set_random_seed(1)
+    model = HARModel(tiny_nets.tiny_backbone(), tau=[1.0, 0.5, 0.25], **kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_reg_every_k_is_har_with_k_lambda_on_every_kth_step_and_erm_between():
+    x, y = _data(n=48)
+    model = _sgd_model(lam=1.5, reg_every=2)
+    logs = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    # Reference: plain SGD (no optimizer state), one model per objective, weights
+    # handed from one to the next: steps 0 and 2 regularized with 2 * lam, step 1 ERM.
+    har, erm = _sgd_model(lam=3.0), _sgd_model(lam=0.0)
+    weights, regs = har.get_weights(), []
+    for step in range(3):
+        ref = har if step % 2 == 0 else erm
+        ref.set_weights(weights)
+        ref.train_on_batch(x[16 * step : 16 * step + 16], y[16 * step : 16 * step + 16])
+        if step % 2 == 0:
+            regs.append(ref.get_metrics_result()["reg"])
+        weights = ref.get_weights()
+    for got, want in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # The logged reg is the mean over the regularized steps (0 and 2) only.
+    assert regs[0] > 0 and regs[1] > 0
+    assert logs["reg"][0] == pytest.approx(np.mean(regs), rel=1e-5)
+
+
+def test_reg_every_is_saved_and_checked(tmp_path):
+    model = _sgd_model(lam=1.0, reg_every=3)
+    assert model.get_config()["reg_every"] == 3
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.saving.load_model(path).reg_every == 3
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="reg_every"):
+            HARModel(tiny_nets.tiny_backbone(), lam=1.0, reg_every=bad)
