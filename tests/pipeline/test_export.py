@@ -73,7 +73,12 @@ def test_model_card_without_evaluate(workdirs):
     assert card["data"]["noise"] == {"kind": "pairs", "pairs": [[0, 6], [2, 4]], "flip_prob": 0.4}
     rates = manifest["splits"]["train"]["transition_rates"]
     assert card["data"]["true_noise_rate"] == pytest.approx([1 - rates[c][c] for c in range(10)])
-    assert card["config"]["run"] == {"regularizer": "har", "lam": 10.0, "drw": False}
+    assert card["config"]["run"] == {
+        "regularizer": "har",
+        "lam": 10.0,
+        "drw": False,
+        "reg_every": 1,
+    }
     assert card["signature"]["inputs"]["image"] == {
         "dtype": "uint8",
         "shape": [-1, 28, 28, 1],
