@@ -195,12 +195,29 @@ def _json(obj, status: int = 200) -> Response:
     return Response(json.dumps(obj), status=status, mimetype="application/json")
 
 
+def _columns(value, name: str, *, what: str):
+    """A columnar value, bare or as {name: value}."""
+    if isinstance(value, dict):
+        if set(value) != {name}:
+            raise ServingError(400, f"{what}: expected the input {name!r}, got {sorted(value)}")
+        value = value[name]
+    return value
+
+
+def _rows(instances: list, name: str, *, bare: str) -> list:
+    """Row instances, all bare or all as {name: instance} (`bare`: what a bare one is)."""
+    if all(isinstance(i, dict) for i in instances):
+        if any(set(i) != {name} for i in instances):
+            raise ServingError(400, f"every instance must hold exactly the input {name!r}")
+        return [i[name] for i in instances]
+    if any(isinstance(i, dict) for i in instances):
+        raise ServingError(400, f"instances mix objects and bare {bare}")
+    return instances
+
+
 def _images(value, servable: Servable, *, what: str) -> np.ndarray:
     """A validated uint8 batch [B, H, W, C] from a JSON value (nested lists)."""
-    if isinstance(value, dict):
-        if set(value) != {INPUT}:
-            raise ServingError(400, f"{what}: expected the input {INPUT!r}, got {sorted(value)}")
-        value = value[INPUT]
+    value = _columns(value, INPUT, what=what)
     try:
         array = np.asarray(value)
     except ValueError as e:  # ragged nesting
@@ -246,38 +263,18 @@ def _texts(values, *, what: str) -> list[bytes]:
     return batch
 
 
-def _text_row_batch(instances) -> list[bytes]:
-    if all(isinstance(i, dict) for i in instances):
-        if any(set(i) != {TEXT_INPUT} for i in instances):
-            raise ServingError(400, f"every instance must hold exactly the input {TEXT_INPUT!r}")
-        instances = [i[TEXT_INPUT] for i in instances]
-    elif any(isinstance(i, dict) for i in instances):
-        raise ServingError(400, "instances mix objects and bare strings")
-    return _texts(instances, what="instances")
-
-
-def _text_columnar_batch(inputs) -> list[bytes]:
-    if isinstance(inputs, dict):
-        if set(inputs) != {TEXT_INPUT}:
-            raise ServingError(
-                400, f"inputs: expected the input {TEXT_INPUT!r}, got {sorted(inputs)}"
-            )
-        inputs = inputs[TEXT_INPUT]
-    return _texts(inputs, what="inputs")
-
-
 def _row_batch(instances, servable: Servable):
     if not isinstance(instances, list) or not instances:
         raise ServingError(400, "'instances' must be a non-empty list")
     if servable.kind == "text":
-        return _text_row_batch(instances)
-    if all(isinstance(i, dict) for i in instances):
-        if any(set(i) != {INPUT} for i in instances):
-            raise ServingError(400, f"every instance must hold exactly the input {INPUT!r}")
-        instances = [i[INPUT] for i in instances]
-    elif any(isinstance(i, dict) for i in instances):
-        raise ServingError(400, "instances mix objects and bare tensors")
-    return _images(instances, servable, what="instances")
+        return _texts(_rows(instances, TEXT_INPUT, bare="strings"), what="instances")
+    return _images(_rows(instances, INPUT, bare="tensors"), servable, what="instances")
+
+
+def _columnar_batch(inputs, servable: Servable):
+    if servable.kind == "text":
+        return _texts(_columns(inputs, TEXT_INPUT, what="inputs"), what="inputs")
+    return _images(inputs, servable, what="inputs")
 
 
 class App:
@@ -365,11 +362,7 @@ class App:
             keys = sorted(out)
             rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
             return _json({"predictions": rows})
-        if servable.kind == "text":
-            batch = _text_columnar_batch(payload["inputs"])
-        else:
-            batch = _images(payload["inputs"], servable, what="inputs")
-        out = servable.predict(batch)
+        out = servable.predict(_columnar_batch(payload["inputs"], servable))
         return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
 
 

@@ -843,12 +843,14 @@ class CsvIndex:
       labels: int64 [N] each row's label.
       rows: split -> int64 indices into the selected rows, ascending; a split's
         example id is the position in this array.
+      text_column: the index of the text column in a row.
     """
 
     offsets: np.ndarray
     lines: np.ndarray
     labels: np.ndarray
     rows: dict
+    text_column: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -921,7 +923,7 @@ class CsvTextSource:
         rows = index.rows[split][start:stop]
         if rows.size == 0:
             return [], np.zeros([0], np.int64)
-        column = _csv_header(self)[self.text_column]
+        column = index.text_column
         wanted = {int(index.offsets[r]): int(r) for r in rows}
         last = int(index.offsets[rows[-1]])
         texts = {}
@@ -1029,6 +1031,7 @@ def _csv_index(source: CsvTextSource) -> CsvIndex:
         lines=np.asarray(lines, np.int64),
         labels=labels,
         rows={"train": np.flatnonzero(~held), "test": np.flatnonzero(held)},
+        text_column=text_col,
     )
 
 

@@ -81,8 +81,8 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
     variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
     rstd = tf.math.rsqrt(variance + epsilon)
     y = _normalized(x, centered * rstd, rstd, tuple(axes))
-    squeeze = lambda t: tf.stop_gradient(tf.squeeze(t, axis=axes))  # noqa: E731
-    return y, squeeze(mean), squeeze(variance)
+    mean, variance = (tf.stop_gradient(tf.squeeze(t, axis=axes)) for t in (mean, variance))
+    return y, mean, variance
 
 
 def _normalized(x, y, rstd, axes):
