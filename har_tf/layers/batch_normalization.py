@@ -1,8 +1,10 @@
 """BatchNormalization whose training-mode statistics are differentiable twice."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
+from tensorflow.python.eager import record  # should_record_backprop: no public equivalent
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -58,48 +60,110 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 def normalize(x: tf.Tensor, axes, epsilon: float):
-    """Training-mode batch normalization (no affine) with a lean, exact backward pass.
+    """Training-mode batch normalization (no affine) with hand-written derivatives.
 
-    y = (x - mean) * rsqrt(var + epsilon), the statistics over `axes` (biased
-    variance). Autodiff of that composition builds a long backward graph (the
-    gradients of two means, a square and a broadcast rsqrt), and HAR differentiates
-    that graph once more. Here the first-order backward is the closed form
+    y = (x - mean) * rstd with rstd = rsqrt(var + epsilon), the statistics over
+    `axes` (biased variance). Autodiff of that composition builds a long backward
+    graph, and HAR's outer tape differentiates that graph once more. Here both
+    orders are closed forms. Per channel, over its N elements, with M() the mean
+    and J = dy/dx (a symmetric N x N matrix):
 
-        dx = rstd * (dy - mean(dy) - y * mean(dy * y))
+    - first order (every backward pass): dx = J dy = rstd * (dy - M(dy) - y M(dy y));
+    - second order (the outer tape of double backprop differentiating that dx, with
+      cotangent c): dy gets J c, and x gets
+      -rstd * (q / N * y + M(dy y) * J c + M(c y) * dx), where q = c^T J dy.
 
-    written with ordinary ops on `y` and `rstd`, which are themselves computed from
-    `x` by ordinary ops. A second differentiation (HAR's outer tape) goes through
-    the closed form and then through `y(x)` and `rstd(x)`, so both orders are exact
-    (tests/har_tf/test_layers.py checks them against the plain composition).
+    The second-order rule is attached only when a tape records the backward pass
+    (double backprop), so that an ERM step keeps no extra tensors. It is exact for
+    second derivatives, all that HAR needs; third and higher derivatives are not
+    supported. tests/har_tf/test_layers.py checks both orders against autodiff of
+    the plain composition in float64.
 
     Returns:
       (y, mean [C], variance [C]): `mean` and `variance` are for the moving
       statistics (Keras's biased variance) and carry no gradient.
     """
-    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-    centered = x - mean
-    variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
-    rstd = tf.math.rsqrt(variance + epsilon)
-    y = _normalized(x, centered * rstd, rstd, tuple(axes))
+    axes = tuple(axes)
+    # The tape-visible outputs, for the second-order op to hang on (filled below,
+    # read when the backward pass runs).
+    visible = {}
+
+    @tf.custom_gradient
+    def forward(x):
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
+        rstd = tf.math.rsqrt(variance + epsilon)
+        y = centered * rstd
+        n = tf.cast(tf.size(x) // tf.size(rstd), x.dtype)
+
+        def backward(dy, d_rstd, d_mean, d_variance):
+            del d_mean, d_variance  # for the moving statistics only
+            if record.should_record_backprop([dy]):
+                # A tape records this backward pass: make it one op whose own
+                # gradient is the closed-form second order.
+                dx = _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
+            else:
+                dx, _, _ = _jacobian_product(dy, y, rstd, axes)
+            if not _statically_zero(d_rstd):
+                # Only the second-order rule sends a cotangent to rstd;
+                # d rstd / dx = -rstd^2 * y / N.
+                dx = dx - (d_rstd * tf.square(rstd) / n) * y
+            return dx
+
+        return (y, rstd, mean, variance), backward
+
+    y, rstd, mean, variance = forward(x)
+    visible.update(y=y, rstd=rstd)
     mean, variance = (tf.stop_gradient(tf.squeeze(t, axis=axes)) for t in (mean, variance))
     return y, mean, variance
 
 
-def _normalized(x, y, rstd, axes):
-    """`y` in value; its gradient w.r.t. `x` is the closed-form BN backward."""
+def _jacobian_product(dy, y, rstd, axes):
+    """(J dy, M(dy), M(dy y)): the BN backward rstd * (dy - M(dy) - y * M(dy y))."""
+    m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
+    m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
+    return rstd * (dy - m1 - y * m2), m1, m2
+
+
+def _statically_zero(t) -> bool:
+    """Whether `t` is known, when tracing, to be all zeros (an unused output's cotangent)."""
+    value = tf.get_static_value(t)
+    return value is not None and not np.any(value)
+
+
+def _differentiable_backward(dy, y, rstd, axes, epsilon):
+    """J dy as one op of (dy, y, rstd) whose gradient is the closed-form second order.
+
+    With c the cotangent of dx = J dy, and m1 = M(dy), m2 = M(dy y):
+    - dy gets J c;
+    - y gets -(m2 * J c + M(c y) * dx), and rstd gets
+      N * (M(c dy) - M(c) m1 - M(c y) m2 + 2 epsilon rstd^2 m2 M(c y)).
+    The forward op's backward turns those two into x's cotangent,
+    J y_bar - rstd_bar * rstd^2 * y / N, which equals the formula in `normalize`:
+    J (J c) = rstd * J c - epsilon rstd^4 M(c y) y, because y^T y = N (1 - epsilon
+    rstd^2), and likewise for J dx; the epsilon term of rstd_bar cancels those.
+    """
 
     @tf.custom_gradient
-    def forward(x, y, rstd):
-        def backward(dy):
-            m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
-            m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
-            # y and rstd get no first-order gradient here: dx already is the total
-            # derivative through them.
-            return rstd * (dy - m1 - y * m2), None, None
+    def backward(dy, y, rstd):
+        dx, m1, m2 = _jacobian_product(dy, y, rstd, axes)
+        n = tf.cast(tf.size(dy) // tf.size(rstd), dy.dtype)
 
-        return tf.identity(y), backward
+        def second_order(c):
+            m_c = tf.reduce_mean(c, axis=axes, keepdims=True)
+            m_cy = tf.reduce_mean(c * y, axis=axes, keepdims=True)
+            m_cdy = tf.reduce_mean(c * dy, axis=axes, keepdims=True)
+            d_dy = rstd * (c - m_c - y * m_cy)
+            d_y = -(m2 * d_dy + m_cy * dx)
+            d_rstd = n * (
+                m_cdy - m_c * m1 - m_cy * m2 + 2.0 * epsilon * tf.square(rstd) * m2 * m_cy
+            )
+            return d_dy, d_y, d_rstd
 
-    return forward(x, y, rstd)
+        return dx, second_order
+
+    return backward(dy, y, rstd)
 
 
 def convert_batch_norms(model: keras.Model) -> keras.Model:

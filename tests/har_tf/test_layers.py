@@ -85,15 +85,22 @@ def _plain_batch_norm(x, gamma, beta, eps=1e-5):
     return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("center_scale", [False, True])
-def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, center_scale):
-    """The hand-written BN backward (first order) and its autodiff (second order, as
-    HAR's outer tape takes it) equal autodiff of the plain composition."""
+def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, center_scale, graph):
+    """The hand-written BN backward (first order) and its hand-written gradient (second
+    order, as HAR's outer tape takes it) equal autodiff of the plain composition.
+
+    The outer objective is a non-linear function of the inner gradient plus the loss
+    itself, so that the cotangent reaching the BN backward has a non-zero mean and a
+    component along y (a squared norm of dx would give neither), and the forward
+    path's own gradient is summed in."""
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(1.0, 2.0, size=(6, 3, 2, 4)))
     gamma = rng.normal(size=4) if center_scale else np.ones(4)
     beta = rng.normal(size=4) if center_scale else np.zeros(4)
     weights = tf.constant(rng.normal(size=(6, 3, 2, 4)))
+    outer_weights = tf.constant(rng.normal(size=(6, 3, 2, 4)))
     layer = BatchNormalization(center=center_scale, scale=center_scale, epsilon=1e-5)
     layer.build(x.shape)
     if center_scale:
@@ -101,15 +108,17 @@ def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, cente
         layer.beta.assign(beta)
 
     def second_order(fn):
-        # d/dx of the squared norm of d(loss)/dx, loss non-linear in the output.
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                loss = tf.reduce_sum(tf.sin(fn(x)) * weights)
-            g = inner.gradient(loss, x)
-            r = tf.reduce_sum(tf.square(g))
-        return g, outer.gradient(r, x)
+        def run(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = tf.reduce_sum(tf.sin(fn(x)) * weights)
+                g = inner.gradient(loss, x)
+                r = tf.reduce_sum(tf.sin(3.0 * g) * outer_weights) + loss
+            return g, outer.gradient(r, x)
+
+        return tf.function(run)(x) if graph else run(x)
 
     g_fast, h_fast = second_order(lambda t: layer(t, training=True))
     g_ref, h_ref = second_order(lambda t: _plain_batch_norm(t, gamma, beta))
