@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
-from har_tf.layers import BatchNormalization, ShortcutA, pre_affine_batch_norm
+from har_tf.layers import BatchNormalization, ReLU, ShortcutA, pre_affine_batch_norm
 
 # kaiming_normal_ as the authors call it: fan_in, gain sqrt(2), not truncated.
 _HE_NORMAL = {
@@ -38,13 +38,13 @@ def _basic_block(x, filters, strides, name, synchronized=False):
     shortcut = x
     y = _conv(x, filters, strides, f"{name}_conv1")
     y = pre_affine_batch_norm(y, name=f"{name}_bn1", synchronized=synchronized)
-    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = ReLU(name=f"{name}_relu1")(y)
     y = _conv(y, filters, 1, f"{name}_conv2")
     y = pre_affine_batch_norm(y, name=f"{name}_bn2", synchronized=synchronized)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = ShortcutA(filters, strides, name=f"{name}_shortcut")(x)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+    return ReLU(name=f"{name}_out")(y)
 
 
 def cifar_resnet(
@@ -108,7 +108,7 @@ def cifar_resnet(
     x = BatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name="stem_bn"
     )(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = ReLU(name="stem_relu")(x)
     for s, filters in enumerate(widths):
         for b in range(blocks_per_stage):
             strides = 2 if (s > 0 and b == 0) else 1

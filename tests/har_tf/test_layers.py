@@ -4,7 +4,13 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel, default_tap_layers
-from har_tf.layers import BatchNormalization, ChannelAffine, ShortcutA, pre_affine_batch_norm
+from har_tf.layers import (
+    BatchNormalization,
+    ChannelAffine,
+    ReLU,
+    ShortcutA,
+    pre_affine_batch_norm,
+)
 from har_tf.models import cifar_resnet
 
 
@@ -125,3 +131,46 @@ def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, cente
     np.testing.assert_allclose(g_fast, g_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h_fast, h_ref, rtol=1e-9, atol=1e-11)
     assert np.abs(h_ref).max() > 1e-3  # the second-order term is not trivially zero
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_relu_derivatives_equal_tensorflow_relu_to_second_order(float64, graph):
+    """har_tf's ReLU: the same value, gradient and second-order gradient as tf.nn.relu
+    (its lean second derivative drops only a zero), and an ERM-style single tape."""
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(4, 7)))
+    a = tf.constant(rng.normal(size=(4, 7)))
+    b = tf.constant(rng.normal(size=(4, 7)))
+    layer = ReLU()
+
+    def derivatives(relu):
+        def run(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    out = relu(tf.sin(2.0 * x) + a)
+                    loss = tf.reduce_sum(tf.sin(out) * b)
+                g = inner.gradient(loss, x)
+                r = tf.reduce_sum(tf.cos(3.0 * g) * a) + loss
+            with tf.GradientTape() as single:
+                single.watch(x)
+                plain = tf.reduce_sum(tf.sin(relu(tf.sin(2.0 * x) + a)) * b)
+            return out, g, outer.gradient(r, x), single.gradient(plain, x)
+
+        return tf.function(run)(x) if graph else run(x)
+
+    ours = derivatives(layer)
+    reference = derivatives(tf.nn.relu)
+    for got, want in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert np.mean(ours[0] == 0) > 0.2  # some units are off, so the mask matters
+    assert np.abs(ours[2]).max() > 1e-2
+
+
+def test_relu_variants_fall_back_to_keras():
+    x = tf.constant([[-2.0, -0.5, 0.5, 3.0, 8.0]])
+    for kwargs in ({"max_value": 6.0}, {"negative_slope": 0.1}, {"threshold": 1.0}):
+        np.testing.assert_allclose(ReLU(**kwargs)(x), keras.layers.ReLU(**kwargs)(x))
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ReLU()))
+    assert type(restored) is ReLU
