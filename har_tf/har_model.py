@@ -391,30 +391,41 @@ class HARModel(keras.Model):
             grads = inner.gradient(
                 inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            if loss_scale is not None:
-                grads = [regularizer.at_least_float32(g) for g in grads]
-                grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-            # Examples in the global batch (all replicas). ce is a mean over it, so
-            # each example's slice carries 1/global_batch whatever the split.
-            (global_batch,) = _sum_over_replicas(tf.cast(tf.shape(y_pred)[0], tf.float32))
-            if self.scale == "per_example":
-                grads = [g * tf.cast(global_batch, g.dtype) for g in grads]
-            r = regularizer.jacobian_penalty(
-                grads, aggregation=self.aggregation, epsilon=self.epsilon
-            )
-            tau_r = tf.cast(self._example_tau(y, tau), r.dtype) * r
-            # The mean over this replica's examples (0 for a replica left without any).
-            reg = tf.math.divide_no_nan(tf.reduce_sum(tau_r), tf.cast(tf.size(tau_r), r.dtype))
-            # This replica's share of lam * (mean of tau * R over the global batch).
-            reg_loss = lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
+            r, reg, reg_loss = self._penalty(grads, y, tau, lam, loss_scale)
             loss = tf.cast(ce, reg.dtype) + reg_loss
-        if self.weight_decay > 0.0:
-            loss = regularizer.at_least_float32(loss)
-            l2 = tf.add_n(
-                [tf.reduce_sum(tf.square(tf.cast(w, loss.dtype))) for w in self.trainable_weights]
-            )
-            loss = loss + scale_loss_for_distribution(0.5 * self.weight_decay * l2)
-        return y_pred, loss, ce, reg, r
+        return y_pred, self._with_weight_decay(loss), ce, reg, r
+
+    def _with_weight_decay(self, loss):
+        """loss + weight_decay / 2 * sum ||w||^2 (this replica's share)."""
+        if self.weight_decay == 0.0:
+            return loss
+        loss = regularizer.at_least_float32(loss)
+        l2 = tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(w, loss.dtype))) for w in self.trainable_weights]
+        )
+        return loss + scale_loss_for_distribution(0.5 * self.weight_decay * l2)
+
+    def _penalty(self, grads, y, tau, lam, loss_scale):
+        """(R [B], reg, this replica's lam * reg share) from the taps' loss gradients.
+
+        `grads` are gradients of the loss times `loss_scale` (None: unscaled).
+        """
+        if loss_scale is not None:
+            grads = [regularizer.at_least_float32(g) for g in grads]
+            grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+        example_tau = self._example_tau(y, tau)
+        # Examples in the global batch (all replicas). ce is a mean over it, so
+        # each example's slice carries 1/global_batch whatever the split.
+        (global_batch,) = _sum_over_replicas(tf.cast(tf.size(example_tau), tf.float32))
+        if self.scale == "per_example":
+            grads = [g * tf.cast(global_batch, g.dtype) for g in grads]
+        r = regularizer.jacobian_penalty(grads, aggregation=self.aggregation, epsilon=self.epsilon)
+        tau_r = tf.cast(example_tau, r.dtype) * r
+        # The mean over this replica's examples (0 for a replica left without any).
+        reg = tf.math.divide_no_nan(tf.reduce_sum(tau_r), tf.cast(tf.size(tau_r), r.dtype))
+        # This replica's share of lam * (mean of tau * R over the global batch).
+        reg_loss = lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
+        return r, reg, reg_loss
 
     def train_step(self, data):
         if self.jit_compile and _replicas() > 1:
