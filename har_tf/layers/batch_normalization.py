@@ -102,14 +102,15 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
             if record.should_record_backprop([dy]):
                 # A tape records this backward pass: make it one op whose own
                 # gradient is the closed-form second order.
-                dx = _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
-            else:
+                return _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
+            if _statically_zero(d_rstd):
                 dx, _, _ = _jacobian_product(dy, y, rstd, axes)
-            if not _statically_zero(d_rstd):
-                # Only the second-order rule sends a cotangent to rstd;
-                # d rstd / dx = -rstd^2 * y / N.
-                dx = dx - (d_rstd * tf.square(rstd) / n) * y
-            return dx
+                return dx
+            # Only the second-order rule sends a cotangent to rstd. Its share,
+            # d_rstd * d rstd / dx = -d_rstd * rstd^2 * y / N, joins J dy's y term.
+            m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
+            m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
+            return rstd * (dy - m1 - y * (m2 + d_rstd * rstd / n))
 
         return (y, rstd, mean, variance), backward
 
