@@ -156,7 +156,7 @@ def _differentiable_backward(dy, y, rstd, axes, epsilon):
             m_cy = tf.reduce_mean(c * y, axis=axes, keepdims=True)
             m_cdy = tf.reduce_mean(c * dy, axis=axes, keepdims=True)
             d_dy = rstd * (c - m_c - y * m_cy)
-            d_y = -(m2 * d_dy + m_cy * dx)
+            d_y = (-m2) * d_dy - m_cy * dx  # the signs on the per-channel factors
             d_rstd = n * (
                 m_cdy - m_c * m1 - m_cy * m2 + 2.0 * epsilon * tf.square(rstd) * m2 * m_cy
             )
