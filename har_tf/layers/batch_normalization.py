@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from tensorflow.python.eager import record  # should_record_backprop: no public equivalent
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -73,10 +72,10 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
       cotangent c): dy gets J c, and x gets
       -rstd * (q / N * y + M(dy y) * J c + M(c y) * dx), where q = c^T J dy.
 
-    The second-order rule is attached only when a tape records the backward pass
-    (double backprop), so that an ERM step keeps no extra tensors. It is exact for
-    second derivatives, all that HAR needs; third and higher derivatives are not
-    supported. tests/har_tf/test_layers.py checks both orders against autodiff of
+    The rule is attached to the backward op's inputs (dy, y, rstd), which any
+    backward pass keeps anyway, so an ERM step keeps no extra tensor. It is exact
+    for second derivatives, all that HAR needs; third and higher derivatives are
+    not supported. tests/har_tf/test_layers.py checks both orders against autodiff of
     the plain composition in float64.
 
     Returns:
@@ -99,13 +98,10 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
 
         def backward(dy, d_rstd, d_mean, d_variance):
             del d_mean, d_variance  # for the moving statistics only
-            if record.should_record_backprop([dy]):
-                # A tape records this backward pass: make it one op whose own
-                # gradient is the closed-form second order.
-                return _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
             if _statically_zero(d_rstd):
-                dx, _, _ = _jacobian_product(dy, y, rstd, axes)
-                return dx
+                # The first-order backward (ERM, or HAR's inner pass): one op whose
+                # own gradient, should a tape record it, is the second-order rule.
+                return _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
             # Only the second-order rule sends a cotangent to rstd. Its share,
             # d_rstd * d rstd / dx = -d_rstd * rstd^2 * y / N, joins J dy's y term.
             m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)

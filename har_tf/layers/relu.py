@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from tensorflow.python.eager import record  # should_record_backprop: no public equivalent
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -13,12 +12,12 @@ class ReLU(keras.layers.ReLU):
     piecewise constant in y. TensorFlow's gradient of `ReluGrad` nevertheless
     returns an explicit tensor of zeros for y; in HAR's outer pass that tensor is
     allocated for every ReLU, kept until the backward sweep through the forward
-    pass reaches it, and added to the real gradient. This layer's backward, when
-    a tape records it, is one op whose gradient is `ReluGrad(c, y)` for dy and
-    nothing for y. The values of all derivatives are unchanged (tested). Measured
-    on ResNet-32 at batch 128: HAR's peak step memory 984 -> 879 MB, step time
-    unchanged within noise (docs/PERFORMANCE.md). A plain forward/backward (ERM)
-    runs TensorFlow's own Relu and ReluGrad.
+    pass reaches it, and added to the real gradient. This layer's backward is one
+    op of dy whose gradient is `ReluGrad(c, y)` and nothing for y. The values of all
+    derivatives are unchanged (tested). Measured on ResNet-32 at batch 128: HAR's
+    peak step memory 984 -> 879 MB, step time unchanged within noise
+    (docs/PERFORMANCE.md). The forward and first-order backward run TensorFlow's
+    own Relu and ReluGrad.
 
     Only the plain ReLU (no `max_value`, `negative_slope` or `threshold`) takes
     that path; the others are Keras's.
@@ -40,16 +39,14 @@ def relu(x: tf.Tensor) -> tf.Tensor:
         y = tf.nn.relu(x)
 
         def backward(dy):
-            if record.should_record_backprop([dy]):
-                return _recorded_backward(dy, y)
-            return tf.raw_ops.ReluGrad(gradients=dy, features=y)
+            return _backward(dy, y)
 
         return y, backward
 
     return forward(x)
 
 
-def _recorded_backward(dy, y):
+def _backward(dy, y):
     """ReluGrad(dy, y) as an op of dy alone: its gradient ignores y's (zero) share."""
 
     @tf.custom_gradient
