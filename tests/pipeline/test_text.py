@@ -9,6 +9,8 @@ reference, and the served SavedModel against the Keras model fed the ids.
 from __future__ import annotations
 
 import collections
+import csv
+import dataclasses
 import os
 import re
 import subprocess
@@ -149,6 +151,32 @@ def test_csv_without_filter_reads_every_row(csv_data):
     assert n == len(csv_data.texts)
 
 
+def test_csv_named_labels_equal_the_integer_file(csv_data, tmp_path):
+    """The same rows with names in the label column read as the integer file does:
+    same texts, same labels, same splits. The names are not in sorted order, so a
+    mapping by sorted names would fail."""
+    names = ("pos", "neg")
+    path = tmp_path / "named.csv"
+    with open(csv_data.path, encoding="utf-8", newline="") as src:
+        rows = list(csv.reader(src))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0])
+        for text, label, source in rows[1:]:
+            writer.writerow([text, f" {names[int(label)]} ", source])
+    integer = csv_source(csv_data)
+    named = dataclasses.replace(integer, path=str(path), label_names=names)
+    for split in ("train", "test"):
+        n = integer.num_examples(split)
+        assert named.num_examples(split) == n
+        want_texts, want_labels = integer.read(split, 0, n)
+        got_texts, got_labels = named.read(split, 0, n)
+        assert got_texts == want_texts
+        np.testing.assert_array_equal(got_labels, want_labels)
+    assert named.split_info()["label_names"] == ["pos", "neg"]
+    assert "label_names" not in integer.split_info()
+
+
 def write(path, content: str | bytes) -> str:
     mode = "wb" if isinstance(content, bytes) else "w"
     with open(path, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
@@ -160,6 +188,12 @@ def write(path, content: str | bytes) -> str:
     "content, kwargs, match",
     [
         ("text,label\nok,0\nfine,zero\n", {}, r"bad\.csv:3: label 'zero'.*not an integer"),
+        (
+            "text,label\nok,neg\nfine,maybe\n",
+            {"label_names": ("neg", "pos")},
+            r"bad\.csv:3: label 'maybe'.*not one of label_names \['neg', 'pos'\]",
+        ),
+        ("text,label\nok,neg\n", {"label_names": ("neg", "neg")}, r"label_names repeats"),
         ("text,label\nok,0\nfine,1,extra\n", {}, r"bad\.csv:3: 3 fields, the header has 2"),
         ("body,label\nok,0\n", {}, r"no column 'text' \(config\.data\.csv\.text_column\)"),
         ("text,label\nok,0\n", {"filter_column": "src"}, r"no column 'src'.*filter_column"),
