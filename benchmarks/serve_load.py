@@ -1,14 +1,21 @@
-r"""Load test of pipeline.serve: concurrent clients on 127.0.0.1, single-image requests.
+r"""Load test of pipeline.serve: concurrent clients on 127.0.0.1, single-example requests.
 
 Starts `python -m pipeline.serve` in a child process (or uses --url), then
 --concurrency client threads, each on its own keep-alive connection, send
---requests POST :predict requests in all, each with one uint8 image in row format.
+--requests POST :predict requests in all, each with one example in row format: a
+uint8 image for an image model, a review string for a text model (the kind is
+read from the model's metadata).
 Prints one JSON object: p50 / p99 / max latency (ms), requests/s, error count.
 
-With no --model_base_path, an untrained network of configs/fashion_mnist_hetero.py
-(the default config's ResNet, 28x28x1) is exported to a temporary directory first.
+With no --model_base_path, an untrained network is exported to a temporary
+directory first: `--model image` (default) the ResNet of
+configs/fashion_mnist_hetero.py (28x28x1); `--model text` the paper's IMDB BiLSTM
+of configs/imdb_hetero.py (2 x 256 units, 256 tokens) with a vocabulary of
+--vocab_size generated words. Text requests are generated reviews of
+--review_words words (IMDB's train reviews average about 230).
 
   python benchmarks/serve_load.py
+  python benchmarks/serve_load.py --model text --requests 500 --concurrency 2
   python benchmarks/serve_load.py --requests 2000 --concurrency 4 \
       --model_base_path runs/quickstart/export/har
 """
@@ -34,10 +41,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def export_default_model(base: str) -> None:
+def words(n: int) -> list[str]:
+    """n distinct lowercase pseudo-words (what the vocabulary and the reviews use)."""
+    rng = np.random.default_rng(7)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    out: set[str] = set()
+    while len(out) < n:
+        out.add("".join(rng.choice(letters, size=int(rng.integers(2, 9)))))
+    return sorted(out)
+
+
+def export_default_model(base: str, kind: str, vocab_size: int) -> None:
     sys.path.insert(0, REPO)
+    from pipeline import export, modeling, text
+
+    if kind == "text":
+        from configs import imdb_hetero
+
+        config = imdb_hetero.get_config()
+        config.data.text.max_tokens = vocab_size + 2
+        layer = text.vectorizer(words(vocab_size), config.data.text.sequence_length)
+        export.export_saved_model(
+            modeling.build_backbone(config), os.path.join(base, "1"), vectorizer=layer
+        )
+        return
     from configs import fashion_mnist_hetero
-    from pipeline import export, modeling
 
     config = fashion_mnist_hetero.get_config()
     export.export_saved_model(
@@ -69,24 +97,35 @@ def start_server(base: str) -> tuple[subprocess.Popen, str]:
     return proc, m.group(1)
 
 
-def image_shape(url: str) -> tuple[int, ...]:
+def input_spec(url: str) -> tuple[str, tuple[int, ...]]:
+    """("image", image shape) or ("text", ()) from the served model's metadata."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     conn.request("GET", u.path + "/metadata")
     meta = json.loads(conn.getresponse().read())
     conn.close()
-    shape = meta["metadata"]["signature_def"]["serving_default"]["inputs"]["image"]["shape"]
-    return tuple(shape[1:])
+    inputs = meta["metadata"]["signature_def"]["serving_default"]["inputs"]
+    if "text" in inputs:
+        return "text", ()
+    return "image", tuple(inputs["image"]["shape"][1:])
 
 
-def load(url: str, *, requests: int, concurrency: int, shape, seed: int = 0) -> dict:
-    u = urllib.parse.urlsplit(url)
-    path = u.path + ":predict"
+def request_bodies(kind: str, shape, *, seed: int, vocab_size: int, review_words: int):
+    """16 request bodies, each with one example in row format."""
     rng = np.random.default_rng(seed)
-    bodies = [
+    if kind == "text":
+        vocab = np.array(words(vocab_size))
+        reviews = [" ".join(rng.choice(vocab, size=review_words)) for _ in range(16)]
+        return [json.dumps({"instances": [review]}).encode() for review in reviews]
+    return [
         json.dumps({"instances": rng.integers(0, 256, (1, *shape)).tolist()}).encode()
         for _ in range(16)
     ]
+
+
+def load(url: str, *, requests: int, concurrency: int, bodies) -> dict:
+    u = urllib.parse.urlsplit(url)
+    path = u.path + ":predict"
     lock = threading.Lock()
     next_index = [0]
     latencies = np.zeros(requests)
@@ -130,7 +169,6 @@ def load(url: str, *, requests: int, concurrency: int, shape, seed: int = 0) -> 
     return {
         "requests": requests,
         "concurrency": concurrency,
-        "image_shape": list(shape),
         "errors": errors[0],
         "wall_s": round(wall, 3),
         "requests_per_s": round(requests / wall, 1),
@@ -149,6 +187,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=50, help="requests before timing")
     parser.add_argument("--model_base_path", default="", help="export/<name> to serve")
     parser.add_argument("--url", default="", help="a running server's /v1/models/<name>")
+    parser.add_argument("--model", choices=("image", "text"), default="image")
+    parser.add_argument("--vocab_size", type=int, default=20_000, help="--model text")
+    parser.add_argument("--review_words", type=int, default=230, help="words per review")
     args = parser.parse_args()
     proc, tmp = None, None
     try:
@@ -158,11 +199,25 @@ def main():
             if not base:
                 tmp = tempfile.TemporaryDirectory()
                 base = os.path.join(tmp.name, "har")
-                export_default_model(base)
+                export_default_model(base, args.model, args.vocab_size)
             proc, url = start_server(base)
-        shape = image_shape(url)
-        load(url, requests=args.warmup, concurrency=args.concurrency, shape=shape, seed=1)
-        result = load(url, requests=args.requests, concurrency=args.concurrency, shape=shape)
+        kind, shape = input_spec(url)
+        bodies = {
+            seed: request_bodies(
+                kind, shape, seed=seed, vocab_size=args.vocab_size, review_words=args.review_words
+            )
+            for seed in (0, 1)
+        }
+        load(url, requests=args.warmup, concurrency=args.concurrency, bodies=bodies[1])
+        result = load(url, requests=args.requests, concurrency=args.concurrency, bodies=bodies[0])
+        result["input"] = (
+            {"kind": kind, "image_shape": list(shape)}
+            if kind == "image"
+            else {
+                "kind": kind,
+                "review_words": args.review_words,
+            }
+        )
         result["url"] = url
         result["cpu_count"] = os.cpu_count()
         print(json.dumps(result, indent=2))
