@@ -112,8 +112,9 @@ class HARModel(keras.Model):
         average over steps is unchanged; the other steps are ERM steps (one tape).
         The mean step costs about (HAR + (k - 1) ERM) / k; the peak memory is still
         that of a HAR step. docs/PERFORMANCE.md has its measured accuracy against
-        the exact objective. One device only (a ValueError under several replicas).
-        The logged `reg` averages the regularized steps only.
+        the exact objective. Under a multi-replica strategy the two kinds of step are
+        two traced train functions (see `make_train_function`; steps_per_execution
+        must be 1). The logged `reg` averages the regularized steps only.
       **kwargs: forwarded to `keras.Model`.
 
     Example:
@@ -193,6 +194,8 @@ class HARModel(keras.Model):
         if int(reg_every) != reg_every or reg_every < 1:
             raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
         self.reg_every = int(reg_every)
+        # reg_every > 1 under several replicas: the kind of step being traced.
+        object.__setattr__(self, "_alternating_step", None)
         self.num_classes = int(backbone.outputs[0].shape[-1])
 
         if tap_layers is None:
@@ -439,9 +442,14 @@ class HARModel(keras.Model):
         if self.reg_every == 1 or self.lam == 0.0:
             y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, self.lam)
             regularized = tf.constant(1.0)
+        elif self._alternating_step is not None:
+            # Several replicas: `make_train_function` picks this step's kind in Python
+            # (a cross-replica sum cannot sit inside tf.cond); traced once per kind.
+            lam = self.lam * self.reg_every if self._alternating_step else 0.0
+            y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, lam)
+            regularized = tf.constant(1.0 if self._alternating_step else 0.0)
+            reg = tf.zeros(()) if reg is None else reg
         else:
-            if _replicas() > 1:
-                raise ValueError("reg_every > 1 is supported on one device only")
             regularized = tf.cast(
                 tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32
             )
@@ -478,6 +486,42 @@ class HARModel(keras.Model):
             sample_weight=replica_weight * tf.cast(regularized, replica_weight.dtype),
         )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def make_train_function(self, force=False):
+        """Keras's train function; with reg_every > 1 on several replicas, two of them.
+
+        One device chooses each step's kind with tf.cond inside the step. Under a
+        multi-replica strategy the regularized step holds cross-replica sums, which
+        TensorFlow does not allow inside tf.cond, so two train functions are traced
+        (regularized with k * lam, and ERM) and each call runs the one that
+        `optimizer.iterations % reg_every` picks.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        if (
+            self.reg_every == 1
+            or self.lam == 0.0
+            or self.distribute_strategy.num_replicas_in_sync == 1
+        ):
+            return super().make_train_function(force=force)
+        if self.steps_per_execution != 1:
+            raise ValueError(
+                "reg_every > 1 under a multi-replica strategy needs steps_per_execution=1 "
+                f"(got {self.steps_per_execution}): each step's kind is chosen between calls"
+            )
+        functions = {}
+        for regularized in (True, False):
+            super().make_train_function(force=True)
+            functions[regularized] = self.train_function
+
+        def train_function(iterator):
+            regularized = int(self.optimizer.iterations.numpy()) % self.reg_every == 0
+            # Read by train_step when the chosen function traces (first call, retraces).
+            object.__setattr__(self, "_alternating_step", regularized)
+            return functions[regularized](iterator)
+
+        self.train_function = train_function
+        return train_function
 
     def _gradients(self, x, y, sample_weight, tau, lam):
         """(y_pred, loss, ce, reg, gradients of the weights) of one step's objective."""

@@ -56,7 +56,7 @@ def data():
     return x, y
 
 
-def build(*, synchronized_bn: bool, scale: str = "official") -> HARModel:
+def build(*, synchronized_bn: bool, scale: str = "official", reg_every: int = 1) -> HARModel:
     """The tiny residual HARModel of every scenario, compiled (build under a scope)."""
     keras.utils.set_random_seed(0)
     backbone = cifar_resnet(
@@ -66,7 +66,9 @@ def build(*, synchronized_bn: bool, scale: str = "official") -> HARModel:
         widths=(4, 8),
         synchronized_bn=synchronized_bn,
     )
-    model = HARModel(backbone, lam=LAM, tau=TAU, scale=scale, weight_decay=WEIGHT_DECAY)
+    model = HARModel(
+        backbone, lam=LAM, tau=TAU, scale=scale, weight_decay=WEIGHT_DECAY, reg_every=reg_every
+    )
     model.set_class_weights(CLASS_WEIGHTS)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -126,6 +128,15 @@ def mirrored(out_path: str) -> None:
                 model = build(synchronized_bn=sync, scale=scale)
             logs[f"{tag}_{scale}"] = train(model, x, y, initial)
             results[f"{tag}_{scale}"] = replica_values(model)
+    # reg_every=2 (steps 0 and 2 regularized with 2 lam, step 1 ERM): the two kinds
+    # of step are two train functions under replicas, tf.cond on one device.
+    ref = build(synchronized_bn=False, reg_every=2)
+    logs["single_every2"] = train(ref, x, y, initial)
+    results["single_every2"] = replica_values(ref)
+    with strategy.scope():
+        model = build(synchronized_bn=True, reg_every=2)
+    logs["sync_every2"] = train(model, x, y, initial)
+    results["sync_every2"] = replica_values(model)
     # XLA fails under MirroredStrategy in TF 2.21; HARModel refuses it with a clear error.
     with strategy.scope():
         model = build(synchronized_bn=True)

@@ -93,7 +93,7 @@ def mirrored_run(tmp_path_factory):
     results = {
         key: dict(zip(names, _weights(run, key, len(names)), strict=True))
         for key in ("initial", "single_official", "sync_official", "nosync_official")
-        + ("single_per_example", "sync_per_example")
+        + ("single_per_example", "sync_per_example", "single_every2", "sync_every2")
     }
     return results, json.loads(str(run["logs"])), str(run["jit_error"])
 
@@ -130,6 +130,27 @@ def test_mirrored_synchronized_bn_matches_one_device(mirrored_run, scale):
         first["ce"] + scenarios.LAM * first["reg"] + scenarios.WEIGHT_DECAY / 2 * l2,
         rtol=1e-5,
     )
+
+
+@pytest.mark.slow
+def test_mirrored_reg_every_matches_one_device(mirrored_run):
+    """reg_every=2 on two replicas: the same weights and logs as on one device, where
+    the kind of step is a tf.cond; and not those of the exact objective."""
+    results, logs, _ = mirrored_run
+    single, sync = results["single_every2"], results["sync_every2"]
+    for name, (ref,) in single.items():
+        for replica in sync[name]:
+            np.testing.assert_allclose(replica, ref, rtol=RTOL, atol=ATOL, err_msg=name)
+    for got, want in zip(logs["sync_every2"], logs["single_every2"], strict=True):
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+    # Step 0 is regularized with 2 lam: the same ce, a different loss than exact HAR's.
+    first, exact = logs["sync_every2"][0], logs["single_official"][0]
+    np.testing.assert_allclose(first["ce"], exact["ce"], rtol=1e-6)
+    np.testing.assert_allclose(first["reg"], exact["reg"], rtol=1e-5)
+    assert first["loss"] - exact["loss"] == pytest.approx(scenarios.LAM * first["reg"], rel=1e-4)
+    kernel = "stem_conv/kernel"
+    assert not np.allclose(single[kernel][0], results["single_official"][kernel][0], atol=1e-4)
 
 
 @pytest.mark.slow
