@@ -450,6 +450,15 @@ class HARModel(keras.Model):
             regularized = tf.constant(1.0 if self._alternating_step else 0.0)
             reg = tf.zeros(()) if reg is None else reg
         else:
+            if _replicas() > 1:
+                raise ValueError(
+                    "reg_every > 1 under a multi-replica strategy runs through Keras's fit "
+                    "/ train_on_batch, which trace one train function per kind of step "
+                    "(a cross-replica sum cannot sit inside tf.cond). A custom "
+                    "strategy.run(model.train_step) loop, such as the "
+                    "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, needs "
+                    "reg_every=1."
+                )
             regularized = tf.cast(
                 tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32
             )
@@ -518,7 +527,10 @@ class HARModel(keras.Model):
             regularized = int(self.optimizer.iterations.numpy()) % self.reg_every == 0
             # Read by train_step when the chosen function traces (first call, retraces).
             object.__setattr__(self, "_alternating_step", regularized)
-            return functions[regularized](iterator)
+            try:
+                return functions[regularized](iterator)
+            finally:
+                object.__setattr__(self, "_alternating_step", None)
 
         self.train_function = train_function
         return train_function

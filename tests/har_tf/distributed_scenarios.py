@@ -137,6 +137,12 @@ def mirrored(out_path: str) -> None:
         model = build(synchronized_bn=True, reg_every=2)
     logs["sync_every2"] = train(model, x, y, initial)
     results["sync_every2"] = replica_values(model)
+    # A custom strategy.run loop cannot alternate inside the step: a clear error.
+    try:
+        strategy.run(tf.function(model.train_step), args=((x[:GLOBAL_BATCH], y[:GLOBAL_BATCH]),))
+        loop_error = ""
+    except ValueError as e:
+        loop_error = str(e)
     # XLA fails under MirroredStrategy in TF 2.21; HARModel refuses it with a clear error.
     with strategy.scope():
         model = build(synchronized_bn=True)
@@ -148,7 +154,14 @@ def mirrored(out_path: str) -> None:
         jit_error = str(e)
     names = [w.path for w in ref.weights]
     arrays = {f"{key}/{i}": v for key, vals in results.items() for i, v in enumerate(vals)}
-    np.savez(out_path, names=np.array(names), logs=json.dumps(logs), jit_error=jit_error, **arrays)
+    np.savez(
+        out_path,
+        names=np.array(names),
+        logs=json.dumps(logs),
+        jit_error=jit_error,
+        loop_error=loop_error,
+        **arrays,
+    )
 
 
 def worker(index: int, ports: str, out_path: str) -> None:

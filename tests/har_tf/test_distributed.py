@@ -95,13 +95,13 @@ def mirrored_run(tmp_path_factory):
         for key in ("initial", "single_official", "sync_official", "nosync_official")
         + ("single_per_example", "sync_per_example", "single_every2", "sync_every2")
     }
-    return results, json.loads(str(run["logs"])), str(run["jit_error"])
+    return results, json.loads(str(run["logs"])), str(run["jit_error"]), str(run["loop_error"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", ["official", "per_example"])
 def test_mirrored_synchronized_bn_matches_one_device(mirrored_run, scale):
-    results, logs, _ = mirrored_run
+    results, logs, _, _ = mirrored_run
     single, sync = results[f"single_{scale}"], results[f"sync_{scale}"]
     initial = {k: v[0] for k, v in results["initial"].items()}
     _assert_moved(initial, {k: v[0] for k, v in single.items()})
@@ -136,7 +136,7 @@ def test_mirrored_synchronized_bn_matches_one_device(mirrored_run, scale):
 def test_mirrored_reg_every_matches_one_device(mirrored_run):
     """reg_every=2 on two replicas: the same weights and logs as on one device, where
     the kind of step is a tf.cond; and not those of the exact objective."""
-    results, logs, _ = mirrored_run
+    results, logs, _, _ = mirrored_run
     single, sync = results["single_every2"], results["sync_every2"]
     for name, (ref,) in single.items():
         for replica in sync[name]:
@@ -154,9 +154,15 @@ def test_mirrored_reg_every_matches_one_device(mirrored_run):
 
 
 @pytest.mark.slow
+def test_reg_every_in_a_custom_replica_loop_is_refused_clearly(mirrored_run):
+    _, _, _, loop_error = mirrored_run
+    assert "reg_every > 1 under a multi-replica strategy runs through Keras's fit" in loop_error
+
+
+@pytest.mark.slow
 def test_mirrored_without_synchronized_bn_differs_from_one_device(mirrored_run):
     """Why `synchronized_bn`: per-replica statistics change the training itself."""
-    results, logs, _ = mirrored_run
+    results, logs, _, _ = mirrored_run
     single, nosync = results["single_official"], results["nosync_official"]
     moving = [n for n in single if n.endswith("/moving_mean")]
     assert len(moving) == 5  # the stem's and the 4 tapped BNs'
@@ -175,7 +181,7 @@ def test_mirrored_without_synchronized_bn_differs_from_one_device(mirrored_run):
 @pytest.mark.slow
 def test_jit_compile_is_refused_under_mirrored_strategy(mirrored_run):
     """Training fails with a ValueError that says why, not a device error from XLA."""
-    _, _, jit_error = mirrored_run
+    _, _, jit_error, _ = mirrored_run
     assert "jit_compile=True fails under a multi-replica" in jit_error
 
 
