@@ -94,7 +94,6 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
         variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
         rstd = tf.math.rsqrt(variance + epsilon)
         y = centered * rstd
-        n = tf.cast(tf.size(x) // tf.size(rstd), x.dtype)
 
         def backward(dy, d_rstd, d_mean, d_variance):
             del d_mean, d_variance  # for the moving statistics only
@@ -104,9 +103,8 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
                 return _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
             # Only the second-order rule sends a cotangent to rstd. Its share,
             # d_rstd * d rstd / dx = -d_rstd * rstd^2 * y / N, joins J dy's y term.
-            m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
-            m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
-            return rstd * (dy - m1 - y * (m2 + d_rstd * rstd / n))
+            dx, _, _ = _jacobian_product(dy, y, rstd, axes, y_term=d_rstd * rstd / _count(y, rstd))
+            return dx
 
         return (y, rstd, mean, variance), backward
 
@@ -116,11 +114,21 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
     return y, mean, variance
 
 
-def _jacobian_product(dy, y, rstd, axes):
-    """(J dy, M(dy), M(dy y)): the BN backward rstd * (dy - M(dy) - y * M(dy y))."""
+def _count(t, rstd):
+    """N, the number of elements of `t` per channel."""
+    return tf.cast(tf.size(t) // tf.size(rstd), t.dtype)
+
+
+def _jacobian_product(dy, y, rstd, axes, y_term=None):
+    """(J dy, M(dy), M(dy y)): the BN backward rstd * (dy - M(dy) - y * M(dy y)).
+
+    `y_term` (per channel) is added to M(dy y) in the result: the share of a
+    cotangent of rstd, which moves x along y.
+    """
     m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
     m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
-    return rstd * (dy - m1 - y * m2), m1, m2
+    coefficient = m2 if y_term is None else m2 + y_term
+    return rstd * (dy - m1 - y * coefficient), m1, m2
 
 
 def _statically_zero(t) -> bool:
@@ -145,7 +153,7 @@ def _differentiable_backward(dy, y, rstd, axes, epsilon):
     @tf.custom_gradient
     def backward(dy, y, rstd):
         dx, m1, m2 = _jacobian_product(dy, y, rstd, axes)
-        n = tf.cast(tf.size(dy) // tf.size(rstd), dy.dtype)
+        n = _count(dy, rstd)
 
         def second_order(c):
             m_c = tf.reduce_mean(c, axis=axes, keepdims=True)
