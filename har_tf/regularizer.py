@@ -44,11 +44,24 @@ def jacobian_penalty(
       epsilon: added under each square root so that the gradient of R stays finite
         where a norm is exactly 0 (e.g. an example whose loss is saturated).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if not grads:
         raise ValueError("no gradients given: the model has no tapped activations")
-    sq = squared_norms(grads)
+    return penalty_from_squared_norms(
+        squared_norms(grads), aggregation=aggregation, epsilon=epsilon
+    )
+
+
+def penalty_from_squared_norms(
+    sq: Sequence[tf.Tensor], *, aggregation: str = "official", epsilon: float = 1e-20
+) -> tf.Tensor:
+    """R_i from each layer's per-example squared norms (`squared_norms`): a [B] tensor.
+
+    `jacobian_penalty(grads)` is `penalty_from_squared_norms(squared_norms(grads))`.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    if not sq:
+        raise ValueError("no squared norms given: the model has no tapped activations")
     if aggregation == "official":
         return tf.add_n([tf.sqrt(s + epsilon) for s in sq])
     return tf.sqrt(tf.add_n(sq) + epsilon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import keras
@@ -116,3 +117,18 @@ def cifar_resnet(
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer=_HE_NORMAL, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+_BLOCK_OUTPUT = re.compile(r"block\d+_out$")
+
+
+def block_output_layers(backbone: keras.Model) -> list[str]:
+    """Names of the residual blocks' output layers of a ResNet, in order.
+
+    These cut a ResNet into one segment per block (the stem and the head are joined
+    to the first and last block's segments): `har_tf.models.cifar_resnet`'s
+    `stage{s}_block{b}_out` and keras.applications ResNet50's `conv{s}_block{b}_out`.
+    The last block's output is left out (its segment would hold only the head).
+    """
+    names = [layer.name for layer in backbone.layers if _BLOCK_OUTPUT.search(layer.name)]
+    return names[:-1]

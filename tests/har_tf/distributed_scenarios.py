@@ -10,7 +10,8 @@ interpreter and writes what it measured to an .npz file for the test to compare:
 `mirrored` trains the same HARModel from the same weights on the same batches
 three ways: on one device (the reference), on two replicas (two logical CPUs)
 with synchronized BatchNorm, and on two replicas without; for both `scale`
-options. `worker` is one of two MultiWorkerMirroredStrategy workers.
+options; then variants (reg_every, checkpoint_layers) on two replicas. `worker`
+is one of two MultiWorkerMirroredStrategy workers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from har_tf import HARModel  # noqa: E402
-from har_tf.models import cifar_resnet  # noqa: E402
+from har_tf.models import block_output_layers, cifar_resnet  # noqa: E402
 
 PER_REPLICA_BATCH = 8
 REPLICAS = 2
@@ -56,7 +57,9 @@ def data():
     return x, y
 
 
-def build(*, synchronized_bn: bool, scale: str = "official", reg_every: int = 1) -> HARModel:
+def build(
+    *, synchronized_bn: bool, scale: str = "official", reg_every: int = 1, checkpoint=False
+) -> HARModel:
     """The tiny residual HARModel of every scenario, compiled (build under a scope)."""
     keras.utils.set_random_seed(0)
     backbone = cifar_resnet(
@@ -67,7 +70,13 @@ def build(*, synchronized_bn: bool, scale: str = "official", reg_every: int = 1)
         synchronized_bn=synchronized_bn,
     )
     model = HARModel(
-        backbone, lam=LAM, tau=TAU, scale=scale, weight_decay=WEIGHT_DECAY, reg_every=reg_every
+        backbone,
+        lam=LAM,
+        tau=TAU,
+        scale=scale,
+        weight_decay=WEIGHT_DECAY,
+        reg_every=reg_every,
+        checkpoint_layers=block_output_layers(backbone) if checkpoint else None,
     )
     model.set_class_weights(CLASS_WEIGHTS)
     model.compile(
@@ -143,6 +152,11 @@ def mirrored(out_path: str) -> None:
         loop_error = ""
     except ValueError as e:
         loop_error = str(e)
+    # The checkpointed step (segments recomputed) under replicas: exact HAR still.
+    with strategy.scope():
+        model = build(synchronized_bn=True, checkpoint=True)
+    logs["sync_ckpt"] = train(model, x, y, initial)
+    results["sync_ckpt"] = replica_values(model)
     # XLA fails under MirroredStrategy in TF 2.21; HARModel refuses it with a clear error.
     with strategy.scope():
         model = build(synchronized_bn=True)

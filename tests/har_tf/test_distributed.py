@@ -94,6 +94,7 @@ def mirrored_run(tmp_path_factory):
         key: dict(zip(names, _weights(run, key, len(names)), strict=True))
         for key in ("initial", "single_official", "sync_official", "nosync_official")
         + ("single_per_example", "sync_per_example", "single_every2", "sync_every2")
+        + ("sync_ckpt",)
     }
     return results, json.loads(str(run["logs"])), str(run["jit_error"]), str(run["loop_error"])
 
@@ -151,6 +152,20 @@ def test_mirrored_reg_every_matches_one_device(mirrored_run):
     assert first["loss"] - exact["loss"] == pytest.approx(scenarios.LAM * first["reg"], rel=1e-4)
     kernel = "stem_conv/kernel"
     assert not np.allclose(single[kernel][0], results["single_official"][kernel][0], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mirrored_checkpointed_step_matches_one_device(mirrored_run):
+    """checkpoint_layers on two replicas (segments recomputed, synchronized BN run
+    again in each recomputation) gives the exact HAR run of one device."""
+    results, logs, _, _ = mirrored_run
+    single, ckpt = results["single_official"], results["sync_ckpt"]
+    for name, (ref,) in single.items():
+        for replica in ckpt[name]:  # moving statistics updated once per step
+            np.testing.assert_allclose(replica, ref, rtol=RTOL, atol=ATOL, err_msg=name)
+    for got, want in zip(logs["sync_ckpt"], logs["single_official"], strict=True):
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.slow
