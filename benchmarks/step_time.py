@@ -37,15 +37,23 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from har_tf import HARModel  # noqa: E402
-from har_tf.models import cifar_resnet, imdb_bilstm, rnn_tap_layers  # noqa: E402
+from har_tf.models import (  # noqa: E402
+    block_output_layers,
+    cifar_resnet,
+    imdb_bilstm,
+    rnn_tap_layers,
+)
 
 KINDS = {"erm": (0.0, False), "unif": (10.0, False), "har": (10.0, True)}
+# --checkpoint adds "har_ckpt": HAR recomputing each residual block instead of keeping
+# it, HARModel(checkpoint_layers=block_output_layers(backbone)); same objective.
+OPTIONAL = {"har_every": (10.0, True), "har_ckpt": (10.0, True)}
 # --reg_every K adds "har_every": HAR regularized on every K-th step only (the opt-in
 # approximation, HARModel(reg_every=K)); its figure is the mean over K * steps.
 
 
 def build(kind: str, args) -> HARModel:
-    lam, per_class = KINDS["har" if kind == "har_every" else kind]
+    lam, per_class = {**KINDS, **OPTIONAL}[kind]
     reg_every = args.reg_every if kind == "har_every" else 1
     keras.utils.set_random_seed(0)
     if args.model == "bilstm":
@@ -62,12 +70,14 @@ def build(kind: str, args) -> HARModel:
         optimizer = keras.optimizers.Adam(1e-3)
     else:
         tau = np.linspace(0.05, 1.0, 10) if per_class else None
+        backbone = cifar_resnet(depth=args.depth)
         model = HARModel(
-            cifar_resnet(depth=args.depth),
+            backbone,
             lam=lam,
             tau=tau,
             weight_decay=1e-4,
             reg_every=reg_every,
+            checkpoint_layers=block_output_layers(backbone) if kind == "har_ckpt" else None,
         )
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     model.compile(
@@ -127,14 +137,19 @@ def main():
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no_memory", action="store_true", help="skip the memory children")
     parser.add_argument("--reg_every", type=int, default=1, help="K > 1: time har_every too")
-    parser.add_argument("--peak", choices=sorted(KINDS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--checkpoint", action="store_true", help="time har_ckpt too (HARModel checkpoint_layers)"
+    )
+    parser.add_argument("--peak", choices=sorted({**KINDS, **OPTIONAL}), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.checkpoint and args.model != "resnet32":
+        parser.error("--checkpoint cuts the ResNet at its blocks: use it with --model resnet32")
     if args.peak:
         peak(args.peak, args)
         return
 
     x, y = batch(args)
-    kinds = [*KINDS, "har_every"] if args.reg_every > 1 else list(KINDS)
+    kinds = list(KINDS) + ["har_every"] * (args.reg_every > 1) + ["har_ckpt"] * args.checkpoint
     models = {kind: build(kind, args) for kind in kinds}
     for model in models.values():  # trace, build, warm up
         time_steps(model, x, y, 2)
@@ -163,6 +178,14 @@ def main():
             if args.reg_every > 1
             else {}
         ),
+        **(
+            {
+                "har_ckpt_s": round(med["har_ckpt"], 4),
+                "ratio_ckpt": round(med["har_ckpt"] / med["erm"], 3),
+            }
+            if args.checkpoint
+            else {}
+        ),
         "model": args.model,
         "depth": args.depth,
         "batch": args.batch,
@@ -176,6 +199,12 @@ def main():
             har_peak_mb=round(har_mb, 1),
             peak_ratio=round(har_mb / erm_mb, 3) if erm_mb > 0 else None,
         )
+        if args.checkpoint:
+            ckpt_mb = peak_child("har_ckpt", args)
+            result.update(
+                har_ckpt_peak_mb=round(ckpt_mb, 1),
+                peak_ratio_ckpt=round(ckpt_mb / erm_mb, 3) if erm_mb > 0 else None,
+            )
     if args.json:
         print(json.dumps(result))
     else:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from har_tf import HARModel
-from har_tf.models import cifar_resnet, imdb_bilstm, rnn_tap_layers
+from har_tf.models import block_output_layers, cifar_resnet, imdb_bilstm, rnn_tap_layers
 from pipeline import stage
 from pipeline.stage import PipelineError
 
@@ -90,6 +90,12 @@ def build_har_model(
             "the replica count and BN moving statistics differ across replicas",
             strategy.num_replicas_in_sync,
         )
+    checkpoint = lam > 0 and bool(config.train.get("checkpoint_blocks", False))
+    if checkpoint and config.model.name != "resnet":
+        raise PipelineError(
+            "config.train.checkpoint_blocks recomputes residual blocks: it needs "
+            f"model.name 'resnet', not {config.model.name!r}"
+        )
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         backbone = build_backbone(config)
@@ -103,6 +109,7 @@ def build_har_model(
             scale=config.train.scale,
             weight_decay=section.weight_decay,
             reg_every=reg_every,
+            checkpoint_layers=block_output_layers(backbone) if checkpoint else None,
         )
 
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel
-from har_tf.models import block_output_layers, cifar_resnet
+from har_tf.models import block_output_layers, bn_tap_layers, cifar_resnet, resnet50
 from tests.har_tf import tiny_nets
 
 NUM_CLASSES = 4
@@ -198,3 +198,15 @@ def test_checkpointed_step_under_mixed_precision(policy):
     # and 0.7% (float16) of the largest entry.
     for g_ref, g in zip(a[3], b[3], strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=0, atol=4e-2 * np.abs(g_ref).max())
+
+
+def test_block_output_layers_cut_keras_applications_resnet50():
+    """Its 16 blocks' outputs are clean cuts (every segment has one input)."""
+    backbone = resnet50(num_classes=5, input_shape=(32, 32, 3))
+    cuts = block_output_layers(backbone)
+    assert len(cuts) == 15 and cuts[0] == "conv2_block1_out"
+    model = HARModel(backbone, lam=1.0, tap_layers=bn_tap_layers(backbone), checkpoint_layers=cuts)
+    segments = model._segments
+    assert len(segments.models) == 16
+    # Every tap in exactly one segment, in the segment that computes it.
+    assert sorted(t for taps in segments.taps for t in taps) == list(range(53))

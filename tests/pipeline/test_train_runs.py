@@ -1,4 +1,5 @@
-"""config.train.runs: what each run asks of the train stage (regularizer, reg_every)."""
+"""config.train.runs: what each run asks of the train stage (regularizer, reg_every,
+checkpoint_blocks)."""
 
 import pytest
 
@@ -19,6 +20,20 @@ def test_a_run_reg_every_reaches_the_model():
     config = fashion_mnist_hetero.get_config("smoke")
     model = modeling.build_har_model(config, config.train, lam=1.0, seed=0, reg_every=3)
     assert model.reg_every == 3
+
+
+def test_checkpoint_blocks_reaches_regularized_models_only():
+    config = fashion_mnist_hetero.get_config("smoke")
+    assert config.train.checkpoint_blocks is False
+    assert modeling.build_har_model(config, config.train, lam=1.0, seed=0).checkpoint_layers is None
+    config.train.checkpoint_blocks = True
+    har = modeling.build_har_model(config, config.train, lam=1.0, seed=0)
+    assert har.checkpoint_layers == ["stage1_block1_out", "stage2_block1_out"]
+    erm = modeling.build_har_model(config, config.train, lam=0.0, seed=0)
+    assert erm.checkpoint_layers is None  # an ERM step has nothing to recompute
+    config.model.name, config.data.modality = "bilstm", "text"
+    with pytest.raises(PipelineError, match="checkpoint_blocks recomputes residual blocks"):
+        modeling.build_har_model(config, config.train, lam=1.0, seed=0)
 
 
 @pytest.mark.parametrize(
