@@ -87,7 +87,8 @@ class Segments:
                     f"checkpoint_layers must cut {backbone.name} into segments that each "
                     f"depend on one tensor only; segment {k} (from {first} to "
                     f"{'the logits' if k == len(cuts) else repr(cuts[k])}) reads something "
-                    f"else too, e.g. a skip connection across a cut ({e})"
+                    "else too: a skip connection across a cut, or a Keras mask made "
+                    f"before it ({e})"
                 ) from e
             self.models.append(model)
         self.full = keras.Model(

@@ -12,7 +12,14 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel
-from har_tf.models import block_output_layers, bn_tap_layers, cifar_resnet, resnet50
+from har_tf.models import (
+    block_output_layers,
+    bn_tap_layers,
+    cifar_resnet,
+    imdb_bilstm,
+    resnet50,
+    rnn_tap_layers,
+)
 from tests.har_tf import tiny_nets
 
 NUM_CLASSES = 4
@@ -174,6 +181,10 @@ def test_bad_cuts_are_refused_with_the_reason():
         HARModel(backbone, lam=1.0, checkpoint_layers=[])
     with pytest.raises(ValueError, match="twice"):
         HARModel(backbone, lam=1.0, checkpoint_layers=["fc1", "fc1"])
+    # A masked sequence: bilstm2 reads the embedding's padding mask across the cut.
+    text = imdb_bilstm(vocab_size=50, sequence_length=6, units=4, embedding_dim=3)
+    with pytest.raises(ValueError, match="segment 1 .from 'bilstm1' to the logits.*mask"):
+        HARModel(text, lam=1.0, tap_layers=rnn_tap_layers(text), checkpoint_layers=["bilstm1"])
     # The ReLU before the skip is a true cut.
     relu = next(layer.name for layer in backbone.layers if layer.name.startswith("re_lu"))
     HARModel(backbone, lam=1.0, checkpoint_layers=[relu])
