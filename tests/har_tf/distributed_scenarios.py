@@ -198,25 +198,37 @@ def worker(index: int, ports: str, out_path: str) -> None:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).with_options(options)
+
+    def train_loop(model):
+        @tf.function
+        def step(batch):
+            return strategy.run(model.train_step, args=(batch,))
+
+        logs = []
+        for batch in strategy.experimental_distribute_dataset(ds):
+            per_replica = step(batch)
+            # Each replica's trackers hold its own examples' running means: average them.
+            logs.append(
+                {k: float(strategy.reduce("MEAN", v, axis=None)) for k, v in per_replica.items()}
+            )
+        return logs
+
     with strategy.scope():
         model = build(synchronized_bn=True)
         model.optimizer.build(model.trainable_variables)
     initial = model.get_weights()
-
-    @tf.function
-    def step(batch):
-        return strategy.run(model.train_step, args=(batch,))
-
-    logs = []
-    for batch in strategy.experimental_distribute_dataset(ds):
-        per_replica = step(batch)
-        # Each replica's trackers hold its own examples' running means: average them.
-        logs.append(
-            {k: float(strategy.reduce("MEAN", v, axis=None)) for k, v in per_replica.items()}
-        )
+    logs = train_loop(model)
     arrays = {f"initial/{i}": v for i, v in enumerate(initial)}
     arrays.update({f"final/{i}": v for i, v in enumerate(model.get_weights())})
-    np.savez(out_path, logs=json.dumps(logs), **arrays)
+    # The checkpointed step (checkpoint_layers) in the same loop, from the same weights.
+    with strategy.scope():
+        model = build(synchronized_bn=True, checkpoint=True)
+        model.optimizer.build(model.trainable_variables)
+    assert model.checkpoint_layers == ["stage1_block1_out"]
+    model.set_weights(initial)
+    logs_ckpt = train_loop(model)
+    arrays.update({f"final_ckpt/{i}": v for i, v in enumerate(model.get_weights())})
+    np.savez(out_path, logs=json.dumps(logs), logs_ckpt=json.dumps(logs_ckpt), **arrays)
     # A last collective, so that no worker exits (and takes the coordination
     # service down) while the other is still working.
     barrier = tf.function(lambda: strategy.run(lambda: tf.constant(1.0)))

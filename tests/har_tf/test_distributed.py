@@ -232,7 +232,6 @@ def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
     _wait_all([_start("worker", str(i), ports, paths[i]) for i in range(2)])
     workers = [_load(p) for p in paths]
     n = sum(1 for k in workers[0] if k.startswith("final/"))
-    finals = [_weights(w, "final", n) for w in workers]
     initial = _weights(workers[0], "initial", n)
 
     # The reference: one device, `fit`, from worker 0's initial weights.
@@ -243,17 +242,20 @@ def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
     expected = ref.get_weights()
 
     _assert_moved(dict(zip(names, initial, strict=True)), dict(zip(names, expected, strict=True)))
-    for name, a, b, want in zip(names, finals[0], finals[1], expected, strict=True):
-        # Both workers apply the same all-reduced updates: identical up to rounding
-        # (bitwise identical in practice).
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8, err_msg=name)
-        np.testing.assert_allclose(a, want, rtol=RTOL, atol=ATOL, err_msg=name)
-    for w in workers:
-        logs = json.loads(str(w["logs"]))
-        assert len(logs) == len(ref_logs) == scenarios.STEPS
-        for got, want in zip(logs, ref_logs, strict=True):
-            for key in ("loss", "ce", "reg"):
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+    # The exact step, then the checkpointed one (checkpoint_layers): the same run.
+    for tag in ("", "_ckpt"):
+        finals = [_weights(w, f"final{tag}", n) for w in workers]
+        for name, a, b, want in zip(names, finals[0], finals[1], expected, strict=True):
+            # Both workers apply the same all-reduced updates: identical up to rounding
+            # (bitwise identical in practice).
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8, err_msg=name)
+            np.testing.assert_allclose(a, want, rtol=RTOL, atol=ATOL, err_msg=name)
+        for w in workers:
+            logs = json.loads(str(w[f"logs{tag}"]))
+            assert len(logs) == len(ref_logs) == scenarios.STEPS
+            for got, want in zip(logs, ref_logs, strict=True):
+                for key in ("loss", "ce", "reg"):
+                    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
 
 
 def test_synchronized_bn_reaches_every_bn_and_survives_saving(tmp_path):
