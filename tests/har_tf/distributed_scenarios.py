@@ -11,7 +11,8 @@ interpreter and writes what it measured to an .npz file for the test to compare:
 three ways: on one device (the reference), on two replicas (two logical CPUs)
 with synchronized BatchNorm, and on two replicas without; for both `scale`
 options; then variants (reg_every, checkpoint_layers) on two replicas. `worker`
-is one of two MultiWorkerMirroredStrategy workers.
+is one of two MultiWorkerMirroredStrategy workers (the exact, then the checkpointed
+step).
 """
 
 from __future__ import annotations
