@@ -11,7 +11,13 @@ step's working memory (saved activations, the gradient graph's intermediates,
 gradients, variables). RSS cannot show this: the allocator keeps its pool.
 
   python benchmarks/step_time.py --json
+  python benchmarks/step_time.py --json --checkpoint --reg_every 4
   python benchmarks/step_time.py --rounds 5 --steps 5 --batch 64 --depth 20
+
+`--checkpoint` adds HAR with `checkpoint_layers` (recompute each block: the same
+objective), `--reg_every K` HAR regularized on every K-th step (an approximation),
+and both together the two combined; each also gets its peak memory, measured over a
+whole period of K steps.
   python benchmarks/step_time.py --model bilstm --batch 64 --rounds 3 --steps 2
 
 `--model bilstm`: the paper's IMDB network (2 x 256-unit BiLSTM, embedding 128,
@@ -47,14 +53,15 @@ from har_tf.models import (  # noqa: E402
 KINDS = {"erm": (0.0, False), "unif": (10.0, False), "har": (10.0, True)}
 # --checkpoint adds "har_ckpt": HAR recomputing each residual block instead of keeping
 # it, HARModel(checkpoint_layers=block_output_layers(backbone)); same objective.
-OPTIONAL = {"har_every": (10.0, True), "har_ckpt": (10.0, True)}
+# Both flags add "har_every_ckpt", the two combined.
+OPTIONAL = {kind: (10.0, True) for kind in ("har_every", "har_ckpt", "har_every_ckpt")}
 # --reg_every K adds "har_every": HAR regularized on every K-th step only (the opt-in
 # approximation, HARModel(reg_every=K)); its figure is the mean over K * steps.
 
 
 def build(kind: str, args) -> HARModel:
     lam, per_class = {**KINDS, **OPTIONAL}[kind]
-    reg_every = args.reg_every if kind == "har_every" else 1
+    reg_every = args.reg_every if kind.startswith("har_every") else 1
     keras.utils.set_random_seed(0)
     if args.model == "bilstm":
         backbone = imdb_bilstm(vocab_size=20_000, sequence_length=args.seq_len)
@@ -77,7 +84,7 @@ def build(kind: str, args) -> HARModel:
             tau=tau,
             weight_decay=1e-4,
             reg_every=reg_every,
-            checkpoint_layers=block_output_layers(backbone) if kind == "har_ckpt" else None,
+            checkpoint_layers=block_output_layers(backbone) if kind.endswith("ckpt") else None,
         )
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     model.compile(
@@ -110,6 +117,7 @@ def peak_child(kind: str, args) -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "--peak", kind]
     cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
     cmd += ["--model", args.model, "--seq_len", str(args.seq_len)]
+    cmd += ["--reg_every", str(args.reg_every)]
     env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return float(out.strip().splitlines()[-1])
@@ -120,9 +128,13 @@ def peak(kind: str, args) -> None:
 
     model = build(kind, args)
     x, y = batch(args)
-    model.train_on_batch(x, y)  # warm-up: tracing has its own one-off allocations
+    # har_every kinds: whole periods, so that the measured steps hold a regularized one.
+    steps = args.reg_every if kind.startswith("har_every") else 1
+    for _ in range(steps):  # warm-up: tracing has its own one-off allocations
+        model.train_on_batch(x, y)
     tf.config.experimental.reset_memory_stats("CPU:0")
-    model.train_on_batch(x, y)
+    for _ in range(steps):
+        model.train_on_batch(x, y)
     print(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
 
 
@@ -150,6 +162,7 @@ def main():
 
     x, y = batch(args)
     kinds = list(KINDS) + ["har_every"] * (args.reg_every > 1) + ["har_ckpt"] * args.checkpoint
+    kinds += ["har_every_ckpt"] * (args.reg_every > 1 and args.checkpoint)
     models = {kind: build(kind, args) for kind in kinds}
     for model in models.values():  # trace, build, warm up
         time_steps(model, x, y, 2)
@@ -157,7 +170,7 @@ def main():
     for _ in range(args.rounds):
         for kind, model in models.items():
             # A whole number of regularization periods for har_every.
-            steps = args.steps * (args.reg_every if kind == "har_every" else 1)
+            steps = args.steps * (args.reg_every if kind.startswith("har_every") else 1)
             times[kind].append(time_steps(model, x, y, steps))
     med = {kind: statistics.median(t) for kind, t in times.items()}
     result = {
@@ -186,6 +199,14 @@ def main():
             if args.checkpoint
             else {}
         ),
+        **(
+            {
+                "har_every_ckpt_s": round(med["har_every_ckpt"], 4),
+                "ratio_every_ckpt": round(med["har_every_ckpt"] / med["erm"], 3),
+            }
+            if args.checkpoint and args.reg_every > 1
+            else {}
+        ),
         "model": args.model,
         "depth": args.depth,
         "batch": args.batch,
@@ -199,11 +220,11 @@ def main():
             har_peak_mb=round(har_mb, 1),
             peak_ratio=round(har_mb / erm_mb, 3) if erm_mb > 0 else None,
         )
-        if args.checkpoint:
-            ckpt_mb = peak_child("har_ckpt", args)
-            result.update(
-                har_ckpt_peak_mb=round(ckpt_mb, 1),
-                peak_ratio_ckpt=round(ckpt_mb / erm_mb, 3) if erm_mb > 0 else None,
+        for kind in kinds[len(KINDS) :]:  # the opt-in kinds asked for
+            mb = peak_child(kind, args)
+            result[f"{kind}_peak_mb"] = round(mb, 1)
+            result[f"peak_ratio_{kind.removeprefix('har_')}"] = (
+                round(mb / erm_mb, 3) if erm_mb > 0 else None
             )
     if args.json:
         print(json.dumps(result))

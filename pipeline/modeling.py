@@ -99,6 +99,12 @@ def build_har_model(
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         backbone = build_backbone(config)
+        cuts = block_output_layers(backbone) if checkpoint else None
+        if checkpoint and not cuts:
+            raise PipelineError(
+                "config.train.checkpoint_blocks needs at least two residual blocks to cut "
+                "between; this model has one"
+            )
         return HARModel(
             backbone,
             lam=lam,
@@ -109,7 +115,7 @@ def build_har_model(
             scale=config.train.scale,
             weight_decay=section.weight_decay,
             reg_every=reg_every,
-            checkpoint_layers=block_output_layers(backbone) if checkpoint else None,
+            checkpoint_layers=cuts,
         )
 
 

@@ -31,6 +31,9 @@ def test_checkpoint_blocks_reaches_regularized_models_only():
     assert har.checkpoint_layers == ["stage1_block1_out", "stage2_block1_out"]
     erm = modeling.build_har_model(config, config.train, lam=0.0, seed=0)
     assert erm.checkpoint_layers is None  # an ERM step has nothing to recompute
+    config.model.widths = (4,)  # one stage of one block: nothing to cut between
+    with pytest.raises(PipelineError, match="at least two residual blocks"):
+        modeling.build_har_model(config, config.train, lam=1.0, seed=0)
     config.model.name, config.data.modality = "bilstm", "text"
     with pytest.raises(PipelineError, match="checkpoint_blocks recomputes residual blocks"):
         modeling.build_har_model(config, config.train, lam=1.0, seed=0)
