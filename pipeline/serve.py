@@ -17,7 +17,9 @@ The kind of model is read from its signature's input (name and dtype):
 - text models, input `text`: string [B] (raw UTF-8; standardization and vocabulary
   are inside the SavedModel). An instance is one JSON string, bare or as
   {"text": "..."}; "inputs" is the list of strings, bare or as {"text": [...]}.
-  Metadata reports the input as {"dtype": "string", "shape": [-1]}.
+  As in TF Serving, any string may instead be sent as {"b64": "<base64>"}; the
+  decoded bytes must be UTF-8 text. Metadata reports the input as
+  {"dtype": "string", "shape": [-1]}.
 
 Row requests get {"predictions": [{"probabilities": [...], "class_id": k}, ...]},
 columnar ones {"outputs": {"probabilities": [[...]], "class_id": [...]}}. Errors are
@@ -35,6 +37,8 @@ The HTTP layer is werkzeug's threaded WSGI server (one thread per connection).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -204,13 +208,22 @@ def _columns(value, name: str, *, what: str):
     return value
 
 
+def _is_b64(value) -> bool:
+    """Whether a JSON value is TF Serving's encoding of a binary string, {"b64": ...}."""
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
 def _rows(instances: list, name: str, *, bare: str) -> list:
-    """Row instances, all bare or all as {name: instance} (`bare`: what a bare one is)."""
-    if all(isinstance(i, dict) for i in instances):
+    """Row instances, all bare or all as {name: instance} (`bare`: what a bare one is).
+
+    {"b64": ...} is a bare value (an encoded string), not an object of named inputs.
+    """
+    named = [isinstance(i, dict) and not _is_b64(i) for i in instances]
+    if all(named):
         if any(set(i) != {name} for i in instances):
             raise ServingError(400, f"every instance must hold exactly the input {name!r}")
         return [i[name] for i in instances]
-    if any(isinstance(i, dict) for i in instances):
+    if any(named):
         raise ServingError(400, f"instances mix objects and bare {bare}")
     return instances
 
@@ -218,6 +231,12 @@ def _rows(instances: list, name: str, *, bare: str) -> list:
 def _images(value, servable: Servable, *, what: str) -> np.ndarray:
     """A validated uint8 batch [B, H, W, C] from a JSON value (nested lists)."""
     value = _columns(value, INPUT, what=what)
+    if _is_b64(value) or (isinstance(value, list) and any(_is_b64(v) for v in value)):
+        raise ServingError(
+            400,
+            f'{what}: {{"b64": ...}} encodes a string; {INPUT!r} is uint8 '
+            f"[B, {', '.join(map(str, servable.image_shape))}]: send integers 0..255",
+        )
     try:
         array = np.asarray(value)
     except ValueError as e:  # ragged nesting
@@ -251,6 +270,9 @@ def _texts(values, *, what: str) -> list[bytes]:
         raise ServingError(400, f"{what}: empty batch")
     batch = []
     for i, value in enumerate(values):
+        if _is_b64(value):
+            batch.append(_decoded_b64(value["b64"], what=f"{what}: text {i}"))
+            continue
         if not isinstance(value, str):
             got = "null" if value is None else type(value).__name__
             raise ServingError(
@@ -261,6 +283,22 @@ def _texts(values, *, what: str) -> list[bytes]:
         except UnicodeEncodeError as e:  # a lone surrogate escape, e.g. "\ud800"
             raise ServingError(400, f"{what}: text {i} is not valid Unicode ({e})") from None
     return batch
+
+
+def _decoded_b64(encoded, *, what: str) -> bytes:
+    """The bytes of a {"b64": encoded} text, which must be UTF-8 (what the model reads)."""
+    if not isinstance(encoded, str):
+        got = "null" if encoded is None else type(encoded).__name__
+        raise ServingError(400, f"{what}: 'b64' must hold a base64 string, got {got}")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ServingError(400, f"{what}: 'b64' is not valid base64 ({e})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ServingError(400, f"{what}: the 'b64' bytes are not UTF-8 text ({e})") from None
+    return data
 
 
 def _row_batch(instances, servable: Servable):

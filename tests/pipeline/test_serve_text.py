@@ -1,5 +1,6 @@
 """pipeline.serve over an exported TEXT model (input `text`: string [B]), on 127.0.0.1."""
 
+import base64
 import os
 
 import keras
@@ -15,6 +16,12 @@ SEQUENCE_LENGTH = 4
 NUM_CLASSES = 2
 TEXTS = ["good movie", "bad"]
 PREDICT = "/v1/models/reviews:predict"
+
+
+def b64(text: str | bytes) -> dict:
+    """TF Serving's JSON encoding of a binary string."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 def tiny_backbone() -> keras.Model:
@@ -58,8 +65,23 @@ def test_metadata_reports_the_string_input(server):
         {"instances": [{"text": t} for t in TEXTS]},
         {"inputs": TEXTS},
         {"inputs": {"text": TEXTS}},
+        {"instances": [b64(t) for t in TEXTS]},
+        {"instances": [{"text": b64(t)} for t in TEXTS]},
+        {"instances": [b64(TEXTS[0]), TEXTS[1]]},
+        {"inputs": [b64(t) for t in TEXTS]},
+        {"inputs": {"text": [b64(t) for t in TEXTS]}},
     ],
-    ids=["rows-bare", "rows-named", "columnar-bare", "columnar-named"],
+    ids=[
+        "rows-bare",
+        "rows-named",
+        "columnar-bare",
+        "columnar-named",
+        "rows-b64",
+        "rows-named-b64",
+        "rows-b64-and-string",
+        "columnar-b64",
+        "columnar-named-b64",
+    ],
 )
 def test_predictions_equal_the_keras_backbone(server, payload):
     ref = expected(server, TEXTS)
@@ -79,9 +101,12 @@ def test_predictions_equal_the_keras_backbone(server, payload):
 
 def test_long_unicode_and_empty_strings_are_served(server):
     texts = ["good " * 200_000 + "bad", "Ünïcödé 好 movie! <br />", ""]
-    status, body = call(server["server"], "POST", PREDICT, {"inputs": texts})
-    assert status == 200, body
-    np.testing.assert_allclose(body["outputs"]["probabilities"], expected(server, texts), atol=1e-6)
+    for inputs in (texts, [b64(t) for t in texts]):
+        status, body = call(server["server"], "POST", PREDICT, {"inputs": inputs})
+        assert status == 200, body
+        np.testing.assert_allclose(
+            body["outputs"]["probabilities"], expected(server, texts), atol=1e-6
+        )
 
 
 IMAGE = np.zeros((1, 6, 5, 1), int).tolist()
@@ -109,6 +134,11 @@ IMAGE = np.zeros((1, 6, 5, 1), int).tolist()
         ({"inputs": {"image": IMAGE}}, "expected the input 'text', got ['image']"),
         ({"instances": [{"image": IMAGE[0]}]}, "exactly the input 'text'"),
         ('{"instances": ["\\ud800"]}', "not valid Unicode"),
+        ({"instances": [{"b64": "not base64!"}]}, "text 0: 'b64' is not valid base64"),
+        ({"instances": [{"b64": "Zm9"}]}, "'b64' is not valid base64"),  # missing padding
+        ({"inputs": [b64("good"), b64(b"\xff\xfe")]}, "text 1: the 'b64' bytes are not UTF-8"),
+        ({"instances": [{"b64": 12}]}, "'b64' must hold a base64 string, got int"),
+        ({"instances": [{"b64": "Zm9v", "text": "x"}]}, "exactly the input 'text'"),
     ],
 )
 def test_bad_input_is_a_400_and_the_server_keeps_serving(server, body, message):
@@ -139,6 +169,8 @@ def image_server(tmp_path_factory):
         ({"instances": TEXTS}, "expected shape [-1, 6, 5, 1], got [2]"),
         ({"inputs": {"text": TEXTS}}, "expected the input 'image', got ['text']"),
         ({"instances": [{"text": t} for t in TEXTS]}, "exactly the input 'image'"),
+        ({"instances": [b64(t) for t in TEXTS]}, 'b64": ...} encodes a string'),
+        ({"inputs": {"image": b64("x")}}, "'image' is uint8 [B, 6, 5, 1]"),
     ],
 )
 def test_text_sent_to_an_image_model_is_a_400(image_server, body, message):
