@@ -1,5 +1,6 @@
-from har_tf.layers.batch_normalization import BatchNormalization, convert_batch_norms
+from har_tf.layers.batch_normalization import BatchNormalization
 from har_tf.layers.channel_affine import ChannelAffine, pre_affine_batch_norm
+from har_tf.layers.conversion import convert_batch_norms, convert_relus
 from har_tf.layers.relu import ReLU
 from har_tf.layers.shortcut_a import ShortcutA
 
@@ -9,5 +10,6 @@ __all__ = [
     "ReLU",
     "ShortcutA",
     "convert_batch_norms",
+    "convert_relus",
     "pre_affine_batch_norm",
 ]

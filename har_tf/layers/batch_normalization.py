@@ -169,20 +169,3 @@ def _differentiable_backward(dy, y, rstd, axes, epsilon):
         return dx, second_order
 
     return backward(dy, y, rstd)
-
-
-def convert_batch_norms(model: keras.Model) -> keras.Model:
-    """A copy of a functional/sequential model whose Keras BNs are `BatchNormalization`.
-
-    Use it on models not built with har_tf (e.g. `keras.applications`) before
-    wrapping them in `HARModel` with lam > 0. Weights are copied.
-    """
-
-    def clone(layer):
-        if type(layer) is keras.layers.BatchNormalization:
-            return BatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
-
-    converted = keras.models.clone_model(model, clone_function=clone)
-    converted.set_weights(model.get_weights())
-    return converted

@@ -4,8 +4,8 @@ The paper (Sec. 3.3) trains ResNet-50 (ablations on mini WebVision) and
 InceptionResNet-v2 (the comparison with other methods) on WebVision. Both builders
 return randomly initialized models (`weights=None`: nothing is downloaded) whose
 BatchNormalization layers are `har_tf.layers.BatchNormalization`, so that HAR's
-second derivatives are exact, and whose BN outputs are HAR's tapped tensors
-(`bn_tap_layers`).
+second derivatives are exact, whose ReLUs are `har_tf.layers.ReLU` (less memory
+under HAR), and whose BN outputs are HAR's tapped tensors (`bn_tap_layers`).
 
 What is tapped differs from the authors' CIFAR code, which regularizes the
 normalized, pre-affine x_hat of each BN. A keras.applications BN applies its affine
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import keras
 
-from har_tf.layers import convert_batch_norms
+from har_tf.layers.conversion import batch_norm_converter, convert, relu_converter
 
 
 def resnet50(
@@ -40,7 +40,8 @@ def resnet50(
 
     `keras.applications.ResNet50(weights=None, include_top=False, pooling=pooling)`
     followed by a Dense `logits` layer (no softmax), with every BN converted to
-    `har_tf.layers.BatchNormalization` (weights and layer names kept). Inputs are
+    `har_tf.layers.BatchNormalization` and every ReLU to `har_tf.layers.ReLU`
+    (weights and layer names kept). Inputs are
     images preprocessed by the caller (`keras.applications.resnet50.preprocess_input`:
     BGR, ImageNet mean subtracted); at least 32x32.
 
@@ -77,7 +78,8 @@ def inception_resnet_v2(
 
     `keras.applications.InceptionResNetV2(weights=None, include_top=False,
     pooling=pooling)` followed by a Dense `logits` layer, with every BN converted to
-    `har_tf.layers.BatchNormalization`. Inputs are images preprocessed by the caller
+    `har_tf.layers.BatchNormalization` and every ReLU to `har_tf.layers.ReLU`.
+    Inputs are images preprocessed by the caller
     (`keras.applications.inception_resnet_v2.preprocess_input`: scaled to [-1, 1]);
     at least 75x75.
 
@@ -123,4 +125,4 @@ def _check(num_classes: int, pooling: str) -> None:
 
 def _with_logits(base: keras.Model, num_classes: int, name: str) -> keras.Model:
     logits = keras.layers.Dense(num_classes, name="logits")(base.output)
-    return convert_batch_norms(keras.Model(base.input, logits, name=name))
+    return convert(keras.Model(base.input, logits, name=name), batch_norm_converter, relu_converter)

@@ -33,6 +33,12 @@ def _check_taps(model, expected):
     assert all(type(model.get_layer(name)) is layers.BatchNormalization for name in taps)
     assert not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers)
     assert model.get_layer("logits").activation is keras.activations.linear
+    # Every ReLU layer is har_tf's (no tensor of zeros in HAR's outer pass).
+    relus = [layer for layer in model.layers if type(layer) is layers.ReLU]
+    assert relus and not any(
+        type(layer) is keras.layers.Activation and layer.get_config()["activation"] == "relu"
+        for layer in model.layers
+    )
     return taps
 
 

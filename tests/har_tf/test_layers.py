@@ -9,6 +9,7 @@ from har_tf.layers import (
     ChannelAffine,
     ReLU,
     ShortcutA,
+    convert_relus,
     pre_affine_batch_norm,
 )
 from har_tf.models import cifar_resnet
@@ -174,3 +175,34 @@ def test_relu_variants_fall_back_to_keras():
         np.testing.assert_allclose(ReLU(**kwargs)(x), keras.layers.ReLU(**kwargs)(x))
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ReLU()))
     assert type(restored) is ReLU
+
+
+def test_convert_relus_swaps_plain_relus_only_and_keeps_every_value():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    h = keras.layers.Activation("relu", name="act")(keras.layers.Dense(8, name="d1")(inputs))
+    h = keras.layers.ReLU(name="plain")(keras.layers.Dense(8, name="d2")(h))
+    h = keras.layers.ReLU(max_value=6.0, name="capped")(h)
+    h = keras.layers.Dense(8, activation="relu", name="fused")(h)
+    h = keras.layers.Activation("tanh", name="tanh")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+    converted = convert_relus(model)
+    kinds = {layer.name: type(layer) for layer in converted.layers}
+    assert kinds["act"] is ReLU and kinds["plain"] is ReLU
+    assert kinds["capped"] is keras.layers.ReLU and kinds["tanh"] is keras.layers.Activation
+    assert converted.get_layer("fused").get_config()["activation"] == "relu"
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(5, 6)), tf.float32)
+
+    def derivatives(m):
+        """Output, weight gradients and the gradient of their squared norm (2nd order)."""
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                y = m(x)
+                loss = tf.reduce_sum(tf.sin(y))
+            grads = inner.gradient(loss, m.trainable_weights)
+            norm = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+        return [y, *grads, *outer.gradient(norm, m.trainable_weights)]
+
+    for got, want in zip(derivatives(converted), derivatives(model), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
