@@ -29,6 +29,11 @@ def unscale_loss_for_distribution(value):
     return value * n if n > 1 else value
 
 
+def _times(value, loss_scale):
+    """value * loss_scale (a scalar tensor, or None for no scaling), in value's dtype."""
+    return value if loss_scale is None else value * tf.cast(loss_scale, value.dtype)
+
+
 def _sum_over_replicas(*values):
     """Sums of tensors over the replicas in sync (inside `strategy.run`), else themselves."""
     ctx = tf.distribute.get_replica_context()
@@ -414,7 +419,7 @@ class HARModel(keras.Model):
                 # below) and underflow; differentiate the loss scaled as the outer step
                 # scales it, and unscale in at least float32 below.
                 loss_scale = self._loss_scale()
-                inner_ce = ce if loss_scale is None else ce * tf.cast(loss_scale, ce.dtype)
+                inner_ce = _times(ce, loss_scale)
             grads = inner.gradient(
                 inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
@@ -582,10 +587,11 @@ class HARModel(keras.Model):
             return self._checkpointed_gradients(x, y, sample_weight, tau, lam)
         with tf.GradientTape() as tape:
             y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau, lam=lam)
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+            scaled = self._scale_loss(loss)
         return y_pred, loss, ce, reg, tape.gradient(scaled, self.trainable_weights)
 
     def _scale_loss(self, value):
+        """`value` as the optimizer scales the loss (itself when not compiled)."""
         return self.optimizer.scale_loss(value) if self.optimizer is not None else value
 
     def _checkpointed_gradients(self, x, y, sample_weight, tau, lam):
@@ -628,7 +634,7 @@ class HARModel(keras.Model):
             ce = self._compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
-            return ce, ce if loss_scale is None else ce * tf.cast(loss_scale, ce.dtype)
+            return ce, _times(ce, loss_scale)
 
         before = [[tf.identity(v.value) for v in vs] for vs in segments.state]
         num_cuts = len(segments.models) - 1
@@ -727,12 +733,13 @@ class HARModel(keras.Model):
             if k > 0:
                 adjoint = grads[0] if partial[k] is None else grads[0] + partial[k]
 
-        # The weight decay's share, and the step's logged values.
+        # The step's loss; this tape sees only the weight decay's share (ce and reg
+        # were computed before it), which is what the passes above left out.
+        with tf.GradientTape() as tape:
+            loss = self._with_weight_decay(tf.cast(ce, reg.dtype) + reg_loss)
+            scaled = self._scale_loss(loss)
         if self.weight_decay:
-            with tf.GradientTape() as tape:
-                decay = self._scale_loss(self._with_weight_decay(tf.zeros((), tf.float32)))
-            accumulate(tape.gradient(decay, weights))
-        loss = self._with_weight_decay(tf.cast(ce, reg.dtype) + reg_loss)
+            accumulate(tape.gradient(scaled, weights))
         return y_pred, loss, ce, reg, gradients
 
     def test_step(self, data):
