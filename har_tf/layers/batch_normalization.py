@@ -1,9 +1,10 @@
 """BatchNormalization whose training-mode statistics are differentiable twice."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from har_tf.layers import fused
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -78,6 +79,13 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
     not supported. tests/har_tf/test_layers.py checks both orders against autodiff of
     the plain composition in float64.
 
+    On CPU, float32 statistics over all axes but the last (any channels-last BN)
+    run on TensorFlow's fused kernels (oneDNN): the forward is one
+    FusedBatchNormV3, and each J product (the backward, and J c in the second
+    order) one FusedBatchNormGradV3, in place of about seven elementwise ops and
+    reductions each. The formulas are the same; test_layers checks the fused path
+    against the float64 composition.
+
     Returns:
       (y, mean [C], variance [C]): `mean` and `variance` are for the moving
       statistics (Keras's biased variance) and carry no gradient.
@@ -89,15 +97,19 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
 
     @tf.custom_gradient
     def forward(x):
-        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
-        rstd = tf.math.rsqrt(variance + epsilon)
-        y = centered * rstd
+        if _fusable(x, axes):
+            y, mean, variance = fused.normalize(x, epsilon)
+            rstd = tf.math.rsqrt(variance + epsilon)
+        else:
+            mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+            centered = x - mean
+            variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
+            rstd = tf.math.rsqrt(variance + epsilon)
+            y = centered * rstd
 
         def backward(dy, d_rstd, d_mean, d_variance):
             del d_mean, d_variance  # for the moving statistics only
-            if _statically_zero(d_rstd):
+            if fused.statically_zero(d_rstd):
                 # The first-order backward (ERM, or HAR's inner pass): one op whose
                 # own gradient, should a tape record it, is the second-order rule.
                 return _differentiable_backward(dy, visible["y"], visible["rstd"], axes, epsilon)
@@ -114,6 +126,12 @@ def normalize(x: tf.Tensor, axes, epsilon: float):
     return y, mean, variance
 
 
+def _fusable(t, axes) -> bool:
+    """Whether the fused kernels compute this BN: statistics over all axes but the last."""
+    rank = t.shape.rank
+    return fused.fusable(t) and tuple(sorted(a % rank for a in axes)) == tuple(range(rank - 1))
+
+
 def _count(t, rstd):
     """N, the number of elements of `t` per channel."""
     return tf.cast(tf.size(t) // tf.size(rstd), t.dtype)
@@ -125,16 +143,13 @@ def _jacobian_product(dy, y, rstd, axes, y_term=None):
     `y_term` (per channel) is added to M(dy y) in the result: the share of a
     cotangent of rstd, which moves x along y.
     """
+    if _fusable(dy, axes):
+        dx, m1, m2 = fused.jacobian_product(dy, y, rstd)
+        return (dx if y_term is None else dx - (rstd * y_term) * y), m1, m2
     m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
     m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
     coefficient = m2 if y_term is None else m2 + y_term
     return rstd * (dy - m1 - y * coefficient), m1, m2
-
-
-def _statically_zero(t) -> bool:
-    """Whether `t` is known, when tracing, to be all zeros (an unused output's cotangent)."""
-    value = tf.get_static_value(t)
-    return value is not None and not np.any(value)
 
 
 def _differentiable_backward(dy, y, rstd, axes, epsilon):
@@ -156,10 +171,8 @@ def _differentiable_backward(dy, y, rstd, axes, epsilon):
         n = _count(dy, rstd)
 
         def second_order(c):
-            m_c = tf.reduce_mean(c, axis=axes, keepdims=True)
-            m_cy = tf.reduce_mean(c * y, axis=axes, keepdims=True)
+            d_dy, m_c, m_cy = _jacobian_product(c, y, rstd, axes)
             m_cdy = tf.reduce_mean(c * dy, axis=axes, keepdims=True)
-            d_dy = rstd * (c - m_c - y * m_cy)
             d_y = (-m2) * d_dy - m_cy * dx  # the signs on the per-channel factors
             d_rstd = n * (
                 m_cdy - m_c * m1 - m_cy * m2 + 2.0 * epsilon * tf.square(rstd) * m2 * m_cy

@@ -134,6 +134,63 @@ def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, cente
     assert np.abs(h_ref).max() > 1e-3  # the second-order term is not trivially zero
 
 
+def _plain_batch_norm_any_rank(x, gamma, beta, eps=1e-5):
+    axes = list(range(x.shape.rank - 1))
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta, mean, var
+
+
+@pytest.mark.parametrize("shape", [(40, 4), (6, 5, 4), (6, 3, 2, 4), (3, 2, 3, 2, 4)])
+def test_fused_batch_norm_path_matches_float64_composition(shape):
+    """float32 on CPU takes the fused kernels (FusedBatchNormV3 / FusedBatchNormGradV3)
+    for the forward and every J product; both orders of derivatives and the moving
+    statistics equal float64 autodiff of the plain composition to float32 round-off,
+    for every rank the reshape to 4-D handles. The inputs have a mean far from zero,
+    where a one-pass variance would lose digits."""
+    rng = np.random.default_rng(5)
+    x64 = rng.normal(3.0, 0.5, size=shape)
+    gamma, beta = rng.normal(size=shape[-1]), rng.normal(size=shape[-1])
+    weights, outer_weights = rng.normal(size=shape), rng.normal(size=shape)
+    layer = BatchNormalization(momentum=0.0, epsilon=1e-5)
+    layer.build(shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+
+    def second_order(fn, dtype):
+        w, ow = tf.constant(weights, dtype), tf.constant(outer_weights, dtype)
+
+        def run(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    y = fn(x)
+                    loss = tf.reduce_sum(tf.sin(y) * w)
+                g = inner.gradient(loss, x)
+                r = tf.reduce_sum(tf.sin(3.0 * g) * ow) + loss
+            return y, g, outer.gradient(r, x)
+
+        return tf.function(run), tf.constant(x64, dtype)
+
+    fast, x32 = second_order(lambda t: layer(t, training=True), tf.float32)
+    op_types = {op.type for op in fast.get_concrete_function(x32).graph.get_operations()}
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types
+    got = fast(x32)
+    plain, x_ref = second_order(lambda t: _plain_batch_norm_any_rank(t, gamma, beta)[0], tf.float64)
+    want = plain(x_ref)
+    for name, a, b in zip(("output", "gradient", "second order"), got, want, strict=True):
+        scale = np.abs(b.numpy()).max()
+        np.testing.assert_allclose(
+            a.numpy() / scale, b.numpy() / scale, rtol=0, atol=3e-5, err_msg=name
+        )
+    assert np.abs(want[2]).max() > 1e-3
+    _, mean, var = _plain_batch_norm_any_rank(x_ref, gamma, beta)
+    # momentum 0: the moving statistics are the last batch's (mean, biased variance).
+    np.testing.assert_allclose(layer.moving_mean.numpy(), np.ravel(mean), rtol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), np.ravel(var), rtol=1e-4)
+
+
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 def test_relu_derivatives_equal_tensorflow_relu_to_second_order(float64, graph):
     """har_tf's ReLU: the same value, gradient and second-order gradient as tf.nn.relu
