@@ -52,9 +52,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
             ops.cast(self.moving_variance, x.dtype) * self.momentum
             + variance * (1.0 - self.momentum)
         )
-        if self.scale:
+        if self.scale and self.center:
+            y = fused.affine(y, ops.cast(self.gamma, y.dtype), ops.cast(self.beta, y.dtype))
+        elif self.scale:
             y = y * ops.cast(self.gamma, y.dtype)
-        if self.center:
+        elif self.center:
             y = y + ops.cast(self.beta, y.dtype)
         return ops.cast(y, self.compute_dtype)
 

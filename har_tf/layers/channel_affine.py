@@ -2,6 +2,7 @@
 
 import keras
 
+from har_tf.layers import fused
 from har_tf.layers.batch_normalization import BatchNormalization
 
 
@@ -46,7 +47,7 @@ class ChannelAffine(keras.layers.Layer):
     def call(self, inputs):
         gamma = keras.ops.cast(self.gamma, inputs.dtype)
         beta = keras.ops.cast(self.beta, inputs.dtype)
-        return inputs * gamma + beta
+        return fused.affine(inputs, gamma, beta)
 
     def compute_output_shape(self, input_shape):
         return input_shape

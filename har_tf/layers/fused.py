@@ -106,3 +106,53 @@ def jacobian_product(dy, y, rstd):
     n = tf.cast(tf.size(dy) // tf.size(rstd), dy.dtype)
     stats_shape = tf.shape(rstd)
     return dx, tf.reshape(sum_dy, stats_shape) / n, tf.reshape(sum_dy_y, stats_shape) / n
+
+
+def affine(x, gamma, beta):
+    """gamma * x + beta per channel (last axis); fused where `fusable(x)`."""
+    if fusable(x) and gamma.dtype == x.dtype and beta.dtype == x.dtype:
+        return _fused_affine(x, gamma, beta)
+    return x * gamma + beta
+
+
+@tf.custom_gradient
+def _fused_affine(x, gamma, beta):
+    """gamma * x + beta per channel (last axis) by one inference-mode FusedBatchNormV3.
+
+    Differentiable twice: the backward is one kernel giving (gamma * da, sum(da x),
+    sum(da)), and that op's own gradient is written out below (HAR's outer tape).
+    """
+    channels = x.shape[-1]
+    out = tf.raw_ops.FusedBatchNormV3(
+        x=_as_4d(x),
+        scale=gamma,
+        offset=beta,
+        mean=tf.zeros([channels]),
+        variance=tf.ones([channels]),
+        epsilon=0.0,
+        is_training=False,
+    )
+
+    def backward(da):
+        return _affine_backward(da, x, gamma)
+
+    return tf.reshape(out.y, tf.shape(x)), backward
+
+
+@tf.custom_gradient
+def _affine_backward(da, x, gamma):
+    dx, d_gamma, d_beta = _grad(da, x, gamma, is_training=False)
+
+    def second_order(c_dx, c_gamma, c_beta):
+        # dx = gamma da, d_gamma = sum(da x), d_beta = sum(da): linear in da. The
+        # cotangent of dx reaches da as gamma c_dx and gamma as sum(c_dx da): one kernel.
+        d_da, d_gamma_2, _ = _grad(c_dx, da, gamma, is_training=False)
+        d_x = None
+        if not statically_zero(c_gamma):
+            d_da = d_da + x * c_gamma
+            d_x = da * c_gamma
+        if not statically_zero(c_beta):
+            d_da = d_da + c_beta
+        return d_da, d_x, d_gamma_2
+
+    return (dx, d_gamma, d_beta), second_order

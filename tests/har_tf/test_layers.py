@@ -192,6 +192,58 @@ def test_fused_batch_norm_path_matches_float64_composition(shape):
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("weight_grads_in_objective", [False, True])
+def test_fused_channel_affine_matches_float64_autodiff_to_second_order(
+    weight_grads_in_objective, graph
+):
+    """ChannelAffine in float32 on CPU is one fused kernel forward and backward, with a
+    hand-written second order. An outer objective of the inner gradients (of the
+    input only, as HAR's, or of gamma and beta too, which sends cotangents to every
+    output of the backward) gives the same derivatives as float64 autodiff of
+    x * gamma + beta."""
+    rng = np.random.default_rng(7)
+    shape = (6, 3, 2, 4)
+    x64, gamma, beta = rng.normal(size=shape), rng.normal(size=4), rng.normal(size=4)
+    weights, outer_weights, v = rng.normal(size=shape), rng.normal(size=shape), rng.normal(size=4)
+    layer = ChannelAffine()
+    layer.build(shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+
+    def derivatives(fn, dtype, params):
+        w, ow, vv = (tf.constant(a, dtype) for a in (weights, outer_weights, v))
+
+        def run(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = tf.reduce_sum(tf.sin(fn(x)) * w)
+                gx, g_gamma, g_beta = inner.gradient(loss, [x, *params])
+                r = tf.reduce_sum(tf.sin(3.0 * gx) * ow) + loss
+                if weight_grads_in_objective:
+                    r += tf.reduce_sum(tf.cos(g_gamma) * vv) + tf.reduce_sum(tf.square(g_beta))
+            return (gx, g_gamma, g_beta, *outer.gradient(r, [x, *params]))
+
+        return (tf.function(run) if graph else run), tf.constant(x64, dtype)
+
+    fast, x32 = derivatives(layer, tf.float32, [layer.gamma, layer.beta])
+    if graph:
+        graph_ops = fast.get_concrete_function(x32).graph.get_operations()
+        assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= {op.type for op in graph_ops}
+    got = fast(x32)
+    g64, b64 = tf.Variable(gamma), tf.Variable(beta)
+    plain, x_ref = derivatives(lambda t: t * g64 + b64, tf.float64, [g64, b64])
+    want = plain(x_ref)
+    names = ("dx", "dgamma", "dbeta", "d2 x", "d2 gamma", "d2 beta")
+    for name, a, b in zip(names, got, want, strict=True):
+        scale = np.abs(b.numpy()).max()
+        np.testing.assert_allclose(
+            a.numpy() / scale, b.numpy() / scale, rtol=0, atol=1e-5, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 def test_relu_derivatives_equal_tensorflow_relu_to_second_order(float64, graph):
     """har_tf's ReLU: the same value, gradient and second-order gradient as tf.nn.relu
     (its lean second derivative drops only a zero), and an ERM-style single tape."""
