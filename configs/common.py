@@ -258,8 +258,8 @@ def base_config():
     config.train.scale = "official"
     # True: regularized runs recompute each residual block instead of keeping its
     # tensors (HARModel checkpoint_layers; resnet only). The same objective; on
-    # ResNet-32 a step's peak memory 1.3x ERM's instead of 2.6x, its time 3.7x
-    # instead of 2.0x (docs/PERFORMANCE.md). For a GPU that the exact step does not
+    # ResNet-32 a step's peak memory 1.25x ERM's instead of 2.7x, its time 3.6x
+    # instead of 2.2x (docs/PERFORMANCE.md). For a GPU that the exact step does not
     # fit in.
     config.train.checkpoint_blocks = False
     # Runs to train; each is a fresh model. regularizer: "none" (ERM, lambda ignored

@@ -129,8 +129,8 @@ class HARModel(keras.Model):
         backward, once for its first-order backward), instead of keeping every
         tensor of the forward and inner backward passes. Each cut must separate the
         graph (no skip connection across it), else a ValueError says which segment
-        fails. On ResNet-32, batch 128 (docs/PERFORMANCE.md): peak step memory 1.3x
-        ERM's instead of 2.6x, step time 3.7x instead of 2.0x. Tested with
+        fails. On ResNet-32, batch 128 (docs/PERFORMANCE.md): peak step memory 1.25x
+        ERM's instead of 2.7x, step time 3.6x instead of 2.2x. Tested with
         MirroredStrategy and MultiWorkerMirroredStrategy, mixed precision, dropout
         (the same masks in every recomputation) and `reg_every` (one device); not
         for activity regularizers, which it refuses.
