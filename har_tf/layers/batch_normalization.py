@@ -146,8 +146,10 @@ def _jacobian_product(dy, y, rstd, axes, y_term=None):
     cotangent of rstd, which moves x along y.
     """
     if _fusable(dy, axes):
-        dx, m1, m2 = fused.jacobian_product(dy, y, rstd)
-        return (dx if y_term is None else dx - (rstd * y_term) * y), m1, m2
+        dx, sum_dy, sum_dy_y = fused.jacobian_product(dy, y, rstd)
+        n = _count(dy, rstd)
+        dx = dx if y_term is None else dx - (rstd * y_term) * y
+        return dx, sum_dy / n, sum_dy_y / n
     m1 = tf.reduce_mean(dy, axis=axes, keepdims=True)
     m2 = tf.reduce_mean(dy * y, axis=axes, keepdims=True)
     coefficient = m2 if y_term is None else m2 + y_term

@@ -85,11 +85,39 @@ def test_har_model_rejects_unknown_tap_layer_and_missing_taps():
         HARModel(backbone, lam=1.0, tau=[1.0, 2.0])
 
 
+def _moments(x):
+    """Per-channel (last axis) mean and biased variance, keepdims."""
+    axes = list(range(x.shape.rank - 1))
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    return mean, tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
+
+
 def _plain_batch_norm(x, gamma, beta, eps=1e-5):
     """Training-mode BN as a plain composition of ops (autodiff gives both orders)."""
-    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
-    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    mean, var = _moments(x)
     return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
+
+
+def _double_backprop(fn, x, weights, outer_weights, params=(), weight_term=None):
+    """Both orders of derivatives of `fn`, as HAR's two tapes take them.
+
+    Inner: loss = sum(sin(fn(x)) * weights), differentiated w.r.t. [x, *params].
+    Outer: sum(sin(3 dloss/dx) * outer_weights) + loss (+ `weight_term` of the
+    params' inner gradients), differentiated w.r.t. [x, *params]; the cotangent
+    reaching the backward then has a non-zero mean and a component along the output.
+    Returns (fn(x), inner gradients, outer gradients).
+    """
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(tf.sin(y) * weights)
+        grads = inner.gradient(loss, [x, *params])
+        r = tf.reduce_sum(tf.sin(3.0 * grads[0]) * outer_weights) + loss
+        if weight_term is not None:
+            r += weight_term(*grads[1:])
+    return y, grads, outer.gradient(r, [x, *params])
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
@@ -116,14 +144,8 @@ def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, cente
 
     def second_order(fn):
         def run(x):
-            with tf.GradientTape() as outer:
-                outer.watch(x)
-                with tf.GradientTape() as inner:
-                    inner.watch(x)
-                    loss = tf.reduce_sum(tf.sin(fn(x)) * weights)
-                g = inner.gradient(loss, x)
-                r = tf.reduce_sum(tf.sin(3.0 * g) * outer_weights) + loss
-            return g, outer.gradient(r, x)
+            _, (g,), (h,) = _double_backprop(fn, x, weights, outer_weights)
+            return g, h
 
         return tf.function(run)(x) if graph else run(x)
 
@@ -132,13 +154,6 @@ def test_batch_norm_closed_form_backward_is_exact_to_second_order(float64, cente
     np.testing.assert_allclose(g_fast, g_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h_fast, h_ref, rtol=1e-9, atol=1e-11)
     assert np.abs(h_ref).max() > 1e-3  # the second-order term is not trivially zero
-
-
-def _plain_batch_norm_any_rank(x, gamma, beta, eps=1e-5):
-    axes = list(range(x.shape.rank - 1))
-    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-    var = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta, mean, var
 
 
 @pytest.mark.parametrize("shape", [(40, 4), (6, 5, 4), (6, 3, 2, 4), (3, 2, 3, 2, 4)])
@@ -161,15 +176,8 @@ def test_fused_batch_norm_path_matches_float64_composition(shape):
         w, ow = tf.constant(weights, dtype), tf.constant(outer_weights, dtype)
 
         def run(x):
-            with tf.GradientTape() as outer:
-                outer.watch(x)
-                with tf.GradientTape() as inner:
-                    inner.watch(x)
-                    y = fn(x)
-                    loss = tf.reduce_sum(tf.sin(y) * w)
-                g = inner.gradient(loss, x)
-                r = tf.reduce_sum(tf.sin(3.0 * g) * ow) + loss
-            return y, g, outer.gradient(r, x)
+            y, (g,), (h,) = _double_backprop(fn, x, w, ow)
+            return y, g, h
 
         return tf.function(run), tf.constant(x64, dtype)
 
@@ -177,7 +185,7 @@ def test_fused_batch_norm_path_matches_float64_composition(shape):
     op_types = {op.type for op in fast.get_concrete_function(x32).graph.get_operations()}
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types
     got = fast(x32)
-    plain, x_ref = second_order(lambda t: _plain_batch_norm_any_rank(t, gamma, beta)[0], tf.float64)
+    plain, x_ref = second_order(lambda t: _plain_batch_norm(t, gamma, beta), tf.float64)
     want = plain(x_ref)
     for name, a, b in zip(("output", "gradient", "second order"), got, want, strict=True):
         scale = np.abs(b.numpy()).max()
@@ -185,7 +193,7 @@ def test_fused_batch_norm_path_matches_float64_composition(shape):
             a.numpy() / scale, b.numpy() / scale, rtol=0, atol=3e-5, err_msg=name
         )
     assert np.abs(want[2]).max() > 1e-3
-    _, mean, var = _plain_batch_norm_any_rank(x_ref, gamma, beta)
+    mean, var = _moments(x_ref)
     # momentum 0: the moving statistics are the last batch's (mean, biased variance).
     np.testing.assert_allclose(layer.moving_mean.numpy(), np.ravel(mean), rtol=1e-6)
     np.testing.assert_allclose(layer.moving_variance.numpy(), np.ravel(var), rtol=1e-4)
@@ -213,17 +221,13 @@ def test_fused_channel_affine_matches_float64_autodiff_to_second_order(
     def derivatives(fn, dtype, params):
         w, ow, vv = (tf.constant(a, dtype) for a in (weights, outer_weights, v))
 
+        def weight_term(g_gamma, g_beta):
+            return tf.reduce_sum(tf.cos(g_gamma) * vv) + tf.reduce_sum(tf.square(g_beta))
+
         def run(x):
-            with tf.GradientTape() as outer:
-                outer.watch(x)
-                with tf.GradientTape() as inner:
-                    inner.watch(x)
-                    loss = tf.reduce_sum(tf.sin(fn(x)) * w)
-                gx, g_gamma, g_beta = inner.gradient(loss, [x, *params])
-                r = tf.reduce_sum(tf.sin(3.0 * gx) * ow) + loss
-                if weight_grads_in_objective:
-                    r += tf.reduce_sum(tf.cos(g_gamma) * vv) + tf.reduce_sum(tf.square(g_beta))
-            return (gx, g_gamma, g_beta, *outer.gradient(r, [x, *params]))
+            term = weight_term if weight_grads_in_objective else None
+            _, first, second = _double_backprop(fn, x, w, ow, params, term)
+            return (*first, *second)
 
         return (tf.function(run) if graph else run), tf.constant(x64, dtype)
 
