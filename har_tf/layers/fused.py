@@ -18,8 +18,9 @@ import tensorflow as tf
 
 # The kernels below are called with mean 0 and a variance that makes
 # rsqrt(variance + epsilon) exactly 1 in float32, so that x_hat = x. epsilon is
-# cuDNN's smallest allowed (as tf.nn.fused_batch_norm uses), so that an inference
-# graph traced here (a SavedModel with ChannelAffine) also runs on a GPU.
+# cuDNN's smallest allowed (tf.nn.fused_batch_norm raises smaller ones to it): an
+# inference graph traced here (a SavedModel with ChannelAffine) then holds no
+# epsilon that a GPU kernel refuses. Not tested on a GPU (none here).
 _EPSILON = 1.001e-5
 _UNIT_VARIANCE = float(np.float32(1.0) - np.float32(_EPSILON))
 assert np.float32(_UNIT_VARIANCE) + np.float32(_EPSILON) == np.float32(1.0)

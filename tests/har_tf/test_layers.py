@@ -247,6 +247,37 @@ def test_fused_channel_affine_matches_float64_autodiff_to_second_order(
         )
 
 
+def test_fused_kernels_stay_off_when_a_gpu_is_visible(monkeypatch):
+    """With a GPU in the process the layers build the plain ops (the GPU kernels keep
+    other quantities in their reserve spaces), and give the same derivatives."""
+    shape = (6, 3, 2, 4)
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape), tf.float32)
+    weights, outer_weights = (tf.constant(rng.normal(size=shape), tf.float32) for _ in "ab")
+    layer = keras.Sequential([BatchNormalization(), ChannelAffine()])
+    layer.build(shape)
+
+    def traced():
+        fn = tf.function(
+            lambda t: _double_backprop(lambda u: layer(u, training=True), t, weights, outer_weights)
+        )
+        ops = {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
+        return ops, fn(x)
+
+    fused_ops, fused_values = traced()
+    real = tf.config.list_logical_devices
+    gpu = tf.config.LogicalDevice(name="/device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(
+        tf.config, "list_logical_devices", lambda kind=None: [gpu] if kind == "GPU" else real(kind)
+    )
+    plain_ops, plain_values = traced()
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= fused_ops
+    assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & plain_ops
+    for a, b in zip(tf.nest.flatten(fused_values), tf.nest.flatten(plain_values), strict=True):
+        scale = np.abs(b.numpy()).max()
+        np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, rtol=0, atol=3e-5)
+
+
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 def test_relu_derivatives_equal_tensorflow_relu_to_second_order(float64, graph):
     """har_tf's ReLU: the same value, gradient and second-order gradient as tf.nn.relu
