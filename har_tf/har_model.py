@@ -120,7 +120,9 @@ class HARModel(keras.Model):
         that of a HAR step. docs/PERFORMANCE.md has its measured accuracy against
         the exact objective. Under a multi-replica strategy the two kinds of step are
         two traced train functions (see `make_train_function`; steps_per_execution
-        must be 1). The logged `reg` averages the regularized steps only.
+        must be 1). A custom `strategy.run(model.train_step, ...)` loop picks each
+        step's kind itself: `train_step(data, regularized=...)`, a Python bool
+        (docs/DISTRIBUTED.md). The logged `reg` averages the regularized steps only.
       checkpoint_layers: an opt-in trade of time for memory, with the exact
         objective: names of layers whose outputs cut the backbone into segments
         (e.g. `har_tf.models.block_output_layers(backbone)`, one per residual
@@ -476,7 +478,28 @@ class HARModel(keras.Model):
         reg_loss = lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
         return r, reg, reg_loss
 
-    def train_step(self, data):
+    def train_step(self, data, regularized=None):
+        """One training step (Keras's hook), or one of a chosen kind.
+
+        `regularized` (a Python bool, only with reg_every > 1) makes this a
+        regularized step with reg_every * lam (True) or an ERM step (False), for a
+        custom `strategy.run` loop, which cannot leave the choice to the step: under
+        several replicas it would be a tf.cond around cross-replica sums. Such a
+        loop traces one function per kind and passes the kind that
+        `optimizer.iterations % reg_every == 0` gives. None (what `fit` passes): the
+        kind follows from the step count.
+        """
+        if regularized is not None:
+            if not isinstance(regularized, bool):
+                raise ValueError(
+                    "train_step(regularized=...) takes a Python bool (each kind of step "
+                    f"is traced on its own), got {type(regularized).__name__}"
+                )
+            if self.reg_every == 1 and not regularized:
+                raise ValueError(
+                    "train_step(regularized=False) asks for an ERM step, but reg_every=1 "
+                    "regularizes every step; set reg_every > 1 or leave regularized=None"
+                )
         if self.jit_compile and _replicas() > 1:
             raise ValueError(
                 "jit_compile=True fails under a multi-replica tf.distribute strategy in "
@@ -485,25 +508,28 @@ class HARModel(keras.Model):
                 "tf.distribute) or False; see docs/DISTRIBUTED.md."
             )
         x, y, sample_weight, tau = self._unpack(data)
+        kind = self._alternating_step if regularized is None else regularized
         if self.reg_every == 1 or self.lam == 0.0:
             y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, self.lam)
             regularized = tf.constant(1.0)
-        elif self._alternating_step is not None:
-            # Several replicas: `make_train_function` picks this step's kind in Python
-            # (a cross-replica sum cannot sit inside tf.cond); traced once per kind.
-            lam = self.lam * self.reg_every if self._alternating_step else 0.0
+        elif kind is not None:
+            # This step's kind is chosen in Python, by `make_train_function` under
+            # several replicas (a cross-replica sum cannot sit inside tf.cond) or by
+            # the caller; traced once per kind.
+            lam = self.lam * self.reg_every if kind else 0.0
             y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, lam)
-            regularized = tf.constant(1.0 if self._alternating_step else 0.0)
+            regularized = tf.constant(1.0 if kind else 0.0)
             reg = tf.zeros(()) if reg is None else reg
         else:
             if _replicas() > 1:
                 raise ValueError(
-                    "reg_every > 1 under a multi-replica strategy runs through Keras's fit "
-                    "/ train_on_batch, which trace one train function per kind of step "
-                    "(a cross-replica sum cannot sit inside tf.cond). A custom "
+                    "reg_every > 1 under a multi-replica strategy needs each step's kind "
+                    "chosen outside the step (a cross-replica sum cannot sit inside "
+                    "tf.cond). Keras's fit / train_on_batch do that. A custom "
                     "strategy.run(model.train_step) loop, such as the "
-                    "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, needs "
-                    "reg_every=1."
+                    "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, passes "
+                    "train_step(data, regularized=optimizer.iterations % reg_every == 0) "
+                    "as a Python bool, from a function traced once per kind."
                 )
             regularized = tf.cast(
                 tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32

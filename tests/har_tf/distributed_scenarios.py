@@ -11,8 +11,8 @@ interpreter and writes what it measured to an .npz file for the test to compare:
 three ways: on one device (the reference), on two replicas (two logical CPUs)
 with synchronized BatchNorm, and on two replicas without; for both `scale`
 options; then variants (reg_every, checkpoint_layers) on two replicas. `worker`
-is one of two MultiWorkerMirroredStrategy workers (the exact, then the checkpointed
-step).
+is one of two MultiWorkerMirroredStrategy workers (the exact step, the checkpointed
+step, and reg_every=2 with the kind of step picked by the loop).
 """
 
 from __future__ import annotations
@@ -202,34 +202,39 @@ def worker(index: int, ports: str, out_path: str) -> None:
 
     def train_loop(model):
         @tf.function
-        def step(batch):
-            return strategy.run(model.train_step, args=(batch,))
+        def step(batch, regularized):
+            # `regularized` is a Python bool or None: one trace per kind of step.
+            return strategy.run(
+                model.train_step, args=(batch,), kwargs={"regularized": regularized}
+            )
 
         logs = []
         for batch in strategy.experimental_distribute_dataset(ds):
-            per_replica = step(batch)
+            regularized = None
+            if model.reg_every > 1:
+                regularized = bool(model.optimizer.iterations.numpy() % model.reg_every == 0)
+            per_replica = step(batch, regularized)
             # Each replica's trackers hold its own examples' running means: average them.
             logs.append(
                 {k: float(strategy.reduce("MEAN", v, axis=None)) for k, v in per_replica.items()}
             )
         return logs
 
-    with strategy.scope():
-        model = build(synchronized_bn=True)
-        model.optimizer.build(model.trainable_variables)
-    initial = model.get_weights()
-    logs = train_loop(model)
-    arrays = {f"initial/{i}": v for i, v in enumerate(initial)}
-    arrays.update({f"final/{i}": v for i, v in enumerate(model.get_weights())})
-    # The checkpointed step (checkpoint_layers) in the same loop, from the same weights.
-    with strategy.scope():
-        model = build(synchronized_bn=True, checkpoint=True)
-        model.optimizer.build(model.trainable_variables)
-    assert model.checkpoint_layers == ["stage1_block1_out"]
-    model.set_weights(initial)
-    logs_ckpt = train_loop(model)
-    arrays.update({f"final_ckpt/{i}": v for i, v in enumerate(model.get_weights())})
-    np.savez(out_path, logs=json.dumps(logs), logs_ckpt=json.dumps(logs_ckpt), **arrays)
+    initial, logs, arrays = None, {}, {}
+    # The exact step; the checkpointed step (checkpoint_layers); reg_every=2, each
+    # step's kind picked by the loop. The same loop, from the same weights.
+    for tag, kwargs in (("", {}), ("_ckpt", {"checkpoint": True}), ("_every2", {"reg_every": 2})):
+        with strategy.scope():
+            model = build(synchronized_bn=True, **kwargs)
+            model.optimizer.build(model.trainable_variables)
+        if initial is None:
+            initial = model.get_weights()
+            arrays.update({f"initial/{i}": v for i, v in enumerate(initial)})
+        model.set_weights(initial)
+        logs[f"logs{tag}"] = json.dumps(train_loop(model))
+        arrays.update({f"final{tag}/{i}": v for i, v in enumerate(model.get_weights())})
+    assert model.reg_every == 2
+    np.savez(out_path, **logs, **arrays)
     # A last collective, so that no worker exits (and takes the coordination
     # service down) while the other is still working.
     barrier = tf.function(lambda: strategy.run(lambda: tf.constant(1.0)))

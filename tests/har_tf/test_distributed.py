@@ -169,9 +169,11 @@ def test_mirrored_checkpointed_step_matches_one_device(mirrored_run):
 
 
 @pytest.mark.slow
-def test_reg_every_in_a_custom_replica_loop_is_refused_clearly(mirrored_run):
+def test_reg_every_in_a_custom_replica_loop_needs_the_kind_of_step(mirrored_run):
+    """Without `regularized` a replica loop's step cannot pick its kind: a clear error."""
     _, _, _, loop_error = mirrored_run
-    assert "reg_every > 1 under a multi-replica strategy runs through Keras's fit" in loop_error
+    assert "reg_every > 1 under a multi-replica strategy needs each step's kind" in loop_error
+    assert "regularized=" in loop_error
 
 
 @pytest.mark.slow
@@ -234,16 +236,24 @@ def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
     n = sum(1 for k in workers[0] if k.startswith("final/"))
     initial = _weights(workers[0], "initial", n)
 
-    # The reference: one device, `fit`, from worker 0's initial weights.
+    # The references: one device, `fit`, from worker 0's initial weights; exact HAR
+    # and reg_every=2 (where `fit` picks each step's kind).
     x, y = scenarios.data()
     ref = scenarios.build(synchronized_bn=False)
     names = [w.path for w in ref.weights]
     ref_logs = scenarios.train(ref, x, y, initial)
     expected = ref.get_weights()
+    ref_every2 = scenarios.build(synchronized_bn=False, reg_every=2)
+    references = {
+        "": (ref_logs, expected),
+        "_ckpt": (ref_logs, expected),  # checkpoint_layers: the same objective
+        "_every2": (scenarios.train(ref_every2, x, y, initial), ref_every2.get_weights()),
+    }
 
     _assert_moved(dict(zip(names, initial, strict=True)), dict(zip(names, expected, strict=True)))
-    # The exact step, then the checkpointed one (checkpoint_layers): the same run.
-    for tag in ("", "_ckpt"):
+    kernel = names.index("stem_conv/kernel")
+    assert not np.allclose(references["_every2"][1][kernel], expected[kernel], atol=1e-4)
+    for tag, (ref_logs, expected) in references.items():
         finals = [_weights(w, f"final{tag}", n) for w in workers]
         for name, a, b, want in zip(names, finals[0], finals[1], expected, strict=True):
             # Both workers apply the same all-reduced updates: identical up to rounding

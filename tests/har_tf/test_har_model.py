@@ -180,6 +180,27 @@ def test_reg_every_k_is_har_with_k_lambda_on_every_kth_step_and_erm_between():
     assert logs["reg"][0] == pytest.approx(np.mean(regs), rel=1e-5)
 
 
+def test_train_step_runs_the_kind_of_step_its_caller_picks():
+    """train_step(data, regularized=...) (custom loops): True is a HAR step with
+    reg_every * lam, False an ERM step, whatever the step count says."""
+    x, y = _data(n=16)
+    model = _sgd_model(lam=1.5, reg_every=2)
+    har, erm = _sgd_model(lam=3.0), _sgd_model(lam=0.0)
+    weights = model.get_weights()
+    # Step 0 would be regularized by the count: ERM first, then HAR (count says ERM).
+    for regularized, ref in ((False, erm), (True, har)):
+        tf.function(model.train_step)((x, y), regularized=regularized)
+        ref.set_weights(weights)
+        ref.train_on_batch(x, y)
+        weights = ref.get_weights()
+        for got, want in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="Python bool"):
+        model.train_step((x, y), regularized=tf.constant(True))
+    with pytest.raises(ValueError, match="reg_every=1"):
+        _sgd_model(lam=1.0).train_step((x, y), regularized=False)
+
+
 def test_reg_every_is_saved_and_checked(tmp_path):
     model = _sgd_model(lam=1.0, reg_every=3)
     assert model.get_config()["reg_every"] == 3
