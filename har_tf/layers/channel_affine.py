@@ -14,7 +14,8 @@ class ChannelAffine(keras.layers.Layer):
     pair computes exactly what one BatchNormalization layer computes, but the
     normalized, pre-affine tensor `x_hat` is a layer output of its own. That is the
     tensor the authors' HAR code regularizes (their BN is split the same way), and a
-    layer output is something `HARModel` can tap by name.
+    layer output is something `HARModel` can tap by name. On CPU in float32 it runs
+    as one fused kernel forward and one backward (`har_tf.layers.fused.affine`).
 
     Args:
       gamma_initializer: initializer of the scale (default ones).
