@@ -504,8 +504,10 @@ class HARModel(keras.Model):
             raise ValueError(
                 "jit_compile=True fails under a multi-replica tf.distribute strategy in "
                 "TensorFlow 2.21 (the XLA step reads a variable of one replica from another "
-                "replica's device). Compile with jit_compile='auto' (XLA off under "
-                "tf.distribute) or False; see docs/DISTRIBUTED.md."
+                "replica's device), and compiling only the gradient computation fails too "
+                "(it holds cross-replica sums, which a nested tf.function may not). "
+                "Compile with jit_compile='auto' (XLA off under tf.distribute) or False; "
+                "see docs/DISTRIBUTED.md."
             )
         x, y, sample_weight, tau = self._unpack(data)
         kind = self._alternating_step if regularized is None else regularized
