@@ -37,7 +37,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return ops.squeeze(mean, axis=axes), variance
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None or self.synchronized:
+        if not (training and self.trainable):
+            if mask is None and not self.renorm and _fusable(inputs, self._reduction_axes):
+                return self._fused_inference(inputs)
+            return super().call(inputs, training=training, mask=mask)
+        if mask is not None or self.synchronized:
             return super().call(inputs, training=training, mask=mask)
         if self.renorm:
             return super().call(inputs, training=training, mask=mask)
@@ -59,6 +63,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
         elif self.center:
             y = y + ops.cast(self.beta, y.dtype)
         return ops.cast(y, self.compute_dtype)
+
+    def _fused_inference(self, inputs):
+        """Keras's inference-mode arithmetic, x * scale + (beta - mean * scale) with
+        scale = gamma * rsqrt(moving_variance + epsilon), as one fused kernel."""
+        scale = tf.math.rsqrt(self.moving_variance + self.epsilon)
+        if self.scale:
+            scale = scale * self.gamma
+        offset = -self.moving_mean * scale
+        if self.center:
+            offset = offset + self.beta
+        return fused.affine(inputs, scale, offset)
 
 
 def normalize(x: tf.Tensor, axes, epsilon: float):

@@ -247,6 +247,41 @@ def test_fused_channel_affine_matches_float64_autodiff_to_second_order(
         )
 
 
+@pytest.mark.parametrize("center_scale", [False, True])
+@pytest.mark.parametrize("shape", [(7, 4), (6, 3, 2, 4)])
+def test_inference_batch_norm_is_one_fused_kernel_with_keras_values(shape, center_scale):
+    """Inference mode (moving statistics) on CPU float32: one fused kernel, Keras's
+    outputs, and both orders of derivatives (HAR's R in inference mode) equal
+    float64 autodiff of the plain formula."""
+    rng = np.random.default_rng(13)
+    channels = shape[-1]
+    gamma, beta = rng.normal(size=channels), rng.normal(size=channels)
+    mean, var = rng.normal(size=channels), rng.uniform(0.5, 2.0, size=channels)
+    weights, outer_weights = rng.normal(size=shape), rng.normal(size=shape)
+    ours = BatchNormalization(center=center_scale, scale=center_scale)
+    keras_bn = keras.layers.BatchNormalization(center=center_scale, scale=center_scale)
+    for layer in (ours, keras_bn):
+        layer.build(shape)
+        layer.set_weights(([gamma, beta] if center_scale else []) + [mean, var])
+    x64 = rng.normal(1.0, 2.0, size=shape)
+    x32 = tf.constant(x64, tf.float32)
+    np.testing.assert_allclose(ours(x32), keras_bn(x32), rtol=1e-5, atol=1e-5)
+
+    def derivatives(fn, dtype):
+        w, ow = tf.constant(weights, dtype), tf.constant(outer_weights, dtype)
+        return tf.function(lambda t: _double_backprop(fn, t, w, ow))
+
+    fast = derivatives(lambda t: ours(t, training=False), tf.float32)
+    graph_ops = fast.get_concrete_function(x32).graph.get_operations()
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= {op.type for op in graph_ops}
+    g, b = (gamma, beta) if center_scale else (1.0, 0.0)
+    plain = derivatives(lambda t: (t - mean) / np.sqrt(var + 1e-3) * g + b, tf.float64)
+    got, want = tf.nest.flatten(fast(x32)), tf.nest.flatten(plain(tf.constant(x64)))
+    for a, b in zip(got, want, strict=True):
+        scale = np.abs(b.numpy()).max()
+        np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, rtol=0, atol=1e-5)
+
+
 def test_fused_kernels_stay_off_when_a_gpu_is_visible(monkeypatch):
     """With a GPU in the process the layers build the plain ops (the GPU kernels keep
     other quantities in their reserve spaces), and give the same derivatives."""
