@@ -20,10 +20,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
     relative error against finite differences on a two-BN network, and a non-zero
     gradient for a bias feeding a BN, which cannot affect the loss).
 
-    This subclass computes the mean and the (biased) variance with plain ops, so
-    both orders are exact; everything else, including saving, moving statistics and
-    `synchronized=True` (whose cross-replica path has no stop_gradient), is Keras's.
-    Inputs with a mask fall back to Keras's computation.
+    This subclass computes the mean and the (biased) variance without that
+    stop_gradient, with hand-written derivatives of both orders (`normalize`);
+    saving, moving statistics and `synchronized=True` (whose cross-replica path has
+    no stop_gradient) are Keras's. On CPU in float32 the training-mode pass and the
+    inference-mode arithmetic (Keras's, from the moving statistics) run on fused
+    kernels (`har_tf.layers.fused`). Inputs with a mask fall back to Keras's
+    computation.
 
     Args: those of `keras.layers.BatchNormalization`.
     """
