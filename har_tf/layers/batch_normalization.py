@@ -44,9 +44,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             if mask is None and not self.renorm and _fusable(inputs, self._reduction_axes):
                 return self._fused_inference(inputs)
             return super().call(inputs, training=training, mask=mask)
-        if mask is not None or self.synchronized:
-            return super().call(inputs, training=training, mask=mask)
-        if self.renorm:
+        if mask is not None or self.synchronized or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         # Training mode on one device: the same statistics and outputs as Keras's
         # path, with a hand-written backward pass (see `normalize`).
