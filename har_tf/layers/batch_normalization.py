@@ -57,13 +57,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
             ops.cast(self.moving_variance, x.dtype) * self.momentum
             + variance * (1.0 - self.momentum)
         )
-        if self.scale and self.center:
-            y = fused.affine(y, ops.cast(self.gamma, y.dtype), ops.cast(self.beta, y.dtype))
-        elif self.scale:
-            y = y * ops.cast(self.gamma, y.dtype)
-        elif self.center:
-            y = y + ops.cast(self.beta, y.dtype)
-        return ops.cast(y, self.compute_dtype)
+        return ops.cast(self._affine(y), self.compute_dtype)
+
+    def _affine(self, y):
+        """y * gamma + beta along the layer's channel axis (each where present)."""
+        gamma = ops.cast(self.gamma, y.dtype) if self.scale else None
+        beta = ops.cast(self.beta, y.dtype) if self.center else None
+        channels_last = self.axis % y.shape.rank == y.shape.rank - 1
+        if channels_last and self.scale and self.center:
+            return fused.affine(y, gamma, beta)
+        # Per-channel factors broadcast along `axis` (for axis=1: [1, C, 1, ...]).
+        shape = [1] * y.shape.rank
+        shape[self.axis] = -1
+        if self.scale:
+            y = y * ops.reshape(gamma, shape)
+        if self.center:
+            y = y + ops.reshape(beta, shape)
+        return y
 
     def _fused_inference(self, inputs):
         """Keras's inference-mode arithmetic, x * scale + (beta - mean * scale) with

@@ -282,6 +282,66 @@ def test_inference_batch_norm_is_one_fused_kernel_with_keras_values(shape, cente
         np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["mask", "renorm", "channels_first"])
+def test_batch_norm_off_the_fused_path_gives_keras_values(case):
+    """Masked inputs and renorm fall back to Keras's computation, and a channel axis
+    other than the last to the plain ops: in both modes the outputs and the updated
+    moving statistics are Keras's."""
+    rng = np.random.default_rng(17)
+    # Axis 1 as long as the last: a per-channel factor broadcast along the wrong axis
+    # runs without an error.
+    shape = (6, 4, 4)
+    kwargs = {"renorm": {"renorm": True}, "channels_first": {"axis": 1}}.get(case, {})
+    ours, keras_bn = BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    for layer in (ours, keras_bn):
+        layer.build(shape)
+    # Positive values for every weight (moving variances, renorm's stddev among them).
+    keras_bn.set_weights([rng.uniform(0.5, 2.0, size=w.shape) for w in keras_bn.get_weights()])
+    ours.set_weights(keras_bn.get_weights())
+    mask = tf.constant(rng.random(shape[:-1]) > 0.3) if case == "mask" else None
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape), tf.float32)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            ours(x, training=training, mask=mask),
+            keras_bn(x, training=training, mask=mask),
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=f"training={training}",
+        )
+    for a, b in zip(ours.get_weights(), keras_bn.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    if case == "mask":  # the mask matters: without it the statistics differ
+        assert not np.allclose(ours(x, training=True), keras_bn(x, training=True, mask=mask))
+
+
+def test_masked_batch_norm_is_exact_to_second_order(float64):
+    """With a mask the statistics come from Keras's masked moments, which carry no
+    stop_gradient: both orders equal autodiff of the plain masked composition."""
+    rng = np.random.default_rng(19)
+    shape = (6, 5, 4)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape))
+    mask = tf.constant(rng.random(shape[:-1]) > 0.3)
+    weights, outer_weights = (tf.constant(rng.normal(size=shape)) for _ in "ab")
+    layer = BatchNormalization(center=False, scale=False, epsilon=1e-5)
+    layer.build(shape)
+
+    def plain(t):
+        w = tf.cast(mask, t.dtype)[..., None]
+        count = tf.reduce_sum(w, axis=[0, 1], keepdims=True)
+        mean = tf.reduce_sum(t * w, axis=[0, 1], keepdims=True) / count
+        var = tf.reduce_sum(tf.square(t - mean) * w, axis=[0, 1], keepdims=True) / count
+        return (t - mean) * tf.math.rsqrt(var + 1e-5)
+
+    _, (g_ours,), (h_ours,) = _double_backprop(
+        lambda t: layer(t, training=True, mask=mask), x, weights, outer_weights
+    )
+    _, (g_ref,), (h_ref,) = _double_backprop(plain, x, weights, outer_weights)
+    # Keras adds 1e-7 to the masked count: a relative change of about 1e-8 here.
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(h_ours, h_ref, rtol=1e-6, atol=1e-9)
+    assert np.abs(h_ref).max() > 1e-3
+
+
 def test_fused_kernels_stay_off_when_a_gpu_is_visible(monkeypatch):
     """With a GPU in the process the layers build the plain ops (the GPU kernels keep
     other quantities in their reserve spaces), and give the same derivatives."""
