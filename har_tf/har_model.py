@@ -278,11 +278,7 @@ class HARModel(keras.Model):
             else Segments(backbone, self.checkpoint_layers, self.tap_layers),
         )
 
-        if tau is None:
-            tau = np.ones(self.num_classes)
-        tau = np.asarray(tau, dtype=np.float32)
-        if tau.shape != (self.num_classes,):
-            raise ValueError(f"tau must have {self.num_classes} entries, got shape {tau.shape}")
+        tau = self._tau_table(np.ones(self.num_classes) if tau is None else tau)
         self.tau = self.add_weight(
             name="tau",
             shape=(self.num_classes,),
@@ -304,10 +300,20 @@ class HARModel(keras.Model):
 
     def set_tau(self, tau: Sequence[float]) -> None:
         """Replaces the per-class tau table (no retracing needed)."""
+        self.tau.assign(self._tau_table(tau))
+
+    def _tau_table(self, tau):
+        """`tau` as a float32 [C] array, refusing a wrong shape, NaN, inf or tau < 0."""
         tau = np.asarray(tau, dtype=np.float32)
         if tau.shape != (self.num_classes,):
             raise ValueError(f"tau must have {self.num_classes} entries, got shape {tau.shape}")
-        self.tau.assign(tau)
+        bad = np.flatnonzero(~np.isfinite(tau) | (tau < 0))
+        if bad.size:
+            raise ValueError(
+                f"tau must be finite and >= 0 (a negative tau rewards large gradients); "
+                f"class {int(bad[0])} has {tau[bad[0]]}"
+            )
+        return tau
 
     def call(self, inputs, training=None):
         return self.backbone(inputs, training=training)

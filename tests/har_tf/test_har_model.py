@@ -137,6 +137,14 @@ def test_set_tau_changes_the_objective_without_recompiling():
     assert reg_before > 0
     with pytest.raises(ValueError, match="3 entries"):
         model.set_tau([1.0])
+    # NaN (the authors' code gives it to everyone when a class is empty), inf and
+    # negative values are refused, and the table is left as it was.
+    for bad in ([1.0, np.nan, 1.0], [np.inf, 1.0, 1.0], [1.0, 1.0, -0.5]):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            model.set_tau(bad)
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            HARModel(tiny_nets.tiny_backbone(), lam=1.0, tau=bad)
+    np.testing.assert_array_equal(model.tau.numpy(), [0.0, 0.0, 0.0])
 
 
 def test_invalid_options_are_rejected():
