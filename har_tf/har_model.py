@@ -517,16 +517,18 @@ class HARModel(keras.Model):
             )
         x, y, sample_weight, tau = self._unpack(data)
         kind = self._alternating_step if regularized is None else regularized
+        # reg_weight: 1 on a regularized step, 0 on an ERM step (the weight of this
+        # step's `reg` in the logged mean).
         if self.reg_every == 1 or self.lam == 0.0:
             y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, self.lam)
-            regularized = tf.constant(1.0)
+            reg_weight = tf.constant(1.0)
         elif kind is not None:
             # This step's kind is chosen in Python, by `make_train_function` under
             # several replicas (a cross-replica sum cannot sit inside tf.cond) or by
             # the caller; traced once per kind.
             lam = self.lam * self.reg_every if kind else 0.0
             y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, lam)
-            regularized = tf.constant(1.0 if kind else 0.0)
+            reg_weight = tf.constant(1.0 if kind else 0.0)
             reg = tf.zeros(()) if reg is None else reg
         else:
             if _replicas() > 1:
@@ -539,7 +541,7 @@ class HARModel(keras.Model):
                     "train_step(data, regularized=optimizer.iterations % reg_every == 0) "
                     "as a Python bool, from a function traced once per kind."
                 )
-            regularized = tf.cast(
+            reg_weight = tf.cast(
                 tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32
             )
 
@@ -552,7 +554,7 @@ class HARModel(keras.Model):
                 y_pred, loss, ce, _, grads = self._gradients(x, y, sample_weight, tau, 0.0)
                 return y_pred, loss, ce, tf.zeros(()), grads
 
-            y_pred, loss, ce, reg, gradients = tf.cond(regularized > 0, har_step, erm_step)
+            y_pred, loss, ce, reg, gradients = tf.cond(reg_weight > 0, har_step, erm_step)
         weights = self.trainable_weights
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
 
@@ -572,7 +574,7 @@ class HARModel(keras.Model):
         reg_share = tf.zeros(()) if reg is None else reg * tf.cast(batch / global_batch, reg.dtype)
         self.reg_tracker.update_state(
             unscale_loss_for_distribution(reg_share),
-            sample_weight=replica_weight * tf.cast(regularized, replica_weight.dtype),
+            sample_weight=replica_weight * tf.cast(reg_weight, replica_weight.dtype),
         )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
