@@ -207,6 +207,8 @@ class HARModel(keras.Model):
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if lam < 0 or weight_decay < 0:
             raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
+        if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
         self.backbone = backbone
         self.lam = float(lam)
         self.aggregation = aggregation

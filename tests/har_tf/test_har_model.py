@@ -154,6 +154,9 @@ def test_invalid_options_are_rejected():
         HARModel(tiny_nets.tiny_backbone(), scale="sum")
     with pytest.raises(ValueError, match=">= 0"):
         HARModel(tiny_nets.tiny_backbone(), lam=-1.0)
+    for epsilon in (-1e-8, float("nan")):
+        with pytest.raises(ValueError, match="epsilon must be >= 0"):
+            HARModel(tiny_nets.tiny_backbone(), lam=1.0, epsilon=epsilon)
 
 
 def _sgd_model(**kwargs):
