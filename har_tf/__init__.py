@@ -1,7 +1,12 @@
 """har-tf: HAR (Cao et al., ICLR 2021) for Keras 3 / TensorFlow."""
 
-from har_tf import callbacks, corruption, layers, models, regularizer, tau
-from har_tf.har_model import HARModel, default_tap_layers
+# Before anything imports TensorFlow: its oneDNN switch is read only when it loads.
+from har_tf.onednn import enable_onednn
+
+enable_onednn()
+
+from har_tf import callbacks, corruption, layers, models, regularizer, tau  # noqa: E402
+from har_tf.har_model import HARModel, default_tap_layers  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The suite runs with TensorFlow's oneDNN kernels on, as every entry point does:
+# har_tf sets TF_ENABLE_ONEDNN_OPTS before its first TensorFlow import.
+import har_tf  # noqa: E402,F401
+
+# isort: split
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
