@@ -22,9 +22,9 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import data, modeling, stage
+from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
 
 NAME = "export"
-SIGNATURE = "serving_default"
 # The config.data.noise fields each noise kind uses (the model card shows only these).
 NOISE_FIELDS = {
     "none": (),
@@ -41,10 +41,10 @@ NOISE_FIELDS = {
 def signature_summary(image_shape, num_classes: int, *, modality: str = "image") -> dict:
     """The `serving_default` signature as the model card describes it."""
     if modality == "text":
-        inputs = {"text": {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}}
+        inputs = {TEXT_INPUT: {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}}
     else:
         h, w, c = (int(d) for d in image_shape)
-        inputs = {"image": {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}}
+        inputs = {IMAGE_INPUT: {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}}
     return {
         "name": SIGNATURE,
         "inputs": inputs,
@@ -153,6 +153,19 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checked(tensor, shape):
+    """`tensor`, checked at run time against the signature's declared `shape`.
+
+    A SavedModel does not enforce its signature's declared shape by itself, and the
+    graph's own shape arithmetic is folded from the declared shape: a wrong H, W or C
+    reached the first convolution ("grouped convolutions" error) and an unbatched
+    image was taken as a batch. EnsureShape checks the fed tensor; the check lives in
+    the exported graph, so TF Serving's binary gives the same message, e.g. "Shape of
+    tensor image [2,32,32,3] is not compatible with expected shape [?,28,28,1]".
+    """
+    return tf.ensure_shape(tensor, shape)
+
+
 def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vectorizer=None) -> None:
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
@@ -172,16 +185,18 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
     if vectorizer is not None:
         archive.track(vectorizer)
         archive.add_endpoint(
-            name="serving_default",
-            fn=lambda text: outputs(backbone(vectorizer(text), training=False)),
-            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+            name=SIGNATURE,
+            fn=lambda text: outputs(backbone(vectorizer(checked(text, [None])), training=False)),
+            input_signature=[tf.TensorSpec([None], tf.string, name=TEXT_INPUT)],
         )
     else:
         archive.add_endpoint(
-            name="serving_default",
-            fn=lambda image: outputs(backbone(tf.cast(image, tf.float32), training=False)),
+            name=SIGNATURE,
+            fn=lambda image: outputs(
+                backbone(tf.cast(checked(image, [None, *image_shape]), tf.float32), training=False)
+            ),
             input_signature=[
-                tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name="image")
+                tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name=IMAGE_INPUT)
             ],
         )
     # Writing a SavedModel sets absl's logger level for the whole process (hiding
