@@ -51,7 +51,9 @@ class HARClassifier:
       batch_size: examples per step, for every fit and prediction.
       optimizer: a Keras optimizer name ("adam"), an instance (each model gets a
         fresh copy from its config) or a `() -> optimizer` callable.
-      seed: seeds the split and every model's initial weights and shuffling.
+      seed: seeds the split, and (through `keras.utils.set_random_seed`, which sets
+        Python's, NumPy's and TensorFlow's global seeds) every model's initial
+        weights and shuffling.
       num_classes: optional check that the backbone ends in this many logits.
       tap_layers: as `HARModel`: layer names, or a callable `backbone -> names`
         (e.g. `har_tf.models.rnn_tap_layers`); None: the pre-affine BNs.
@@ -353,6 +355,7 @@ class _Data:
             if y is None:
                 raise ValueError("y is required when x is an array (or pass a tf.data.Dataset)")
             self.labels = _labels(y)
+            x = np.asarray(x) if isinstance(x, list) else x
             if len(x) != len(self.labels):
                 raise ValueError(f"x and y have different lengths: {len(x)} and {len(self.labels)}")
             self.x, self.dataset = x, None

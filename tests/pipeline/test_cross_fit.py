@@ -12,7 +12,7 @@ import pytest
 from configs import fashion_mnist_hetero
 from har_tf import HARClassifier
 from pipeline import data, detection, estimate_tau, evaluate, modeling, preprocess, pretrain, stage
-from tests.pipeline import idx_fixtures
+from tests.pipeline import idx_fixtures, workdir_fixtures
 
 # ----------------------------------------------------------------------------------
 # Fast: detection metrics and fingerprints
@@ -147,3 +147,30 @@ def test_classifier_matches_the_pipeline_stages(cross_fitted):
     np.testing.assert_allclose(clf.class_error_, tau["err"])
     np.testing.assert_allclose(clf.tau_, tau["tau"], rtol=1e-9)
     np.testing.assert_array_equal(clf.class_counts_, tau["n"])
+
+
+@pytest.mark.slow
+def test_evaluate_reports_detection(cross_fitted):
+    config, workdir = cross_fitted
+    with stage.stage_output(workdir, "train") as out:  # an untrained ERM run suffices
+        model = modeling.build_har_model(config, config.train, lam=0.0, seed=0)
+        os.makedirs(os.path.join(out, "erm"))
+        model.save(os.path.join(out, "erm", "model.keras"))
+        stage.write_json(
+            os.path.join(out, "erm", "history.json"),
+            {"loss": [2.3], **{k: v[:1] for k, v in workdir_fixtures.TEST_HISTORY.items()}},
+        )
+    evaluate.run(config, workdir)
+    out = stage.stage_dir(workdir, "evaluate")
+    report = stage.read_json(os.path.join(out, "report.json"))
+    expected = detection.read(workdir, 10)["overall"]
+    for key, value in report["label_issue_detection"]["overall"].items():
+        if value is None:  # report.json writes NaN as null
+            assert np.isnan(expected[key]), key
+        else:
+            assert value == pytest.approx(expected[key]), key
+    with open(os.path.join(out, "report.md")) as f:
+        text = f.read()
+    assert "## Noisy-example detection" in text
+    overall = report["label_issue_detection"]["overall"]
+    assert f"| all | {overall['n']} | {overall['noisy']} | {overall['flagged']} |" in text
