@@ -256,7 +256,7 @@ class HARClassifier:
         )
         directions = [(half_a, half_b)] + ([(half_b, half_a)] if self.cross_fit else [])
         proba = np.full((len(labels), num_classes), np.nan)
-        self.pretrain_histories_, self.pretrain_seconds_ = [], []
+        histories, seconds = [], []
         for train_idx, predict_idx in directions:
             start = time.perf_counter()
             model = self._new_model(lam=0.0)
@@ -267,8 +267,8 @@ class HARClassifier:
                 verbose=verbose,
             )
             proba[predict_idx] = _softmax(data.predict(model, predict_idx))
-            self.pretrain_seconds_.append(time.perf_counter() - start)
-            self.pretrain_histories_.append(fitted.history)
+            seconds.append(time.perf_counter() - start)
+            histories.append(fitted.history)
         scored = np.sort(np.concatenate([d[1] for d in directions]))
         result = held_out.class_tau(
             labels,
@@ -279,26 +279,26 @@ class HARClassifier:
             density_exponent=self.density_exponent,
             error_floor=self.error_floor,
         )
-        self.halves_ = (half_a, half_b)
-        self.held_out_proba_ = proba
-        self.tau_, self.class_error_ = result.tau, result.errors
-        self.class_counts_, self.held_out_counts_ = result.counts, result.held_out
-        self.classes_ = np.arange(num_classes)
-        self.label_issues_ = self.noise_rate_ = None
+        issues = rates = None
         if self.find_label_issues:
-            self.label_issues_ = label_issues.find_label_issues(
-                labels[scored], proba[scored], ids=scored
-            )
-            self.noise_rate_ = label_issues.noise_rates(labels[scored], proba[scored])
-
-        self.model_ = self._new_model(lam=self.lam, tau=self.tau_)
-        self.history_ = self.model_.fit(
+            issues = label_issues.find_label_issues(labels[scored], proba[scored], ids=scored)
+            rates = label_issues.noise_rates(labels[scored], proba[scored])
+        model = self._new_model(lam=self.lam, tau=result.tau)
+        history = model.fit(
             **data.fit_inputs(positions),
             epochs=self.epochs,
             validation_data=validation_data,
             callbacks=callbacks,
             verbose=verbose,
         ).history
+        # Only now, so that a fit that fails leaves an earlier fit's results intact.
+        self.model_, self.history_ = model, history
+        self.pretrain_histories_, self.pretrain_seconds_ = histories, seconds
+        self.halves_, self.held_out_proba_ = (half_a, half_b), proba
+        self.tau_, self.class_error_ = result.tau, result.errors
+        self.class_counts_, self.held_out_counts_ = result.counts, result.held_out
+        self.classes_ = np.arange(num_classes)
+        self.label_issues_, self.noise_rate_ = issues, rates
         return self
 
     # -- inference -----------------------------------------------------------------

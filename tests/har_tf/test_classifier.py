@@ -166,6 +166,23 @@ def test_sklearn_style_predict_proba_and_score(fitted):
     np.testing.assert_array_equal(clf.classes_, np.arange(C))
 
 
+class _Fail(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("interrupted")
+
+
+def test_a_failed_refit_leaves_the_earlier_fit_intact(fitted):
+    clf, x, y, _, _, _ = fitted
+    before = {k: v for k, v in vars(clf).items() if k.endswith("_")}
+    tau = clf.tau_.copy()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        clf.fit(x, (y + 1) % C, pretrain_callbacks=[_Fail()], verbose=0)
+    after = {k: v for k, v in vars(clf).items() if k.endswith("_")}
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    np.testing.assert_array_equal(clf.tau_, tau)
+
+
 def test_get_params_set_params_round_trip():
     clf = classifier()
     params = clf.get_params()
