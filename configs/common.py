@@ -244,6 +244,11 @@ def base_config():
             # The authors' code lets a class with zero validation error get tau = 0;
             # a floor > 0 keeps some regularization there. 0 reproduces the authors.
             error_floor=0.0,
+            # Cross-fitting: pretrain also fits ERM on half B, which predicts half A,
+            # so err_c uses every train example and estimate_tau writes cleanlab's
+            # label_issues.csv (evaluate then scores it against the clean labels).
+            # Needs the label-issues extra (cleanlab). False: the authors' one split.
+            cross_fit=False,
         )
     )
 

@@ -9,6 +9,8 @@ config.eval.per_epoch_test): top-1, top-5, per-class and group accuracy. That ep
 selected on the test set, as the authors report, so it is an optimistic figure; the
 report labels it so, beside the final-epoch one. Beside the estimated tau it
 shows each class's TRUE noise rate from the manifest (1 - T[c, c] of the train split).
+With config.tau.cross_fit, the precision, recall and AUROC of estimate_tau's label
+issues against the clean labels (pipeline/detection.py).
 
 Writes <workdir>/evaluate/: report.json, report.md (tables, with the PNG figures
 embedded by relative path), error_vs_strength.png (paper Fig. 4),
@@ -22,7 +24,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, epoch_eval, modeling, plots, stage
+from pipeline import data, detection, epoch_eval, modeling, plots, stage
 
 NAME = "evaluate"
 TOP_K = epoch_eval.TOP_K  # the same k per epoch (train stage) and here
@@ -330,6 +332,8 @@ def markdown(report: dict, groups: list[str]) -> str:
         rows = zip(t["err"], t["true_noise_rate"], t["n"], t["tau"], strict=True)
         for c, (e, rate, n, tau) in enumerate(rows):
             lines.append(f"| {c} | {_fmt(e)} | {_fmt(rate)} | {n} | {_fmt(tau)} |")
+    if "label_issue_detection" in report:
+        lines += detection.markdown(report["label_issue_detection"])
     if "train_loss_hist" in plots_:
         lines += [
             "",
@@ -420,6 +424,10 @@ def run(config, workdir: str) -> None:
             os.path.join(stage.stage_dir(workdir, "estimate_tau"), "tau.json")
         )
         report["tau"]["true_noise_rate"] = report["true_noise_rate"]
+    # config.tau.cross_fit: how well estimate_tau's label issues find the flipped labels.
+    det = detection.read(workdir, num_classes)
+    if det is not None:
+        report["label_issue_detection"] = det
     with stage.stage_output(workdir, NAME, config=section) as out:
         plots.error_vs_strength(
             {

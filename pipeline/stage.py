@@ -45,7 +45,8 @@ STAGES = ("preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export
 SECTIONS = {
     "preprocess": ("seed", "data"),
     # build_har_model also reads train.aggregation and train.scale.
-    "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale"),
+    # tau.cross_fit: whether it also fits ERM on half B.
+    "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale", "tau.cross_fit"),
     "estimate_tau": ("tau", "eval.batch_size"),
     # The train stage's per-epoch test pass (pipeline.epoch_eval) reads these two.
     "train": ("seed", "model", "train", "eval.per_epoch_test", "eval.batch_size"),
@@ -53,6 +54,9 @@ SECTIONS = {
     "export": ("export",),
 }
 IGNORED_FIELDS = ("verbose",)
+# Fields added after workdirs existed whose default reproduces the earlier outputs:
+# they enter a fingerprint only when set otherwise, so those workdirs stay valid.
+NEUTRAL_DEFAULTS = {"tau.cross_fit": False}
 
 
 class PipelineError(Exception):
@@ -110,9 +114,24 @@ def _drop_ignored(obj: Any) -> Any:
     return obj
 
 
+def _drop_neutral(dotted: str, value: Any) -> Any:
+    """`value` of field `dotted` without the NEUTRAL_DEFAULTS at their default."""
+    if isinstance(value, dict):
+        return {
+            k: _drop_neutral(f"{dotted}.{k}", v)
+            for k, v in value.items()
+            if NEUTRAL_DEFAULTS.get(f"{dotted}.{k}", object()) != v
+        }
+    return value
+
+
 def config_section(config, name: str) -> dict:
     """The config fields stage `name` depends on, as a plain JSON-able dict."""
-    return {f: _jsonable(_drop_ignored(_field(config, f))) for f in SECTIONS[name]}
+    return {
+        f: _jsonable(_drop_neutral(f, _drop_ignored(_field(config, f))))
+        for f in SECTIONS[name]
+        if NEUTRAL_DEFAULTS.get(f, object()) != _field(config, f)
+    }
 
 
 def fingerprints(config) -> dict[str, str]:
