@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel
+from tests import harness
 from tests.har_tf import tiny_nets
 
 
@@ -31,12 +32,7 @@ def _batch(n=16, seed=0):
 def _har(optimizer=None, **compile_kwargs):
     """tiny_backbone(seed=0) under the current global policy; same weights every time."""
     model = HARModel(tiny_nets.tiny_backbone(seed=0), lam=1.0, tau=[1.0, 0.5, 0.8])
-    model.compile(
-        optimizer=optimizer or keras.optimizers.SGD(0.05),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **compile_kwargs,
-    )
-    return model
+    return harness.compile_har(model, optimizer or keras.optimizers.SGD(0.05), **compile_kwargs)
 
 
 def _float32_r(x, y, **kwargs):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel, layers, regularizer
+from tests import harness
 from tests.har_tf import gradient_checks, tiny_nets
 
 
@@ -17,13 +18,7 @@ def _batch(n=7, seed=0):
 
 
 def _har(backbone, **kwargs):
-    model = HARModel(backbone, **kwargs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+    return harness.har_model(backbone, compile_kwargs={"metrics": ["accuracy"]}, **kwargs)
 
 
 def test_jacobian_penalty_hand_computed():
