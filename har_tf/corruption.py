@@ -364,7 +364,7 @@ def step_imbalance_targets(
         n_max = targets.max(initial=0)
     rare = int(np.floor(n_max / ratio))
     for c in classes:
-        c = _check_class_id(c, counts.size, what="imbalance classes")
+        c = _check_class_id(c, targets.size, what="imbalance classes")
         targets[c] = min(targets[c], rare)
     return targets
 

@@ -46,7 +46,7 @@ import threading
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
+from absl import app, flags, logging
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server as _werkzeug_server
 from werkzeug.wrappers import Request, Response
@@ -482,8 +482,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
     flags.DEFINE_string("model_base_path", None, "Directory of numeric version directories.")
     flags.DEFINE_string("model_name", "", "Name in the URLs (default: the base path's name).")
     flags.DEFINE_string("host", "0.0.0.0", "Address to bind.")
