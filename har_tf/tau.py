@@ -92,22 +92,6 @@ def estimate_tau(
     return tau
 
 
-def regression_tau(counts, *, density_exponent: float = 0.4, normalize: bool = True):
-    """tau = q^-b for regression (the paper's variant without the uncertainty term).
-
-    Args:
-      counts: [G] examples per group (density estimate), all >= 1.
-
-    Returns:
-      float64 [G] tau, divided by its maximum when `normalize`.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or np.any(counts < 1):
-        raise ValueError("counts must be 1-D with every entry >= 1")
-    tau = counts**-density_exponent
-    return tau / tau.max() if normalize else tau
-
-
 def class_balanced_weights(counts, *, beta: float = 0.9999):
     """Class-balanced loss weights (Cui et al., 2019), as DRW uses them.
 
