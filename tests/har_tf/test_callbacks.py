@@ -28,7 +28,7 @@ def test_class_weights_follow_pytorch_weighted_mean(lam, tiny_har):
     np.testing.assert_allclose(float(ce), expected, rtol=1e-5)
     model.set_class_weights(None)
     np.testing.assert_allclose(
-        float(model.regularized_loss(x, y, training=False)[2]), nll.mean(), rtol=1e-5
+        float(model.regularized_loss(x, y, training=False).ce), nll.mean(), rtol=1e-5
     )
 
 

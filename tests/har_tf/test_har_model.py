@@ -57,7 +57,7 @@ def test_metrics_reset_each_epoch():
     # weights the first epoch left, which the objective gives independently.
     expected = model.regularized_loss(x, y)
     second = model.fit(x, y, batch_size=64, epochs=1, verbose=0).history
-    for key, want in (("loss", expected[1]), ("ce", expected[2]), ("reg", expected[3])):
+    for key, want in (("loss", expected.loss), ("ce", expected.ce), ("reg", expected.reg)):
         np.testing.assert_allclose(second[key][0], float(want), rtol=1e-5)
         # A running mean over both epochs would differ from the batch's own value.
         running = (first[key][0] + float(want)) / 2
@@ -126,8 +126,8 @@ def test_keras_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.tau.numpy(), [0.1, 0.2, 1.0], rtol=1e-6)
     # Training continues from the loaded optimizer state with the same objective.
     np.testing.assert_allclose(
-        loaded.regularized_loss(x, y, training=False)[1],
-        model.regularized_loss(x, y, training=False)[1],
+        loaded.regularized_loss(x, y, training=False).loss,
+        model.regularized_loss(x, y, training=False).loss,
         rtol=1e-5,
     )
     # The tapped view shares variables: no weight is saved twice.
@@ -137,9 +137,9 @@ def test_keras_save_load_round_trip(tmp_path):
 def test_set_tau_changes_the_objective_without_recompiling():
     x, y = _data(n=16)
     model = _compiled(lam=1.0, tau=[1.0, 1.0, 1.0])
-    reg_before = float(model.regularized_loss(x, y)[3])
+    reg_before = float(model.regularized_loss(x, y).reg)
     model.set_tau([0.0, 0.0, 0.0])
-    assert float(model.regularized_loss(x, y)[3]) == 0.0
+    assert float(model.regularized_loss(x, y).reg) == 0.0
     assert reg_before > 0
     with pytest.raises(ValueError, match="3 entries"):
         model.set_tau([1.0])

@@ -36,7 +36,7 @@ def _har(optimizer=None, **compile_kwargs):
 
 
 def _float32_r(x, y, **kwargs):
-    return _har().regularized_loss(x, y, **kwargs)[4].numpy()
+    return _har().regularized_loss(x, y, **kwargs).r.numpy()
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -81,7 +81,7 @@ def test_mixed_float16_inner_gradient_is_loss_scaled(dtype_policy):
     # Without loss scaling the same R is wrong (measured: off by about 100%).
     unscaled = _har(auto_scale_loss=False)
     assert not isinstance(unscaled.optimizer, keras.optimizers.LossScaleOptimizer)
-    r_unscaled = unscaled.regularized_loss(x, y, sample_weight=weight)[4].numpy()
+    r_unscaled = unscaled.regularized_loss(x, y, sample_weight=weight).r.numpy()
     assert np.abs(r_unscaled / r32 - 1).max() > 0.5
 
 
@@ -109,7 +109,7 @@ def test_loss_scale_is_undone_exactly(optimizer):
     x, y = _batch()
     plain, scaled = _har(), _har(optimizer())
     np.testing.assert_allclose(
-        scaled.regularized_loss(x, y)[4].numpy(), plain.regularized_loss(x, y)[4].numpy(), rtol=1e-6
+        scaled.regularized_loss(x, y).r.numpy(), plain.regularized_loss(x, y).r.numpy(), rtol=1e-6
     )
     plain.train_on_batch(x, y)
     scaled.train_on_batch(x, y)

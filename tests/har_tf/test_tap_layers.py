@@ -79,11 +79,11 @@ def test_tap_order_and_subset_are_respected():
     for m in (both, only):
         m.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     np.testing.assert_allclose(
-        both.regularized_loss(x, y)[4].numpy(), _reference_r(backbone, x, y, "official"), rtol=1e-5
+        both.regularized_loss(x, y).r.numpy(), _reference_r(backbone, x, y, "official"), rtol=1e-5
     )
     # One tap: R is that layer's norm alone.
     np.testing.assert_allclose(
-        only.regularized_loss(x, y)[4].numpy(),
+        only.regularized_loss(x, y).r.numpy(),
         _reference_norms(backbone, x, y)["my_dense2"],
         rtol=1e-5,
     )
