@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from har_tf import checks
+
 
 def per_class_error(labels, predictions, num_classes: int):
     """Error of predictions against (noisy) labels, per class of the label.
@@ -27,7 +29,7 @@ def per_class_error(labels, predictions, num_classes: int):
             f"labels and predictions must be 1-D of equal length, got {labels.shape} "
             f"and {predictions.shape}"
         )
-    _check_range(labels, num_classes, "labels")
+    checks.check_labels(labels, num_classes)
     support = np.bincount(labels, minlength=num_classes)
     wrong = np.bincount(labels, weights=(labels != predictions), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -113,9 +115,3 @@ def class_balanced_weights(counts, *, beta: float = 0.9999):
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return weights / weights.sum() * len(counts)
 
-
-def _check_range(labels, num_classes, what):
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{what}[{i}] = {labels[i]} is outside [0, {num_classes})")

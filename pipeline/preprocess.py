@@ -55,7 +55,7 @@ import numpy as np
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from har_tf import corruption
+from har_tf import checks, corruption
 from pipeline import records, sources, stage, text
 from pipeline.stage import PipelineError
 
@@ -72,7 +72,7 @@ class Plan:
     """The validated, picklable description of what the Beam job does.
 
     Attributes:
-      source: where examples come from (a `pipeline.sources` source).
+      source: where examples come from (a `pipeline.sources.Source`).
       num_classes: C.
       image_shape: (H, W, channels) of the source images.
       seed: `config.seed`, for the noise draw and the cut order.
@@ -91,7 +91,7 @@ class Plan:
       max_tokens: for text, the vocabulary size (padding and OOV included).
     """
 
-    source: object
+    source: sources.Source
     num_classes: int
     image_shape: tuple[int, ...]
     seed: int
@@ -166,14 +166,14 @@ def make_plan(config) -> Plan:
         )
 
     source = sources.resolve_source(data)
-    source_classes = getattr(source, "num_label_classes", lambda: None)()
+    source_classes = source.num_label_classes()
     if source_classes is not None and source_classes != num_classes:
         raise PipelineError(
             f"{source.description}: the label feature {data.get('label_key', 'label')!r} "
             f"(config.data.label_key) has {source_classes} classes, but "
             f"config.data.num_classes = {num_classes}"
         )
-    modality = getattr(source, "modality", "image")
+    modality = source.modality
     max_tokens = 0
     if modality == "text":
         max_tokens = int(data.text.max_tokens)
@@ -308,11 +308,9 @@ def noise_matrix(noise, num_classes: int) -> np.ndarray:
 
 def _check_probability(value, name: str) -> None:
     try:
-        ok = 0.0 <= float(value) <= 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise PipelineError(f"{name} = {value!r}; must be a probability in [0, 1]")
+        checks.check_probability(value, name)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"{name} = {value!r}; must be a probability in [0, 1]") from e
 
 
 def _imbalance_fields(imbalance, num_classes: int):
@@ -370,7 +368,7 @@ class _Labels:
 
 
 def _checked_labels(plan: Plan, split: str, start: int, labels: np.ndarray) -> np.ndarray:
-    bad = np.flatnonzero((labels < 0) | (labels >= plan.num_classes))
+    bad = checks.out_of_range(labels, plan.num_classes)
     if bad.size:
         i = int(bad[0])
         raise PipelineError(
@@ -853,8 +851,9 @@ def _manifest(config, plan: Plan, out_dir: str) -> dict:
         "imbalance": {**config.data.imbalance.to_dict(), "targets": targets},
         "splits": splits,
     }
-    if hasattr(plan.source, "split_info"):
-        manifest["test_split"] = plan.source.split_info()
+    split_info = plan.source.split_info()
+    if split_info is not None:
+        manifest["test_split"] = split_info
     if plan.modality == "text":
         vocabulary = text.read_vocabulary(os.path.join(out_dir, text.VOCAB_FILE))
         if not vocabulary:
