@@ -83,7 +83,12 @@ def uses_tau(config) -> bool:
 
 
 def inputs(config, name: str) -> tuple[str, ...]:
-    """The stages whose outputs stage `name` reads, under this config."""
+    """The stages whose outputs stage `name` reads, under this config.
+
+    Every file a stage reads from another stage's directory is covered here, so
+    that a rerun input makes the reader stale: export reads evaluate's report.json
+    (the metrics of its model card), evaluate reads tau.json for its report.
+    """
     tau = ("estimate_tau",) if uses_tau(config) else ()
     return {
         "preprocess": (),
@@ -91,7 +96,7 @@ def inputs(config, name: str) -> tuple[str, ...]:
         "estimate_tau": ("preprocess", "pretrain"),
         "train": ("preprocess", *tau),
         "evaluate": ("preprocess", "train", *tau),
-        "export": ("preprocess", "train"),
+        "export": ("preprocess", "train", "evaluate"),
     }[name]
 
 
@@ -287,7 +292,7 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = None) -> None:
+def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -295,9 +300,8 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
+    `force` is the stage main's --force.
     """
-    if force is None:
-        force = flag_value("force", False)
     try:
         with fingerprinting(config) as fps:
             for dep in inputs(config, name):
@@ -328,13 +332,3 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
     except PipelineError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def flag_value(name: str, default: Any) -> Any:
-    """The value of absl flag `name` if defined and parsed (stage mains), else default."""
-    from absl import flags
-
-    f = flags.FLAGS
-    if name in f and f.is_parsed():
-        return f[name].value
-    return default

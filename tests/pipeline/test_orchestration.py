@@ -100,6 +100,16 @@ def test_fingerprint_depends_on_the_stage_sections_and_inputs():
     assert all(v != base[k] for k, v in stage.fingerprints(config).items())
 
 
+def test_a_changed_evaluate_makes_export_stale():
+    """export writes evaluate's metrics into its model card: a rerun evaluate (here,
+    other groups) must not leave the card of the earlier one."""
+    base = stage.fingerprints(_config())
+    config = _config()
+    config.eval.groups.clean = (1, 3)
+    changed = stage.fingerprints(config)
+    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export"]
+
+
 def test_fingerprint_of_an_erm_only_train_ignores_tau():
     config = _config()
     with config.unlocked():
