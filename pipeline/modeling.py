@@ -231,8 +231,8 @@ def fit(
     fit ends with the same weights as an uninterrupted one (the tf.data input is
     advanced by the completed epochs, so that each epoch sees its own shuffle and
     augmentation). With `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/`
-    (if the `tensorboard` package is installed; else a warning). --quiet (a flag of
-    the stage mains and pipeline.run) turns Keras's progress bar off.
+    (if the `tensorboard` package is installed; else a warning). section.verbose is
+    Keras's progress output (--quiet sets it to 0, `cli.config_from_flags`).
     """
     if getattr(section, "deterministic", False):
         tf.config.experimental.enable_op_determinism()
@@ -251,13 +251,12 @@ def fit(
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
     elif tensorboard:
         logging.warning("No TensorBoard logs: the `tensorboard` package is not installed.")
-    verbose = 0 if stage.flag_value("quiet", False) else section.verbose
     # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
     result = model.fit(
         train_ds,
         epochs=section.epochs,
         initial_epoch=initial_epoch,
-        verbose=verbose,
+        verbose=section.verbose,
         shuffle=False,
         callbacks=callbacks,
     )

@@ -914,9 +914,9 @@ def main(argv):
     # Beam's INFO log names every fused stage; keep warnings and errors only.
     py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
     beam_args = shlex.split(FLAGS.beam_args)
-    stage.run_main(
-        STAGE, lambda config, workdir: run(config, workdir, beam_args), FLAGS.config, FLAGS.workdir
-    )
+    from pipeline import cli  # deferred: cli defines flags only when a stage runs
+
+    cli.run_main(STAGE, lambda config, workdir: run(config, workdir, beam_args))
 
 
 if __name__ == "__main__":

@@ -93,10 +93,12 @@ def run_pipeline(
 
 def main(argv):
     del argv
+    from pipeline import cli
+
     FLAGS = flags.FLAGS
     try:
         run_pipeline(
-            FLAGS.config,
+            cli.config_from_flags(),
             FLAGS.workdir,
             beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,

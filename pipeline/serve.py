@@ -51,9 +51,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server as _werkzeug_server
 from werkzeug.wrappers import Request, Response
 
-SIGNATURE = "serving_default"
-INPUT = "image"  # the image models' input
-TEXT_INPUT = "text"  # the text models' input
+from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
+
+INPUT = IMAGE_INPUT  # the image models' input
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>.*)$")
 
