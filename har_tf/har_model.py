@@ -16,61 +16,9 @@ import tensorflow as tf
 from har_tf import objective, regularizer
 from har_tf.checkpointing import Segments, checkpointed_gradients
 from har_tf.objective import SCALES, Objective, StepGradients
+from har_tf.taps import check_twice_differentiable, default_tap_layers
 
 __all__ = ["SCALES", "HARModel", "default_tap_layers"]
-
-
-def default_tap_layers(backbone: keras.Model) -> list[str]:
-    """Names of the pre-affine BatchNorm layers (no center, no scale) of a backbone.
-
-    That is HAR's default tap set: the normalized x_hat of every BN that
-    `har_tf.layers.pre_affine_batch_norm` created, and nothing else (an ordinary BN,
-    such as the stem's, is not tapped).
-    """
-    return [
-        layer.name
-        for layer in backbone.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        and not layer.center
-        and not layer.scale
-    ]
-
-
-def _nested_layers(backbone: keras.Model):
-    # Keras has no public recursive layer walk; `_flatten_layers` is what
-    # `Model.summary` and saving use to reach layers of nested models.
-    return backbone._flatten_layers(include_self=False)
-
-
-def _check_twice_differentiable(backbone: keras.Model) -> None:
-    """Refuses layers whose second derivatives are wrong or missing (lam > 0)."""
-    stock = [
-        layer.name
-        for layer in _nested_layers(backbone)
-        if type(layer) is keras.layers.BatchNormalization
-    ]
-    if stock:
-        raise ValueError(
-            f"lam > 0 needs second derivatives through every BatchNormalization, "
-            f"and keras.layers.BatchNormalization gets them wrong in training mode "
-            f"(tf.nn.moments stops the gradient of the mean). Layers {stock[:3]}"
-            f"{' ...' if len(stock) > 3 else ''} are stock Keras BNs: convert the "
-            "backbone with har_tf.layers.convert_batch_norms(backbone) or build it "
-            "with har_tf.layers.BatchNormalization."
-        )
-    # TensorFlow's cuDNN RNN kernel has no second-order gradient (nothing is
-    # registered for CudnnRNNBackpropV3), and Keras picks it on a GPU.
-    cudnn = [
-        layer.name
-        for layer in _nested_layers(backbone)
-        if getattr(layer, "use_cudnn", False) is not False
-    ]
-    if cudnn and tf.config.list_logical_devices("GPU"):
-        raise ValueError(
-            f"lam > 0 needs second derivatives through every RNN, and the cuDNN "
-            f"kernel that Keras uses on a GPU has none. Build recurrent layers "
-            f"{cudnn[:3]}{' ...' if len(cudnn) > 3 else ''} with use_cudnn=False."
-        )
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -84,27 +32,20 @@ class HARModel(keras.Model):
     where L is the compiled loss (batch-mean cross-entropy for HAR) and R_i is the
     per-example norm of the gradient of L w.r.t. the tapped hidden activations,
     computed by double backpropagation: an inner `tf.GradientTape` gives dL/dh with
-    its graph kept, and the outer tape differentiates the whole loss, R included.
+    its graph kept, and the outer tape differentiates the whole loss, R included
+    (`har_tf.objective` has the formula's pieces). With `lam == 0` the step is plain
+    ERM: no inner tape, no second-order graph, no extra cost.
 
-    With `lam == 0` the step is plain ERM: no inner tape, no second-order graph,
-    no extra cost.
-
-    Which activations are regularized is a property of the model, declared by
-    `tap_layers`: any layers of any functional backbone (Dense, activations, RNNs,
-    BNs), each tapped at its output. Every layer between the inputs and the loss must
-    be twice differentiable: use `har_tf.layers.BatchNormalization` (see
-    `har_tf.layers.convert_batch_norms`) and RNNs with `use_cudnn=False`; both are
-    checked here when `lam > 0`.
-
-    Mixed precision: under "mixed_bfloat16" nothing changes (bfloat16 has float32's
-    range). Under "mixed_float16" (GPU), gradients w.r.t. float16 taps are tiny (of
-    order 1/B, less for well-fit examples) and would underflow; `compile` then wraps
-    the optimizer in a `keras.optimizers.LossScaleOptimizer`, and the inner gradient
-    is taken of the loss scaled by its current scale, then unscaled in float32 before
-    the norms (likewise for an optimizer's static `loss_scale_factor`). A step where
-    the scaled inner gradient overflows reports an infinite `reg` and `loss`; the
-    optimizer then skips it and halves the scale, as for any overflow, but epoch means
-    of `loss`/`reg` include it (and `keras.callbacks.TerminateOnNaN` would stop).
+    Every layer between the inputs and the loss must be twice differentiable: use
+    `har_tf.layers.BatchNormalization` (see `har_tf.layers.convert_batch_norms`) and
+    RNNs with `use_cudnn=False`; both are checked when `lam > 0`. Mixed precision:
+    under "mixed_float16" the inner gradient is taken of the loss scaled by the
+    optimizer's loss scale and unscaled in float32 before the norms; a step whose
+    scaled inner gradient overflows reports an infinite `reg` and `loss` and is
+    skipped by the `LossScaleOptimizer`. Distributed training (docs/DISTRIBUTED.md):
+    create and compile under `strategy.scope()`; with synchronized BNs one step on
+    several replicas equals one step on one device over the same global batch.
+    `jit_compile=True` under a multi-replica strategy raises a ValueError.
 
     Args:
       backbone: a functional `keras.Model` mapping inputs to logits.
@@ -118,39 +59,27 @@ class HARModel(keras.Model):
         BNs of `har_tf.models`), as in the authors' code.
       aggregation: "official" (authors' code: sum over layers of the per-example
         norms) or "paper" (root of the sum of squared norms).
-      scale: "official": gradients of the batch-mean loss, so each example's
-        gradient carries a 1/B factor and lambda means what it means in the
-        authors' code (their README: lambda 10 at B = 128). "per_example": gradients
-        of each example's own loss (R multiplied by the global batch size), the
-        scale of the paper's "largest lambda * tau = 0.1".
-      weight_decay: coupled L2 on every trainable variable, i.e. the `weight_decay`
-        of `torch.optim.SGD` that the authors use (Keras optimizers' own
-        `weight_decay` is decoupled, a different thing).
+      scale: "official": gradients of the batch-mean loss, so lambda means what it
+        means in the authors' code (their README: lambda 10 at B = 128).
+        "per_example": gradients of each example's own loss (R times the global
+        batch size), the scale of the paper's "largest lambda * tau = 0.1".
+      weight_decay: coupled L2 on every trainable variable, the `weight_decay` of
+        `torch.optim.SGD` that the authors use (Keras optimizers' own is decoupled).
       epsilon: added under the norms' square roots to keep gradients finite at 0.
       reg_every: an opt-in approximation for speed (default 1: the exact objective
-        at every step). With k > 1 the regularizer is applied on every k-th training
-        step only (optimizer.iterations % k == 0), with strength k * lam so that its
-        average over steps is unchanged; the other steps are ERM steps (one tape).
-        The mean step costs about (HAR + (k - 1) ERM) / k; the peak memory is still
-        that of a HAR step. docs/PERFORMANCE.md has its measured accuracy against
-        the exact objective. Under a multi-replica strategy the two kinds of step are
-        two traced train functions (see `make_train_function`; steps_per_execution
-        must be 1). A custom `strategy.run(model.train_step, ...)` loop picks each
-        step's kind itself: `train_step(data, regularized=...)`, a Python bool
-        (docs/DISTRIBUTED.md). The logged `reg` averages the regularized steps only.
+        at every step). With k > 1 the regularizer is applied on every k-th step
+        only (optimizer.iterations % k == 0) with strength k * lam, and the other
+        steps are ERM steps; the logged `reg` averages the regularized steps. A
+        custom `strategy.run(model.train_step, ...)` loop picks each step's kind:
+        `train_step(data, regularized=...)`, a Python bool (docs/DISTRIBUTED.md).
+        Its cost and accuracy: docs/PERFORMANCE.md.
       checkpoint_layers: an opt-in trade of time for memory, with the exact
         objective: names of layers whose outputs cut the backbone into segments
-        (e.g. `har_tf.models.block_output_layers(backbone)`, one per residual
-        block). A regularized step then keeps only the tensors at the cuts and
-        recomputes each segment twice (once for the outer pass through its inner
-        backward, once for its first-order backward), instead of keeping every
-        tensor of the forward and inner backward passes. Each cut must separate the
-        graph (no skip connection across it), else a ValueError says which segment
-        fails. On ResNet-32, batch 128 (docs/PERFORMANCE.md): peak step memory 1.25x
-        ERM's instead of 2.7x, step time 3.6x instead of 2.2x. Tested with
-        MirroredStrategy and MultiWorkerMirroredStrategy, mixed precision, dropout
-        (the same masks in every recomputation) and `reg_every` (one device); not
-        for activity regularizers, which it refuses.
+        (e.g. `har_tf.models.block_output_layers(backbone)`). A regularized step
+        then keeps only the tensors at the cuts and recomputes each segment twice
+        (`har_tf.checkpointing`). Each cut must separate the graph (no skip
+        connection across it), else a ValueError names the segment; activity
+        regularizers are refused. Its cost: docs/PERFORMANCE.md.
       **kwargs: forwarded to `keras.Model`.
 
     Example:
@@ -164,34 +93,9 @@ class HARModel(keras.Model):
     )
     model.fit(train_ds, epochs=120)  # logs loss, ce, reg, accuracy
     ```
-
-    Your own backbone, with the layers to regularize named:
-    ```python
-    inputs = keras.Input((784,))
-    h = keras.layers.Dense(256, name="my_dense")(inputs)
-    h = keras.layers.ReLU(name="my_relu")(h)
-    h = keras.layers.Dense(256, activation="relu", name="my_dense2")(h)
-    logits = keras.layers.Dense(10, name="logits")(h)
-    model = HARModel(
-        keras.Model(inputs, logits), lam=1.0, tap_layers=["my_relu", "my_dense2"]
-    )
-    ```
-    The paper's other models name their taps with helpers:
-    `backbone = har_tf.models.imdb_bilstm(vocab_size=20000)` with
-    `tap_layers=har_tf.models.rnn_tap_layers(backbone)`, and
-    `har_tf.models.resnet50(...)` / `inception_resnet_v2(...)` with
-    `tap_layers=har_tf.models.bn_tap_layers(backbone)`.
-
-    Distributed training (docs/DISTRIBUTED.md): create and compile the model under
-    `strategy.scope()`. One step on several replicas equals one step on one device
-    over the same global batch (tested with MirroredStrategy and
-    MultiWorkerMirroredStrategy) when every BatchNormalization is synchronized
-    (`cifar_resnet(synchronized_bn=True)`): the mean over the global batch in the
-    loss, in R (so lambda keeps its meaning) and in the DRW weights, and the logged
-    metrics are global-batch values. XLA: training with `jit_compile=True` under a
-    multi-replica strategy raises a ValueError (it fails in TF 2.21); Keras's "auto"
-    leaves XLA off on CPU-only machines and under tf.distribute, and on this
-    project's CPU XLA measured slower than no XLA.
+    Your own backbone: `HARModel(backbone, lam=1.0, tap_layers=["my_relu", ...])`;
+    the paper's other models name their taps with `har_tf.models.rnn_tap_layers`
+    and `har_tf.models.bn_tap_layers`.
 
     Reference:
       Cao, Chen, Ma, Gaidon, Ma. Heteroskedastic and Imbalanced Deep Learning with
@@ -242,7 +146,7 @@ class HARModel(keras.Model):
                 "or build the model with har_tf.layers.pre_affine_batch_norm"
             )
         if self.lam > 0:
-            _check_twice_differentiable(backbone)
+            check_twice_differentiable(backbone)
         taps = []
         for name in self.tap_layers:
             try:

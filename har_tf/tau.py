@@ -114,4 +114,3 @@ def class_balanced_weights(counts, *, beta: float = 0.9999):
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return weights / weights.sum() * len(counts)
-
