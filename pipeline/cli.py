@@ -45,8 +45,18 @@ def config_from_flags():
 
 
 def run_main(name: str, run_fn) -> None:
-    """A stage main's body after parsing: run (or skip) with --config, --workdir, --force."""
-    stage.run_main(name, run_fn, config_from_flags(), flags.FLAGS.workdir, force=flags.FLAGS.force)
+    """A stage main's body after parsing: check the whole config, then run (or skip)
+    the stage with --config, --workdir and --force."""
+    from pipeline import run  # deferred: it imports every stage
+
+    stage.run_main(
+        name,
+        run_fn,
+        config_from_flags(),
+        flags.FLAGS.workdir,
+        force=flags.FLAGS.force,
+        check=run.check_config,
+    )
 
 
 def run_stage(name: str, run_fn) -> None:

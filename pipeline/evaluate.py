@@ -345,10 +345,9 @@ def markdown(report: dict, groups: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str) -> None:
-    section = config.eval
-    train_dir = stage.require(workdir, "train")
-    groups = {g: tuple(int(c) for c in classes) for g, classes in section.groups.items()}
+def eval_groups(config) -> dict[str, tuple[int, ...]]:
+    """config.eval.groups as class ids; PipelineError for a class outside [0, C)."""
+    groups = {g: tuple(int(c) for c in classes) for g, classes in config.eval.groups.items()}
     num_classes = config.data.num_classes
     for g, classes in groups.items():
         bad = [c for c in classes if not 0 <= c < num_classes]
@@ -356,6 +355,14 @@ def run(config, workdir: str) -> None:
             raise stage.PipelineError(
                 f"eval group {g!r} names classes {bad} outside [0, {num_classes})"
             )
+    return groups
+
+
+def run(config, workdir: str) -> None:
+    section = config.eval
+    train_dir = stage.require(workdir, "train")
+    groups = eval_groups(config)
+    num_classes = config.data.num_classes
     manifest = data.load_manifest(workdir)
     imbalance = manifest.get("imbalance", {})
     rare = rare_classes(imbalance, num_classes)

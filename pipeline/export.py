@@ -194,6 +194,18 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
         absl_logger.setLevel(level)
 
 
+def check_config(config) -> None:
+    """config.export names a configured run and a version >= 1 (else PipelineError)."""
+    section = config.export
+    runs = config.train.runs
+    if section.run not in runs:
+        raise stage.PipelineError(
+            f"export.run={section.run!r} names no run of config.train.runs; runs: {sorted(runs)}"
+        )
+    if int(section.version) < 1:
+        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+
+
 def run(config, workdir: str) -> None:
     section = config.export
     train_dir = stage.require(workdir, "train")
@@ -203,8 +215,7 @@ def run(config, workdir: str) -> None:
             f"export.run={section.run!r} names no trained run; trained: "
             f"{sorted(os.listdir(train_dir))}"
         )
-    if int(section.version) < 1:
-        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+    check_config(config)
     model = modeling.load_model(model_path)
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]

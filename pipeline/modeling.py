@@ -38,17 +38,52 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return _strategies[name]
 
 
-def build_backbone(config) -> keras.Model:
-    """The experiment's network (config.model): raw pixels, or token ids, to logits."""
-    m, d = config.model, config.data
+def check_config(config) -> None:
+    """The model and the two training sections name known things (else PipelineError):
+    what build_backbone, build_har_model and compile_model would refuse later."""
+    m = config.model
+    _check_model(config)
+    for name in ("pretrain", "train"):
+        section = config[name]
+        optimizer = section.get("optimizer", "sgd")
+        if optimizer not in OPTIMIZERS:
+            raise PipelineError(
+                f"config.{name}.optimizer: unknown optimizer {optimizer!r}; known: "
+                f"{', '.join(OPTIMIZERS)}"
+            )
+        strategy = section.get("strategy", "default")
+        if strategy not in STRATEGIES:
+            raise PipelineError(
+                f"config.{name}.strategy: unknown strategy {strategy!r}; known: "
+                f"{', '.join(STRATEGIES)}"
+            )
+        if list(section.lr_drop_epochs) != sorted(section.lr_drop_epochs):
+            raise PipelineError(
+                f"config.{name}.lr_drop_epochs must be increasing, got {section.lr_drop_epochs}"
+            )
+    if config.train.get("checkpoint_blocks", False) and m.name != "resnet":
+        raise PipelineError(
+            "config.train.checkpoint_blocks recomputes residual blocks: it needs "
+            f"model.name 'resnet', not {m.name!r}"
+        )
+
+
+def _check_model(config) -> None:
+    m = config.model
     if m.name not in MODELS:
         raise PipelineError(f"unknown model.name {m.name!r}; known: {', '.join(MODELS)}")
-    modality = d.get("modality", "image")
+    modality = config.data.get("modality", "image")
     if (m.name == "bilstm") != (modality == "text"):
         raise PipelineError(
             f"model.name {m.name!r} does not take config.data.modality {modality!r} "
             '("bilstm" is the text model, "resnet" the image model)'
         )
+
+
+def build_backbone(config) -> keras.Model:
+    """The experiment's network (config.model): raw pixels, or token ids, to logits."""
+    m, d = config.model, config.data
+    _check_model(config)
     if m.name == "bilstm":
         return imdb_bilstm(
             # Token ids are < max_tokens (padding and OOV included).

@@ -22,7 +22,7 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, evaluate, export, preprocess, pretrain, stage, train
+from pipeline import estimate_tau, evaluate, export, modeling, preprocess, pretrain, stage, train
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,
@@ -33,6 +33,19 @@ STAGE_RUNS = {
     "export": export.run,
 }
 assert tuple(STAGE_RUNS) == stage.STAGES
+
+
+def check_config(config) -> None:
+    """Checks every section before the first stage runs, so that a misnamed
+    export.run or an out-of-range evaluation group fails now, not after training.
+
+    Each check lives beside the code that reads the section; preprocess's needs the
+    data, so it runs as that stage starts (first). Raises PipelineError.
+    """
+    modeling.check_config(config)
+    train.validate_runs(config.train.runs)
+    evaluate.eval_groups(config)
+    export.check_config(config)
 
 
 def needed_stages(config) -> list[str]:
@@ -58,6 +71,7 @@ def run_pipeline(
         raise stage.PipelineError(
             f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
         )
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     names = needed_stages(config)
     with stage.fingerprinting(config) as fps:

@@ -292,7 +292,7 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False) -> None:
+def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, check=None) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -300,9 +300,12 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False) ->
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
-    `force` is the stage main's --force.
+    `force` is the stage main's --force; `check(config)`, if given, runs first
+    (`pipeline.run.check_config`: the whole config, before anything runs).
     """
     try:
+        if check is not None:
+            check(config)
         with fingerprinting(config) as fps:
             for dep in inputs(config, name):
                 if state(workdir, dep, fps[dep]) == "stale":

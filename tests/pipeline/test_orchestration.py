@@ -180,6 +180,27 @@ def test_set_aside_and_restore(tmp_path):
     assert os.listdir(workdir) == []
 
 
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("export.run", "hra", r"export.run='hra' names no run of config.train.runs"),
+        ("eval.groups.clean", (1, 10), r"eval group 'clean' names classes \[10\] outside"),
+        ("train.optimizer", "sgdd", r"config.train.optimizer: unknown optimizer 'sgdd'"),
+    ],
+)
+def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, field, value, match):
+    config = _config()
+    section, key = field.rsplit(".", 1)
+    parent = config
+    for part in section.split("."):
+        parent = parent[part]
+    parent[key] = value
+    workdir = str(tmp_path / "work")
+    with pytest.raises(stage.PipelineError, match=match):
+        run_lib.run_pipeline(config, workdir)
+    assert not os.path.exists(workdir)  # nothing ran
+
+
 def test_unknown_from_stage_is_a_clear_error(tmp_path):
     with pytest.raises(stage.PipelineError, match="unknown --from_stage='trian'; stages: pre"):
         run_lib.run_pipeline(_config(), str(tmp_path), from_stage="trian")
