@@ -326,16 +326,29 @@ def is_fitted(out_dir: str) -> bool:
     return all(os.path.isfile(os.path.join(out_dir, f)) for f in ("model.keras", "history.json"))
 
 
+def forward(model: keras.Model):
+    """model(x, training=False) as one tf.function (retraced only for new shapes)."""
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def run_batches(fn, dataset) -> list:
+    """[fn(*batch) in NumPy, for each batch of `dataset`]: the pipeline's inference loop.
+
+    `fn` maps one batch's tensors to a tensor or a nest of tensors. Trace what it
+    calls once (`forward(model)`, a tf.function kept across calls) rather than per
+    call, so that the loop does not retrace.
+    """
+    return [tf.nest.map_structure(lambda t: t.numpy(), fn(*batch)) for batch in dataset]
+
+
 def predict_classes(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """(labels, predicted class ids) over a dataset of (image, label) batches."""
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    labels, preds = [], []
-    for images, y in dataset:
-        preds.append(np.argmax(forward(images).numpy(), axis=-1))
-        labels.append(y.numpy())
-    if not labels:
+    logits_of = forward(model)
+    outputs = run_batches(lambda images, y: (logits_of(images), y), dataset)
+    if not outputs:
         return np.zeros([0], np.int64), np.zeros([0], np.int64)
-    return np.concatenate(labels), np.concatenate(preds)
+    labels = np.concatenate([y for _, y in outputs])
+    return labels, np.concatenate([np.argmax(logits, axis=-1) for logits, _ in outputs])
 
 
 def load_model(path: str) -> HARModel:

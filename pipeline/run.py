@@ -15,6 +15,7 @@ stages from their last completed epoch).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -91,17 +92,12 @@ def run_pipeline(
             why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
             print(f"== {name}: {why}")
             start = time.time()
-            if forced:  # start afresh rather than resume an interrupted attempt
-                stage.clear_partial(workdir, name)
-            aside = stage.set_aside(workdir, name)
-            try:
-                if name == "preprocess":
-                    preprocess.run(config, workdir, beam_args=beam_args)
-                else:
-                    STAGE_RUNS[name](config, workdir)
-            except BaseException:
-                stage.restore(workdir, name, aside)
-                raise
+            if name == "preprocess":
+                run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
+            else:
+                run = functools.partial(STAGE_RUNS[name], config, workdir)
+            # forced: start afresh rather than resume an interrupted attempt.
+            stage.run_replacing(workdir, name, run, fresh=forced)
             print(f"== {name}: done in {time.time() - start:.0f} s")
 
 

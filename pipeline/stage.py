@@ -178,6 +178,23 @@ def restore(workdir: str, name: str, aside: str | None) -> None:
         os.rename(aside, stage_dir(workdir, name))
 
 
+def run_replacing(workdir: str, name: str, run, *, fresh: bool) -> None:
+    """Runs `run()` to make stage `name` anew, keeping the old output until it succeeds.
+
+    A complete old output is set aside (`set_aside`) and put back if `run` fails
+    (`restore`); `stage_output` deletes it once the new one is complete. `fresh`
+    clears what an interrupted attempt left in `.partial` first, so nothing resumes.
+    """
+    if fresh:
+        clear_partial(workdir, name)
+    aside = set_aside(workdir, name)
+    try:
+        run()
+    except BaseException:
+        restore(workdir, name, aside)
+        raise
+
+
 def discard_stale(workdir: str, name: str) -> None:
     """Deletes every `<name>.stale-*` directory (after `<name>` completed anew)."""
     for path in glob.glob(glob.escape(stage_dir(workdir, name)) + ".stale-*"):
@@ -324,14 +341,7 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
                     "become stale too), or run `python -m pipeline.run`, which reruns it "
                     "and every later stage"
                 )
-            if force:
-                clear_partial(workdir, name)
-            aside = set_aside(workdir, name)
-            try:
-                run_fn(config, workdir)
-            except BaseException:
-                restore(workdir, name, aside)
-                raise
+            run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)
