@@ -16,9 +16,25 @@ import tensorflow as tf
 from har_tf import objective, regularizer
 from har_tf.checkpointing import Segments, checkpointed_gradients
 from har_tf.objective import SCALES, Objective, StepGradients
-from har_tf.taps import check_twice_differentiable, default_tap_layers
+from har_tf.taps import check_twice_differentiable, default_tap_layers, tap_model
 
 __all__ = ["SCALES", "HARModel", "default_tap_layers"]
+
+
+def _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every) -> None:
+    """ValueError for an option HARModel cannot use, naming it."""
+    if aggregation not in regularizer.AGGREGATIONS:
+        raise ValueError(
+            f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
+        )
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if lam < 0 or weight_decay < 0:
+        raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
+    if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if int(reg_every) != reg_every or reg_every < 1:
+        raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -118,18 +134,7 @@ class HARModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if aggregation not in regularizer.AGGREGATIONS:
-            raise ValueError(
-                f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
-            )
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        if lam < 0 or weight_decay < 0:
-            raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
-        if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        if int(reg_every) != reg_every or reg_every < 1:
-            raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
+        _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every)
         self.backbone = backbone
         self.lam = float(lam)
         self.aggregation = aggregation
@@ -147,18 +152,10 @@ class HARModel(keras.Model):
             )
         if self.lam > 0:
             check_twice_differentiable(backbone)
-        taps = []
-        for name in self.tap_layers:
-            try:
-                taps.append(backbone.get_layer(name).output)
-            except ValueError as e:
-                raise ValueError(f"tap layer {name!r} is not a layer of {backbone.name}") from e
         # A second view of the same layers that also returns the tapped tensors.
         # Set past Keras's attribute tracking: it shares every variable of
         # `backbone` and must not be saved or counted twice.
-        object.__setattr__(
-            self, "_tap_model", keras.Model(backbone.input, [*backbone.outputs, *taps])
-        )
+        object.__setattr__(self, "_tap_model", tap_model(backbone, self.tap_layers))
         self.checkpoint_layers = None if checkpoint_layers is None else list(checkpoint_layers)
         # Likewise views of the same layers (the segments of a checkpointed step).
         object.__setattr__(

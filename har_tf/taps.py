@@ -1,5 +1,6 @@
-"""Which activations HAR regularizes by default, and what a backbone must support
-for HAR's second derivatives (the checks `HARModel` runs when lam > 0)."""
+"""Which activations HAR regularizes: the default taps, the view of a backbone that
+returns them, and what a backbone must support for HAR's second derivatives (the
+checks `HARModel` runs when lam > 0)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,14 @@ def check_twice_differentiable(backbone: keras.Model) -> None:
             f"kernel that Keras uses on a GPU has none. Build recurrent layers "
             f"{cudnn[:3]}{' ...' if len(cudnn) > 3 else ''} with use_cudnn=False."
         )
+
+
+def tap_model(backbone: keras.Model, tap_layers) -> keras.Model:
+    """A view of `backbone` (same layers and variables) returning [*outputs, *taps]."""
+    taps = []
+    for name in tap_layers:
+        try:
+            taps.append(backbone.get_layer(name).output)
+        except ValueError as e:
+            raise ValueError(f"tap layer {name!r} is not a layer of {backbone.name}") from e
+    return keras.Model(backbone.input, [*backbone.outputs, *taps])

@@ -138,18 +138,7 @@ def make_plan(config) -> Plan:
             raise PipelineError(
                 f"config.data.text.sequence_length must be >= 1, got {data.text.sequence_length}"
             )
-    limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
-    sizes = {}
-    for split in records.SPLITS:
-        shape = () if modality == "text" else tuple(int(d) for d in source.image_shape(split))
-        if modality == "image" and shape != tuple(int(d) for d in data.image_shape):
-            raise PipelineError(
-                f"{source.description}: {split} images have shape {shape}, but "
-                f"config.data.image_shape = {tuple(data.image_shape)}"
-            )
-        sizes[split] = sources.split_size(source, split, limits[split])
-        if sizes[split] == 0:
-            raise PipelineError(f"{source.description}: the {split} split has no examples")
+    sizes = _split_sizes(source, data)
     return Plan(
         source=source,
         num_classes=num_classes,
@@ -167,6 +156,24 @@ def make_plan(config) -> Plan:
         modality=modality,
         max_tokens=max_tokens,
     )
+
+
+def _split_sizes(source, data) -> dict[str, int]:
+    """Examples used per split (config.data.limit_*), checking the images' shape."""
+    limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
+    sizes = {}
+    for split in records.SPLITS:
+        if source.modality == "image":
+            shape = tuple(int(d) for d in source.image_shape(split))
+            if shape != tuple(int(d) for d in data.image_shape):
+                raise PipelineError(
+                    f"{source.description}: {split} images have shape {shape}, but "
+                    f"config.data.image_shape = {tuple(data.image_shape)}"
+                )
+        sizes[split] = sources.split_size(source, split, limits[split])
+        if sizes[split] == 0:
+            raise PipelineError(f"{source.description}: the {split} split has no examples")
+    return sizes
 
 
 NOISE_KINDS = (
@@ -196,6 +203,8 @@ def noise_matrix(noise, num_classes: int) -> np.ndarray:
     Raises:
       PipelineError: naming the field for an unknown kind, a preset used with the
         wrong number of classes, or a field the kind's matrix rejects.
+
+    One branch per noise kind, each a few lines: it reads better whole.
     """
     kind = noise.kind
     if kind not in NOISE_KINDS:

@@ -112,6 +112,9 @@ def resolve_source(data_config) -> Source:
     Raises:
       PipelineError: for a bad source config, missing files, or data a source
         cannot read (naming the file or field).
+
+    One branch per source kind, each building that source from its fields: it
+    reads better whole.
     """
     kind = check_source_config(data_config)
     modality = data_config.get("modality", "image")
