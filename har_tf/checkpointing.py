@@ -19,6 +19,34 @@ from har_tf import regularizer
 from har_tf.objective import StepGradients, times
 
 
+def _check_cuts(backbone: keras.Model, cut_layers: Sequence[str]) -> None:
+    """ValueError unless `cut_layers` can cut `backbone` (names, count, regularizers)."""
+    if len(backbone.inputs) != 1 or len(backbone.outputs) != 1:
+        raise ValueError(
+            "checkpoint_layers needs a backbone with one input and one output, "
+            f"{backbone.name} has {len(backbone.inputs)} and {len(backbone.outputs)}"
+        )
+    if not cut_layers:
+        raise ValueError("checkpoint_layers is empty: name at least one layer to cut at")
+    names = {layer.name for layer in backbone.layers}
+    for name in cut_layers:
+        if name not in names:
+            raise ValueError(f"checkpoint layer {name!r} is not a layer of {backbone.name}")
+    if len(set(cut_layers)) != len(cut_layers):
+        raise ValueError(f"checkpoint_layers names a layer twice: {list(cut_layers)}")
+    regularized = [
+        layer.name
+        # Keras has no public recursive layer walk (see har_tf/taps.py).
+        for layer in backbone._flatten_layers(include_self=False)
+        if getattr(layer, "activity_regularizer", None) is not None
+    ]
+    if regularized:
+        raise ValueError(
+            f"checkpoint_layers does not support activity regularizers (layers "
+            f"{regularized[:3]}): their losses come from a recomputed segment"
+        )
+
+
 class Segments:
     """`backbone` cut at the outputs of `cut_layers`, each segment a functional model.
 
@@ -38,29 +66,8 @@ class Segments:
     """
 
     def __init__(self, backbone: keras.Model, cut_layers: Sequence[str], tap_layers: Sequence[str]):
-        if len(backbone.inputs) != 1 or len(backbone.outputs) != 1:
-            raise ValueError(
-                "checkpoint_layers needs a backbone with one input and one output, "
-                f"{backbone.name} has {len(backbone.inputs)} and {len(backbone.outputs)}"
-            )
-        if not cut_layers:
-            raise ValueError("checkpoint_layers is empty: name at least one layer to cut at")
+        _check_cuts(backbone, cut_layers)
         position = {layer.name: i for i, layer in enumerate(backbone.layers)}
-        for name in cut_layers:
-            if name not in position:
-                raise ValueError(f"checkpoint layer {name!r} is not a layer of {backbone.name}")
-        if len(set(cut_layers)) != len(cut_layers):
-            raise ValueError(f"checkpoint_layers names a layer twice: {list(cut_layers)}")
-        regularized = [
-            layer.name
-            for layer in backbone._flatten_layers(include_self=False)
-            if getattr(layer, "activity_regularizer", None) is not None
-        ]
-        if regularized:
-            raise ValueError(
-                f"checkpoint_layers does not support activity regularizers (layers "
-                f"{regularized[:3]}): their losses come from a recomputed segment"
-            )
         cuts = sorted(cut_layers, key=position.get)
         cut_tensors = []
         for name in cuts:

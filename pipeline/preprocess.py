@@ -261,6 +261,8 @@ def _chunks(p, plan: Plan, split: str):
 
 
 def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
+    """One split's part of the Beam graph (the module docstring draws it); one
+    pipeline expression, which reads better whole than cut into pieces."""
     C = plan.num_classes
     chunks = _chunks(p, plan, split)
     cut = split == "train" and bool(plan.cut_classes)
