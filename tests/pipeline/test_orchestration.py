@@ -110,6 +110,22 @@ def test_a_changed_evaluate_makes_export_stale():
     assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export"]
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_is_read_once_into_the_config(monkeypatch, quiet):
+    """--quiet reaches training as the sections' verbose = 0, set by the main from its
+    flags (cli.config_from_flags); it changes no fingerprint."""
+    from pipeline import cli
+
+    config = _config(verbose=1)
+    config.pretrain.verbose = 2
+    base = stage.fingerprints(config)
+    flag_values = type("Flags", (), {"config": config, "quiet": quiet})
+    monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+    got = cli.config_from_flags()
+    assert (got.train.verbose, got.pretrain.verbose) == ((0, 0) if quiet else (1, 2))
+    assert stage.fingerprints(got) == base
+
+
 def test_fingerprint_of_an_erm_only_train_ignores_tau():
     config = _config()
     with config.unlocked():
