@@ -92,7 +92,7 @@ def base_config():
             # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
             # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
             dataset="fashion_mnist",
-            # Where examples come from (pipeline/sources.py):
+            # Where examples come from (pipeline/sources/, one module per source):
             #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
             #                 package's directory, then a TFDS download (IDX datasets only)
             #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback

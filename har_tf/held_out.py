@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from har_tf import checks
 from har_tf import tau as tau_lib
 
 
@@ -112,8 +113,7 @@ def class_tau(
       ValueError: as `per_class_error` and `estimate_tau` (a class without a
         held-out or training example, all-zero error).
     """
-    train_labels = np.asarray(train_labels, np.int64)
-    tau_lib._check_range(train_labels, num_classes, "train_labels")
+    train_labels = checks.check_labels(train_labels, num_classes, name="train_labels")
     errors, support = tau_lib.per_class_error(held_out_labels, held_out_predictions, num_classes)
     counts = np.bincount(train_labels, minlength=num_classes)
     tau = tau_lib.estimate_tau(

@@ -30,6 +30,35 @@ def define_common_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
+def config_from_flags():
+    """The parsed --config, with --quiet applied: every section's `verbose` set to 0.
+
+    The flags are read here, once; `verbose` is no part of any fingerprint, so
+    --quiet never makes a stage stale.
+    """
+    config = flags.FLAGS.config
+    if flags.FLAGS.quiet:
+        for section in config.values():
+            if hasattr(section, "keys") and "verbose" in section:
+                section.verbose = 0
+    return config
+
+
+def run_main(name: str, run_fn) -> None:
+    """A stage main's body after parsing: check the whole config, then run (or skip)
+    the stage with --config, --workdir and --force."""
+    from pipeline import run  # deferred: it imports every stage
+
+    stage.run_main(
+        name,
+        run_fn,
+        config_from_flags(),
+        flags.FLAGS.workdir,
+        force=flags.FLAGS.force,
+        check=run.check_config,
+    )
+
+
 def run_stage(name: str, run_fn) -> None:
     """The whole `__main__` of a stage: define flags, parse them, run (or skip)."""
     define_common_flags()
@@ -37,6 +66,6 @@ def run_stage(name: str, run_fn) -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        stage.run_main(name, run_fn, flags.FLAGS.config, flags.FLAGS.workdir)
+        run_main(name, run_fn)
 
     app.run(main)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, stage
+from pipeline import data, modeling, stage
 
 PREFIX = "test_"
 TEST_ACCURACY = PREFIX + "accuracy"
@@ -84,8 +84,8 @@ class TestSetMonitor(keras.callbacks.Callback):
     def evaluate(self) -> dict[str, float]:
         """The metrics of the model as it is now (see the class docstring for keys)."""
         counts = np.zeros([3, self.num_classes], np.int64)
-        for images, labels in self.dataset:
-            counts += self._counts(images, labels).numpy()
+        for batch_counts in modeling.run_batches(self._counts, self.dataset):
+            counts += batch_counts
         n, top1, topk = counts
         if n.sum() == 0:
             raise stage.PipelineError("the test split is empty: nothing to evaluate per epoch")

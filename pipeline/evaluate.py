@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline import data, detection, epoch_eval, modeling, plots, stage
 
@@ -197,19 +196,13 @@ def loss_summary(losses, categories) -> dict:
 def _logits(forward, dataset, *, with_meta: bool = False):
     """(logits float32 [N, C], labels [N], clean labels [N] or None) over a dataset;
     `forward` maps an image batch to logits."""
-    logits, labels, clean = [], [], []
-    for batch in dataset:
-        logits.append(forward(batch[0]).numpy().astype(np.float32))
-        labels.append(batch[1].numpy())
-        if with_meta:
-            clean.append(batch[2]["clean_label"].numpy())
-    if not logits:
-        raise stage.PipelineError("the dataset to evaluate on is empty")
-    return (
-        np.concatenate(logits),
-        np.concatenate(labels),
-        np.concatenate(clean) if with_meta else None,
+    outputs = modeling.run_batches(
+        lambda x, y, *meta: (forward(x), y, meta[0]["clean_label"] if with_meta else y), dataset
     )
+    if not outputs:
+        raise stage.PipelineError("the dataset to evaluate on is empty")
+    logits, labels, clean = (np.concatenate(column) for column in zip(*outputs, strict=True))
+    return logits.astype(np.float32), labels, clean if with_meta else None
 
 
 # ----------------------------------------------------------------------------------
@@ -349,10 +342,9 @@ def markdown(report: dict, groups: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str) -> None:
-    section = config.eval
-    train_dir = stage.require(workdir, "train")
-    groups = {g: tuple(int(c) for c in classes) for g, classes in section.groups.items()}
+def eval_groups(config) -> dict[str, tuple[int, ...]]:
+    """config.eval.groups as class ids; PipelineError for a class outside [0, C)."""
+    groups = {g: tuple(int(c) for c in classes) for g, classes in config.eval.groups.items()}
     num_classes = config.data.num_classes
     for g, classes in groups.items():
         bad = [c for c in classes if not 0 <= c < num_classes]
@@ -360,6 +352,14 @@ def run(config, workdir: str) -> None:
             raise stage.PipelineError(
                 f"eval group {g!r} names classes {bad} outside [0, {num_classes})"
             )
+    return groups
+
+
+def run(config, workdir: str) -> None:
+    section = config.eval
+    train_dir = stage.require(workdir, "train")
+    groups = eval_groups(config)
+    num_classes = config.data.num_classes
     manifest = data.load_manifest(workdir)
     imbalance = manifest.get("imbalance", {})
     rare = rare_classes(imbalance, num_classes)
@@ -380,7 +380,7 @@ def run(config, workdir: str) -> None:
     for name in order:
         model = modeling.load_model(os.path.join(train_dir, name, "model.keras"))
         test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
-        forward = tf.function(lambda x, m=model: m(x, training=False), reduce_retracing=True)
+        forward = modeling.forward(model)
         logits, labels, _ = _logits(forward, test_ds)
         preds = np.argmax(logits, axis=-1)
         test = accuracies(labels, preds, num_classes, groups)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import data, modeling, stage
-from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
+from pipeline.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
 
 NAME = "export"
 # The config.data.noise fields each noise kind uses (the model card shows only these).
@@ -49,8 +49,8 @@ def signature_summary(image_shape, num_classes: int, *, modality: str = "image")
         "name": SIGNATURE,
         "inputs": inputs,
         "outputs": {
-            "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)]},
-            "class_id": {"dtype": "int64", "shape": [-1]},
+            PROBABILITIES: {"dtype": "float32", "shape": [-1, int(num_classes)]},
+            CLASS_ID: {"dtype": "int64", "shape": [-1]},
         },
     }
 
@@ -176,8 +176,8 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
 
     def outputs(logits):
         return {
-            "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
-            "class_id": tf.argmax(logits, axis=-1),
+            PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
+            CLASS_ID: tf.argmax(logits, axis=-1),
         }
 
     archive = keras.export.ExportArchive()
@@ -209,6 +209,18 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
         absl_logger.setLevel(level)
 
 
+def check_config(config) -> None:
+    """config.export names a configured run and a version >= 1 (else PipelineError)."""
+    section = config.export
+    runs = config.train.runs
+    if section.run not in runs:
+        raise stage.PipelineError(
+            f"export.run={section.run!r} names no run of config.train.runs; runs: {sorted(runs)}"
+        )
+    if int(section.version) < 1:
+        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+
+
 def run(config, workdir: str) -> None:
     section = config.export
     train_dir = stage.require(workdir, "train")
@@ -218,8 +230,7 @@ def run(config, workdir: str) -> None:
             f"export.run={section.run!r} names no trained run; trained: "
             f"{sorted(os.listdir(train_dir))}"
         )
-    if int(section.version) < 1:
-        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+    check_config(config)
     model = modeling.load_model(model_path)
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]
@@ -230,15 +241,15 @@ def run(config, workdir: str) -> None:
         export_saved_model(model, path, image_shape, vectorizer=vectorizer)
         # Self-check: the reloaded SavedModel, fed the raw stored input, agrees with
         # the Keras model fed what training feeds it.
-        signature = tf.saved_model.load(path).signatures["serving_default"]
+        signature = tf.saved_model.load(path).signatures[SIGNATURE]
         inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=8, training=False)))
         if modality == "text":
             raw = data.raw_texts(workdir, "test", 8)
-            served = signature(text=tf.constant(raw))
+            served = signature(**{TEXT_INPUT: tf.constant(raw)})
         else:
-            served = signature(image=tf.cast(inputs, tf.uint8))
+            served = signature(**{IMAGE_INPUT: tf.cast(inputs, tf.uint8)})
         expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1)
-        err = float(np.max(np.abs(served["probabilities"].numpy() - expected.numpy())))
+        err = float(np.max(np.abs(served[PROBABILITIES].numpy() - expected.numpy())))
         if err > 1e-4:
             raise stage.PipelineError(f"exported model disagrees with the trained one by {err}")
         logging.info("Exported %s (max |diff| vs Keras %.2e)", path, err)

@@ -15,6 +15,7 @@ stages from their last completed epoch).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -22,7 +23,7 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, evaluate, export, preprocess, pretrain, stage, train
+from pipeline import estimate_tau, evaluate, export, modeling, preprocess, pretrain, stage, train
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,
@@ -33,6 +34,19 @@ STAGE_RUNS = {
     "export": export.run,
 }
 assert tuple(STAGE_RUNS) == stage.STAGES
+
+
+def check_config(config) -> None:
+    """Checks every section before the first stage runs, so that a misnamed
+    export.run or an out-of-range evaluation group fails now, not after training.
+
+    Each check lives beside the code that reads the section; preprocess's needs the
+    data, so it runs as that stage starts (first). Raises PipelineError.
+    """
+    modeling.check_config(config)
+    train.validate_runs(config.train.runs)
+    evaluate.eval_groups(config)
+    export.check_config(config)
 
 
 def needed_stages(config) -> list[str]:
@@ -58,6 +72,7 @@ def run_pipeline(
         raise stage.PipelineError(
             f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
         )
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     names = needed_stages(config)
     with stage.fingerprinting(config) as fps:
@@ -77,26 +92,23 @@ def run_pipeline(
             why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
             print(f"== {name}: {why}")
             start = time.time()
-            if forced:  # start afresh rather than resume an interrupted attempt
-                stage.clear_partial(workdir, name)
-            aside = stage.set_aside(workdir, name)
-            try:
-                if name == "preprocess":
-                    preprocess.run(config, workdir, beam_args=beam_args)
-                else:
-                    STAGE_RUNS[name](config, workdir)
-            except BaseException:
-                stage.restore(workdir, name, aside)
-                raise
+            if name == "preprocess":
+                run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
+            else:
+                run = functools.partial(STAGE_RUNS[name], config, workdir)
+            # forced: start afresh rather than resume an interrupted attempt.
+            stage.run_replacing(workdir, name, run, fresh=forced)
             print(f"== {name}: done in {time.time() - start:.0f} s")
 
 
 def main(argv):
     del argv
+    from pipeline import cli
+
     FLAGS = flags.FLAGS
     try:
         run_pipeline(
-            FLAGS.config,
+            cli.config_from_flags(),
             FLAGS.workdir,
             beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,

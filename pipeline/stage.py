@@ -87,7 +87,12 @@ def uses_tau(config) -> bool:
 
 
 def inputs(config, name: str) -> tuple[str, ...]:
-    """The stages whose outputs stage `name` reads, under this config."""
+    """The stages whose outputs stage `name` reads, under this config.
+
+    Every file a stage reads from another stage's directory is covered here, so
+    that a rerun input makes the reader stale: export reads evaluate's report.json
+    (the metrics of its model card), evaluate reads tau.json for its report.
+    """
     tau = ("estimate_tau",) if uses_tau(config) else ()
     return {
         "preprocess": (),
@@ -95,7 +100,7 @@ def inputs(config, name: str) -> tuple[str, ...]:
         "estimate_tau": ("preprocess", "pretrain"),
         "train": ("preprocess", *tau),
         "evaluate": ("preprocess", "train", *tau),
-        "export": ("preprocess", "train"),
+        "export": ("preprocess", "train", "evaluate"),
     }[name]
 
 
@@ -190,6 +195,23 @@ def restore(workdir: str, name: str, aside: str | None) -> None:
     """Puts a set-aside stage back if no new output replaced it."""
     if aside and os.path.exists(aside) and not os.path.exists(stage_dir(workdir, name)):
         os.rename(aside, stage_dir(workdir, name))
+
+
+def run_replacing(workdir: str, name: str, run, *, fresh: bool) -> None:
+    """Runs `run()` to make stage `name` anew, keeping the old output until it succeeds.
+
+    A complete old output is set aside (`set_aside`) and put back if `run` fails
+    (`restore`); `stage_output` deletes it once the new one is complete. `fresh`
+    clears what an interrupted attempt left in `.partial` first, so nothing resumes.
+    """
+    if fresh:
+        clear_partial(workdir, name)
+    aside = set_aside(workdir, name)
+    try:
+        run()
+    except BaseException:
+        restore(workdir, name, aside)
+        raise
 
 
 def discard_stale(workdir: str, name: str) -> None:
@@ -306,7 +328,7 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = None) -> None:
+def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, check=None) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -314,10 +336,12 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
+    `force` is the stage main's --force; `check(config)`, if given, runs first
+    (`pipeline.run.check_config`: the whole config, before anything runs).
     """
-    if force is None:
-        force = flag_value("force", False)
     try:
+        if check is not None:
+            check(config)
         with fingerprinting(config) as fps:
             for dep in inputs(config, name):
                 if state(workdir, dep, fps[dep]) == "stale":
@@ -336,24 +360,7 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
                     "become stale too), or run `python -m pipeline.run`, which reruns it "
                     "and every later stage"
                 )
-            if force:
-                clear_partial(workdir, name)
-            aside = set_aside(workdir, name)
-            try:
-                run_fn(config, workdir)
-            except BaseException:
-                restore(workdir, name, aside)
-                raise
+            run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def flag_value(name: str, default: Any) -> Any:
-    """The value of absl flag `name` if defined and parsed (stage mains), else default."""
-    from absl import flags
-
-    f = flags.FLAGS
-    if name in f and f.is_parsed():
-        return f[name].value
-    return default

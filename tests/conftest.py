@@ -24,3 +24,23 @@ def float64():
     yield
     keras.config.set_floatx(old_floatx)
     keras.config.set_dtype_policy(old_policy)
+
+
+@pytest.fixture
+def tiny_har():
+    """A factory of compiled HARModels on tiny_nets.tiny_backbone (seeded, 3 classes).
+
+    `tiny_har(lam=1.0, tau=[...], optimizer=..., seed=0, compile_kwargs={...})`.
+    """
+    from tests import harness
+    from tests.har_tf import tiny_nets
+
+    def make(*, seed=0, optimizer=None, compile_kwargs=None, **kwargs):
+        return harness.har_model(
+            tiny_nets.tiny_backbone(seed),
+            optimizer=optimizer,
+            compile_kwargs=compile_kwargs,
+            **kwargs,
+        )
+
+    return make
