@@ -6,7 +6,7 @@ CONFIG ?= configs/fashion_mnist_hetero.py:quick
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: run test lint data venv clean bazel bazel-test
+.PHONY: run test lint data venv clean bazel-test
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(PY) || { echo "== creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
@@ -29,31 +29,18 @@ run: venv data
 test: venv data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Bazel 2.1 from npm (binary and JDK, 42 MB), offline: docs/BAZEL.md. All it writes
-# (npm package, install and output bases, convenience links) stays in .bazel/.
-BAZEL_VERSION := 2.1.0
-BAZEL_DIR := .bazel
-BAZEL_BIN := $(BAZEL_DIR)/npm/node_modules/@bazel/bazel-linux_x64/bazel-$(BAZEL_VERSION)-linux-x86_64
-BAZEL := $(CURDIR)/$(BAZEL_BIN) --output_user_root=$(CURDIR)/$(BAZEL_DIR)/root \
-	--output_base=$(CURDIR)/$(BAZEL_DIR)/base
+# Bazel 2.1 from npm, offline (scripts/bazel, docs/BAZEL.md). Builds every target,
+# checks that the BUILD files cover every module, runs the CI suite $(BAZEL_TESTS)
+# with the .venv interpreter, and stops the server whatever happened.
 BAZEL_TESTS ?= //tests:ci
 
-$(BAZEL_BIN):
-	npm install --prefix $(BAZEL_DIR)/npm --no-audit --no-fund @bazel/bazel-linux_x64@$(BAZEL_VERSION)
-	@test -x $@
-
-bazel: $(BAZEL_BIN)
-
-# Builds every target, checks that the BUILD files cover every module, runs the CI
-# test suite ($(BAZEL_TESTS)) with the .venv interpreter, and stops the server. The
-# venv's bin/ comes first on PATH: Bazel 2.1's Python stub starts with `env python`.
-bazel-test: venv $(BAZEL_BIN)
-	@start=$$(date +%s); export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; status=0; \
-	$(BAZEL) build //... && \
-	$(PY) scripts/check_bazel_srcs.py $(BAZEL) && \
-	$(BAZEL) test $(BAZEL_TESTS) || status=$$?; \
-	$(BAZEL) shutdown; \
-	echo "== bazel-test: $$(( $$(date +%s) - start )) s (excluding install)"; exit $$status
+bazel-test: venv
+	@start=$$(date +%s); status=0; export HAR_TF_PYTHON="$(abspath $(PY))"; \
+	scripts/bazel build //... && \
+	$(PY) scripts/check_bazel_srcs.py scripts/bazel && \
+	scripts/bazel test $(BAZEL_TESTS) || status=$$?; \
+	scripts/bazel shutdown; \
+	echo "== bazel-test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 lint: venv
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """Fails when a Python file of the project is in no Bazel target's srcs.
 
-    python scripts/check_bazel_srcs.py BAZEL [BAZEL_STARTUP_FLAGS...]
+    python scripts/check_bazel_srcs.py scripts/bazel
 
 Asks Bazel (`bazel query`, offline) for the srcs of every py_library and py_test, and
 checks that each module of har_tf/, pipeline/ and configs/ is in some py_library's
@@ -66,9 +66,10 @@ def uncovered(root: str, library_srcs: set[str], test_srcs: set[str]) -> list[st
     return problems
 
 
-def query_srcs(bazel: list[str], kind: str) -> set[str]:
+def query_srcs(bazel: list[str], kind: str, root: str) -> set[str]:
     out = subprocess.run(
         [*bazel, "query", "--output=label", QUERY.format(kind=kind)],
+        cwd=root,
         check=True,
         capture_output=True,
         text=True,
@@ -81,7 +82,8 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    problems = uncovered(root, query_srcs(argv, "py_library"), query_srcs(argv, "py_test"))
+    library, tests = (query_srcs(argv, kind, root) for kind in ("py_library", "py_test"))
+    problems = uncovered(root, library, tests)
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
