@@ -6,7 +6,7 @@ CONFIG ?= configs/fashion_mnist_hetero.py:quick
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: run test lint data venv clean
+.PHONY: run test lint data venv clean bazel-test
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(PY) || { echo "== creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
@@ -28,6 +28,19 @@ run: venv data
 
 test: venv data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Bazel 2.1 from npm, offline (scripts/bazel, docs/BAZEL.md). Builds every target,
+# checks that the BUILD files cover every module, runs the CI suite $(BAZEL_TESTS)
+# with the .venv interpreter, and stops the server whatever happened.
+BAZEL_TESTS ?= //tests:ci
+
+bazel-test: venv
+	@start=$$(date +%s); status=0; export HAR_TF_PYTHON="$(abspath $(PY))"; \
+	scripts/bazel build //... && \
+	$(PY) scripts/check_bazel_srcs.py scripts/bazel && \
+	scripts/bazel test $(BAZEL_TESTS) || status=$$?; \
+	scripts/bazel shutdown; \
+	echo "== bazel-test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 lint: venv
 	$(PY) -m ruff check .
