@@ -1,7 +1,7 @@
 """Stage 3: tau per class from the pretrained model's error on held-out half B.
 
 err_c = error on half B against the noisy labels, n_c = training examples labelled c
-(whole train set), tau_c = err_c^a / n_c^b normalized to max 1. Writes
+(the train split less any validation split), tau_c = err_c^a / n_c^b normalized to max 1. Writes
 <workdir>/estimate_tau/tau.json.
 """
 
@@ -23,7 +23,7 @@ def run(config, workdir: str) -> None:
     num_classes = config.data.num_classes
     pre = stage.require(workdir, "pretrain")
     half_b = np.load(os.path.join(pre, "split.npz"))["half_b"]
-    train = data.read_labels(workdir, "train")
+    train = data.read_fit_labels(workdir)  # n_c counts the records runs train on
     counts = np.bincount(train["label"], minlength=num_classes)
 
     model = modeling.load_model(os.path.join(pre, "model.keras"))
