@@ -139,6 +139,16 @@ def _ensure(config, workdir: str, name: str, fingerprint: str, run_fn) -> None:
         raise
 
 
+def _aggregate(study) -> None:
+    """Writes <workdir>/study/; a failure there is reported but never stops training
+    (rerun with --aggregate_only once it is fixed)."""
+    try:
+        study_report.write(study)
+    except Exception as e:  # noqa: BLE001 - the runs matter more than the report
+        logging.exception("aggregation failed")
+        print(f"   aggregation failed ({type(e).__name__}: {e}); training goes on", flush=True)
+
+
 def _hms(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
@@ -167,7 +177,7 @@ def run_study(config, workdir: str, *, max_jobs: int = 0, root: str = REPO_ROOT)
                 "it has finished; see study.md's selection table"
             )
         if max_jobs and ran >= max_jobs:
-            study_report.write(study)
+            _aggregate(study)
             print(f"== stopped after {ran} runs (--max_jobs); {len(todo)} left", flush=True)
             return False
         t0 = time.time()
@@ -178,7 +188,7 @@ def run_study(config, workdir: str, *, max_jobs: int = 0, root: str = REPO_ROOT)
         )
         study.run_job(job)
         ran += 1
-        study_report.write(study)
+        _aggregate(study)
         done = len(jobs) - len(todo) + 1
         rest = study_report.estimate_remaining(study, todo[1:])
         print(
