@@ -10,13 +10,13 @@ negatives flip to positive with probability 0.05, positives to negative with 0.4
 budget: 2 layers of 64 units, reviews cut to 128 tokens. ERM, Unif-reg and HAR; the
 lambda of Unif-reg and HAR selected on validation from the same grid (per-example
 scale, as the config: the paper's "largest lambda * tau = 0.1" is 0.1 there) on
-seeds 0 and 1; seeds 0-2 for every method.
+seed 0; seeds 0-2 for every method; 4 epochs of Adam (the paper: 20), to fit.
 """
 
 from configs.studies import common as c
 
 LAM_GRID = (0.01, 0.1, 1.0)
-EPOCHS = 10
+EPOCHS = 4  # sized by a measured epoch of each kind (docs/RESULTS.md)
 
 
 def get_config(arg=None):
@@ -41,7 +41,7 @@ def get_config(arg=None):
         overrides=overrides,
         settings=c.ordered(imdb=c.setting()),
         selection_setting="imdb",
-        grid_seeds=(0, 1),
+        grid_seeds=(0,),
         methods=methods,
         primary_group="positive_noise40",
     )
