@@ -404,3 +404,18 @@ def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_di
     with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
         want = json.load(f)
     assert got == want
+
+
+@pytest.mark.slow
+def test_max_jobs_stops_with_exit_75_and_a_partial_aggregate(tmp_path, idx_dir):
+    workdir = str(tmp_path / "w")
+    result = _study(workdir, idx_dir, "--max_jobs=1")
+    assert result.returncode == 75, result.stderr[-3000:]
+    assert (
+        result.stdout.count("finished in") == 1 and "1 runs (--max_jobs); 5 left" in result.stdout
+    )
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        s = json.load(f)
+    assert not s["complete"] and s["runs_done"] == 1
+    assert s["selection"]["har"]["pending"]
+    assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()
