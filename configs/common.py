@@ -161,6 +161,10 @@ def base_config():
             # Keep only the first N source examples of each split (0 = all): for tests.
             limit_train=0,
             limit_test=0,
+            # Share of the (noisy) train split held out as a validation split, per noisy
+            # label, seeded (pipeline/validation.py; ids in manifest.json). Pretrain,
+            # estimate_tau and train never use it; model selection reads it. 0 = none.
+            val_fraction=0.0,
             # Label noise on the train split; T[clean, noisy] is recorded in the manifest.
             noise=ml_collections.ConfigDict(
                 dict(
@@ -291,6 +295,12 @@ def base_config():
             # Needed for the report's best-epoch figure (selected on the test set, as
             # the authors report); without it the report says that figure is missing.
             per_epoch_test=True,
+            # After every epoch of the train stage, the memorization diagnostic on the
+            # records the run trains on, un-augmented, in inference mode (fit_* in
+            # history.json): accuracy against the noisy labels, and the fraction of
+            # wrongly-labelled examples predicted as their wrong label. One more
+            # inference pass over the training data per epoch; the study runner sets it.
+            per_epoch_memorization=False,
             # Report columns, in this order (sort_keys=False keeps it).
             groups=ml_collections.ConfigDict(
                 dict(noisy_rare=(0, 2, 4, 6), clean=(1, 3, 5, 7, 8, 9)), sort_keys=False

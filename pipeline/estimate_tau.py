@@ -1,8 +1,8 @@
 """Stage 3: tau per class from the pretrained model's error on held-out half B.
 
 err_c = error on half B against the noisy labels, n_c = training examples labelled c
-(whole train set), tau_c = err_c^a / n_c^b normalized to max 1. Writes
-<workdir>/estimate_tau/tau.json.
+(the train split less any validation split), tau_c = err_c^a / n_c^b normalized to
+max 1. Writes <workdir>/estimate_tau/tau.json.
 
 With config.tau.cross_fit, half A is also predicted, by the pretrain stage's model of
 half B: err_c pools both halves (`har_tf.held_out.class_tau`), and cleanlab flags the
@@ -43,7 +43,7 @@ def run(config, workdir: str) -> None:
     num_classes = config.data.num_classes
     pre = stage.require(workdir, "pretrain")
     split = np.load(os.path.join(pre, "split.npz"))
-    train = data.read_labels(workdir, "train")
+    train = data.read_fit_labels(workdir)  # n_c counts the records runs train on
 
     # (model, the half it did not train on): the authors' one split, then the reverse.
     directions = [(os.path.join(pre, "model.keras"), split["half_b"])]

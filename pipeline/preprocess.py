@@ -56,7 +56,7 @@ from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from har_tf import corruption
-from pipeline import preprocess_manifest, preprocess_plan, records, stage, text
+from pipeline import data, preprocess_manifest, preprocess_plan, records, stage, text, validation
 
 # make_plan and the config vocabularies are re-exported: `preprocess.make_plan` etc.
 from pipeline.preprocess_plan import (  # noqa: F401
@@ -414,6 +414,7 @@ def run(config, workdir: str, beam_args=()) -> None:
         created.
     """
     plan = make_plan(config)
+    val_fraction = validation.checked_fraction(config.data)
     logging.info(
         "preprocess: %s from %s, %s examples, noise %s, imbalance %s",
         config.data.dataset,
@@ -426,6 +427,12 @@ def run(config, workdir: str, beam_args=()) -> None:
     with stage.stage_output(workdir, STAGE, config=section) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
         manifest = preprocess_manifest.manifest(config, plan, out_dir)
+        if val_fraction:
+            train = data.read_shard_labels(out_dir, "train")
+            manifest["validation"] = validation.manifest_entry(
+                train["id"], train["label"], fraction=val_fraction, seed=plan.seed,
+                num_classes=plan.num_classes,
+            )  # fmt: skip
         stage.write_json(os.path.join(out_dir, MANIFEST), manifest)
         train = manifest["splits"]["train"]
         logging.info(

@@ -23,7 +23,7 @@ HALF_B = "half_b"
 
 def run(config, workdir: str) -> None:
     section = config.pretrain
-    train = data.read_labels(workdir, "train")
+    train = data.read_fit_labels(workdir)  # never the validation split
     half_a, half_b = split_halves(
         train["id"], train["label"], seed=config.seed, stratified=section.stratified
     )

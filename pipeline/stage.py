@@ -48,8 +48,15 @@ SECTIONS = {
     # tau.cross_fit: whether it also fits ERM on half B.
     "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale", "tau.cross_fit"),
     "estimate_tau": ("tau", "eval.batch_size"),
-    # The train stage's per-epoch test pass (pipeline.epoch_eval) reads these two.
-    "train": ("seed", "model", "train", "eval.per_epoch_test", "eval.batch_size"),
+    # The train stage's per-epoch passes (pipeline.epoch_eval) read these eval fields.
+    "train": (
+        "seed",
+        "model",
+        "train",
+        "eval.per_epoch_test",
+        "eval.per_epoch_memorization",
+        "eval.batch_size",
+    ),
     "evaluate": ("eval",),
     "export": ("export",),
 }
