@@ -23,7 +23,17 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, evaluate, export, modeling, preprocess, pretrain, stage, train
+from pipeline import (
+    estimate_tau,
+    evaluate,
+    export,
+    modeling,
+    preprocess,
+    pretrain,
+    stage,
+    train,
+    workdir_lock,
+)
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,
@@ -73,9 +83,9 @@ def run_pipeline(
             f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
         )
     check_config(config)
-    os.makedirs(workdir, exist_ok=True)
     names = needed_stages(config)
-    with stage.fingerprinting(config) as fps:
+    # One process at a time in a workdir (refuses at once if another holds it).
+    with workdir_lock.held(workdir), stage.fingerprinting(config) as fps:
         rerun = force
         for name in names:
             forced = force or (

@@ -336,13 +336,17 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
+    The workdir's lock (pipeline.workdir_lock) is held throughout: a second process
+    in the same workdir is refused before anything is touched.
     `force` is the stage main's --force; `check(config)`, if given, runs first
     (`pipeline.run.check_config`: the whole config, before anything runs).
     """
     try:
         if check is not None:
             check(config)
-        with fingerprinting(config) as fps:
+        from pipeline import workdir_lock  # it imports this module
+
+        with workdir_lock.held(workdir), fingerprinting(config) as fps:
             for dep in inputs(config, name):
                 if state(workdir, dep, fps[dep]) == "stale":
                     raise PipelineError(
