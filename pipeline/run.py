@@ -24,6 +24,7 @@ import time
 from absl import app, flags, logging
 
 from pipeline import (
+    config_ranges,
     estimate_tau,
     evaluate,
     export,
@@ -50,9 +51,11 @@ def check_config(config) -> None:
     """Checks every section before the first stage runs, so that a misnamed
     export.run or an out-of-range evaluation group fails now, not after training.
 
-    Each check lives beside the code that reads the section; preprocess's needs the
-    data, so it runs as that stage starts (first). Raises PipelineError.
+    Numeric ranges first (config_ranges), then each check that lives beside the code
+    that reads the section; preprocess's needs the data, so it runs as that stage
+    starts (first). Raises PipelineError.
     """
+    config_ranges.check(config)
     modeling.check_config(config)
     train.validate_runs(config.train.runs)
     evaluate.eval_groups(config)
