@@ -5,7 +5,8 @@ A stage already complete in --workdir with the fingerprint the current config gi
 (stage.fingerprints) is skipped. A stale one (another config or input) is rerun, and
 so is every later stage; the old output is moved to `<stage>.stale-<time>` and
 deleted once the new one is complete. A stage that was interrupted resumes (training
-stages from their last completed epoch).
+stages from their last completed epoch). A complete stage with an output missing or
+unreadable (stage.why_incomplete) is reported and rerun, with every later stage.
 
   python -m pipeline.run --config=configs/fashion_mnist_hetero.py:quick \
       --workdir=runs/quickstart
@@ -102,6 +103,10 @@ def run_pipeline(
                 continue
             # Everything after a stage that runs depends on its new output.
             rerun = True
+            if state == "incomplete":
+                # metadata.json is there, but an output is missing or unreadable.
+                why = stage.why_incomplete(workdir, name)
+                print(f"stage {name} is incomplete: {why}; rerunning it", file=sys.stderr)
             why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
             print(f"== {name}: {why}")
             start = time.time()
