@@ -133,8 +133,7 @@ def main(argv):
             from_stage=FLAGS.from_stage,
         )
     except stage.PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(e)
     report = os.path.join(stage.stage_dir(FLAGS.workdir, "evaluate"), "report.md")
     with open(report) as f:
         print(f.read())

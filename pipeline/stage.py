@@ -415,7 +415,9 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, check=None) -> None:
+def run_main(
+    name: str, run_fn, config, workdir: str, *, force: bool = False, check=None, verbose=False
+) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -427,6 +429,7 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
     in the same workdir is refused before anything is touched.
     `force` is the stage main's --force; `check(config)`, if given, runs first
     (`pipeline.run.check_config`: the whole config, before anything runs).
+    `verbose` (--verbose): an error raises with its traceback instead.
     """
     try:
         if check is not None:
@@ -455,5 +458,7 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
                 )
             run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
+        if verbose:  # --verbose: the traceback
+            raise
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)

@@ -46,6 +46,8 @@ def held(workdir: str) -> Iterator[None]:
     path = os.path.join(workdir, LOCK_FILE)
     try:
         os.makedirs(workdir, exist_ok=True)
+        if not os.access(workdir, os.W_OK):
+            raise PermissionError(13, "read-only", workdir)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except FileExistsError as e:
         raise PipelineError(
