@@ -61,6 +61,17 @@ SECTIONS = {
     "export": ("export",),
 }
 IGNORED_FIELDS = ("verbose",)
+# Files every complete stage has whatever the config (checked by why_incomplete, also
+# in stages made before metadata.json recorded every file's size). The rest of a
+# stage's files (one directory per run, the SavedModel) are checked by their sizes.
+DECLARED_OUTPUTS = {
+    "preprocess": ("manifest.json",),
+    "pretrain": ("model.keras",),
+    "estimate_tau": ("tau.json",),
+    "train": (),
+    "evaluate": ("report.json", "report.md"),
+    "export": (),
+}
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
 NEUTRAL_DEFAULTS = {"tau.cross_fit": False}
@@ -79,12 +90,16 @@ def is_complete(workdir: str, name: str) -> bool:
 
 
 def require(workdir: str, name: str) -> str:
-    """Returns the directory of a completed stage or raises PipelineError."""
+    """Returns the directory of a completed stage whose outputs check out
+    (why_incomplete), or raises PipelineError."""
     if not is_complete(workdir, name):
         raise PipelineError(
             f"stage '{name}' has not completed in {workdir!r}; run "
             f"`python -m pipeline.{name}` (or `python -m pipeline.run`) first"
         )
+    why = why_incomplete(workdir, name)
+    if why is not None:
+        raise incomplete_error(workdir, name, why)
     return stage_dir(workdir, name)
 
 
@@ -170,10 +185,52 @@ def stored_fingerprint(workdir: str, name: str) -> str | None:
     return read_json(os.path.join(stage_dir(workdir, name), METADATA)).get("fingerprint")
 
 
+def why_incomplete(workdir: str, name: str) -> str | None:
+    """Why a stage with metadata.json cannot be trusted (None if it can), cheaply.
+
+    Checks that metadata.json parses, that every file it records (`files`: relative
+    path -> size in bytes) is there with that size, that every DECLARED_OUTPUTS
+    file exists (what stages made before sizes were recorded are checked on), and
+    that every recorded or declared .json file parses. Nothing heavier (no shard or
+    weights is read): a stage's readers check their own inputs.
+    """
+    directory = stage_dir(workdir, name)
+    try:
+        with open(os.path.join(directory, METADATA)) as f:
+            recorded = json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{METADATA} is unreadable ({e})"
+    for rel in (*DECLARED_OUTPUTS[name], *recorded):
+        if not os.path.isfile(os.path.join(directory, rel)):
+            return f"{rel} is missing"
+    for rel, size in recorded.items():
+        actual = os.path.getsize(os.path.join(directory, rel))
+        if actual != size:
+            return f"{rel} has {actual} bytes, {METADATA} records {size}"
+    for rel in sorted({*DECLARED_OUTPUTS[name], *recorded}):
+        if rel.endswith(".json"):
+            try:
+                with open(os.path.join(directory, rel)) as f:
+                    json.load(f)
+            except (OSError, ValueError) as e:
+                return f"{rel} is not valid JSON ({e})"
+    return None
+
+
+def incomplete_error(workdir: str, name: str, why: str) -> PipelineError:
+    return PipelineError(
+        f"stage {name} is incomplete: {why}; rerun with --from_stage={name} (workdir {workdir})"
+    )
+
+
 def state(workdir: str, name: str, fingerprint: str) -> str:
-    """ "missing" (not complete), "current" or "stale" (complete, other fingerprint)."""
+    """ "missing" (not complete), "incomplete" (metadata.json there, but an output
+    missing or unreadable: why_incomplete), "current" or "stale" (complete, made
+    with another fingerprint)."""
     if not is_complete(workdir, name):
         return "missing"
+    if why_incomplete(workdir, name) is not None:
+        return "incomplete"
     return "current" if stored_fingerprint(workdir, name) == fingerprint else "stale"
 
 
@@ -251,9 +308,27 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+def _writer(path: str) -> str | None:
+    """The stage whose directory (complete or `.partial`) holds `path`, if any."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    for part in reversed(parts[:-1]):
+        base = part.removesuffix(".partial")
+        if base in STAGES:
+            return base
+    return None
+
+
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file's content; PipelineError naming the file and the stage that writes
+    it if it is missing or does not parse (truncated, edited by hand)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        writer = _writer(path)
+        fix = f"; stage {writer} writes it: rerun with --from_stage={writer}" if writer else ""
+        problem = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e})"
+        raise PipelineError(f"{path} {problem}{fix}") from e
 
 
 def _strict(obj: Any) -> Any:
@@ -319,6 +394,7 @@ def stage_output(
         os.path.join(partial, METADATA),
         {
             "stage": name,
+            "files": _sizes(partial),
             "fingerprint": _current.get(name),
             "started": started,
             "finished": time.time(),
@@ -331,11 +407,24 @@ def stage_output(
     discard_stale(workdir, name)
 
 
+def _sizes(directory: str) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under `directory` (why_incomplete
+    checks them before the stage is trusted)."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, directory)] = os.path.getsize(path)
+    return out
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, check=None) -> None:
+def run_main(
+    name: str, run_fn, config, workdir: str, *, force: bool = False, check=None, verbose=False
+) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -343,14 +432,21 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
+    The workdir's lock (pipeline.workdir_lock) is held throughout: a second process
+    in the same workdir is refused before anything is touched.
     `force` is the stage main's --force; `check(config)`, if given, runs first
     (`pipeline.run.check_config`: the whole config, before anything runs).
+    `verbose` (--verbose): an error raises with its traceback instead.
     """
     try:
         if check is not None:
             check(config)
-        with fingerprinting(config) as fps:
+        from pipeline import workdir_lock  # it imports this module
+
+        with workdir_lock.held(workdir), fingerprinting(config) as fps:
             for dep in inputs(config, name):
+                if state(workdir, dep, fps[dep]) == "incomplete":
+                    raise incomplete_error(workdir, dep, why_incomplete(workdir, dep))
                 if state(workdir, dep, fps[dep]) == "stale":
                     raise PipelineError(
                         f"input stage '{dep}' in {workdir!r} is stale (made with another "
@@ -369,5 +465,7 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool = False, ch
                 )
             run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
+        if verbose:  # --verbose: the traceback
+            raise
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)

@@ -368,3 +368,27 @@ def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
             strict=True,
         ):
             np.testing.assert_array_equal(wa, wb, err_msg=run)
+
+
+@pytest.mark.slow
+def test_a_deleted_tau_json_is_reported_and_rerun_by_the_real_pipeline(tmp_path, idx_dir):
+    workdir = str(tmp_path / "work")
+    _pipeline(workdir, idx_dir)
+    before = _fingerprints(workdir)
+    os.remove(os.path.join(workdir, "estimate_tau", "tau.json"))
+    message = (
+        "stage estimate_tau is incomplete: tau.json is missing; "
+        "rerun with --from_stage=estimate_tau"
+    )
+    # A stage run alone refuses its incomplete input, in one line.
+    alone = _run("pipeline.train", workdir, idx_dir, "--force")
+    assert alone.returncode == 1 and "Traceback" not in alone.stderr
+    assert message in alone.stderr
+    # pipeline.run says so and reruns it and every later stage.
+    result = _pipeline(workdir, idx_dir)
+    assert "stage estimate_tau is incomplete: tau.json is missing" in result.stderr
+    assert "== pretrain: complete, skipped" in result.stdout
+    for name in ("estimate_tau", "train", "evaluate", "export"):
+        assert f"== {name}: rerunning" in result.stdout
+    assert _fingerprints(workdir) == before
+    assert stage.why_incomplete(workdir, "estimate_tau") is None
