@@ -18,12 +18,6 @@ class NotFittedError(ValueError, AttributeError):
     """A HARClassifier method that needs a fitted model was called before `fit`."""
 
 
-def _softmax(logits) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 class HARClassifier:
     """HAR (Cao et al., ICLR 2021) for your own backbone and data, in one `fit`.
 
@@ -266,7 +260,7 @@ class HARClassifier:
                 callbacks=pretrain_callbacks,
                 verbose=verbose,
             )
-            proba[predict_idx] = _softmax(data.predict(model, predict_idx))
+            proba[predict_idx] = held_out.softmax(data.predict(model, predict_idx))
             seconds.append(time.perf_counter() - start)
             histories.append(fitted.history)
         scored = np.sort(np.concatenate([d[1] for d in directions]))
@@ -314,7 +308,7 @@ class HARClassifier:
         model = self._fitted_model()
         batching = {} if isinstance(x, tf.data.Dataset) else {"batch_size": self.batch_size}
         logits = model.predict(x, verbose=0, **batching)
-        return _softmax(logits)
+        return held_out.softmax(logits)
 
     def predict(self, x) -> np.ndarray:
         """int64 [N] predicted class ids."""

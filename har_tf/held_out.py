@@ -19,6 +19,13 @@ from har_tf import checks
 from har_tf import tau as tau_lib
 
 
+def softmax(logits) -> np.ndarray:
+    """Class probabilities float64 [N, C] from logits [N, C] (rows sum to 1)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 def split_halves(ids, labels, *, seed: int, stratified: bool = True):
     """Splits ids into two halves, per label when stratified.
 

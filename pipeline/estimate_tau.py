@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from har_tf import held_out, label_issues
@@ -26,15 +25,10 @@ NAME = "estimate_tau"
 
 def _predict(model, dataset):
     """(ids, labels, probabilities float64 [N, C]) over a with_meta dataset."""
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    ids, labels, logits = [], [], []
-    for x, y, meta in dataset:
-        logits.append(forward(x).numpy().astype(np.float64))
-        labels.append(y.numpy())
-        ids.append(meta["id"].numpy())
-    z = np.concatenate(logits)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.concatenate(ids), np.concatenate(labels), z / z.sum(axis=1, keepdims=True)
+    logits_of = modeling.forward(model)
+    batches = modeling.run_batches(lambda x, y, meta: (meta["id"], y, logits_of(x)), dataset)
+    ids, labels, logits = (np.concatenate(part) for part in zip(*batches, strict=True))
+    return ids, labels, held_out.softmax(logits)
 
 
 def run(config, workdir: str) -> None:
