@@ -46,6 +46,15 @@ def count_tokens(texts) -> collections.Counter:
     )
 
 
+def token_lengths(texts) -> np.ndarray:
+    """int64 [n]: how many tokens each of the n `texts` has (the split `count_tokens` uses)."""
+    texts = list(texts)
+    if not texts:
+        return np.zeros([0], np.int64)
+    split = tf.strings.split(standardize(tf.constant(texts, tf.string)))
+    return split.row_lengths().numpy().astype(np.int64)
+
+
 def build_vocabulary(counts: dict[str, int], max_tokens: int) -> list[str]:
     """The `max_tokens - 2` most frequent tokens (ties: alphabetical), most frequent first.
 
