@@ -211,6 +211,11 @@ def base_config():
                     by="noisy",  # cut by "noisy" label after the noise (authors) or "clean"
                 )
             ),
+            # The data schema (TFX's Schema proto, text format) the splits are checked
+            # against: "" = <workdir>/schema/schema.pbtxt, inferred by the workdir's
+            # first run and kept for later ones; a path = a curated schema, read only
+            # (docs/DATA_VALIDATION.md).
+            schema="",
             num_shards=4,
             # Examples per chunk that one Beam worker reads and corrupts at once (numpy,
             # vectorized): bounds a worker's memory, and sets the parallelism.

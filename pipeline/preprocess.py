@@ -27,8 +27,13 @@ and processed as numpy arrays:
       -> the target-th smallest = the class's keep threshold     -> side input
   chunk ranges -> write pass (images + labels, threshold side input): noisy labels,
       keep mask, encoded records batched by shard (id % num_shards)
-      -> GroupByKey(shard) -> sort by id, write the shard file; kept C x C counts (summed)
-  counts, targets -> a small JSON per split, folded into manifest.json afterwards.
+      -> GroupByKey(shard) -> sort by id, write the shard file; kept C x C counts (summed);
+         a summary of the kept records (merged, pipeline/data_statistics.py)
+  counts, targets, summary -> a small JSON per split, folded into manifest.json
+  afterwards, and into the statistics that pipeline/data_validation.py checks
+  against the schema (docs/DATA_VALIDATION.md): a hard anomaly fails the stage.
+
+The combiners live in pipeline/preprocess_combiners.py.
 
 Runner: `--runner=FnApiRunner` by default, Beam's in-process batch runner. Beam's
 plain "DirectRunner" first tries the Prism runner, which downloads a binary (no
@@ -42,7 +47,6 @@ these and the Dataflow, Flink and Spark options.
 
 from __future__ import annotations
 
-import collections
 import importlib
 import json
 import logging as py_logging
@@ -56,7 +60,18 @@ from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from har_tf import corruption
-from pipeline import data, preprocess_manifest, preprocess_plan, records, stage, text, validation
+from pipeline import (
+    data,
+    data_statistics,
+    data_validation,
+    preprocess_manifest,
+    preprocess_plan,
+    records,
+    stage,
+    text,
+    validation,
+)
+from pipeline.preprocess_combiners import MergeSummaries, SmallestByKey, SumCounts, SumTokenCounts
 
 # make_plan and the config vocabularies are re-exported: `preprocess.make_plan` etc.
 from pipeline.preprocess_plan import (  # noqa: F401
@@ -75,60 +90,9 @@ _DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
 _DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
 
 
-class _SumCounts(beam.CombineFn):
-    """Sums int64 (C, C) count matrices; the empty sum is zeros."""
-
-    def __init__(self, num_classes: int):
-        self._num_classes = num_classes
-
-    def create_accumulator(self):
-        return np.zeros((self._num_classes, self._num_classes), np.int64)
-
-    def add_input(self, acc, counts):
-        return acc + counts
-
-    def merge_accumulators(self, accs):
-        return sum(accs, self.create_accumulator())
-
-    def extract_output(self, acc):
-        return acc
-
-
-class _SmallestByKey(beam.CombineFn):
-    """Top-k by smallest (key, id) over chunks of (k, keys float64 [n], ids int64 [n]).
-
-    A vectorized stand-in for `beam.combiners.Top.Smallest(k)` on (key, id) pairs:
-    merging per-chunk top-k lists and trimming to k is exact. Each input carries its
-    class's k (every input of a key has the same one), since a CombineFn applied per
-    key does not see the key.
-    """
-
-    def create_accumulator(self):
-        return 0, np.zeros([0], np.float64), np.zeros([0], np.int64)
-
-    @staticmethod
-    def _trim(k, keys, ids):
-        chosen = corruption.smallest_by_key(keys, ids, k)
-        return k, keys[chosen], ids[chosen]
-
-    def add_input(self, acc, chunk):
-        return self.merge_accumulators([acc, chunk])
-
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        return self._trim(
-            max(a[0] for a in accs),
-            np.concatenate([a[1] for a in accs]),
-            np.concatenate([a[2] for a in accs]),
-        )
-
-    def extract_output(self, acc):
-        _, keys, ids = self._trim(*acc)
-        return keys, ids  # Sorted ascending.
-
-
 class _EncodeChunk(beam.DoFn):
-    """Reads a chunk, corrupts and cuts it; emits encoded records and kept counts.
+    """Reads a chunk, corrupts and cuts it; emits encoded records, kept counts and a
+    summary of the kept records (output SUMMARY, for the split's statistics).
 
     Main output: one `(shard, (ids, records))` per shard of the split, `ids` the
     kept example ids with `id % num_shards == shard` (ascending) and `records` their
@@ -140,6 +104,7 @@ class _EncodeChunk(beam.DoFn):
 
     COUNTS = "counts"
     TOKENS = "tokens"
+    SUMMARY = "summary"
 
     def __init__(self, plan: Plan, split: str):
         self._plan = plan
@@ -155,13 +120,18 @@ class _EncodeChunk(beam.DoFn):
         ids = labels.ids[kept]
         if plan.modality == "text":
             payloads = [{"text": t.encode("utf-8")} for t in inputs]
+            kept_texts = [inputs[i] for i in kept.tolist()]
             if self._split == "train":
-                kept_texts = [inputs[i] for i in kept.tolist()]
                 counts = text.count_tokens(kept_texts) if kept_texts else {}
                 yield beam.pvalue.TaggedOutput(self.TOKENS, dict(counts))
+            summary = data_statistics.summarize_texts(
+                ids, kept_texts, text.token_lengths(kept_texts)
+            )
         else:
             flat = inputs.reshape(inputs.shape[0], -1)
             payloads = [{"image": row.tobytes()} for row in flat]
+            summary = data_statistics.summarize_images(ids, inputs[kept])
+        yield beam.pvalue.TaggedOutput(self.SUMMARY, summary)
         encoded = [
             records.encode(example_id, label, clean_label, **payloads[i])
             for i, example_id, label, clean_label in zip(
@@ -214,35 +184,16 @@ class _WriteShard(beam.DoFn):
         yield name
 
 
-class _SumTokenCounts(beam.CombineFn):
-    """Sums {token: count} dicts (the vocabulary's counts over all kept train texts)."""
-
-    def create_accumulator(self):
-        return collections.Counter()
-
-    def add_input(self, acc, counts):
-        acc.update(counts)
-        return acc
-
-    def merge_accumulators(self, accs):
-        total = collections.Counter()
-        for acc in accs:
-            total.update(acc)
-        return total
-
-    def extract_output(self, acc):
-        return dict(acc)
-
-
 def _write_vocabulary(counts: dict, path: str, max_tokens: int) -> None:
     text.write_vocabulary(path, text.build_vocabulary(counts, max_tokens))
 
 
-def _write_stats(_, path: str, *, before, after, targets) -> None:
+def _write_stats(_, path: str, *, before, after, targets, summary) -> None:
     stats = {
         "transition_counts_before_cut": np.asarray(before).tolist(),
         "transition_counts": np.asarray(after).tolist(),
         "targets": None if targets is None else np.asarray(targets).tolist(),
+        "summary": summary.to_json(),
     }
     with open(path, "w") as f:
         json.dump(stats, f)
@@ -273,7 +224,7 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         before = (
             labels
             | f"{split}/ChunkCounts" >> beam.Map(preprocess_plan.chunk_counts, plan)
-            | f"{split}/CountsBeforeCut" >> beam.CombineGlobally(_SumCounts(C))
+            | f"{split}/CountsBeforeCut" >> beam.CombineGlobally(SumCounts(C))
         )
     if cut:
         bounds = plan.candidate_bounds(split)
@@ -281,7 +232,7 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         thresholds = (
             labels
             | f"{split}/Candidates" >> beam.FlatMap(preprocess_plan.chunk_candidates, plan, bounds)
-            | f"{split}/SmallestPerClass" >> beam.CombinePerKey(_SmallestByKey())
+            | f"{split}/SmallestPerClass" >> beam.CombinePerKey(SmallestByKey())
             | f"{split}/Thresholds"
             >> beam.Map(preprocess_plan.threshold, beam.pvalue.AsSingleton(targets))
         )
@@ -290,12 +241,12 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         targets = None
         encode = beam.ParDo(_EncodeChunk(plan, split))
     encoded = chunks | f"{split}/Encode" >> encode.with_outputs(
-        _EncodeChunk.COUNTS, _EncodeChunk.TOKENS, main="records"
+        _EncodeChunk.COUNTS, _EncodeChunk.TOKENS, _EncodeChunk.SUMMARY, main="records"
     )
     if plan.modality == "text" and split == "train":
         _ = (
             encoded[_EncodeChunk.TOKENS]
-            | f"{split}/TokenCounts" >> beam.CombineGlobally(_SumTokenCounts())
+            | f"{split}/TokenCounts" >> beam.CombineGlobally(SumTokenCounts())
             | f"{split}/Vocabulary"
             >> beam.Map(_write_vocabulary, os.path.join(out_dir, text.VOCAB_FILE), plan.max_tokens)
         )
@@ -305,10 +256,13 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         | f"{split}/WriteShards" >> beam.ParDo(_WriteShard(out_dir, split, plan.num_shards))
     )
     after = encoded[_EncodeChunk.COUNTS] | f"{split}/CountsAfterCut" >> beam.CombineGlobally(
-        _SumCounts(C)
+        SumCounts(C)
     )
     if split != "train":
         before = after
+    summary = encoded[_EncodeChunk.SUMMARY] | f"{split}/Summary" >> beam.CombineGlobally(
+        MergeSummaries()
+    )
 
     def side(pcoll):
         return None if pcoll is None else beam.pvalue.AsSingleton(pcoll)
@@ -323,6 +277,7 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
             before=side(before),
             after=side(after),
             targets=side(targets),
+            summary=side(summary),
         )
     )
 
@@ -402,7 +357,8 @@ class _DropPipelineErrors(py_logging.Filter):
 
 
 def run(config, workdir: str, beam_args=()) -> None:
-    """Runs the stage: writes `<workdir>/preprocess/` (shards + manifest.json).
+    """Runs the stage: writes `<workdir>/preprocess/` (shards, manifest.json, the data
+    validation files) and, on a workdir's first run, `<workdir>/schema/schema.pbtxt`.
 
     Args:
       config: the experiment config (reads `config.data` and `config.seed`).
@@ -410,8 +366,8 @@ def run(config, workdir: str, beam_args=()) -> None:
       beam_args: extra Beam pipeline options, e.g. ["--direct_num_workers=2"].
 
     Raises:
-      PipelineError: on a config or data problem; `<workdir>/preprocess` is then not
-        created.
+      PipelineError: on a config or data problem, or a hard anomaly of the data
+        against its schema; `<workdir>/preprocess` is then not created.
     """
     plan = make_plan(config)
     val_fraction = validation.checked_fraction(config.data)
@@ -423,10 +379,16 @@ def run(config, workdir: str, beam_args=()) -> None:
         config.data.noise.kind,
         config.data.imbalance.kind,
     )
+    schema = data_validation.load_schema(config, workdir)
     section = {"seed": plan.seed, "data": config.data.to_dict()}
     with stage.stage_output(workdir, STAGE, config=section) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
-        manifest = preprocess_manifest.manifest(config, plan, out_dir)
+        split_stats = preprocess_manifest.read_split_stats(out_dir)
+        manifest = preprocess_manifest.manifest(config, plan, out_dir, split_stats)
+        # Statistics, schema, anomalies: raises on a hard anomaly (nothing completes).
+        manifest["data_validation"] = data_validation.validate_output(
+            plan, schema, out_dir, split_stats
+        )
         if val_fraction:
             train = data.read_shard_labels(out_dir, "train")
             manifest["validation"] = validation.manifest_entry(

@@ -44,18 +44,24 @@ def split_entry(stats: dict, plan: Plan, split: str, out_dir: str) -> dict:
     }
 
 
-def manifest(config, plan: Plan, out_dir: str) -> dict:
-    """manifest.json's content, from the plan and the per-split stats files the Beam
-    job wrote into `out_dir` (read, then deleted)."""
-    splits = {}
-    targets = None
+def read_split_stats(out_dir: str) -> dict[str, dict]:
+    """Per split, the stats file the Beam job wrote into `out_dir` (read, then deleted):
+    transition counts before and after the cut, targets, and the records' summary
+    (pipeline/data_statistics.py)."""
+    out = {}
     for split in records.SPLITS:
         path = os.path.join(out_dir, STATS_FILE.format(split=split))
-        stats = stage.read_json(path)
+        out[split] = stage.read_json(path)
         os.remove(path)
-        splits[split] = split_entry(stats, plan, split, out_dir)
-        if split == "train":
-            targets = stats["targets"]
+    return out
+
+
+def manifest(config, plan: Plan, out_dir: str, split_stats: dict[str, dict]) -> dict:
+    """manifest.json's content, from the plan and `read_split_stats`."""
+    splits = {
+        split: split_entry(split_stats[split], plan, split, out_dir) for split in records.SPLITS
+    }
+    targets = split_stats["train"]["targets"]
     out = {
         "dataset": config.data.dataset,
         "source": plan.source.description,

@@ -74,7 +74,7 @@ DECLARED_OUTPUTS = {
 }
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
-NEUTRAL_DEFAULTS = {"tau.cross_fit": False}
+NEUTRAL_DEFAULTS = {"tau.cross_fit": False, "data.schema": ""}
 
 
 class PipelineError(Exception):

@@ -23,7 +23,7 @@ from configs import fashion_mnist_hetero
 from har_tf import corruption
 from pipeline import preprocess, records, sources, stage
 from pipeline.stage import PipelineError
-from tests.pipeline import idx_fixtures
+from tests.pipeline import idx_fixtures, schema_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_TRAIN, NUM_TEST = 3_200, 600  # More than the smoke limits (3,000 / 500).
@@ -163,7 +163,17 @@ def smoke_run(dataset, tmp_path_factory):
 def test_stage_dir_holds_shards_manifest_and_nothing_else(smoke_run):
     config, _, out, manifest = smoke_run
     expected = {f"{s}-0000{i}-of-00002.tfrecord" for s in ("train", "test") for i in (0, 1)}
-    assert set(os.listdir(out)) == expected | {"manifest.json", stage.METADATA}
+    validation = {
+        "statistics.pbtxt",
+        "schema.pbtxt",
+        "anomalies-train.pbtxt",
+        "anomalies-test.pbtxt",
+    }
+    assert set(os.listdir(out)) == expected | validation | {"manifest.json", stage.METADATA}
+    # The inferred schema is kept beside the stage directories, for later runs.
+    workdir = os.path.dirname(out)
+    assert sorted(os.listdir(workdir)) == ["preprocess", "schema"]
+    assert os.listdir(os.path.join(workdir, "schema")) == ["schema.pbtxt"]
     for split in records.SPLITS:
         names = [os.path.basename(p) for p in records.shard_paths(out, split)]
         assert names == [f"{split}-00000-of-00002.tfrecord", f"{split}-00001-of-00002.tfrecord"]
@@ -298,6 +308,12 @@ def test_rerun_with_other_chunking_and_sharding_gives_identical_records(
         manifest["splits"][split].pop("shards")
         manifest2["splits"][split].pop("shards")
     assert manifest2 == manifest
+    # The statistics are merged exactly from per-chunk summaries: the same bytes.
+    with (
+        open(os.path.join(out, "statistics.pbtxt")) as a,
+        open(os.path.join(out2, "statistics.pbtxt")) as b,
+    ):
+        assert a.read() == b.read()
 
 
 def test_cut_by_clean_label_and_other_seed(dataset, tmp_path):
@@ -438,6 +454,9 @@ def test_empty_shards_are_written_as_empty_files(dataset, tmp_path):
     config = smoke_config(directory, limit_train=20, limit_test=3, num_shards=5)
     config.data.noise.kind = "none"
     config.data.imbalance.kind = "none"
+    # 3 test records cannot hold 10 classes: a schema whose classes may be missing.
+    schema = schema_fixtures.write_schema(tmp_path / "s.pbtxt", num_classes=10, categorical=False)
+    config.data.schema = schema
     preprocess.run(config, str(tmp_path))
     out = stage.stage_dir(str(tmp_path), "preprocess")
     manifest = stage.read_json(os.path.join(out, "manifest.json"))

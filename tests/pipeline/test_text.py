@@ -301,6 +301,7 @@ def test_text_manifest_records_the_split_and_vocabulary(text_run):
     assert manifest["text"]["sequence_length"] == 6
     assert sorted(os.listdir(out)) == sorted(
         ["manifest.json", "metadata.json", "vocab.txt"]
+        + ["statistics.pbtxt", "schema.pbtxt", "anomalies-train.pbtxt", "anomalies-test.pbtxt"]
         + [os.path.basename(p) for s in ("train", "test") for p in records.shard_paths(out, s)]
     )
 
