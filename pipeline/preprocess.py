@@ -58,6 +58,7 @@ import apache_beam as beam
 import numpy as np
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.combiners import TupleCombineFn
 
 from har_tf import corruption
 from pipeline import (
@@ -91,20 +92,20 @@ _DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRu
 
 
 class _EncodeChunk(beam.DoFn):
-    """Reads a chunk, corrupts and cuts it; emits encoded records, kept counts and a
-    summary of the kept records (output SUMMARY, for the split's statistics).
+    """Reads a chunk, corrupts and cuts it; emits encoded records and what was kept.
 
     Main output: one `(shard, (ids, records))` per shard of the split, `ids` the
     kept example ids with `id % num_shards == shard` (ascending) and `records` their
     serialized Examples. Every shard gets an element, empty or not, so each shard
-    reaches `_WriteShard` and is written even if it holds no record. For text, the
-    train split also emits the token counts of its kept records (output TOKENS), from
-    which the vocabulary is built.
+    reaches `_WriteShard` and is written even if it holds no record. Output KEPT:
+    the kept records' C x C transition counts and their `data_statistics.Summary`
+    (for the split's statistics), one pair per chunk. For text, the train split also
+    emits the token counts of its kept records (output TOKENS), from which the
+    vocabulary is built.
     """
 
-    COUNTS = "counts"
+    KEPT = "kept"
     TOKENS = "tokens"
-    SUMMARY = "summary"
 
     def __init__(self, plan: Plan, split: str):
         self._plan = plan
@@ -131,7 +132,6 @@ class _EncodeChunk(beam.DoFn):
             flat = inputs.reshape(inputs.shape[0], -1)
             payloads = [{"image": row.tobytes()} for row in flat]
             summary = data_statistics.summarize_images(ids, inputs[kept])
-        yield beam.pvalue.TaggedOutput(self.SUMMARY, summary)
         encoded = [
             records.encode(example_id, label, clean_label, **payloads[i])
             for i, example_id, label, clean_label in zip(
@@ -149,7 +149,7 @@ class _EncodeChunk(beam.DoFn):
         counts = corruption.transition_counts(
             labels.clean[kept], labels.noisy[kept], plan.num_classes
         )
-        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
+        yield beam.pvalue.TaggedOutput(self.KEPT, (counts, summary))
 
 
 class _WriteShard(beam.DoFn):
@@ -188,7 +188,11 @@ def _write_vocabulary(counts: dict, path: str, max_tokens: int) -> None:
     text.write_vocabulary(path, text.build_vocabulary(counts, max_tokens))
 
 
-def _write_stats(_, path: str, *, before, after, targets, summary) -> None:
+def _write_stats(_, path: str, *, before, kept, targets) -> None:
+    """The split's JSON: counts before (None: uncut, the kept ones) and after the cut,
+    the cut's targets and the kept records' summary."""
+    after, summary = kept
+    before = after if before is None else before
     stats = {
         "transition_counts_before_cut": np.asarray(before).tolist(),
         "transition_counts": np.asarray(after).tolist(),
@@ -241,7 +245,7 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         targets = None
         encode = beam.ParDo(_EncodeChunk(plan, split))
     encoded = chunks | f"{split}/Encode" >> encode.with_outputs(
-        _EncodeChunk.COUNTS, _EncodeChunk.TOKENS, _EncodeChunk.SUMMARY, main="records"
+        _EncodeChunk.KEPT, _EncodeChunk.TOKENS, main="records"
     )
     if plan.modality == "text" and split == "train":
         _ = (
@@ -255,14 +259,12 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         | f"{split}/GroupByShard" >> beam.GroupByKey()
         | f"{split}/WriteShards" >> beam.ParDo(_WriteShard(out_dir, split, plan.num_shards))
     )
-    after = encoded[_EncodeChunk.COUNTS] | f"{split}/CountsAfterCut" >> beam.CombineGlobally(
-        SumCounts(C)
+    # One combiner for both halves of KEPT: a separate one each costs a Beam stage.
+    kept = encoded[_EncodeChunk.KEPT] | f"{split}/CountsAfterCut" >> beam.CombineGlobally(
+        TupleCombineFn(SumCounts(C), MergeSummaries())
     )
     if split != "train":
-        before = after
-    summary = encoded[_EncodeChunk.SUMMARY] | f"{split}/Summary" >> beam.CombineGlobally(
-        MergeSummaries()
-    )
+        before = None
 
     def side(pcoll):
         return None if pcoll is None else beam.pvalue.AsSingleton(pcoll)
@@ -275,9 +277,8 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
             _write_stats,
             os.path.join(out_dir, preprocess_manifest.STATS_FILE.format(split=split)),
             before=side(before),
-            after=side(after),
+            kept=side(kept),
             targets=side(targets),
-            summary=side(summary),
         )
     )
 

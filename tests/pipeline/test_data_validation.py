@@ -462,8 +462,7 @@ def test_a_class_the_noise_empties_in_train_stops_the_stage(dataset, tmp_path):
         PipelineError, match=r"train: label: class 3 has no record in the train split"
     ):
         preprocess.run(config, str(tmp_path / "work"))
-    # Read before the Beam job: nothing was started.
-    assert not os.path.exists(tmp_path / "work" / "preprocess.partial")
+    assert not stage.is_complete(str(tmp_path / "work"), "preprocess")
 
 
 def test_a_skewed_test_split_is_a_soft_anomaly(tmp_path, caplog):
