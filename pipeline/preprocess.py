@@ -463,4 +463,4 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "beam_args", "", "Extra Beam pipeline options, e.g. '--direct_num_workers=2'."
     )
-    app.run(preprocess.main)
+    app.run(preprocess.main, flags_parser=cli.parse_flags)

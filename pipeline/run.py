@@ -151,4 +151,4 @@ if __name__ == "__main__":
         "",
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -426,6 +426,11 @@ def run_main(
             check(config)
         from pipeline import workdir_lock  # it imports this module
 
+        # A missing input is refused before taking the lock, which would create
+        # the workdir: a mistyped --workdir leaves nothing behind.
+        for dep in inputs(config, name):
+            if not is_complete(workdir, dep):
+                require(workdir, dep)  # raises, naming the stage to run first
         with workdir_lock.held(workdir):
             fps = fingerprints(config)
             for dep in inputs(config, name):

@@ -229,4 +229,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_jobs", 0, f"Stop after this many runs (0 = all); exit {MORE_TO_DO}.")
     flags.DEFINE_bool("aggregate_only", False, "Only aggregate what has finished so far.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from pipeline import cli
+
+    app.run(main, flags_parser=cli.parse_flags)
