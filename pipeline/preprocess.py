@@ -381,8 +381,7 @@ def run(config, workdir: str, beam_args=()) -> None:
         config.data.imbalance.kind,
     )
     schema = data_validation.load_schema(config, workdir)
-    section = {"seed": plan.seed, "data": config.data.to_dict()}
-    with stage.stage_output(workdir, STAGE, config=section) as out_dir:
+    with stage.stage_output(workdir, STAGE, config) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
         split_stats = preprocess_manifest.read_split_stats(out_dir)
         manifest = preprocess_manifest.manifest(config, plan, out_dir, split_stats)
@@ -427,4 +426,4 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "beam_args", "", "Extra Beam pipeline options, e.g. '--direct_num_workers=2'."
     )
-    app.run(preprocess.main)
+    app.run(preprocess.main, flags_parser=cli.parse_flags)
