@@ -485,3 +485,17 @@ def test_a_skewed_test_split_is_a_soft_anomaly(tmp_path, caplog):
     info = anomalies.anomaly_info["clean_label"]
     assert info.severity == INFO.WARNING
     assert [r.type for r in info.reason] == [INFO.COMPARATOR_L_INFTY_HIGH]
+
+
+def test_the_default_schema_field_leaves_fingerprints_unchanged(dataset):
+    # Workdirs made before config.data.schema existed stay current; a given schema
+    # is a change of the preprocess stage's input.
+    directory, _ = dataset
+    config = config_for(directory)
+    default = stage.fingerprints(config)
+    with config.unlocked():
+        del config.data["schema"]
+    assert stage.fingerprints(config) == default
+    with config.unlocked():
+        config.data.schema = "configs/my_schema.pbtxt"
+    assert stage.fingerprints(config)["preprocess"] != default["preprocess"]
