@@ -426,10 +426,12 @@ def run_main(
             check(config)
         from pipeline import workdir_lock  # it imports this module
 
-        # A missing input is refused before taking the lock, which would create
-        # the workdir: a mistyped --workdir leaves nothing behind.
-        for dep in inputs(config, name):
-            if not is_complete(workdir, dep):
+        # A stage with inputs refuses a workdir that does not exist before taking
+        # the lock, which would create it: a mistyped --workdir leaves nothing
+        # behind. (In an existing workdir the lock comes first: another process
+        # may be making the inputs.)
+        if not os.path.isdir(workdir):
+            for dep in inputs(config, name)[:1]:
                 require(workdir, dep)  # raises, naming the stage to run first
         with workdir_lock.held(workdir):
             fps = fingerprints(config)
