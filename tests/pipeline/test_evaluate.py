@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import data, epoch_eval, evaluate, modeling, plots, stage
+from pipeline import blessing, data, epoch_eval, evaluate, evaluate_report, modeling, plots, stage
 from tests.pipeline import workdir_fixtures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +263,7 @@ def test_stage_best_epoch_from_the_history(evaluated):
             assert best["groups"][g] == pytest.approx(expected), g
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert evaluate.BEST_EPOCH_TITLE in md
+    assert evaluate_report.BEST_EPOCH_TITLE in md
     assert "| run | best epoch | noisy_rare | clean | overall | top-5 |" in md
     noisy_rare = report["runs"]["har"]["best_epoch"]["groups"]["noisy_rare"]
     assert f"| har | 1 | {100 * noisy_rare:.1f} |" in md
@@ -277,7 +277,7 @@ def test_stage_without_per_epoch_test_says_so(evaluated_without_per_epoch_test):
     assert all(r["best_epoch"] is None for r in report["runs"].values())
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert evaluate.BEST_EPOCH_TITLE in md and evaluate.BEST_EPOCH_UNAVAILABLE in md
+    assert evaluate_report.BEST_EPOCH_TITLE in md and evaluate_report.BEST_EPOCH_UNAVAILABLE in md
     assert "| run | best epoch |" not in md and "accuracy at best epoch" not in md
     assert "| run | noisy_rare | clean | overall | top-5 | lambda |" in md
 
