@@ -128,7 +128,7 @@ def run_pipeline(
             if name == "preprocess":
                 run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
             elif name == "push":
-                run = functools.partial(push.run, config, workdir, force_push=force_push)
+                run = functools.partial(STAGE_RUNS[name], config, workdir, force_push=force_push)
             else:
                 run = functools.partial(STAGE_RUNS[name], config, workdir)
             # forced: start afresh rather than resume an interrupted attempt.

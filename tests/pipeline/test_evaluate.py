@@ -293,6 +293,34 @@ def test_stage_writes_plots_referenced_by_the_report(evaluated):
         assert_png(os.path.join(out, png))
 
 
+def test_stage_writes_each_runs_blessing(evaluated):
+    """blessing.json per run, from report.json's numbers by hand: the smoke config's
+    HAR thresholds (configs/common.har_thresholds) on two untrained models."""
+    config, _, out = evaluated
+    report = stage.read_json(os.path.join(out, "report.json"))
+    erm, har = (report["runs"][r]["test"] for r in ("erm", "har"))
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert evaluate_report.BLESSING_TITLE in md
+    for run in ("erm", "har"):
+        b = stage.read_json(blessing.path(out, run))
+        t = b["thresholds"]
+        assert t["overall_floor"]["value"] == report["runs"][run]["test"]["overall"]
+        assert t["overall_floor"]["passed"] == (report["runs"][run]["test"]["overall"] >= 0.5)
+        expected = all(r["passed"] is not False for r in t.values())
+        assert b["status"] == ("BLESSED" if expected else "NOT_BLESSED")
+        for name, r in t.items():
+            outcome = {True: "pass", False: "FAIL", None: "skipped"}[r["passed"]]
+            assert f"| {run} | {b['status']} | {blessing.describe(name, r)} | {outcome} |" in md
+    erm_b = stage.read_json(blessing.path(out, "erm"))["thresholds"]
+    assert erm_b["noisy_rare_vs_erm"]["passed"] is None  # the baseline itself
+    har_b = stage.read_json(blessing.path(out, "har"))["thresholds"]
+    diff = har["groups"]["noisy_rare"] - erm["groups"]["noisy_rare"]
+    assert har_b["noisy_rare_vs_erm"]["diff"] == pytest.approx(diff)
+    assert har_b["noisy_rare_vs_erm"]["passed"] == (diff >= -0.005)
+    assert har_b["overall_vs_erm"]["passed"] == (har["overall"] - erm["overall"] >= -0.01)
+
+
 def test_predict_classes_is_the_argmax_of_the_models_logits():
     """estimate_tau's inference (modeling.run_batches, as evaluate's): every batch,
     the last partial one included, in order; an empty dataset gives empty arrays."""
