@@ -337,7 +337,7 @@ def run(config, workdir: str) -> None:
     det = detection.read(workdir, config.data.num_classes)
     if det is not None:
         report["label_issue_detection"] = det
-    with stage.stage_output(workdir, NAME, config=config.eval) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         write_outputs(out, report, list(groups), losses_by_run, histories, blessings)
     for name, b in blessings.items():
         print(f"== blessing of run {name}: {b['status']}")

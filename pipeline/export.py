@@ -275,7 +275,7 @@ def run(config, workdir: str) -> None:
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]
     modality = manifest.get("modality", "image")
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         card_dir = os.path.join(out, section.model_name)
         vectorizer = data.text_vectorizer(workdir, manifest) if modality == "text" else None
         path = os.path.join(card_dir, str(int(section.version)))

@@ -29,7 +29,7 @@ def run(config, workdir: str) -> None:
     )
     logging.info("Pretrain split: %d examples in half A, %d in half B", len(half_a), len(half_b))
     # resume: an interrupted attempt continues from its last checkpointed epoch.
-    with stage.stage_output(workdir, NAME, config=section, resume=True) as out:
+    with stage.stage_output(workdir, NAME, config, resume=True) as out:
         np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
         _fit_half(config, workdir, out, half_a)
         if config.tau.get("cross_fit", False):

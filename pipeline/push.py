@@ -130,7 +130,7 @@ def run(config, workdir: str, *, force_push: bool = False) -> None:
         copied = copy_version(src, dest, int(section.version))
         already = not copied
     record.update(pushed=copied or already, already_there=already)
-    with stage.stage_output(workdir, NAME, config={"push_destination": dest}) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         stage.write_json(os.path.join(out, FILE), record)
     print(summary(record))
     logging.info("Push: %s", record)
@@ -188,4 +188,4 @@ if __name__ == "__main__":
 
     cli.define_common_flags()
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

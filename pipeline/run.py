@@ -102,7 +102,8 @@ def run_pipeline(
     check_config(config)
     names = needed_stages(config)
     # One process at a time in a workdir (refuses at once if another holds it).
-    with workdir_lock.held(workdir), stage.fingerprinting(config) as fps:
+    fps = stage.fingerprints(config)
+    with workdir_lock.held(workdir):
         rerun = force
         for name in names:
             forced = (
@@ -172,4 +173,4 @@ if __name__ == "__main__":
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
     push.define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -58,7 +58,7 @@ def run(config, workdir: str) -> None:
     class_counts = np.bincount(labels, minlength=config.data.num_classes)
     # resume: runs an interrupted attempt finished are kept, and the run it was in
     # continues from its last checkpointed epoch.
-    with stage.stage_output(workdir, NAME, config=section, resume=True) as out:
+    with stage.stage_output(workdir, NAME, config, resume=True) as out:
         for name, run_cfg in section.runs.items():
             run_dir = os.path.join(out, name)
             if modeling.is_fitted(run_dir):
