@@ -111,6 +111,26 @@ def test_blessing_infra_blessing_and_push_agree(completed):
 
 
 @pytest.mark.slow
+def test_force_push_reruns_only_push(completed, idx_dir):
+    workdir, _ = completed
+    result = _pipeline(
+        workdir,
+        f"--config.data.data_dir={idx_dir}",
+        "--config.export.push_destination=serving/har",
+        "--force_push",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in stage.STAGES[:-1]:
+        assert f"== {name}: complete, skipped" in result.stdout
+    assert "== push: rerunning" in result.stdout
+    record = stage.read_json(os.path.join(workdir, "push", "push.json"))
+    assert record["pushed"] is True and record["forced"] == bool(record["reasons"])
+    serving = os.path.join(workdir, "serving", "har")
+    assert os.listdir(serving) == ["1"]  # the version only, no temporary directory
+    assert os.path.isfile(os.path.join(serving, "1", "saved_model.pb"))
+
+
+@pytest.mark.slow
 def test_rerun_skips_completed_stages(completed, idx_dir):
     workdir, _ = completed
     before = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
