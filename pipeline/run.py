@@ -55,7 +55,8 @@ assert tuple(STAGE_RUNS) == stage.STAGES
 
 def check_config(config) -> None:
     """Checks every section before the first stage runs, so that a misnamed
-    export.run or an out-of-range evaluation group fails now, not after training.
+    export.run, an out-of-range evaluation group or a threshold naming an unknown
+    baseline run fails now, not after training.
 
     Numeric ranges first (config_ranges), then each check that lives beside the code
     that reads the section; preprocess's needs the data, so it runs as that stage
