@@ -177,22 +177,30 @@ def judge(run: str, tests: dict[str, dict], specs: dict[str, dict]) -> dict:
     return {"run": run, "status": NOT_BLESSED if failed else BLESSED, "thresholds": results}
 
 
+def _num(v, spec: str = ".4f") -> str:
+    """A figure, or "n/a" for a missing one (NaN here, null once read back from JSON)."""
+    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
+
+
 def describe(name: str, r: dict) -> str:
-    """One threshold's outcome in words, e.g. for the push stage's refusal."""
+    """One threshold's outcome in words, e.g. for the push stage's refusal; `r` as
+    judge_one returns it or as read back from blessing.json."""
     what = f"{r['metric']} on {r['slice']}"
     if r["kind"] == "value":
         bounds = [f">= {r['lower_bound']:g}" if r["lower_bound"] is not None else ""]
         bounds.append(f"<= {r['upper_bound']:g}" if r["upper_bound"] is not None else "")
-        return f"{name}: {what} = {r['value']:.4f}, must be {' and '.join(b for b in bounds if b)}"
+        return (
+            f"{name}: {what} = {_num(r['value'])}, must be {' and '.join(b for b in bounds if b)}"
+        )
     if r["passed"] is None:
         return f"{name}: skipped ({r['skipped']})"
     sign = ">=" if r["direction"] == "higher_is_better" else "<="
     need = [f"change {sign} {r['absolute']:+g}" if r["absolute"] is not None else ""]
     need.append(f"relative change {sign} {r['relative']:+g}" if r["relative"] is not None else "")
     return (
-        f"{name}: {what} = {r['value']:.4f} vs {r['baseline']}'s {r['baseline_value']:.4f} "
-        f"(change {r['diff']:+.4f}, relative {r['relative_change']:+.4f}), must be "
-        + " and ".join(n for n in need if n)
+        f"{name}: {what} = {_num(r['value'])} vs {r['baseline']}'s {_num(r['baseline_value'])} "
+        f"(change {_num(r['diff'], '+.4f')}, relative {_num(r['relative_change'], '+.4f')}), "
+        "must be " + " and ".join(n for n in need if n)
     )
 
 

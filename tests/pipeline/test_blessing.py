@@ -124,6 +124,26 @@ def test_status_and_failures_of_a_candidate():
     assert blessing.judge("har", TESTS, {})["status"] == blessing.BLESSED
 
 
+def test_failures_read_back_from_json_name_missing_figures(tmp_path):
+    """A slice without test examples (value NaN) and a baseline of 0 (relative change
+    undefined) are null in blessing.json; the push stage still words them."""
+    tests = {
+        "erm": {"overall": 0.0, "groups": {}, "per_class": [None], "top5": None},
+        "har": {"overall": 0.0, "groups": {}, "per_class": [None], "top5": None},
+    }
+    specs = {
+        "class_0_floor": {"slice": "class_0", "lower_bound": 0.5},
+        "vs_erm": {"baseline": "erm", "direction": "higher_is_better", "relative": 0.1},
+    }
+    path = str(tmp_path / "blessing.json")
+    stage.write_json(path, blessing.judge("har", tests, specs))
+    assert blessing.failures(stage.read_json(path)) == [
+        "class_0_floor: accuracy on class_0 = n/a, must be >= 0.5",
+        "vs_erm: accuracy on overall = 0.0000 vs erm's 0.0000 (change +0.0000, relative n/a), "
+        "must be relative change >= +0.1",
+    ]
+
+
 def _config(**thresholds):
     config = fashion_mnist_hetero.get_config("smoke")
     config.eval.thresholds = ml_collections.ConfigDict(thresholds)
