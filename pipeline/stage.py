@@ -248,6 +248,10 @@ def stage_output(
     """
     final = stage_dir(workdir, name)
     partial = final + ".partial"
+    if multi_worker_role["read_only"]:
+        multi_worker_role["sync"]()  # until the chief has prepared .partial
+        yield partial
+        return
     if os.path.exists(final):
         raise PipelineError(f"stage '{name}' already completed in {workdir!r}")
     fingerprint = _current.get(name)
@@ -262,6 +266,8 @@ def stage_output(
     os.makedirs(partial, exist_ok=True)
     with open(marker, "w") as f:
         f.write(str(fingerprint))
+    if multi_worker_role["sync"]:
+        multi_worker_role["sync"]()
     started = time.time()
     yield partial
     if hasattr(config, "to_dict"):
@@ -281,6 +287,12 @@ def stage_output(
     os.rename(partial, final)
     logging.info("Stage '%s' complete: %s", name, final)
     discard_stale(workdir, name)
+
+
+# Set by pipeline.multi_worker.start_stage for a multi-worker stage: "sync", a
+# collective every worker passes once the chief has prepared `.partial`, and
+# "read_only", true on the workers other than the chief, which write nothing.
+multi_worker_role: dict[str, Any] = {"sync": None, "read_only": False}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -317,6 +329,14 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
                     "become stale too), or run `python -m pipeline.run`, which reruns it "
                     "and every later stage"
                 )
+            section = config.get(name) if hasattr(config, "get") else None
+            if hasattr(section, "get") and section.get("strategy") == "multi_worker":
+                from pipeline import multi_worker
+
+                multi_worker.start_stage(multi_worker_role)
+            if multi_worker_role["read_only"]:
+                run_fn(config, workdir)
+                return
             if force:
                 clear_partial(workdir, name)
             aside = set_aside(workdir, name)
