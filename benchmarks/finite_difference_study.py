@@ -31,13 +31,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: importing har_tf turns oneDNN on before TensorFlow loads (har_tf/onednn.py).
+import har_tf  # noqa: E402,F401
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras.src.models import functional as keras_functional  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from har_tf import HARModel  # noqa: E402
 from har_tf.models import cifar_resnet  # noqa: E402

@@ -24,7 +24,11 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: importing har_tf turns oneDNN on before TensorFlow loads (har_tf/onednn.py).
+import har_tf  # noqa: E402,F401
 
+# isort: split
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 

@@ -180,6 +180,18 @@ def load(url: str, *, requests: int, concurrency: int, bodies) -> dict:
     }
 
 
+def rss_mb(pid: int) -> float | None:
+    """The resident memory of process `pid` (Linux /proc), in MB; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
@@ -209,7 +221,14 @@ def main():
             for seed in (0, 1)
         }
         load(url, requests=args.warmup, concurrency=args.concurrency, bodies=bodies[1])
+        rss_before = rss_mb(proc.pid) if proc is not None else None
         result = load(url, requests=args.requests, concurrency=args.concurrency, bodies=bodies[0])
+        # The server's resident memory after warm-up and after the timed load: a leak
+        # per request would show as growth.
+        result["server_rss_mb"] = {
+            "before": rss_before,
+            "after": rss_mb(proc.pid) if proc is not None else None,
+        }
         result["input"] = (
             {"kind": kind, "image_shape": list(shape)}
             if kind == "image"

@@ -36,11 +36,13 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: importing har_tf turns oneDNN on before TensorFlow loads (har_tf/onednn.py).
+import har_tf  # noqa: E402,F401
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from har_tf import HARModel  # noqa: E402
 from har_tf.models import (  # noqa: E402

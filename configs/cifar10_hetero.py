@@ -12,7 +12,9 @@ pass --config.data.data_dir=<that data_dir>. The network is the authors' ResNet-
   python -m pipeline.run --config=configs/cifar10_hetero.py --workdir=runs/c10
 
 Variants: full (default), smoke (a slice of the data, one epoch; used by the tests
-on a mocked TFDS). Not measured yet on this project's machines.
+on a mocked TFDS). Expected runtime: not measured on this project's machines.
+Expected result: the paper's noisy_rare / clean accuracy, ERM 52.9 / 94.4 and HAR
+63.5 / 94.3.
 """
 
 import ml_collections

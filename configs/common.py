@@ -93,7 +93,7 @@ def base_config():
             # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
             # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
             dataset="fashion_mnist",
-            # Where examples come from (pipeline/sources.py):
+            # Where examples come from (pipeline/sources/, one module per source):
             #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
             #                 package's directory, then a TFDS download (IDX datasets only)
             #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback
@@ -162,6 +162,10 @@ def base_config():
             # Keep only the first N source examples of each split (0 = all): for tests.
             limit_train=0,
             limit_test=0,
+            # Share of the (noisy) train split held out as a validation split, per noisy
+            # label, seeded (pipeline/validation.py; ids in manifest.json). Pretrain,
+            # estimate_tau and train never use it; model selection reads it. 0 = none.
+            val_fraction=0.0,
             # Label noise on the train split; T[clean, noisy] is recorded in the manifest.
             noise=ml_collections.ConfigDict(
                 dict(
@@ -245,6 +249,11 @@ def base_config():
             # The authors' code lets a class with zero validation error get tau = 0;
             # a floor > 0 keeps some regularization there. 0 reproduces the authors.
             error_floor=0.0,
+            # Cross-fitting: pretrain also fits ERM on half B, which predicts half A,
+            # so err_c uses every train example and estimate_tau writes cleanlab's
+            # label_issues.csv (evaluate then scores it against the clean labels).
+            # Needs the label-issues extra (cleanlab). False: the authors' one split.
+            cross_fit=False,
         )
     )
 
@@ -287,6 +296,12 @@ def base_config():
             # Needed for the report's best-epoch figure (selected on the test set, as
             # the authors report); without it the report says that figure is missing.
             per_epoch_test=True,
+            # After every epoch of the train stage, the memorization diagnostic on the
+            # records the run trains on, un-augmented, in inference mode (fit_* in
+            # history.json): accuracy against the noisy labels, and the fraction of
+            # wrongly-labelled examples predicted as their wrong label. One more
+            # inference pass over the training data per epoch; the study runner sets it.
+            per_epoch_memorization=False,
             # Report columns, in this order (sort_keys=False keeps it).
             groups=ml_collections.ConfigDict(
                 dict(noisy_rare=(0, 2, 4, 6), clean=(1, 3, 5, 7, 8, 9)), sort_keys=False

@@ -21,12 +21,11 @@ Dress, Sandal, Sneaker) instead of the noisy ones; groups noisy / rare_clean / c
 ",reg_every" trains HAR exactly and with `reg_every` 2 and 4 (the opt-in speed
 approximation), to measure what the approximation costs in accuracy.
 
-Measured on the project's 2-core CPU machine (seed 0, README has the details):
-  :quick  9.5 min; noisy_rare / clean accuracy: ERM 49.8 / 97.4, HAR 51.4 / 97.2
-          (earlier revisions: HAR 51.7 / 97.3; ERM 52.3 / 97.4, HAR 51.2 / 97.3;
-          ERM 50.7 / 97.5, HAR 51.3 / 97.4; one seed each)
+Expected runtime and result on the project's 2-core CPU machine (seed 0; the
+README's results table has the details):
+  :quick  about 8 min; noisy_rare / clean accuracy: ERM 50.8 / 97.5, HAR 53.8 / 97.3
   :quick,rare_clean  about 12 min; noisy / rare_clean / clean: ERM 75.1 / 86.2 / 98.7,
-          HAR 72.5 / 85.8 / 98.2 (seed 0)
+          HAR 72.5 / 85.8 / 98.2
   :smoke  ~30 s; not a result (one epoch on 3,000 examples)
   full    not measured yet (120 epochs for each of pretrain, ERM and HAR)
 """

@@ -21,9 +21,9 @@ Commands:
 Variants: full (the paper's recipe) and smoke (seconds; a slice of the data, a
 tiny network; not a result).
 
-Measured on the project's 2-core CPU machine: the full recipe has not been run
-(a HAR epoch of the 2 x 256 BiLSTM over 20,000 reviews of 256 tokens takes hours on
-2 cores); docs/DATA.md reports what has been measured.
+Expected runtime on the project's 2-core CPU machine: smoke 2.6 min (not a result);
+full not run here (about 6 h of training for ERM and 16 h for HAR, docs/MODELS.md).
+Expected result: the paper's mean accuracy, ERM 71.4 and HAR 83.0.
 """
 
 import importlib.util

@@ -3,8 +3,9 @@
 `HARModel(checkpoint_layers=...)` trades time for memory: instead of keeping every
 tensor of the forward pass and of the inner backward pass until the outer pass
 reaches it, a step keeps only the tensors at the cuts and recomputes each segment
-when the outer pass needs it (see `HARModel` for the passes and their cost). This
-module builds and checks the segments; the passes are in `har_model.py`.
+when the outer pass needs it. `Segments` builds and checks the segments;
+`checkpointed_gradients` is the step, built from the same objective
+(`har_tf.objective`) as `HARModel`'s ordinary step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
+
+from har_tf import regularizer
+from har_tf.objective import StepGradients, times
+
+
+def _check_cuts(backbone: keras.Model, cut_layers: Sequence[str]) -> None:
+    """ValueError unless `cut_layers` can cut `backbone` (names, count, regularizers)."""
+    if len(backbone.inputs) != 1 or len(backbone.outputs) != 1:
+        raise ValueError(
+            "checkpoint_layers needs a backbone with one input and one output, "
+            f"{backbone.name} has {len(backbone.inputs)} and {len(backbone.outputs)}"
+        )
+    if not cut_layers:
+        raise ValueError("checkpoint_layers is empty: name at least one layer to cut at")
+    names = {layer.name for layer in backbone.layers}
+    for name in cut_layers:
+        if name not in names:
+            raise ValueError(f"checkpoint layer {name!r} is not a layer of {backbone.name}")
+    if len(set(cut_layers)) != len(cut_layers):
+        raise ValueError(f"checkpoint_layers names a layer twice: {list(cut_layers)}")
+    regularized = [
+        layer.name
+        # Keras has no public recursive layer walk (see har_tf/taps.py).
+        for layer in backbone._flatten_layers(include_self=False)
+        if getattr(layer, "activity_regularizer", None) is not None
+    ]
+    if regularized:
+        raise ValueError(
+            f"checkpoint_layers does not support activity regularizers (layers "
+            f"{regularized[:3]}): their losses come from a recomputed segment"
+        )
 
 
 class Segments:
@@ -33,29 +66,8 @@ class Segments:
     """
 
     def __init__(self, backbone: keras.Model, cut_layers: Sequence[str], tap_layers: Sequence[str]):
-        if len(backbone.inputs) != 1 or len(backbone.outputs) != 1:
-            raise ValueError(
-                "checkpoint_layers needs a backbone with one input and one output, "
-                f"{backbone.name} has {len(backbone.inputs)} and {len(backbone.outputs)}"
-            )
-        if not cut_layers:
-            raise ValueError("checkpoint_layers is empty: name at least one layer to cut at")
+        _check_cuts(backbone, cut_layers)
         position = {layer.name: i for i, layer in enumerate(backbone.layers)}
-        for name in cut_layers:
-            if name not in position:
-                raise ValueError(f"checkpoint layer {name!r} is not a layer of {backbone.name}")
-        if len(set(cut_layers)) != len(cut_layers):
-            raise ValueError(f"checkpoint_layers names a layer twice: {list(cut_layers)}")
-        regularized = [
-            layer.name
-            for layer in backbone._flatten_layers(include_self=False)
-            if getattr(layer, "activity_regularizer", None) is not None
-        ]
-        if regularized:
-            raise ValueError(
-                f"checkpoint_layers does not support activity regularizers (layers "
-                f"{regularized[:3]}): their losses come from a recomputed segment"
-            )
         cuts = sorted(cut_layers, key=position.get)
         cut_tensors = []
         for name in cuts:
@@ -107,3 +119,180 @@ class Segments:
         if not isinstance(outputs, (list, tuple)):  # a one-output model returns a tensor
             return outputs, []
         return outputs[0], list(outputs[1:])
+
+
+def checkpointed_gradients(model, x, y, sample_weight, tau, lam) -> StepGradients:
+    """`HARModel._gradients` of the HAR objective, recomputing segments instead of
+    keeping them (`model` is a HARModel with `checkpoint_layers`; `lam` > 0).
+
+    With h_k the input of segment k (h_0 = x), g_k = dL/dh_k, and b_k, a_k the
+    adjoints of g_k and h_k in the outer (second) differentiation:
+
+    1. One tape over the whole forward pass gives the loss, the cut tensors h_k, g_k
+       and the taps' squared norms, hence R, the objective and the weights
+       w = d(objective)/d(squared norms). Its tensors are released after it.
+    2. Up, k = 0 .. K-1: segment k is recomputed from h_k under two tapes, the
+       inner one giving g_k and the taps' gradients from g_{k+1}; the outer one
+       differentiates w . squared norms + b_k . g_k (plus the loss, for the last
+       segment), giving b_{k+1}, part of a_k and part of the weights' gradients.
+    3. Down, k = K-2 .. 0: segment k is recomputed once more and backpropagates
+       a_{k+1} to a_k and its weights.
+
+    Each recomputation starts from the non-trainable variables (moving statistics,
+    seed states) as they were before step 1, so that it computes what step 1 did
+    (the same dropout masks) and leaves them as step 1 left them (one update).
+    Control dependencies chain the segments, so that TensorFlow neither runs the
+    recomputations early (holding them all) nor merges them.
+    """
+    step = _CheckpointedStep(model, x, y, sample_weight, tau, lam)
+    step.up()
+    step.down()
+    return step.finish()
+
+
+class _CheckpointedStep:
+    """The state the three passes of `checkpointed_gradients` share (one step)."""
+
+    def __init__(self, model, x, y, sample_weight, tau, lam):
+        self.model = model
+        self.segments = segments = model._segments
+        self.weights = model.trainable_weights
+        self.slot = {id(v): i for i, v in enumerate(self.weights)}
+        self.gradients = [None] * len(self.weights)
+        self.x, self.y = x, y
+        self.sample_weight = model._loss_weights(y, sample_weight)
+        self.loss_scale = model._loss_scale()
+        self.before = [[tf.identity(v.value) for v in vs] for vs in segments.state]
+        self.last = len(segments.models) - 1
+        self._forward(tau, lam)
+
+    def accumulate(self, grads):
+        for v, g in zip(self.weights, grads, strict=True):
+            if g is not None:
+                i = self.slot[id(v)]
+                self.gradients[i] = g if self.gradients[i] is None else self.gradients[i] + g
+
+    def ce_and_scaled(self, y_pred):
+        ce = self.model._compute_loss(
+            x=self.x, y=self.y, y_pred=y_pred, sample_weight=self.sample_weight, training=True
+        )
+        return ce, times(ce, self.loss_scale)
+
+    def _forward(self, tau, lam):
+        """1. Forward and inner backward, kept only at the cuts."""
+        model, num_cuts = self.model, self.last
+        with tf.GradientTape() as tape:
+            outputs = self.segments.full(self.x, training=True)
+            y_pred, cuts, taps = outputs[0], outputs[1 : num_cuts + 1], outputs[num_cuts + 1 :]
+            tape.watch([*cuts, *taps])
+            ce, scaled_ce = self.ce_and_scaled(y_pred)
+        inner = tape.gradient(
+            scaled_ce, [*cuts, *taps], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        self.cut_grads, tap_grads = inner[:num_cuts], inner[num_cuts:]
+        self.global_batch = model._global_batch(self.y)
+        squared = model._squared_norms(tap_grads, self.loss_scale, self.global_batch)
+        with tf.GradientTape() as tape:
+            tape.watch(squared)
+            _, reg, reg_loss = model._penalty_from_squared(
+                squared, self.y, tau, lam, self.global_batch
+            )
+            scaled_reg = model._scale_loss(reg_loss)
+        self.tap_weights = tape.gradient(scaled_reg, squared)
+        self.y_pred, self.ce, self.reg, self.reg_loss = y_pred, ce, reg, reg_loss
+        self.inputs = [self.x, *cuts]
+
+    def recompute(self, k, anchor):
+        """Segment k's input, after `anchor`, with its state set back to before step 1."""
+        state = self.segments.state[k]
+        with tf.control_dependencies(anchor):
+            for v, value in zip(state, self.before[k], strict=True):
+                v.assign(value)
+        with tf.control_dependencies([*anchor, *[v.value for v in state]]):
+            return tf.identity(self.inputs[k])
+
+    def up(self):
+        """2. Up through the segments: the outer differentiation of the inner backward."""
+        anchor = [*self.cut_grads, *self.tap_weights]
+        b = None  # adjoint of g_k; zero while no tap has been passed
+        self.partial = [None] * len(self.segments.models)  # the up pass's part of a_k
+        for k in range(len(self.segments.models)):
+            if k < self.last and b is None and not self.segments.taps[k]:
+                continue  # nothing here depends on a tap yet: b_{k+1} is zero
+            h = self.recompute(k, anchor)
+            seed = None if k == self.last else self.cut_grads[k]
+            with tf.GradientTape() as outer:
+                outer.watch(h)
+                if seed is not None:
+                    outer.watch(seed)
+                contribution = self._outer_objective(k, h, seed, b)
+            targets = ([h] if k > 0 else []) + ([seed] if seed is not None else [])
+            result = outer.gradient(
+                contribution,
+                [*targets, *self.weights],
+                unconnected_gradients=tf.UnconnectedGradients.NONE,
+            )
+            self.accumulate(result[len(targets) :])
+            if k > 0:
+                self.partial[k] = result[0]
+            if seed is not None:
+                b = result[len(targets) - 1]
+                b = tf.zeros_like(seed) if b is None else b
+            anchor = [t for t in result[: len(targets)] if t is not None] or anchor
+
+    def _outer_objective(self, k, h, seed, b):
+        """What the outer tape differentiates for segment k (recorded on it)."""
+        model = self.model
+        with tf.GradientTape() as inner_tape:
+            inner_tape.watch(h)
+            out, seg_taps = self.segments.run(k, h)
+            inner_tape.watch(seg_taps)
+            if k == self.last:
+                _, objective = self.ce_and_scaled(out)
+            else:
+                objective = tf.reduce_sum(
+                    regularizer.at_least_float32(out * tf.cast(seed, out.dtype))
+                )
+        sources = ([h] if k > 0 else []) + seg_taps
+        grads = inner_tape.gradient(
+            objective, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        terms = []
+        if seg_taps:
+            seg_sq = model._squared_norms(
+                grads[-len(seg_taps) :], self.loss_scale, self.global_batch
+            )
+            terms += [
+                tf.reduce_sum(self.tap_weights[t] * s)
+                for t, s in zip(self.segments.taps[k], seg_sq, strict=True)
+            ]
+        if k > 0 and b is not None:
+            terms.append(tf.reduce_sum(regularizer.at_least_float32(b * grads[0])))
+        if k == self.last:
+            terms.append(regularizer.at_least_float32(objective))
+        return tf.add_n([tf.cast(t, self.reg_loss.dtype) for t in terms])
+
+    def down(self):
+        """3. Down through the segments: the first-order backward of the forward pass."""
+        adjoint = self.partial[self.last]
+        for k in range(self.last - 1, -1, -1):
+            h = self.recompute(k, [adjoint])
+            with tf.GradientTape() as tape:
+                tape.watch(h)
+                out, _ = self.segments.run(k, h)
+            sources = ([h] if k > 0 else []) + self.weights
+            grads = tape.gradient(out, sources, output_gradients=adjoint)
+            self.accumulate(grads[len(sources) - len(self.weights) :])
+            if k > 0:
+                adjoint = grads[0] if self.partial[k] is None else grads[0] + self.partial[k]
+
+    def finish(self) -> StepGradients:
+        """The step's loss; this tape sees only the weight decay's share (ce and reg
+        were computed before it), which is what the passes above left out."""
+        model = self.model
+        with tf.GradientTape() as tape:
+            loss = model._with_weight_decay(tf.cast(self.ce, self.reg.dtype) + self.reg_loss)
+            scaled = model._scale_loss(loss)
+        if model.weight_decay:
+            self.accumulate(tape.gradient(scaled, self.weights))
+        return StepGradients(self.y_pred, loss, self.ce, self.reg, self.gradients)

@@ -13,18 +13,71 @@ Conventions: `C` is the number of classes, `N` the number of examples; a transit
 matrix `T` has shape (C, C) with `T[clean, noisy]` the probability that an example
 of class `clean` is given label `noisy`.
 
-Noise matrices: `pair_swap_matrix`, `group_flip_matrix`, `uniform_noise_matrix`,
-`asymmetric_noise_matrix`, any matrix checked by `validate_transition_matrix`, and
-the paper's presets `cifar10_hetero_matrix` and `cifar100_superclass_matrix`.
+Noise matrices (har_tf/noise_matrices.py, re-exported here): `pair_swap_matrix`,
+`group_flip_matrix`, `uniform_noise_matrix`, `asymmetric_noise_matrix`, any matrix
+checked by `validate_transition_matrix`, and the paper's presets
+`cifar10_hetero_matrix` and `cifar100_superclass_matrix`. Argument checks are in
+har_tf/checks.py.
 Imbalance targets (examples kept per class): `step_imbalance_targets`,
 `long_tailed_targets`, `count_targets`; `imbalance_keep_mask` applies any of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
+
+from har_tf.checks import (
+    check_class_id,
+    check_counts,
+    check_ids,
+    check_labels,
+    check_num_classes,
+    check_probability,
+    check_ratio,
+)
+from har_tf.noise_matrices import (
+    CIFAR10_HETERO_PAIRS,
+    CIFAR100_VEHICLE_GROUPS,
+    PAPER_FLIP_PROB,
+    asymmetric_noise_matrix,
+    cifar10_hetero_matrix,
+    cifar100_superclass_matrix,
+    group_flip_matrix,
+    pair_swap_matrix,
+    uniform_noise_matrix,
+    validate_transition_matrix,
+)
+
+# Re-exported: the noise matrices and check_labels are part of this module's API.
+__all__ = [
+    "CIFAR10_HETERO_PAIRS",
+    "CIFAR100_VEHICLE_GROUPS",
+    "HOLDOUT_STREAM",
+    "IMBALANCE_STREAM",
+    "NOISE_STREAM",
+    "PAPER_FLIP_PROB",
+    "asymmetric_noise_matrix",
+    "check_labels",
+    "cifar10_hetero_matrix",
+    "cifar100_superclass_matrix",
+    "corrupt_labels",
+    "count_targets",
+    "example_uniforms",
+    "group_flip_matrix",
+    "imbalance_keep_mask",
+    "imbalance_sort_keys",
+    "long_tailed_targets",
+    "pair_swap_matrix",
+    "row_normalize",
+    "smallest_by_key",
+    "step_imbalance_targets",
+    "stratified_holdout_mask",
+    "transition_counts",
+    "uniform_noise_matrix",
+    "validate_transition_matrix",
+]
 
 NOISE_STREAM = 0
 IMBALANCE_STREAM = 1
@@ -36,223 +89,6 @@ _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
 _MUL1 = _U64(0xBF58476D1CE4E5B9)
 _MUL2 = _U64(0x94D049BB133111EB)
-_ROW_SUM_TOL = 1e-6
-
-
-# ----------------------------------------------------------------------------------
-# Transition matrices
-
-
-def pair_swap_matrix(
-    num_classes: int, pairs: Iterable[Sequence[int]], flip_prob: float
-) -> np.ndarray:
-    """Transition matrix where the classes of each pair swap labels.
-
-    Each class of a pair keeps its label with probability `1 - flip_prob` and takes
-    its partner's label with probability `flip_prob`; classes in no pair are clean.
-
-    Args:
-      num_classes: C.
-      pairs: pairs `(a, b)` of distinct class ids; a class may appear in one pair only.
-      flip_prob: the probability of moving to the partner, in [0, 1].
-
-    Returns:
-      float64 (C, C) matrix `T[clean, noisy]`.
-
-    Raises:
-      ValueError: on a class id out of range, a class in two pairs, a pair that is not
-        two distinct classes, or a probability outside [0, 1].
-    """
-    num_classes = _check_num_classes(num_classes)
-    flip_prob = float(flip_prob)
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-    matrix = np.eye(num_classes, dtype=np.float64)
-    seen: dict[int, tuple[int, int]] = {}
-    for pair in pairs:
-        pair = tuple(pair)
-        if len(pair) != 2:
-            raise ValueError(f"each pair must hold two classes, got {pair}")
-        a, b = (_check_class_id(c, num_classes, what=f"pair {pair}") for c in pair)
-        if a == b:
-            raise ValueError(f"pair {pair} pairs class {a} with itself")
-        for c in (a, b):
-            if c in seen:
-                raise ValueError(f"class {c} appears in two pairs: {seen[c]} and {pair}")
-            seen[c] = pair
-        matrix[a, a] = matrix[b, b] = 1.0 - flip_prob
-        matrix[a, b] = matrix[b, a] = flip_prob
-    return matrix
-
-
-def validate_transition_matrix(matrix, num_classes: int | None = None) -> np.ndarray:
-    """Checks that `matrix` is a (C, C) row-stochastic matrix.
-
-    Args:
-      matrix: array-like (C, C).
-      num_classes: if given, the expected C.
-
-    Returns:
-      The matrix as a float64 (C, C) array.
-
-    Raises:
-      ValueError: naming the problem (shape, or the offending row for a negative or
-        non-finite entry or a row not summing to 1 within 1e-6).
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"transition matrix must be square (C, C), got shape {m.shape}")
-    if num_classes is not None and m.shape[0] != num_classes:
-        raise ValueError(
-            f"transition matrix is {m.shape[0]} x {m.shape[1]}, expected "
-            f"{num_classes} x {num_classes}"
-        )
-    for row in range(m.shape[0]):
-        if not np.all(np.isfinite(m[row])):
-            raise ValueError(f"transition matrix row {row} has a non-finite entry: {m[row]}")
-        if np.any(m[row] < 0):
-            raise ValueError(f"transition matrix row {row} has a negative entry: {m[row]}")
-        total = m[row].sum()
-        if abs(total - 1.0) > _ROW_SUM_TOL:
-            raise ValueError(f"transition matrix row {row} sums to {float(total)!r}, not 1")
-    return m
-
-
-# The paper's presets (Cao et al. 2021, Sec. 4 and App. C; the authors' code).
-# CIFAR-10 heteroskedastic noise: automobile (1) <-> truck (9), cat (3) <-> dog (5).
-CIFAR10_HETERO_PAIRS = ((1, 9), (3, 5))
-# CIFAR-100: two superclasses, "vehicles 1" and "vehicles 2" (fine-label ids).
-CIFAR100_VEHICLE_GROUPS = ((8, 13, 48, 58, 90), (41, 69, 81, 85, 89))
-# The probability of leaving the clean label in both presets.
-PAPER_FLIP_PROB = 0.4
-
-
-def group_flip_matrix(
-    num_classes: int, groups: Iterable[Sequence[int]], flip_prob: float
-) -> np.ndarray:
-    """Transition matrix where labels move within groups of classes.
-
-    A class of a group of k classes keeps its label with probability `1 - flip_prob`
-    and takes each of the other k - 1 members' labels with probability
-    `flip_prob / (k - 1)`; classes in no group are clean. Groups of two are
-    `pair_swap_matrix`.
-
-    Args:
-      num_classes: C.
-      groups: groups of at least two distinct class ids; a class may appear in one
-        group only.
-      flip_prob: the total probability of leaving the clean label, in [0, 1].
-
-    Returns:
-      float64 (C, C) matrix `T[clean, noisy]`.
-
-    Raises:
-      ValueError: on a class id out of range, a class in two groups or twice in one,
-        a group of fewer than two classes, or a probability outside [0, 1].
-    """
-    num_classes = _check_num_classes(num_classes)
-    flip_prob = _check_prob(flip_prob, "flip_prob")
-    matrix = np.eye(num_classes, dtype=np.float64)
-    seen: dict[int, tuple[int, ...]] = {}
-    for group in groups:
-        group = tuple(group)
-        if len(group) < 2:
-            raise ValueError(f"each group must hold at least two classes, got {group}")
-        members = [_check_class_id(c, num_classes, what=f"group {group}") for c in group]
-        for c in members:
-            if c in seen:
-                where = "twice in" if seen[c] is group else f"in two groups: {seen[c]} and"
-                raise ValueError(f"class {c} appears {where} {group}")
-            seen[c] = group
-        spread = flip_prob / (len(members) - 1)
-        for c in members:
-            matrix[c, members] = spread
-            matrix[c, c] = 1.0 - flip_prob
-    return matrix
-
-
-def cifar10_hetero_matrix(flip_prob: float = PAPER_FLIP_PROB) -> np.ndarray:
-    """The paper's CIFAR-10 noise: pairs {1, 9} and {3, 5} swap with `flip_prob`.
-
-    Returns:
-      float64 (10, 10) matrix `T[clean, noisy]` (`pair_swap_matrix`).
-    """
-    return pair_swap_matrix(10, CIFAR10_HETERO_PAIRS, flip_prob)
-
-
-def cifar100_superclass_matrix(flip_prob: float = PAPER_FLIP_PROB) -> np.ndarray:
-    """The paper's CIFAR-100 noise within the two vehicle superclasses.
-
-    Each of the ten vehicle classes keeps its label with probability 0.6 (for the
-    default `flip_prob` 0.4) and moves to each of the four other classes of its
-    superclass with 0.1; the other 90 classes are clean.
-
-    Returns:
-      float64 (100, 100) matrix `T[clean, noisy]` (`group_flip_matrix`).
-    """
-    return group_flip_matrix(100, CIFAR100_VEHICLE_GROUPS, flip_prob)
-
-
-def uniform_noise_matrix(num_classes: int, rate: float) -> np.ndarray:
-    """Class-agnostic noise: with probability `rate`, a uniformly chosen OTHER class.
-
-    Args:
-      num_classes: C >= 2.
-      rate: the probability of leaving the clean label, in [0, 1].
-
-    Returns:
-      float64 (C, C): `1 - rate` on the diagonal, `rate / (C - 1)` elsewhere.
-
-    Raises:
-      ValueError: for C < 2 or a rate outside [0, 1].
-    """
-    num_classes = _check_num_classes(num_classes)
-    if num_classes < 2:
-        raise ValueError(f"uniform noise needs at least two classes, got {num_classes}")
-    rate = _check_prob(rate, "rate")
-    matrix = np.full((num_classes, num_classes), rate / (num_classes - 1), dtype=np.float64)
-    np.fill_diagonal(matrix, 1.0 - rate)
-    return matrix
-
-
-def asymmetric_noise_matrix(
-    num_classes: int, rates: Sequence[float], targets: Sequence[int]
-) -> np.ndarray:
-    """Per-class flips to one named target each.
-
-    Class c keeps its label with probability `1 - rates[c]` and takes label
-    `targets[c]` with probability `rates[c]`. IMDB in the paper (App. C.1), class 0
-    negative and 1 positive: `rates=(0.05, 0.40), targets=(1, 0)`.
-
-    Args:
-      num_classes: C.
-      rates: float [C] flip probabilities in [0, 1] (0 = class c is clean).
-      targets: int [C] target classes; `targets[c]` may equal c only where
-        `rates[c] == 0`.
-
-    Returns:
-      float64 (C, C) matrix `T[clean, noisy]`.
-
-    Raises:
-      ValueError: naming the class on a wrong length, a rate outside [0, 1], a
-        target out of range, or a class flipping to itself with a rate > 0.
-    """
-    num_classes = _check_num_classes(num_classes)
-    rates, targets = tuple(rates), tuple(targets)
-    for name, values in (("rates", rates), ("targets", targets)):
-        if len(values) != num_classes:
-            raise ValueError(
-                f"{name} has {len(values)} entries; expected one per class ({num_classes})"
-            )
-    matrix = np.eye(num_classes, dtype=np.float64)
-    for c, (rate, target) in enumerate(zip(rates, targets, strict=True)):
-        rate = _check_prob(rate, f"rates[{c}]")
-        target = _check_class_id(target, num_classes, what=f"targets[{c}]")
-        if target == c and rate > 0:
-            raise ValueError(f"class {c} flips to itself (targets[{c}] = {c}, rate {rate})")
-        matrix[c, c] = 1.0 - rate
-        matrix[c, target] += rate
-    return matrix
 
 
 # ----------------------------------------------------------------------------------
@@ -295,7 +131,7 @@ def example_uniforms(ids, seed: int, *, stream: int = 0) -> np.ndarray:
     Returns:
       float64 [N] in [0, 1), multiples of 2**-53.
     """
-    ids = _check_ids(ids)
+    ids = check_ids(ids)
     key = _splitmix(_as_uint64_scalar(seed, "seed"), _as_uint64_scalar(stream, "stream"))
     bits = _splitmix(key, ids.astype(np.uint64))
     return (bits >> _U64(11)).astype(np.float64) * (1.0 / 2**53)
@@ -323,7 +159,7 @@ def corrupt_labels(labels, ids, matrix, *, seed: int) -> np.ndarray:
     matrix = validate_transition_matrix(matrix)
     num_classes = matrix.shape[0]
     labels = check_labels(labels, num_classes)
-    ids = _check_ids(ids, size=labels.size)
+    ids = check_ids(ids, size=labels.size)
     u = example_uniforms(ids, seed, stream=NOISE_STREAM)
     cdf = np.cumsum(matrix, axis=1)
     # Rows sum to 1 only within tolerance; pin the last edge so u < 1 always lands.
@@ -358,13 +194,13 @@ def step_imbalance_targets(
     Returns:
       int64 [C] target counts.
     """
-    targets = _check_counts(counts)
-    ratio = _check_ratio(ratio)
+    targets = check_counts(counts)
+    ratio = check_ratio(ratio)
     if n_max is None:
         n_max = targets.max(initial=0)
     rare = int(np.floor(n_max / ratio))
     for c in classes:
-        c = _check_class_id(c, counts.size, what="imbalance classes")
+        c = check_class_id(c, targets.size, what="imbalance classes")
         targets[c] = min(targets[c], rare)
     return targets
 
@@ -387,10 +223,10 @@ def long_tailed_targets(counts, ratio: float, *, n_max: int | None = None) -> np
     Returns:
       int64 [C] target counts.
     """
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     if counts.size < 2:
         raise ValueError(f"a long tail needs at least two classes, got {counts.size}")
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     if n_max is None:
         n_max = int(counts.max(initial=0))
     exponents = np.arange(counts.size) / (counts.size - 1.0)
@@ -411,7 +247,7 @@ def count_targets(counts, wanted) -> np.ndarray:
     Raises:
       ValueError: naming the class on a wrong length or a negative or non-integer entry.
     """
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     wanted = tuple(wanted)
     if len(wanted) != counts.size:
         raise ValueError(
@@ -484,8 +320,8 @@ def stratified_holdout_mask(labels, ids, fraction: float, *, seed: int) -> np.nd
       seed: non-negative integer seed.
     """
     labels = np.asarray(labels)
-    ids = _check_ids(ids, size=labels.size, unique=True)
-    fraction = _check_prob(fraction, "fraction")
+    ids = check_ids(ids, size=labels.size, unique=True)
+    fraction = check_probability(fraction, "fraction")
     keys = example_uniforms(ids, seed, stream=HOLDOUT_STREAM)
     held = np.zeros(labels.size, dtype=bool)
     for c in np.unique(labels):
@@ -517,7 +353,7 @@ def imbalance_keep_mask(labels, ids, targets, *, seed: int) -> np.ndarray:
     if np.any(targets < 0):
         raise ValueError(f"targets must be non-negative, got {targets.tolist()}")
     labels = check_labels(labels, targets.size)
-    ids = _check_ids(ids, size=labels.size, unique=True)
+    ids = check_ids(ids, size=labels.size, unique=True)
     keys = imbalance_sort_keys(ids, seed=seed)
     keep = np.zeros(labels.size, dtype=bool)
     for c in range(targets.size):
@@ -542,7 +378,7 @@ def transition_counts(clean, noisy, num_classes: int) -> np.ndarray:
     Returns:
       int64 (C, C): entry [i, j] counts examples of clean class i labelled j.
     """
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     clean = check_labels(clean, num_classes, name="clean")
     noisy = check_labels(noisy, num_classes, name="noisy")
     if clean.shape != noisy.shape:
@@ -563,77 +399,3 @@ def row_normalize(counts) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-
-
-# ----------------------------------------------------------------------------------
-# Validation helpers
-
-
-def check_labels(labels, num_classes: int, *, name: str = "labels") -> np.ndarray:
-    """Returns `labels` as int64 [N]; ValueError naming the first one outside [0, C)."""
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    bad = np.flatnonzero((arr < 0) | (arr >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{name}[{i}] = {int(arr[i])} is outside [0, {num_classes}) "
-            f"({bad.size} label(s) out of range)"
-        )
-    return arr
-
-
-def _check_ids(ids, *, size: int | None = None, unique: bool = False) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"ids must be integers, got dtype {arr.dtype}")
-    if size is not None and arr.size != size:
-        raise ValueError(f"ids has {arr.size} entries, labels {size}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        i = int(np.flatnonzero(arr < 0)[0])
-        raise ValueError(f"ids[{i}] = {int(arr[i])} is negative")
-    if unique and np.unique(arr).size != arr.size:
-        raise ValueError("ids must be unique")
-    return arr
-
-
-def _check_counts(counts) -> np.ndarray:
-    counts = np.asarray(counts)
-    if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer):
-        raise ValueError(f"counts must be a 1-D integer array, got {counts.dtype} {counts.shape}")
-    if np.any(counts < 0):
-        raise ValueError(f"counts must be non-negative, got {counts.tolist()}")
-    return counts.astype(np.int64)
-
-
-def _check_ratio(ratio) -> float:
-    ratio = float(ratio)
-    if not ratio >= 1.0:  # also rejects NaN
-        raise ValueError(f"imbalance ratio must be >= 1, got {ratio}")
-    return ratio
-
-
-def _check_prob(value, name: str) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return value
-
-
-def _check_num_classes(num_classes) -> int:
-    if int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
-    return int(num_classes)
-
-
-def _check_class_id(c, num_classes: int, *, what: str) -> int:
-    if int(c) != c or not 0 <= c < num_classes:
-        raise ValueError(f"{what}: class {c} is outside [0, {num_classes})")
-    return int(c)

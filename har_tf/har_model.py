@@ -1,61 +1,40 @@
-"""HARModel: a Keras model whose train step adds HAR's adaptive Jacobian regularizer."""
+"""HARModel: a Keras model whose train step adds HAR's adaptive Jacobian regularizer.
+
+This module holds the model's validation, step dispatch and serialization; the
+objective is in `har_tf.objective`, the checkpointed step in `har_tf.checkpointing`.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from har_tf import regularizer
-from har_tf.checkpointing import Segments
+from har_tf import objective, regularizer
+from har_tf.checkpointing import Segments, checkpointed_gradients
+from har_tf.objective import SCALES, Objective, StepGradients
+from har_tf.taps import check_twice_differentiable, default_tap_layers, tap_model
 
-SCALES = ("official", "per_example")
-
-
-def _replicas() -> int:
-    return tf.distribute.get_strategy().num_replicas_in_sync
+__all__ = ["SCALES", "HARModel", "default_tap_layers"]
 
 
-def scale_loss_for_distribution(value):
-    """Divides a per-replica loss term by the replica count, as Keras's losses do."""
-    n = _replicas()
-    return value / n if n > 1 else value
-
-
-def unscale_loss_for_distribution(value):
-    n = _replicas()
-    return value * n if n > 1 else value
-
-
-def _times(value, loss_scale):
-    """value * loss_scale (a scalar tensor, or None for no scaling), in value's dtype."""
-    return value if loss_scale is None else value * tf.cast(loss_scale, value.dtype)
-
-
-def _sum_over_replicas(*values):
-    """Sums of tensors over the replicas in sync (inside `strategy.run`), else themselves."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return values
-    return tuple(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
-
-
-def default_tap_layers(backbone: keras.Model) -> list[str]:
-    """Names of the pre-affine BatchNorm layers (no center, no scale) of a backbone.
-
-    That is HAR's default tap set: the normalized x_hat of every BN that
-    `har_tf.layers.pre_affine_batch_norm` created, and nothing else (an ordinary BN,
-    such as the stem's, is not tapped).
-    """
-    return [
-        layer.name
-        for layer in backbone.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        and not layer.center
-        and not layer.scale
-    ]
+def _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every) -> None:
+    """ValueError for an option HARModel cannot use, naming it."""
+    if aggregation not in regularizer.AGGREGATIONS:
+        raise ValueError(
+            f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
+        )
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if lam < 0 or weight_decay < 0:
+        raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
+    if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if int(reg_every) != reg_every or reg_every < 1:
+        raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -69,27 +48,20 @@ class HARModel(keras.Model):
     where L is the compiled loss (batch-mean cross-entropy for HAR) and R_i is the
     per-example norm of the gradient of L w.r.t. the tapped hidden activations,
     computed by double backpropagation: an inner `tf.GradientTape` gives dL/dh with
-    its graph kept, and the outer tape differentiates the whole loss, R included.
+    its graph kept, and the outer tape differentiates the whole loss, R included
+    (`har_tf.objective` has the formula's pieces). With `lam == 0` the step is plain
+    ERM: no inner tape, no second-order graph, no extra cost.
 
-    With `lam == 0` the step is plain ERM: no inner tape, no second-order graph,
-    no extra cost.
-
-    Which activations are regularized is a property of the model, declared by
-    `tap_layers`: any layers of any functional backbone (Dense, activations, RNNs,
-    BNs), each tapped at its output. Every layer between the inputs and the loss must
-    be twice differentiable: use `har_tf.layers.BatchNormalization` (see
-    `har_tf.layers.convert_batch_norms`) and RNNs with `use_cudnn=False`; both are
-    checked here when `lam > 0`.
-
-    Mixed precision: under "mixed_bfloat16" nothing changes (bfloat16 has float32's
-    range). Under "mixed_float16" (GPU), gradients w.r.t. float16 taps are tiny (of
-    order 1/B, less for well-fit examples) and would underflow; `compile` then wraps
-    the optimizer in a `keras.optimizers.LossScaleOptimizer`, and the inner gradient
-    is taken of the loss scaled by its current scale, then unscaled in float32 before
-    the norms (likewise for an optimizer's static `loss_scale_factor`). A step where
-    the scaled inner gradient overflows reports an infinite `reg` and `loss`; the
-    optimizer then skips it and halves the scale, as for any overflow, but epoch means
-    of `loss`/`reg` include it (and `keras.callbacks.TerminateOnNaN` would stop).
+    Every layer between the inputs and the loss must be twice differentiable: use
+    `har_tf.layers.BatchNormalization` (see `har_tf.layers.convert_batch_norms`) and
+    RNNs with `use_cudnn=False`; both are checked when `lam > 0`. Mixed precision:
+    under "mixed_float16" the inner gradient is taken of the loss scaled by the
+    optimizer's loss scale and unscaled in float32 before the norms; a step whose
+    scaled inner gradient overflows reports an infinite `reg` and `loss` and is
+    skipped by the `LossScaleOptimizer`. Distributed training (docs/DISTRIBUTED.md):
+    create and compile under `strategy.scope()`; with synchronized BNs one step on
+    several replicas equals one step on one device over the same global batch.
+    `jit_compile=True` under a multi-replica strategy raises a ValueError.
 
     Args:
       backbone: a functional `keras.Model` mapping inputs to logits.
@@ -103,39 +75,27 @@ class HARModel(keras.Model):
         BNs of `har_tf.models`), as in the authors' code.
       aggregation: "official" (authors' code: sum over layers of the per-example
         norms) or "paper" (root of the sum of squared norms).
-      scale: "official": gradients of the batch-mean loss, so each example's
-        gradient carries a 1/B factor and lambda means what it means in the
-        authors' code (their README: lambda 10 at B = 128). "per_example": gradients
-        of each example's own loss (R multiplied by the global batch size), the
-        scale of the paper's "largest lambda * tau = 0.1".
-      weight_decay: coupled L2 on every trainable variable, i.e. the `weight_decay`
-        of `torch.optim.SGD` that the authors use (Keras optimizers' own
-        `weight_decay` is decoupled, a different thing).
+      scale: "official": gradients of the batch-mean loss, so lambda means what it
+        means in the authors' code (their README: lambda 10 at B = 128).
+        "per_example": gradients of each example's own loss (R times the global
+        batch size), the scale of the paper's "largest lambda * tau = 0.1".
+      weight_decay: coupled L2 on every trainable variable, the `weight_decay` of
+        `torch.optim.SGD` that the authors use (Keras optimizers' own is decoupled).
       epsilon: added under the norms' square roots to keep gradients finite at 0.
       reg_every: an opt-in approximation for speed (default 1: the exact objective
-        at every step). With k > 1 the regularizer is applied on every k-th training
-        step only (optimizer.iterations % k == 0), with strength k * lam so that its
-        average over steps is unchanged; the other steps are ERM steps (one tape).
-        The mean step costs about (HAR + (k - 1) ERM) / k; the peak memory is still
-        that of a HAR step. docs/PERFORMANCE.md has its measured accuracy against
-        the exact objective. Under a multi-replica strategy the two kinds of step are
-        two traced train functions (see `make_train_function`; steps_per_execution
-        must be 1). A custom `strategy.run(model.train_step, ...)` loop picks each
-        step's kind itself: `train_step(data, regularized=...)`, a Python bool
-        (docs/DISTRIBUTED.md). The logged `reg` averages the regularized steps only.
+        at every step). With k > 1 the regularizer is applied on every k-th step
+        only (optimizer.iterations % k == 0) with strength k * lam, and the other
+        steps are ERM steps; the logged `reg` averages the regularized steps. A
+        custom `strategy.run(model.train_step, ...)` loop picks each step's kind:
+        `train_step(data, regularized=...)`, a Python bool (docs/DISTRIBUTED.md).
+        Its cost and accuracy: docs/PERFORMANCE.md.
       checkpoint_layers: an opt-in trade of time for memory, with the exact
         objective: names of layers whose outputs cut the backbone into segments
-        (e.g. `har_tf.models.block_output_layers(backbone)`, one per residual
-        block). A regularized step then keeps only the tensors at the cuts and
-        recomputes each segment twice (once for the outer pass through its inner
-        backward, once for its first-order backward), instead of keeping every
-        tensor of the forward and inner backward passes. Each cut must separate the
-        graph (no skip connection across it), else a ValueError says which segment
-        fails. On ResNet-32, batch 128 (docs/PERFORMANCE.md): peak step memory 1.25x
-        ERM's instead of 2.7x, step time 3.6x instead of 2.2x. Tested with
-        MirroredStrategy and MultiWorkerMirroredStrategy, mixed precision, dropout
-        (the same masks in every recomputation) and `reg_every` (one device); not
-        for activity regularizers, which it refuses.
+        (e.g. `har_tf.models.block_output_layers(backbone)`). A regularized step
+        then keeps only the tensors at the cuts and recomputes each segment twice
+        (`har_tf.checkpointing`). Each cut must separate the graph (no skip
+        connection across it), else a ValueError names the segment; activity
+        regularizers are refused. Its cost: docs/PERFORMANCE.md.
       **kwargs: forwarded to `keras.Model`.
 
     Example:
@@ -149,34 +109,9 @@ class HARModel(keras.Model):
     )
     model.fit(train_ds, epochs=120)  # logs loss, ce, reg, accuracy
     ```
-
-    Your own backbone, with the layers to regularize named:
-    ```python
-    inputs = keras.Input((784,))
-    h = keras.layers.Dense(256, name="my_dense")(inputs)
-    h = keras.layers.ReLU(name="my_relu")(h)
-    h = keras.layers.Dense(256, activation="relu", name="my_dense2")(h)
-    logits = keras.layers.Dense(10, name="logits")(h)
-    model = HARModel(
-        keras.Model(inputs, logits), lam=1.0, tap_layers=["my_relu", "my_dense2"]
-    )
-    ```
-    The paper's other models name their taps with helpers:
-    `backbone = har_tf.models.imdb_bilstm(vocab_size=20000)` with
-    `tap_layers=har_tf.models.rnn_tap_layers(backbone)`, and
-    `har_tf.models.resnet50(...)` / `inception_resnet_v2(...)` with
-    `tap_layers=har_tf.models.bn_tap_layers(backbone)`.
-
-    Distributed training (docs/DISTRIBUTED.md): create and compile the model under
-    `strategy.scope()`. One step on several replicas equals one step on one device
-    over the same global batch (tested with MirroredStrategy and
-    MultiWorkerMirroredStrategy) when every BatchNormalization is synchronized
-    (`cifar_resnet(synchronized_bn=True)`): the mean over the global batch in the
-    loss, in R (so lambda keeps its meaning) and in the DRW weights, and the logged
-    metrics are global-batch values. XLA: training with `jit_compile=True` under a
-    multi-replica strategy raises a ValueError (it fails in TF 2.21); Keras's "auto"
-    leaves XLA off on CPU-only machines and under tf.distribute, and on this
-    project's CPU XLA measured slower than no XLA.
+    Your own backbone: `HARModel(backbone, lam=1.0, tap_layers=["my_relu", ...])`;
+    the paper's other models name their taps with `har_tf.models.rnn_tap_layers`
+    and `har_tf.models.bn_tap_layers`.
 
     Reference:
       Cao, Chen, Ma, Gaidon, Ma. Heteroskedastic and Imbalanced Deep Learning with
@@ -199,77 +134,28 @@ class HARModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if aggregation not in regularizer.AGGREGATIONS:
-            raise ValueError(
-                f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
-            )
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        if lam < 0 or weight_decay < 0:
-            raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
-        if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every)
         self.backbone = backbone
         self.lam = float(lam)
         self.aggregation = aggregation
         self.scale = scale
         self.weight_decay = float(weight_decay)
         self.epsilon = float(epsilon)
-        if int(reg_every) != reg_every or reg_every < 1:
-            raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
         self.reg_every = int(reg_every)
-        # reg_every > 1 under several replicas: the kind of step being traced.
-        object.__setattr__(self, "_alternating_step", None)
         self.num_classes = int(backbone.outputs[0].shape[-1])
 
-        if tap_layers is None:
-            tap_layers = default_tap_layers(backbone)
-        self.tap_layers = list(tap_layers)
+        self.tap_layers = list(default_tap_layers(backbone) if tap_layers is None else tap_layers)
         if self.lam > 0 and not self.tap_layers:
             raise ValueError(
                 "lam > 0 but the backbone has no tapped activations: pass tap_layers "
                 "or build the model with har_tf.layers.pre_affine_batch_norm"
             )
         if self.lam > 0:
-            stock = [
-                layer.name
-                for layer in backbone._flatten_layers(include_self=False)
-                if type(layer) is keras.layers.BatchNormalization
-            ]
-            if stock:
-                raise ValueError(
-                    f"lam > 0 needs second derivatives through every BatchNormalization, "
-                    f"and keras.layers.BatchNormalization gets them wrong in training mode "
-                    f"(tf.nn.moments stops the gradient of the mean). Layers {stock[:3]}"
-                    f"{' ...' if len(stock) > 3 else ''} are stock Keras BNs: convert the "
-                    "backbone with har_tf.layers.convert_batch_norms(backbone) or build it "
-                    "with har_tf.layers.BatchNormalization."
-                )
-            # TensorFlow's cuDNN RNN kernel has no second-order gradient (nothing is
-            # registered for CudnnRNNBackpropV3), and Keras picks it on a GPU.
-            cudnn = [
-                layer.name
-                for layer in backbone._flatten_layers(include_self=False)
-                if getattr(layer, "use_cudnn", False) is not False
-            ]
-            if cudnn and tf.config.list_logical_devices("GPU"):
-                raise ValueError(
-                    f"lam > 0 needs second derivatives through every RNN, and the cuDNN "
-                    f"kernel that Keras uses on a GPU has none. Build recurrent layers "
-                    f"{cudnn[:3]}{' ...' if len(cudnn) > 3 else ''} with use_cudnn=False."
-                )
-        taps = []
-        for name in self.tap_layers:
-            try:
-                taps.append(backbone.get_layer(name).output)
-            except ValueError as e:
-                raise ValueError(f"tap layer {name!r} is not a layer of {backbone.name}") from e
+            check_twice_differentiable(backbone)
         # A second view of the same layers that also returns the tapped tensors.
         # Set past Keras's attribute tracking: it shares every variable of
         # `backbone` and must not be saved or counted twice.
-        object.__setattr__(
-            self, "_tap_model", keras.Model(backbone.input, [*backbone.outputs, *taps])
-        )
+        object.__setattr__(self, "_tap_model", tap_model(backbone, self.tap_layers))
         self.checkpoint_layers = None if checkpoint_layers is None else list(checkpoint_layers)
         # Likewise views of the same layers (the segments of a checkpointed step).
         object.__setattr__(
@@ -290,7 +176,7 @@ class HARModel(keras.Model):
         # Every variable exists now (the backbone is functional, hence built).
         self.built = True
         # Per-class weights of the loss (DRW); ones = unweighted. Applied with
-        # PyTorch's weighted-mean semantics, see `regularized_loss`.
+        # PyTorch's weighted-mean semantics, see `objective.loss_weights`.
         self.class_weights = self.add_weight(
             name="class_weights",
             shape=(self.num_classes,),
@@ -317,12 +203,24 @@ class HARModel(keras.Model):
             )
         return tau
 
+    def set_class_weights(self, weights: Sequence[float] | None) -> None:
+        """Weights the loss per class from now on (None: unweighted). No retracing.
+
+        The weighted loss is sum_i w[y_i] l_i / sum_i w[y_i], the semantics of
+        `torch.nn.functional.cross_entropy(weight=w)` that the authors' DRW uses.
+        """
+        weights = np.ones(self.num_classes) if weights is None else np.asarray(weights)
+        if weights.shape != (self.num_classes,) or np.any(weights < 0):
+            raise ValueError(
+                f"class weights must be {self.num_classes} non-negative values, got {weights}"
+            )
+        self.class_weights.assign(weights.astype(np.float32))
+
     def call(self, inputs, training=None):
         return self.backbone(inputs, training=training)
 
-    # -- training ------------------------------------------------------------------
-
     def _unpack(self, data):
+        """(x, y, sample_weight, tau) of a batch `(x, y[, w or {"tau", "sample_weight"}])`."""
         x, y, extra = keras.utils.unpack_x_y_sample_weight(data)
         tau = None
         sample_weight = extra
@@ -337,154 +235,83 @@ class HARModel(keras.Model):
             sample_weight = extra.get("sample_weight")
         return x, y, sample_weight, tau
 
-    def set_class_weights(self, weights: Sequence[float] | None) -> None:
-        """Weights the loss per class from now on (None: unweighted). No retracing.
-
-        The weighted loss is sum_i w[y_i] l_i / sum_i w[y_i], the semantics of
-        `torch.nn.functional.cross_entropy(weight=w)` that the authors' DRW uses.
-        """
-        weights = np.ones(self.num_classes) if weights is None else np.asarray(weights)
-        if weights.shape != (self.num_classes,) or np.any(weights < 0):
-            raise ValueError(
-                f"class weights must be {self.num_classes} non-negative values, got {weights}"
-            )
-        self.class_weights.assign(weights.astype(np.float32))
-
-    def _class_ids(self, y):
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank == 2 and y.shape[-1] == self.num_classes and y.dtype.is_floating:
-            y = tf.argmax(y, axis=-1)  # one-hot labels
-        return tf.reshape(tf.cast(y, tf.int32), [-1])
+    # -- the objective (har_tf.objective, bound to this model's settings) -----------
 
     def _loss_weights(self, y, sample_weight):
-        """Sample weights that turn Keras's sum(w l) / B into sum(w l) / sum(w).
+        return objective.loss_weights(self.class_weights, y, sample_weight, self.num_classes)
 
-        Under a multi-replica strategy sum(w) runs over the global batch: Keras
-        divides each replica's sum(w l) by its own batch size and by the replica
-        count, so the replicas' losses add up to the weighted mean over the global
-        batch however it is split (with equal weights: the global-batch mean).
-        """
-        w = tf.gather(tf.cast(self.class_weights, tf.float32), self._class_ids(y))
-        batch = tf.cast(tf.shape(w)[0], tf.float32)
-        (total,) = _sum_over_replicas(tf.reduce_sum(w))
-        w = w * (batch * float(_replicas())) / tf.maximum(total, 1e-12)
-        if sample_weight is not None:
-            w = w * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        return w
-
-    def _example_tau(self, y, tau):
-        """tau_i for each example: the batch's own, else the class table at y_i."""
-        if tau is not None:
-            return tf.reshape(tf.cast(tau, tf.float32), [-1])
-        return tf.gather(tf.cast(self.tau, tf.float32), self._class_ids(y))
+    def _global_batch(self, y):
+        return objective.global_batch(y, self.num_classes)
 
     def _loss_scale(self):
-        """The loss scale that `optimizer.scale_loss` applies (a scalar), or None if none.
+        return objective.loss_scale(getattr(self, "optimizer", None))
 
-        A `keras.optimizers.LossScaleOptimizer` (which `compile` wraps around the
-        optimizer under "mixed_float16") scales by its current dynamic scale; any
-        optimizer may scale by a static `loss_scale_factor`.
-        """
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None or not (
-            isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-            or optimizer.loss_scale_factor is not None
-        ):
-            return None
-        return optimizer.scale_loss(tf.constant(1.0))
+    def _scale_loss(self, value):
+        """`value` as the optimizer scales the loss (itself when not compiled)."""
+        return self.optimizer.scale_loss(value) if self.optimizer is not None else value
+
+    def _with_weight_decay(self, loss):
+        return objective.with_weight_decay(loss, self.trainable_weights, self.weight_decay)
+
+    def _squared_norms(self, grads, loss_scale, global_batch):
+        return objective.squared_norms(
+            grads, loss_scale=loss_scale, global_batch=global_batch, scale=self.scale
+        )
+
+    def _penalty_from_squared(self, sq, y, tau, lam, global_batch) -> objective.Penalty:
+        example_tau = objective.example_tau(self.tau, y, tau, self.num_classes)
+        return objective.penalty(
+            sq,
+            example_tau,
+            lam=lam,
+            global_batch=global_batch,
+            aggregation=self.aggregation,
+            epsilon=self.epsilon,
+        )
+
+    def _penalty(self, grads, y, tau, lam, loss_scale) -> objective.Penalty:
+        """The penalty from the taps' gradients of the loss times `loss_scale`."""
+        global_batch = self._global_batch(y)
+        sq = self._squared_norms(grads, loss_scale, global_batch)
+        return self._penalty_from_squared(sq, y, tau, lam, global_batch)
+
+    def _ce(self, x, y, y_pred, sample_weight, training):
+        # Keras's own train_step calls `_compute_loss`, its wrapper of the public
+        # `compute_loss` that also serves overrides without a `training` argument.
+        return self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
 
     def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True, lam=None):
-        """The pieces of the HAR objective on one (per-replica) batch.
+        """The pieces of the HAR objective on one (per-replica) batch: an `Objective`.
 
-        `lam` overrides `self.lam` (a Python float; 0 gives the ERM objective).
-
-        Returns:
-          (y_pred, loss, ce, reg, r): `loss` is what the optimizer minimizes: under
-          a strategy, this replica's share of the global-batch objective (the
-          replicas' shares add up to it, as Keras's compiled losses do); `ce` is
-          the compiled loss so scaled; `reg` is mean_i(tau_i * R_i) over this
-          replica's examples (unscaled, at least float32) or None for ERM; `r` is R
-          as a [B] tensor, or None for ERM.
+        `lam` overrides `self.lam` (a Python float; 0 gives the ERM objective, with
+        `reg` and `r` None). The result unpacks as (y_pred, loss, ce, reg, r).
         """
         lam = self.lam if lam is None else float(lam)
         sample_weight = self._loss_weights(y, sample_weight)
         if lam == 0.0:
             y_pred = self(x, training=training)
-            ce = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-            )
-            reg = r = None
-            loss = ce
-        else:
-            with tf.GradientTape() as inner:
-                outputs = self._tap_model(x, training=training)
-                y_pred, taps = outputs[0], list(outputs[1:])
-                # Watch the tapped tensors themselves: their producers may not depend
-                # on any variable (e.g. a BN right after a parameter-free layer).
-                inner.watch(taps)
-                ce = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-                )
-                # Mixed precision: gradients w.r.t. float16 taps are small (1/B and
-                # below) and underflow; differentiate the loss scaled as the outer step
-                # scales it, and unscale in at least float32 below.
-                loss_scale = self._loss_scale()
-                inner_ce = _times(ce, loss_scale)
-            grads = inner.gradient(
-                inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            r, reg, reg_loss = self._penalty(grads, y, tau, lam, loss_scale)
-            loss = tf.cast(ce, reg.dtype) + reg_loss
-        return y_pred, self._with_weight_decay(loss), ce, reg, r
+            ce = self._ce(x, y, y_pred, sample_weight, training)
+            return Objective(y_pred, self._with_weight_decay(ce), ce, None, None)
+        with tf.GradientTape() as inner:
+            outputs = self._tap_model(x, training=training)
+            y_pred, taps = outputs[0], list(outputs[1:])
+            # Watch the tapped tensors themselves: their producers may not depend
+            # on any variable (e.g. a BN right after a parameter-free layer).
+            inner.watch(taps)
+            ce = self._ce(x, y, y_pred, sample_weight, training)
+            # Mixed precision: gradients w.r.t. float16 taps are small (1/B and
+            # below) and underflow; differentiate the loss scaled as the outer step
+            # scales it, and unscale in at least float32 (objective.squared_norms).
+            loss_scale = self._loss_scale()
+            inner_ce = objective.times(ce, loss_scale)
+        grads = inner.gradient(inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        r, reg, reg_loss = self._penalty(grads, y, tau, lam, loss_scale)
+        loss = tf.cast(ce, reg.dtype) + reg_loss
+        return Objective(y_pred, self._with_weight_decay(loss), ce, reg, r)
 
-    def _with_weight_decay(self, loss):
-        """loss + weight_decay / 2 * sum ||w||^2 (this replica's share)."""
-        if self.weight_decay == 0.0:
-            return loss
-        loss = regularizer.at_least_float32(loss)
-        l2 = tf.add_n(
-            [tf.reduce_sum(tf.square(tf.cast(w, loss.dtype))) for w in self.trainable_weights]
-        )
-        return loss + scale_loss_for_distribution(0.5 * self.weight_decay * l2)
-
-    def _penalty(self, grads, y, tau, lam, loss_scale):
-        """(R [B], reg, this replica's lam * reg share) from the taps' loss gradients.
-
-        `grads` are gradients of the loss times `loss_scale` (None: unscaled).
-        """
-        global_batch = self._global_batch(y)
-        sq = self._squared_norms(grads, loss_scale, global_batch)
-        return self._penalty_from_squared(sq, y, tau, lam, global_batch)
-
-    def _global_batch(self, y):
-        """Examples in the global batch (all replicas), a float32 scalar."""
-        (global_batch,) = _sum_over_replicas(tf.cast(tf.size(self._class_ids(y)), tf.float32))
-        return global_batch
-
-    def _squared_norms(self, grads, loss_scale, global_batch):
-        """Per-example squared norms of the taps' gradients (of the loss times
-        `loss_scale`), unscaled and in R's scale: one [B] tensor per tap."""
-        if loss_scale is not None:
-            grads = [regularizer.at_least_float32(g) for g in grads]
-            grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-        if self.scale == "per_example":
-            # ce is a mean over the global batch, so each example's slice carries
-            # 1/global_batch whatever the split.
-            grads = [g * tf.cast(global_batch, g.dtype) for g in grads]
-        return regularizer.squared_norms(grads)
-
-    def _penalty_from_squared(self, sq, y, tau, lam, global_batch):
-        """(R [B], reg, this replica's lam * reg share) from `_squared_norms`."""
-        example_tau = self._example_tau(y, tau)
-        r = regularizer.penalty_from_squared_norms(
-            sq, aggregation=self.aggregation, epsilon=self.epsilon
-        )
-        tau_r = tf.cast(example_tau, r.dtype) * r
-        # The mean over this replica's examples (0 for a replica left without any).
-        reg = tf.math.divide_no_nan(tf.reduce_sum(tau_r), tf.cast(tf.size(tau_r), r.dtype))
-        # This replica's share of lam * (mean of tau * R over the global batch).
-        reg_loss = lam * tf.reduce_sum(tau_r) / tf.cast(global_batch, r.dtype)
-        return r, reg, reg_loss
+    # -- training --------------------------------------------------------------------
 
     def train_step(self, data, regularized=None):
         """One training step (Keras's hook), or one of a chosen kind.
@@ -497,6 +324,14 @@ class HARModel(keras.Model):
         `optimizer.iterations % reg_every == 0` gives. None (what `fit` passes): the
         kind follows from the step count.
         """
+        self._check_step_options(regularized)
+        x, y, sample_weight, tau = self._unpack(data)
+        step, reg_weight = self._step(x, y, sample_weight, tau, regularized)
+        self.optimizer.apply_gradients(zip(step.gradients, self.trainable_weights, strict=True))
+        self._track(step, reg_weight)
+        return self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
+
+    def _check_step_options(self, regularized) -> None:
         if regularized is not None:
             if not isinstance(regularized, bool):
                 raise ValueError(
@@ -508,7 +343,7 @@ class HARModel(keras.Model):
                     "train_step(regularized=False) asks for an ERM step, but reg_every=1 "
                     "regularizes every step; set reg_every > 1 or leave regularized=None"
                 )
-        if self.jit_compile and _replicas() > 1:
+        if self.jit_compile and objective.replicas() > 1:
             raise ValueError(
                 "jit_compile=True fails under a multi-replica tf.distribute strategy in "
                 "TensorFlow 2.21 (the XLA step reads a variable of one replica from another "
@@ -517,76 +352,79 @@ class HARModel(keras.Model):
                 "Compile with jit_compile='auto' (XLA off under tf.distribute) or False; "
                 "see docs/DISTRIBUTED.md."
             )
-        x, y, sample_weight, tau = self._unpack(data)
-        kind = self._alternating_step if regularized is None else regularized
-        # reg_weight: 1 on a regularized step, 0 on an ERM step (the weight of this
-        # step's `reg` in the logged mean).
+
+    def _step(self, x, y, sample_weight, tau, regularized):
+        """(StepGradients, reg_weight) of the kind of step this is.
+
+        reg_weight is 1 on a regularized step, 0 on an ERM step: the weight of this
+        step's `reg` in the logged mean.
+        """
         if self.reg_every == 1 or self.lam == 0.0:
-            y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, self.lam)
-            reg_weight = tf.constant(1.0)
-        elif kind is not None:
-            # This step's kind is chosen in Python, by `make_train_function` under
-            # several replicas (a cross-replica sum cannot sit inside tf.cond) or by
-            # the caller; traced once per kind.
-            lam = self.lam * self.reg_every if kind else 0.0
-            y_pred, loss, ce, reg, gradients = self._gradients(x, y, sample_weight, tau, lam)
-            reg_weight = tf.constant(1.0 if kind else 0.0)
-            reg = tf.zeros(()) if reg is None else reg
-        else:
-            if _replicas() > 1:
-                raise ValueError(
-                    "reg_every > 1 under a multi-replica strategy needs each step's kind "
-                    "chosen outside the step (a cross-replica sum cannot sit inside "
-                    "tf.cond). Keras's fit / train_on_batch do that. A custom "
-                    "strategy.run(model.train_step) loop, such as the "
-                    "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, passes "
-                    "train_step(data, regularized=optimizer.iterations % reg_every == 0) "
-                    "as a Python bool, from a function traced once per kind."
-                )
-            reg_weight = tf.cast(
-                tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32
+            step = self._gradients(x, y, sample_weight, tau, self.lam)
+            return step, tf.constant(1.0)
+        if regularized is not None:
+            # The kind is chosen in Python, by `make_train_function` under several
+            # replicas (a cross-replica sum cannot sit inside tf.cond) or by the
+            # caller; traced once per kind.
+            lam = self.lam * self.reg_every if regularized else 0.0
+            step = self._gradients(x, y, sample_weight, tau, lam)
+            reg = tf.zeros(()) if step.reg is None else step.reg
+            return step._replace(reg=reg), tf.constant(1.0 if regularized else 0.0)
+        if objective.replicas() > 1:
+            raise ValueError(
+                "reg_every > 1 under a multi-replica strategy needs each step's kind "
+                "chosen outside the step (a cross-replica sum cannot sit inside "
+                "tf.cond). Keras's fit / train_on_batch do that. A custom "
+                "strategy.run(model.train_step) loop, such as the "
+                "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, passes "
+                "train_step(data, regularized=optimizer.iterations % reg_every == 0) "
+                "as a Python bool, from a function traced once per kind."
             )
+        reg_weight = tf.cast(tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32)
 
-            def har_step():
-                lam = self.lam * self.reg_every
-                y_pred, loss, ce, reg, grads = self._gradients(x, y, sample_weight, tau, lam)
-                return y_pred, loss, ce, tf.cast(reg, tf.float32), grads
+        def har_step():
+            y_pred, loss, ce, reg, grads = self._gradients(
+                x, y, sample_weight, tau, self.lam * self.reg_every
+            )
+            return y_pred, loss, ce, tf.cast(reg, tf.float32), grads
 
-            def erm_step():
-                y_pred, loss, ce, _, grads = self._gradients(x, y, sample_weight, tau, 0.0)
-                return y_pred, loss, ce, tf.zeros(()), grads
+        def erm_step():
+            y_pred, loss, ce, _, grads = self._gradients(x, y, sample_weight, tau, 0.0)
+            return y_pred, loss, ce, tf.zeros(()), grads
 
-            y_pred, loss, ce, reg, gradients = tf.cond(reg_weight > 0, har_step, erm_step)
-        weights = self.trainable_weights
-        self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
+        return StepGradients(*tf.cond(reg_weight > 0, har_step, erm_step)), reg_weight
 
-        # Under a strategy Keras logs the mean over replicas of each replica's own
-        # metric results. Each replica tracks its share of the global-batch value
-        # times the replica count, all with the same weight, so that the logs are
-        # the global values even when a batch splits unevenly (an epoch's end).
-        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
-        (global_batch,) = _sum_over_replicas(batch)
-        replica_weight = global_batch / float(_replicas())
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=replica_weight
-        )
-        self.ce_tracker.update_state(
-            unscale_loss_for_distribution(ce), sample_weight=replica_weight
-        )
+    def _track(self, step: StepGradients, reg_weight) -> None:
+        """Updates the loss, ce and reg trackers with one step's global-batch values.
+
+        Under a strategy Keras logs the mean over replicas of each replica's own
+        metric results. Each replica tracks its share of the global-batch value
+        times the replica count, all with the same weight, so that the logs are the
+        global values even when a batch splits unevenly (an epoch's end).
+        """
+        batch = tf.cast(tf.shape(step.y_pred)[0], tf.float32)
+        (global_batch,) = objective.sum_over_replicas(batch)
+        replica_weight = global_batch / float(objective.replicas())
+        unscale = objective.unscale_loss_for_distribution
+        # `_loss_tracker` is the "loss" Mean that `compile` creates and `fit` resets;
+        # Keras exposes it only through `metrics`, and its own train_step updates it so.
+        self._loss_tracker.update_state(unscale(step.loss), sample_weight=replica_weight)
+        self.ce_tracker.update_state(unscale(step.ce), sample_weight=replica_weight)
+        reg = step.reg
         reg_share = tf.zeros(()) if reg is None else reg * tf.cast(batch / global_batch, reg.dtype)
         self.reg_tracker.update_state(
-            unscale_loss_for_distribution(reg_share),
+            unscale(reg_share),
             sample_weight=replica_weight * tf.cast(reg_weight, replica_weight.dtype),
         )
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def make_train_function(self, force=False):
         """Keras's train function; with reg_every > 1 on several replicas, two of them.
 
         One device chooses each step's kind with tf.cond inside the step. Under a
         multi-replica strategy the regularized step holds cross-replica sums, which
-        TensorFlow does not allow inside tf.cond, so two train functions are traced
-        (regularized with k * lam, and ERM) and each call runs the one that
+        TensorFlow does not allow inside tf.cond, so two train functions are traced,
+        one of `train_step(regularized=True)` (k * lam) and one of
+        `train_step(regularized=False)` (ERM), and each call runs the one that
         `optimizer.iterations % reg_every` picks.
         """
         if self.train_function is not None and not force:
@@ -602,183 +440,29 @@ class HARModel(keras.Model):
                 "reg_every > 1 under a multi-replica strategy needs steps_per_execution=1 "
                 f"(got {self.steps_per_execution}): each step's kind is chosen between calls"
             )
-        functions = {}
-        for regularized in (True, False):
-            super().make_train_function(force=True)
-            functions[regularized] = self.train_function
+        # Keras's public make_train_function always wraps `self.train_step` as it is;
+        # `_make_function` (Keras 3's TensorFlow trainer, which make_train_function
+        # calls) wraps a given step function, here one bound to its kind.
+        functions = {
+            kind: self._make_function(functools.partial(self.train_step, regularized=kind))
+            for kind in (True, False)
+        }
 
         def train_function(iterator):
             regularized = int(self.optimizer.iterations.numpy()) % self.reg_every == 0
-            # Read by train_step when the chosen function traces (first call, retraces).
-            object.__setattr__(self, "_alternating_step", regularized)
-            try:
-                return functions[regularized](iterator)
-            finally:
-                object.__setattr__(self, "_alternating_step", None)
+            return functions[regularized](iterator)
 
         self.train_function = train_function
         return train_function
 
-    def _gradients(self, x, y, sample_weight, tau, lam):
-        """(y_pred, loss, ce, reg, gradients of the weights) of one step's objective."""
+    def _gradients(self, x, y, sample_weight, tau, lam) -> StepGradients:
+        """One step's objective and the gradients of its loss w.r.t. the weights."""
         if self._segments is not None and lam > 0:
-            return self._checkpointed_gradients(x, y, sample_weight, tau, lam)
+            return checkpointed_gradients(self, x, y, sample_weight, tau, lam)
         with tf.GradientTape() as tape:
             y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau, lam=lam)
             scaled = self._scale_loss(loss)
-        return y_pred, loss, ce, reg, tape.gradient(scaled, self.trainable_weights)
-
-    def _scale_loss(self, value):
-        """`value` as the optimizer scales the loss (itself when not compiled)."""
-        return self.optimizer.scale_loss(value) if self.optimizer is not None else value
-
-    def _checkpointed_gradients(self, x, y, sample_weight, tau, lam):
-        """`_gradients` of the HAR objective, recomputing segments instead of keeping them.
-
-        With h_k the input of segment k (h_0 = x), g_k = dL/dh_k, and b_k, a_k the
-        adjoints of g_k and h_k in the outer (second) differentiation:
-
-        1. One tape over the whole forward pass gives the loss, the cut tensors h_k, g_k
-           and the taps' squared norms, hence R, the objective and the weights
-           w = d(objective)/d(squared norms). Its tensors are released after it.
-        2. Up, k = 0 .. K-1: segment k is recomputed from h_k under two tapes, the
-           inner one giving g_k and the taps' gradients from g_{k+1}; the outer one
-           differentiates w . squared norms + b_k . g_k (plus the loss, for the last
-           segment), giving b_{k+1}, part of a_k and part of the weights' gradients.
-        3. Down, k = K-2 .. 0: segment k is recomputed once more and backpropagates
-           a_{k+1} to a_k and its weights.
-
-        Each recomputation starts from the non-trainable variables (moving statistics,
-        seed states) as they were before step 1, so that it computes what step 1 did
-        (the same dropout masks) and leaves them as step 1 left them (one update). Control
-        dependencies chain the segments, so that TensorFlow neither runs the
-        recomputations early (holding them all) nor merges them.
-        """
-        segments = self._segments
-        weights = self.trainable_weights
-        slot = {id(v): i for i, v in enumerate(weights)}
-        gradients = [None] * len(weights)
-
-        def accumulate(grads):
-            for v, g in zip(weights, grads, strict=True):
-                if g is not None:
-                    i = slot[id(v)]
-                    gradients[i] = g if gradients[i] is None else gradients[i] + g
-
-        sample_weight = self._loss_weights(y, sample_weight)
-        loss_scale = self._loss_scale()
-
-        def ce_and_scaled(y_pred):
-            ce = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            return ce, _times(ce, loss_scale)
-
-        before = [[tf.identity(v.value) for v in vs] for vs in segments.state]
-        num_cuts = len(segments.models) - 1
-
-        # 1. Forward and inner backward, kept only at the cuts.
-        with tf.GradientTape() as tape:
-            outputs = segments.full(x, training=True)
-            y_pred, cuts, taps = outputs[0], outputs[1 : num_cuts + 1], outputs[num_cuts + 1 :]
-            tape.watch([*cuts, *taps])
-            ce, scaled_ce = ce_and_scaled(y_pred)
-        inner = tape.gradient(
-            scaled_ce, [*cuts, *taps], unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
-        cut_grads, tap_grads = inner[:num_cuts], inner[num_cuts:]
-        global_batch = self._global_batch(y)
-        squared = self._squared_norms(tap_grads, loss_scale, global_batch)
-        with tf.GradientTape() as tape:
-            tape.watch(squared)
-            _, reg, reg_loss = self._penalty_from_squared(squared, y, tau, lam, global_batch)
-            scaled_reg = self._scale_loss(reg_loss)
-        tap_weights = tape.gradient(scaled_reg, squared)
-
-        def recompute(k, h, anchor):
-            """Segment k's input, after `anchor`, with its state set back to before step 1."""
-            with tf.control_dependencies(anchor):
-                for v, value in zip(segments.state[k], before[k], strict=True):
-                    v.assign(value)
-            with tf.control_dependencies([*anchor, *[v.value for v in segments.state[k]]]):
-                return tf.identity(h)
-
-        # 2. Up through the segments: the outer differentiation of the inner backward.
-        inputs = [x, *cuts]
-        last = len(segments.models) - 1
-        anchor = [*cut_grads, *tap_weights]
-        b = None  # adjoint of g_k; zero while no tap has been passed
-        partial = [None] * len(segments.models)  # the up pass's part of a_k
-        for k in range(len(segments.models)):
-            if k < last and b is None and not segments.taps[k]:
-                continue  # nothing here depends on a tap yet: b_{k+1} is zero
-            h = recompute(k, inputs[k], anchor)
-            seed = None if k == last else cut_grads[k]
-            with tf.GradientTape() as outer:
-                outer.watch(h)
-                if seed is not None:
-                    outer.watch(seed)
-                with tf.GradientTape() as inner_tape:
-                    inner_tape.watch(h)
-                    out, seg_taps = segments.run(k, h)
-                    inner_tape.watch(seg_taps)
-                    if k == last:
-                        _, objective = ce_and_scaled(out)
-                    else:
-                        objective = tf.reduce_sum(
-                            regularizer.at_least_float32(out * tf.cast(seed, out.dtype))
-                        )
-                sources = ([h] if k > 0 else []) + seg_taps
-                grads = inner_tape.gradient(
-                    objective, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO
-                )
-                terms = []
-                if seg_taps:
-                    seg_sq = self._squared_norms(grads[-len(seg_taps) :], loss_scale, global_batch)
-                    terms += [
-                        tf.reduce_sum(tap_weights[t] * s)
-                        for t, s in zip(segments.taps[k], seg_sq, strict=True)
-                    ]
-                if k > 0 and b is not None:
-                    terms.append(tf.reduce_sum(regularizer.at_least_float32(b * grads[0])))
-                if k == last:
-                    terms.append(regularizer.at_least_float32(objective))
-                contribution = tf.add_n([tf.cast(t, reg_loss.dtype) for t in terms])
-            targets = ([h] if k > 0 else []) + ([seed] if seed is not None else [])
-            result = outer.gradient(
-                contribution,
-                [*targets, *weights],
-                unconnected_gradients=tf.UnconnectedGradients.NONE,
-            )
-            accumulate(result[len(targets) :])
-            if k > 0:
-                partial[k] = result[0]
-            if seed is not None:
-                b = result[len(targets) - 1]
-                b = tf.zeros_like(seed) if b is None else b
-            anchor = [t for t in result[: len(targets)] if t is not None] or anchor
-
-        # 3. Down through the segments: the first-order backward of the forward pass.
-        adjoint = partial[last]
-        for k in range(last - 1, -1, -1):
-            h = recompute(k, inputs[k], [adjoint])
-            with tf.GradientTape() as tape:
-                tape.watch(h)
-                out, _ = segments.run(k, h)
-            sources = ([h] if k > 0 else []) + weights
-            grads = tape.gradient(out, sources, output_gradients=adjoint)
-            accumulate(grads[len(sources) - len(weights) :])
-            if k > 0:
-                adjoint = grads[0] if partial[k] is None else grads[0] + partial[k]
-
-        # The step's loss; this tape sees only the weight decay's share (ce and reg
-        # were computed before it), which is what the passes above left out.
-        with tf.GradientTape() as tape:
-            loss = self._with_weight_decay(tf.cast(ce, reg.dtype) + reg_loss)
-            scaled = self._scale_loss(loss)
-        if self.weight_decay:
-            accumulate(tape.gradient(scaled, weights))
-        return y_pred, loss, ce, reg, gradients
+        return StepGradients(y_pred, loss, ce, reg, tape.gradient(scaled, self.trainable_weights))
 
     def test_step(self, data):
         x, y, sample_weight, _ = self._unpack(data)
@@ -788,7 +472,7 @@ class HARModel(keras.Model):
         x, _, _, _ = self._unpack(data)
         return self(x, training=False)
 
-    # -- serialization -------------------------------------------------------------
+    # -- serialization ---------------------------------------------------------------
 
     def get_config(self):
         config = super().get_config()

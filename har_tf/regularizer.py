@@ -32,31 +32,18 @@ def squared_norms(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     return out
 
 
-def jacobian_penalty(
-    grads: Sequence[tf.Tensor], *, aggregation: str = "official", epsilon: float = 1e-20
+def penalty_from_squared_norms(
+    sq: Sequence[tf.Tensor], *, aggregation: str = "official", epsilon: float = 1e-20
 ) -> tf.Tensor:
-    """R_i for every example i of the batch: a [B] tensor, at least float32.
+    """R_i for every example i of the batch, from each tap's `squared_norms`: a [B] tensor.
 
     Args:
-      grads: gradients of the loss w.r.t. each tapped activation, each [B, ...].
+      sq: per-example squared norms of the loss gradient w.r.t. each tapped
+        activation, each [B], at least float32 (`squared_norms(grads)`).
       aggregation: "official" (authors' code): R_i = sum_j ||g_j[i]||_F.
         "paper" (Sec. 2.3): R_i = sqrt(sum_j ||g_j[i]||_F^2).
       epsilon: added under each square root so that the gradient of R stays finite
         where a norm is exactly 0 (e.g. an example whose loss is saturated).
-    """
-    if not grads:
-        raise ValueError("no gradients given: the model has no tapped activations")
-    return penalty_from_squared_norms(
-        squared_norms(grads), aggregation=aggregation, epsilon=epsilon
-    )
-
-
-def penalty_from_squared_norms(
-    sq: Sequence[tf.Tensor], *, aggregation: str = "official", epsilon: float = 1e-20
-) -> tf.Tensor:
-    """R_i from each layer's per-example squared norms (`squared_norms`): a [B] tensor.
-
-    `jacobian_penalty(grads)` is `penalty_from_squared_norms(squared_norms(grads))`.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from har_tf import checks
+
 
 def per_class_error(labels, predictions, num_classes: int):
     """Error of predictions against (noisy) labels, per class of the label.
@@ -27,7 +29,7 @@ def per_class_error(labels, predictions, num_classes: int):
             f"labels and predictions must be 1-D of equal length, got {labels.shape} "
             f"and {predictions.shape}"
         )
-    _check_range(labels, num_classes, "labels")
+    checks.check_labels(labels, num_classes)
     support = np.bincount(labels, minlength=num_classes)
     wrong = np.bincount(labels, weights=(labels != predictions), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -92,22 +94,6 @@ def estimate_tau(
     return tau
 
 
-def regression_tau(counts, *, density_exponent: float = 0.4, normalize: bool = True):
-    """tau = q^-b for regression (the paper's variant without the uncertainty term).
-
-    Args:
-      counts: [G] examples per group (density estimate), all >= 1.
-
-    Returns:
-      float64 [G] tau, divided by its maximum when `normalize`.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or np.any(counts < 1):
-        raise ValueError("counts must be 1-D with every entry >= 1")
-    tau = counts**-density_exponent
-    return tau / tau.max() if normalize else tau
-
-
 def class_balanced_weights(counts, *, beta: float = 0.9999):
     """Class-balanced loss weights (Cui et al., 2019), as DRW uses them.
 
@@ -128,10 +114,3 @@ def class_balanced_weights(counts, *, beta: float = 0.9999):
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return weights / weights.sum() * len(counts)
-
-
-def _check_range(labels, num_classes, what):
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{what}[{i}] = {labels[i]} is outside [0, {num_classes})")

@@ -4,6 +4,9 @@ Stage modules define flags inside `if __name__ == "__main__":`, so importing sev
 stages (as `pipeline.run` does) never defines a flag twice.
 """
 
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,7 +30,72 @@ def define_common_flags() -> None:
         "stale stages itself, and with --force reruns every stage.",
     )
     flags.DEFINE_bool("quiet", False, "No Keras progress bars while training (fit verbose=0).")
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        "Show the traceback of an expected error (a bad config value, a busy or "
+        "unwritable workdir, a missing stage output); without it, one line.",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def config_from_flags():
+    """The parsed --config, with --quiet applied: every section's `verbose` set to 0.
+
+    The flags are read here, once; `verbose` is no part of any fingerprint, so
+    --quiet never makes a stage stale.
+    """
+    config = flags.FLAGS.config
+    try:
+        config.keys()  # config_flags defers a load error to the first access
+    except OSError as e:
+        raise stage.PipelineError(_load_error(flags.FLAGS["config"].config_filename, e)) from e
+    if flags.FLAGS.quiet:
+        for section in config.values():
+            if hasattr(section, "keys") and "verbose" in section:
+                section.verbose = 0
+    return config
+
+
+def _load_error(path: str, error: Exception) -> str:
+    """One line for a config file that does not load (config_flags' is several)."""
+    path = path.split(":")[0]  # without the variant
+    if not os.path.isfile(path):
+        return (
+            f"config file {path!r} does not exist; pass an existing file as "
+            "--config=path/to/config.py[:variant]"
+        )
+    cause = error.__cause__ or error
+    last = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"config file {path!r} does not load: {last[-1] if last else cause!r}; fix it"
+
+
+def fail(error: stage.PipelineError, prefix: str = "") -> None:
+    """Ends a main on an expected error: one line on stderr and exit status 1, or
+    the traceback under --verbose."""
+    if flags.FLAGS.verbose:
+        raise error
+    print(f"error: {prefix}{error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run_main(name: str, run_fn) -> None:
+    """A stage main's body after parsing: check the whole config, then run (or skip)
+    the stage with --config, --workdir and --force."""
+    from pipeline import run  # deferred: it imports every stage
+
+    try:
+        stage.run_main(
+            name,
+            run_fn,
+            config_from_flags(),
+            flags.FLAGS.workdir,
+            force=flags.FLAGS.force,
+            check=run.check_config,
+            verbose=flags.FLAGS.verbose,
+        )
+    except stage.PipelineError as e:
+        fail(e, f"{name}: ")
 
 
 def run_stage(name: str, run_fn) -> None:
@@ -37,6 +105,6 @@ def run_stage(name: str, run_fn) -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        stage.run_main(name, run_fn, flags.FLAGS.config, flags.FLAGS.workdir)
+        run_main(name, run_fn)
 
     app.run(main)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import records, stage, text
+from pipeline import records, stage, text, validation
 
 
 def load_manifest(workdir: str) -> dict:
@@ -22,10 +22,23 @@ def read_labels(workdir: str, split: str) -> dict[str, np.ndarray]:
     or a record count that disagrees with manifest.json is a PipelineError naming
     the shard.
     """
-    features = records.LABEL_FEATURES
     expected = load_manifest(workdir)["splits"][split]["num_examples"]
+    out = read_shard_labels(stage.stage_dir(workdir, "preprocess"), split)
+    if len(out["id"]) != expected:
+        raise stage.PipelineError(
+            f"the {split} shards in {stage.stage_dir(workdir, 'preprocess')} hold "
+            f"{len(out['id'])} records but manifest.json says {expected}; delete the "
+            "directory and rerun preprocess"
+        )
+    return out
+
+
+def read_shard_labels(directory: str, split: str) -> dict[str, np.ndarray]:
+    """`read_labels` of the shards in `directory`, without the manifest's count check
+    (preprocess reads its own shards with it before writing the manifest)."""
+    features = records.LABEL_FEATURES
     parts = {k: [] for k in features}
-    for path in records.shard_paths(stage.stage_dir(workdir, "preprocess"), split):
+    for path in records.shard_paths(directory, split):
         ds = tf.data.TFRecordDataset(path).batch(4096)
         ds = ds.map(lambda s: tf.io.parse_example(s, features))
         try:
@@ -35,16 +48,28 @@ def read_labels(workdir: str, split: str) -> dict[str, np.ndarray]:
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             raise stage.PipelineError(
                 f"{path}: corrupt or truncated TFRecord shard ({e.message.splitlines()[0]}); "
-                f"delete {stage.stage_dir(workdir, 'preprocess')} and rerun preprocess"
+                f"delete {directory} and rerun preprocess"
             ) from None
-    out = {k: np.concatenate(v) if v else np.zeros([0], np.int64) for k, v in parts.items()}
-    if len(out["id"]) != expected:
-        raise stage.PipelineError(
-            f"the {split} shards in {stage.stage_dir(workdir, 'preprocess')} hold "
-            f"{len(out['id'])} records but manifest.json says {expected}; delete the "
-            "directory and rerun preprocess"
-        )
-    return out
+    return {k: np.concatenate(v) if v else np.zeros([0], np.int64) for k, v in parts.items()}
+
+
+def read_fit_labels(workdir: str) -> dict[str, np.ndarray]:
+    """`read_labels(workdir, "train")` without the validation split's records: the
+    examples that pretrain, estimate_tau and train use (pipeline.validation)."""
+    train = read_labels(workdir, "train")
+    held = validation.validation_ids(load_manifest(workdir))
+    if not len(held):
+        return train
+    keep = ~np.isin(train["id"], held)
+    return {k: v[keep] for k, v in train.items()}
+
+
+def fit_keep_ids(workdir: str) -> np.ndarray | None:
+    """The train ids a training run may use, or None when there is no validation
+    split (then every record: no filter, so the input pipeline is unchanged)."""
+    if not len(validation.validation_ids(load_manifest(workdir))):
+        return None
+    return read_fit_labels(workdir)["id"]
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, *, pad: int = 4) -> tf.Tensor:

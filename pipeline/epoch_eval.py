@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, stage
+from pipeline import data, modeling, stage, validation
 
 PREFIX = "test_"
 TEST_ACCURACY = PREFIX + "accuracy"
@@ -28,9 +28,11 @@ def class_accuracy_key(c: int) -> str:
 
 
 def is_class_key(key: str) -> bool:
-    """Whether a history key is a per-class test accuracy (one per class: too many
-    for a panel each in the training curves)."""
-    return key.startswith(PREFIX + "class_") and key.endswith("_accuracy")
+    """Whether a history key is a per-class accuracy (test, validation or fit split;
+    one per class: too many for a panel each in the training curves)."""
+    return any(key.startswith(p + "class_") for p in (PREFIX, "val_", "fit_")) and key.endswith(
+        "_accuracy"
+    )
 
 
 class TestSetMonitor(keras.callbacks.Callback):
@@ -84,8 +86,8 @@ class TestSetMonitor(keras.callbacks.Callback):
     def evaluate(self) -> dict[str, float]:
         """The metrics of the model as it is now (see the class docstring for keys)."""
         counts = np.zeros([3, self.num_classes], np.int64)
-        for images, labels in self.dataset:
-            counts += self._counts(images, labels).numpy()
+        for batch_counts in modeling.run_batches(self._counts, self.dataset):
+            counts += batch_counts
         n, top1, topk = counts
         if n.sum() == 0:
             raise stage.PipelineError("the test split is empty: nothing to evaluate per epoch")
@@ -99,6 +101,117 @@ class TestSetMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         # Keras hands every callback the same logs dict: later ones see these keys.
         logs.update(self.evaluate())
+
+
+FIT_PREFIX = "fit_"
+VAL_PREFIX = "val_"
+
+
+class LabelSetMonitor(keras.callbacks.Callback):
+    """Per-epoch metrics of a labelled train-split subset against its NOISY labels.
+
+    Two uses (pipeline.train adds them): the validation split (`val_`: what model
+    selection reads, since a user only has noisy labels) and the records the run
+    trains on, un-augmented (`fit_`: the memorization diagnostic). After every epoch,
+    in inference mode, it adds to the logs:
+      <prefix>accuracy              top-1 accuracy against the training (noisy) labels
+      <prefix>mean_class_accuracy   the mean over classes present of that per class
+      <prefix>class_<c>_accuracy    per class c present (by noisy label)
+      <prefix>memorized             among examples whose label differs from their
+                                    clean label, the fraction predicted as the wrong
+                                    (given) label; absent if there is none
+      <prefix>clean_label_accuracy  top-1 accuracy against the clean labels
+    Like TestSetMonitor it reads no random state and changes no variable.
+
+    Args:
+      dataset: batches of (input, label, {"clean_label", ...}) (make_dataset with
+        with_meta=True, training=False).
+      num_classes: C.
+      prefix: FIT_PREFIX or VAL_PREFIX.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, num_classes: int, prefix: str):
+        super().__init__()
+        self.dataset = dataset
+        self.num_classes = int(num_classes)
+        self.prefix = prefix
+        self._counts = None
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self._counts = tf.function(self._batch_counts, reduce_retracing=True)
+
+    def _batch_counts(self, inputs, labels, clean) -> tf.Tensor:
+        """int32 [5, C] per (noisy) label: examples, hits, mislabelled, memorized,
+        hits against the clean label."""
+        pred = tf.argmax(self.model(inputs, training=False), axis=-1, output_type=tf.int32)
+        labels = tf.cast(labels, tf.int32)
+        clean = tf.cast(clean, tf.int32)
+        wrong = labels != clean
+        rows = tf.stack(
+            [
+                tf.ones_like(labels),
+                tf.cast(pred == labels, tf.int32),
+                tf.cast(wrong, tf.int32),
+                tf.cast(wrong & (pred == labels), tf.int32),
+                tf.cast(pred == clean, tf.int32),
+            ]
+        )
+        one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.int32)
+        return tf.reduce_sum(rows[:, :, None] * one_hot[None], axis=1)
+
+    def evaluate(self) -> dict[str, float]:
+        counts = np.zeros([5, self.num_classes], np.int64)
+        for inputs, labels, meta in self.dataset:
+            counts += self._counts(inputs, labels, meta["clean_label"]).numpy()
+        return label_set_metrics(counts, self.prefix)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        logs.update(self.evaluate())
+
+
+def label_set_metrics(counts, prefix: str) -> dict[str, float]:
+    """LabelSetMonitor's logs from its int [5, C] counts (see its docstring)."""
+    n, hits, wrong, memorized, clean_hits = np.asarray(counts, np.int64)
+    if n.sum() == 0:
+        raise stage.PipelineError(f"no examples to compute the {prefix}* metrics on")
+    present = np.flatnonzero(n)
+    per_class = hits[present] / n[present]
+    out = {
+        prefix + "accuracy": hits.sum() / n.sum(),
+        prefix + "mean_class_accuracy": per_class.mean(),
+        prefix + "clean_label_accuracy": clean_hits.sum() / n.sum(),
+    }
+    if wrong.sum():
+        out[prefix + "memorized"] = memorized.sum() / wrong.sum()
+    for c, acc in zip(present, per_class, strict=True):
+        out[f"{prefix}class_{int(c)}_accuracy"] = acc
+    return {k: float(v) for k, v in out.items()}
+
+
+def label_set_monitors(config, workdir: str, fit_ids) -> list[LabelSetMonitor]:
+    """The train stage's LabelSetMonitors: on the validation split if the manifest has
+    one, and on the run's own (un-augmented) records with
+    config.eval.per_epoch_memorization."""
+    manifest = data.load_manifest(workdir)
+    monitors = []
+    held = validation.validation_ids(manifest)
+    subsets = []
+    if len(held):
+        subsets.append((VAL_PREFIX, held))
+    if config.eval.get("per_epoch_memorization", False):
+        subsets.append((FIT_PREFIX, fit_ids))
+    for prefix, ids in subsets:
+        ds = data.make_dataset(
+            workdir,
+            "train",
+            batch_size=config.eval.batch_size,
+            training=False,
+            keep_ids=ids,
+            with_meta=True,
+        )
+        monitors.append(LabelSetMonitor(ds, config.data.num_classes, prefix))
+    return monitors
 
 
 def monitor_for(config, workdir: str) -> TestSetMonitor:

@@ -9,6 +9,8 @@ config.eval.per_epoch_test): top-1, top-5, per-class and group accuracy. That ep
 selected on the test set, as the authors report, so it is an optimistic figure; the
 report labels it so, beside the final-epoch one. Beside the estimated tau it
 shows each class's TRUE noise rate from the manifest (1 - T[c, c] of the train split).
+With config.tau.cross_fit, the precision, recall and AUROC of estimate_tau's label
+issues against the clean labels (pipeline/detection.py).
 
 Writes <workdir>/evaluate/: report.json, report.md (tables, with the PNG figures
 embedded by relative path), error_vs_strength.png (paper Fig. 4),
@@ -20,9 +22,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 
-from pipeline import data, epoch_eval, modeling, plots, stage
+from pipeline import data, detection, epoch_eval, modeling, plots, stage
 
 NAME = "evaluate"
 TOP_K = epoch_eval.TOP_K  # the same k per epoch (train stage) and here
@@ -195,19 +196,13 @@ def loss_summary(losses, categories) -> dict:
 def _logits(forward, dataset, *, with_meta: bool = False):
     """(logits float32 [N, C], labels [N], clean labels [N] or None) over a dataset;
     `forward` maps an image batch to logits."""
-    logits, labels, clean = [], [], []
-    for batch in dataset:
-        logits.append(forward(batch[0]).numpy().astype(np.float32))
-        labels.append(batch[1].numpy())
-        if with_meta:
-            clean.append(batch[2]["clean_label"].numpy())
-    if not logits:
-        raise stage.PipelineError("the dataset to evaluate on is empty")
-    return (
-        np.concatenate(logits),
-        np.concatenate(labels),
-        np.concatenate(clean) if with_meta else None,
+    outputs = modeling.run_batches(
+        lambda x, y, *meta: (forward(x), y, meta[0]["clean_label"] if with_meta else y), dataset
     )
+    if not outputs:
+        raise stage.PipelineError("the dataset to evaluate on is empty")
+    logits, labels, clean = (np.concatenate(column) for column in zip(*outputs, strict=True))
+    return logits.astype(np.float32), labels, clean if with_meta else None
 
 
 # ----------------------------------------------------------------------------------
@@ -330,6 +325,8 @@ def markdown(report: dict, groups: list[str]) -> str:
         rows = zip(t["err"], t["true_noise_rate"], t["n"], t["tau"], strict=True)
         for c, (e, rate, n, tau) in enumerate(rows):
             lines.append(f"| {c} | {_fmt(e)} | {_fmt(rate)} | {n} | {_fmt(tau)} |")
+    if "label_issue_detection" in report:
+        lines += detection.markdown(report["label_issue_detection"])
     if "train_loss_hist" in plots_:
         lines += [
             "",
@@ -345,10 +342,9 @@ def markdown(report: dict, groups: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str) -> None:
-    section = config.eval
-    train_dir = stage.require(workdir, "train")
-    groups = {g: tuple(int(c) for c in classes) for g, classes in section.groups.items()}
+def eval_groups(config) -> dict[str, tuple[int, ...]]:
+    """config.eval.groups as class ids; PipelineError for a class outside [0, C)."""
+    groups = {g: tuple(int(c) for c in classes) for g, classes in config.eval.groups.items()}
     num_classes = config.data.num_classes
     for g, classes in groups.items():
         bad = [c for c in classes if not 0 <= c < num_classes]
@@ -356,6 +352,14 @@ def run(config, workdir: str) -> None:
             raise stage.PipelineError(
                 f"eval group {g!r} names classes {bad} outside [0, {num_classes})"
             )
+    return groups
+
+
+def run(config, workdir: str) -> None:
+    section = config.eval
+    train_dir = stage.require(workdir, "train")
+    groups = eval_groups(config)
+    num_classes = config.data.num_classes
     manifest = data.load_manifest(workdir)
     imbalance = manifest.get("imbalance", {})
     rare = rare_classes(imbalance, num_classes)
@@ -376,7 +380,7 @@ def run(config, workdir: str) -> None:
     for name in order:
         model = modeling.load_model(os.path.join(train_dir, name, "model.keras"))
         test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
-        forward = tf.function(lambda x, m=model: m(x, training=False), reduce_retracing=True)
+        forward = modeling.forward(model)
         logits, labels, _ = _logits(forward, test_ds)
         preds = np.argmax(logits, axis=-1)
         test = accuracies(labels, preds, num_classes, groups)
@@ -420,6 +424,10 @@ def run(config, workdir: str) -> None:
             os.path.join(stage.stage_dir(workdir, "estimate_tau"), "tau.json")
         )
         report["tau"]["true_noise_rate"] = report["true_noise_rate"]
+    # config.tau.cross_fit: how well estimate_tau's label issues find the flipped labels.
+    det = detection.read(workdir, num_classes)
+    if det is not None:
+        report["label_issue_detection"] = det
     with stage.stage_output(workdir, NAME, config=section) as out:
         plots.error_vs_strength(
             {

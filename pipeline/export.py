@@ -22,9 +22,9 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import data, modeling, stage
+from pipeline.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
 
 NAME = "export"
-SIGNATURE = "serving_default"
 # The config.data.noise fields each noise kind uses (the model card shows only these).
 NOISE_FIELDS = {
     "none": (),
@@ -41,16 +41,16 @@ NOISE_FIELDS = {
 def signature_summary(image_shape, num_classes: int, *, modality: str = "image") -> dict:
     """The `serving_default` signature as the model card describes it."""
     if modality == "text":
-        inputs = {"text": {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}}
+        inputs = {TEXT_INPUT: {"dtype": "string", "shape": [-1], "content": "raw UTF-8 text"}}
     else:
         h, w, c = (int(d) for d in image_shape)
-        inputs = {"image": {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}}
+        inputs = {IMAGE_INPUT: {"dtype": "uint8", "shape": [-1, h, w, c], "range": [0, 255]}}
     return {
         "name": SIGNATURE,
         "inputs": inputs,
         "outputs": {
-            "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)]},
-            "class_id": {"dtype": "int64", "shape": [-1]},
+            PROBABILITIES: {"dtype": "float32", "shape": [-1, int(num_classes)]},
+            CLASS_ID: {"dtype": "int64", "shape": [-1]},
         },
     }
 
@@ -153,6 +153,19 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checked(tensor, shape):
+    """`tensor`, checked at run time against the signature's declared `shape`.
+
+    A SavedModel does not enforce its signature's declared shape by itself, and the
+    graph's own shape arithmetic is folded from the declared shape: a wrong H, W or C
+    reached the first convolution ("grouped convolutions" error) and an unbatched
+    image was taken as a batch. EnsureShape checks the fed tensor; the check lives in
+    the exported graph, so TF Serving's binary gives the same message, e.g. "Shape of
+    tensor image [2,32,32,3] is not compatible with expected shape [?,28,28,1]".
+    """
+    return tf.ensure_shape(tensor, shape)
+
+
 def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vectorizer=None) -> None:
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
@@ -163,8 +176,8 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
 
     def outputs(logits):
         return {
-            "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
-            "class_id": tf.argmax(logits, axis=-1),
+            PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
+            CLASS_ID: tf.argmax(logits, axis=-1),
         }
 
     archive = keras.export.ExportArchive()
@@ -172,16 +185,18 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
     if vectorizer is not None:
         archive.track(vectorizer)
         archive.add_endpoint(
-            name="serving_default",
-            fn=lambda text: outputs(backbone(vectorizer(text), training=False)),
-            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+            name=SIGNATURE,
+            fn=lambda text: outputs(backbone(vectorizer(checked(text, [None])), training=False)),
+            input_signature=[tf.TensorSpec([None], tf.string, name=TEXT_INPUT)],
         )
     else:
         archive.add_endpoint(
-            name="serving_default",
-            fn=lambda image: outputs(backbone(tf.cast(image, tf.float32), training=False)),
+            name=SIGNATURE,
+            fn=lambda image: outputs(
+                backbone(tf.cast(checked(image, [None, *image_shape]), tf.float32), training=False)
+            ),
             input_signature=[
-                tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name="image")
+                tf.TensorSpec([None, *[int(d) for d in image_shape]], tf.uint8, name=IMAGE_INPUT)
             ],
         )
     # Writing a SavedModel sets absl's logger level for the whole process (hiding
@@ -194,6 +209,18 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
         absl_logger.setLevel(level)
 
 
+def check_config(config) -> None:
+    """config.export names a configured run and a version >= 1 (else PipelineError)."""
+    section = config.export
+    runs = config.train.runs
+    if section.run not in runs:
+        raise stage.PipelineError(
+            f"export.run={section.run!r} names no run of config.train.runs; runs: {sorted(runs)}"
+        )
+    if int(section.version) < 1:
+        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+
+
 def run(config, workdir: str) -> None:
     section = config.export
     train_dir = stage.require(workdir, "train")
@@ -203,8 +230,7 @@ def run(config, workdir: str) -> None:
             f"export.run={section.run!r} names no trained run; trained: "
             f"{sorted(os.listdir(train_dir))}"
         )
-    if int(section.version) < 1:
-        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
+    check_config(config)
     model = modeling.load_model(model_path)
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]
@@ -215,15 +241,15 @@ def run(config, workdir: str) -> None:
         export_saved_model(model, path, image_shape, vectorizer=vectorizer)
         # Self-check: the reloaded SavedModel, fed the raw stored input, agrees with
         # the Keras model fed what training feeds it.
-        signature = tf.saved_model.load(path).signatures["serving_default"]
+        signature = tf.saved_model.load(path).signatures[SIGNATURE]
         inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=8, training=False)))
         if modality == "text":
             raw = data.raw_texts(workdir, "test", 8)
-            served = signature(text=tf.constant(raw))
+            served = signature(**{TEXT_INPUT: tf.constant(raw)})
         else:
-            served = signature(image=tf.cast(inputs, tf.uint8))
+            served = signature(**{IMAGE_INPUT: tf.cast(inputs, tf.uint8)})
         expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1)
-        err = float(np.max(np.abs(served["probabilities"].numpy() - expected.numpy())))
+        err = float(np.max(np.abs(served[PROBABILITIES].numpy() - expected.numpy())))
         if err > 1e-4:
             raise stage.PipelineError(f"exported model disagrees with the trained one by {err}")
         logging.info("Exported %s (max |diff| vs Keras %.2e)", path, err)

@@ -43,17 +43,52 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return _strategies[name]
 
 
-def build_backbone(config) -> keras.Model:
-    """The experiment's network (config.model): raw pixels, or token ids, to logits."""
-    m, d = config.model, config.data
+def check_config(config) -> None:
+    """The model and the two training sections name known things (else PipelineError):
+    what build_backbone, build_har_model and compile_model would refuse later."""
+    m = config.model
+    _check_model(config)
+    for name in ("pretrain", "train"):
+        section = config[name]
+        optimizer = section.get("optimizer", "sgd")
+        if optimizer not in OPTIMIZERS:
+            raise PipelineError(
+                f"config.{name}.optimizer: unknown optimizer {optimizer!r}; known: "
+                f"{', '.join(OPTIMIZERS)}"
+            )
+        strategy = section.get("strategy", "default")
+        if strategy not in STRATEGIES:
+            raise PipelineError(
+                f"config.{name}.strategy: unknown strategy {strategy!r}; known: "
+                f"{', '.join(STRATEGIES)}"
+            )
+        if list(section.lr_drop_epochs) != sorted(section.lr_drop_epochs):
+            raise PipelineError(
+                f"config.{name}.lr_drop_epochs must be increasing, got {section.lr_drop_epochs}"
+            )
+    if config.train.get("checkpoint_blocks", False) and m.name != "resnet":
+        raise PipelineError(
+            "config.train.checkpoint_blocks recomputes residual blocks: it needs "
+            f"model.name 'resnet', not {m.name!r}"
+        )
+
+
+def _check_model(config) -> None:
+    m = config.model
     if m.name not in MODELS:
         raise PipelineError(f"unknown model.name {m.name!r}; known: {', '.join(MODELS)}")
-    modality = d.get("modality", "image")
+    modality = config.data.get("modality", "image")
     if (m.name == "bilstm") != (modality == "text"):
         raise PipelineError(
             f"model.name {m.name!r} does not take config.data.modality {modality!r} "
             '("bilstm" is the text model, "resnet" the image model)'
         )
+
+
+def build_backbone(config) -> keras.Model:
+    """The experiment's network (config.model): raw pixels, or token ids, to logits."""
+    m, d = config.model, config.data
+    _check_model(config)
     if m.name == "bilstm":
         return imdb_bilstm(
             # Token ids are < max_tokens (padding and OOV included).
@@ -236,8 +271,8 @@ def fit(
     fit ends with the same weights as an uninterrupted one (the tf.data input is
     advanced by the completed epochs, so that each epoch sees its own shuffle and
     augmentation). With `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/`
-    (if the `tensorboard` package is installed; else a warning). --quiet (a flag of
-    the stage mains and pipeline.run) turns Keras's progress bar off.
+    (if the `tensorboard` package is installed; else a warning). section.verbose is
+    Keras's progress output (--quiet sets it to 0, `cli.config_from_flags`).
     """
     if getattr(section, "strategy", "default") == "multi_worker":
         from pipeline import multi_worker
@@ -268,13 +303,12 @@ def fit(
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
     elif tensorboard:
         logging.warning("No TensorBoard logs: the `tensorboard` package is not installed.")
-    verbose = 0 if stage.flag_value("quiet", False) else section.verbose
     # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
     result = model.fit(
         train_ds,
         epochs=section.epochs,
         initial_epoch=initial_epoch,
-        verbose=verbose,
+        verbose=section.verbose,
         shuffle=False,
         callbacks=callbacks,
     )
@@ -315,16 +349,29 @@ def is_fitted(out_dir: str) -> bool:
     return all(os.path.isfile(os.path.join(out_dir, f)) for f in ("model.keras", "history.json"))
 
 
+def forward(model: keras.Model):
+    """model(x, training=False) as one tf.function (retraced only for new shapes)."""
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def run_batches(fn, dataset) -> list:
+    """[fn(*batch) in NumPy, for each batch of `dataset`]: the pipeline's inference loop.
+
+    `fn` maps one batch's tensors to a tensor or a nest of tensors. Trace what it
+    calls once (`forward(model)`, a tf.function kept across calls) rather than per
+    call, so that the loop does not retrace.
+    """
+    return [tf.nest.map_structure(lambda t: t.numpy(), fn(*batch)) for batch in dataset]
+
+
 def predict_classes(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """(labels, predicted class ids) over a dataset of (image, label) batches."""
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    labels, preds = [], []
-    for images, y in dataset:
-        preds.append(np.argmax(forward(images).numpy(), axis=-1))
-        labels.append(y.numpy())
-    if not labels:
+    logits_of = forward(model)
+    outputs = run_batches(lambda images, y: (logits_of(images), y), dataset)
+    if not outputs:
         return np.zeros([0], np.int64), np.zeros([0], np.int64)
-    return np.concatenate(labels), np.concatenate(preds)
+    labels = np.concatenate([y for _, y in outputs])
+    return labels, np.concatenate([np.argmax(logits, axis=-1) for logits, _ in outputs])
 
 
 def load_model(path: str) -> HARModel:

@@ -22,7 +22,8 @@ and processed as numpy arrays:
   chunk ranges -> labels pass (labels file only): noisy labels, sort keys
       -> counts before the cut (C x C transition counts, summed)  -> targets
       -> per cut class c, the `bound[c]` smallest (key, id) (a vectorized top-k
-         combiner; `bound[c]` >= any target c can get, `Plan.candidate_bounds`)
+         combiner; `bound[c]` >= any target c can get, `Plan.candidate_bounds`,
+         pipeline/preprocess_plan.py)
       -> the target-th smallest = the class's keep threshold     -> side input
   chunk ranges -> write pass (images + labels, threshold side input): noisy labels,
       keep mask, encoded records batched by shard (id % num_shards)
@@ -42,7 +43,6 @@ these and the Dataflow, Flink and Spark options.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import importlib
 import json
 import logging as py_logging
@@ -56,7 +56,16 @@ from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from har_tf import corruption
-from pipeline import records, sources, stage, text
+from pipeline import data, preprocess_manifest, preprocess_plan, records, stage, text, validation
+
+# make_plan and the config vocabularies are re-exported: `preprocess.make_plan` etc.
+from pipeline.preprocess_plan import (  # noqa: F401
+    IMBALANCE_KINDS,
+    NOISE_KINDS,
+    Plan,
+    make_plan,
+    noise_matrix,
+)
 from pipeline.stage import PipelineError
 
 STAGE = "preprocess"
@@ -64,357 +73,6 @@ MANIFEST = "manifest.json"
 DEFAULT_BEAM_ARGS = ("--runner=FnApiRunner",)
 _DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
 _DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
-_STATS_FILE = "_stats-{split}.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The validated, picklable description of what the Beam job does.
-
-    Attributes:
-      source: where examples come from (a `pipeline.sources` source).
-      num_classes: C.
-      image_shape: (H, W, channels) of the source images.
-      seed: `config.seed`, for the noise draw and the cut order.
-      noise_matrix: float64 (C, C) `T[clean, noisy]` applied to train (identity for
-        kind "none").
-      imbalance_kind: "none", "step", "long_tailed" or "counts".
-      cut_classes: classes the imbalance may cut (empty for kind "none"; every class
-        for "long_tailed" and "counts").
-      ratio: the imbalance ratio n_max / n_rare ("step", "long_tailed").
-      class_counts: examples to keep per class ("counts"; empty otherwise).
-      cut_by: "noisy" or "clean": the labels the cut counts and selects by.
-      sizes: examples used per split (after `limit_*`).
-      chunk_size: examples per read chunk.
-      num_shards: shards per split.
-      modality: "image" or "text" (the source's; `image_shape` is () for text).
-      max_tokens: for text, the vocabulary size (padding and OOV included).
-    """
-
-    source: object
-    num_classes: int
-    image_shape: tuple[int, ...]
-    seed: int
-    noise_matrix: np.ndarray
-    imbalance_kind: str
-    cut_classes: tuple[int, ...]
-    ratio: float
-    class_counts: tuple[int, ...]
-    cut_by: str
-    sizes: dict
-    chunk_size: int
-    num_shards: int
-    modality: str = "image"
-    max_tokens: int = 0
-
-    def imbalance_targets(self, counts: np.ndarray, n_max: int) -> np.ndarray:
-        """int64 [C] examples to keep per class, given int [C] counts before the cut.
-
-        The same `har_tf.corruption` functions the in-memory reference uses; n_max is
-        the source's largest class before noise.
-        """
-        counts = np.asarray(counts, dtype=np.int64)
-        if self.imbalance_kind == "step":
-            return corruption.step_imbalance_targets(
-                counts, self.cut_classes, self.ratio, n_max=n_max
-            )
-        if self.imbalance_kind == "long_tailed":
-            return corruption.long_tailed_targets(counts, self.ratio, n_max=n_max)
-        if self.imbalance_kind == "counts":
-            return corruption.count_targets(counts, self.class_counts)
-        return counts
-
-    def candidate_bounds(self, split: str) -> np.ndarray:
-        """int64 [C]: an upper bound on each class's cut target in `split`.
-
-        Every kind's target is non-decreasing in both the class count and n_max, and
-        both are at most n, the split's size; so the targets for counts = n_max = n
-        bound the real ones.
-        """
-        n = self.sizes[split]
-        return self.imbalance_targets(np.full(self.num_classes, n, np.int64), n)
-
-
-# ----------------------------------------------------------------------------------
-# Planning (driver side, before any Beam work)
-
-
-def make_plan(config) -> Plan:
-    """Validates `config.data` / `config.seed` and finds the data.
-
-    Raises:
-      PipelineError: for anything a user must fix in the config or the data.
-    """
-    data = config.data
-    sources.check_source_config(data)  # Bad names fail before any file lookup.
-    num_classes = int(data.num_classes)
-    if num_classes < 2:
-        raise PipelineError(f"config.data.num_classes must be >= 2, got {num_classes}")
-    seed = int(config.seed)
-    if seed < 0:
-        raise PipelineError(f"config.seed must be >= 0, got {seed}")
-    for field in ("num_shards", "chunk_size"):
-        if int(data[field]) < 1:
-            raise PipelineError(f"config.data.{field} must be >= 1, got {data[field]}")
-
-    matrix = noise_matrix(data.noise, num_classes)
-    imbalance = data.imbalance
-    kind, cut_classes, ratio, class_counts = _imbalance_fields(imbalance, num_classes)
-    if imbalance.by not in ("noisy", "clean"):
-        raise PipelineError(
-            f"config.data.imbalance.by = {imbalance.by!r}; expected 'noisy' or 'clean'"
-        )
-
-    source = sources.resolve_source(data)
-    source_classes = getattr(source, "num_label_classes", lambda: None)()
-    if source_classes is not None and source_classes != num_classes:
-        raise PipelineError(
-            f"{source.description}: the label feature {data.get('label_key', 'label')!r} "
-            f"(config.data.label_key) has {source_classes} classes, but "
-            f"config.data.num_classes = {num_classes}"
-        )
-    modality = getattr(source, "modality", "image")
-    max_tokens = 0
-    if modality == "text":
-        max_tokens = int(data.text.max_tokens)
-        if max_tokens < 3:
-            raise PipelineError(
-                f"config.data.text.max_tokens = {max_tokens}; needs >= 3 (padding, "
-                "out-of-vocabulary and at least one token)"
-            )
-        if int(data.text.sequence_length) < 1:
-            raise PipelineError(
-                f"config.data.text.sequence_length must be >= 1, got {data.text.sequence_length}"
-            )
-    limits = {"train": int(data.limit_train), "test": int(data.limit_test)}
-    sizes = {}
-    for split in records.SPLITS:
-        shape = () if modality == "text" else tuple(int(d) for d in source.image_shape(split))
-        if modality == "image" and shape != tuple(int(d) for d in data.image_shape):
-            raise PipelineError(
-                f"{source.description}: {split} images have shape {shape}, but "
-                f"config.data.image_shape = {tuple(data.image_shape)}"
-            )
-        sizes[split] = sources.split_size(source, split, limits[split])
-        if sizes[split] == 0:
-            raise PipelineError(f"{source.description}: the {split} split has no examples")
-    return Plan(
-        source=source,
-        num_classes=num_classes,
-        image_shape=() if modality == "text" else tuple(int(d) for d in data.image_shape),
-        seed=seed,
-        noise_matrix=matrix,
-        imbalance_kind=kind,
-        cut_classes=cut_classes,
-        ratio=ratio,
-        class_counts=class_counts,
-        cut_by=imbalance.by,
-        sizes=sizes,
-        chunk_size=int(data.chunk_size),
-        num_shards=int(data.num_shards),
-        modality=modality,
-        max_tokens=max_tokens,
-    )
-
-
-NOISE_KINDS = (
-    "none",
-    "pairs",
-    "groups",
-    "cifar10_hetero",
-    "cifar100_superclass",
-    "uniform",
-    "asymmetric",
-    "matrix",
-)
-IMBALANCE_KINDS = ("none", "step", "long_tailed", "counts")
-
-
-def noise_matrix(noise, num_classes: int) -> np.ndarray:
-    """The (C, C) transition matrix `config.data.noise` asks for.
-
-    Args:
-      noise: `config.data.noise` (reads `kind` and that kind's fields, see
-        configs/common.py).
-      num_classes: C.
-
-    Returns:
-      float64 (C, C) `T[clean, noisy]`, rows summing to 1.
-
-    Raises:
-      PipelineError: naming the field for an unknown kind, a preset used with the
-        wrong number of classes, or a field the kind's matrix rejects.
-    """
-    kind = noise.kind
-    if kind not in NOISE_KINDS:
-        raise PipelineError(
-            f"config.data.noise.kind = {kind!r}; expected one of {', '.join(NOISE_KINDS)}"
-        )
-    presets = {"cifar10_hetero": 10, "cifar100_superclass": 100}
-    if kind in presets and num_classes != presets[kind]:
-        raise PipelineError(
-            f"config.data.noise.kind = {kind!r} needs config.data.num_classes = "
-            f"{presets[kind]}, got {num_classes}"
-        )
-
-    def build(fn, *names):
-        # Errors name the field: the builders' messages start with the argument's
-        # name where it is not obvious (e.g. "rates[2] must be in [0, 1]"); any other
-        # error is about the last, structural field (flip_prob is checked first).
-        try:
-            return fn(*(noise[n] for n in names))
-        except (ValueError, TypeError) as e:
-            field = next((n for n in names if str(e).startswith(n)), names[-1])
-            raise PipelineError(f"config.data.noise.{field}: {e}") from e
-
-    if kind in ("pairs", "groups", "cifar10_hetero", "cifar100_superclass"):
-        _check_probability(noise.flip_prob, "config.data.noise.flip_prob")
-    if kind == "none":
-        return np.eye(num_classes)
-    if kind == "pairs":
-        return build(
-            lambda p, pairs: corruption.pair_swap_matrix(num_classes, pairs, p),
-            "flip_prob",
-            "pairs",
-        )
-    if kind == "groups":
-        return build(
-            lambda p, groups: corruption.group_flip_matrix(num_classes, groups, p),
-            "flip_prob",
-            "groups",
-        )
-    if kind == "cifar10_hetero":
-        return corruption.cifar10_hetero_matrix(float(noise.flip_prob))
-    if kind == "cifar100_superclass":
-        return corruption.cifar100_superclass_matrix(float(noise.flip_prob))
-    if kind == "uniform":
-        _check_probability(noise.rate, "config.data.noise.rate")
-        return corruption.uniform_noise_matrix(num_classes, float(noise.rate))
-    if kind == "asymmetric":
-        if len(noise.rates) != num_classes:
-            raise PipelineError(
-                f"config.data.noise.rates has {len(noise.rates)} entries; kind 'asymmetric' "
-                f"needs one flip rate per class (config.data.num_classes = {num_classes})"
-            )
-        return build(
-            lambda rates, targets: corruption.asymmetric_noise_matrix(num_classes, rates, targets),
-            "rates",
-            "targets",
-        )
-    return build(
-        lambda m: corruption.validate_transition_matrix(m, num_classes=num_classes), "matrix"
-    )
-
-
-def _check_probability(value, name: str) -> None:
-    try:
-        ok = 0.0 <= float(value) <= 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise PipelineError(f"{name} = {value!r}; must be a probability in [0, 1]")
-
-
-def _imbalance_fields(imbalance, num_classes: int):
-    """Validated (kind, cut_classes, ratio, class_counts) of `config.data.imbalance`."""
-    kind = imbalance.kind
-    if kind not in IMBALANCE_KINDS:
-        raise PipelineError(
-            f"config.data.imbalance.kind = {kind!r}; expected one of {', '.join(IMBALANCE_KINDS)}"
-        )
-    dummy = np.ones(num_classes, np.int64)
-    if kind == "none":
-        return kind, (), 1.0, ()
-    if kind == "counts":
-        counts = tuple(imbalance.counts)
-        try:
-            corruption.count_targets(dummy, counts)
-        except (ValueError, TypeError) as e:
-            raise PipelineError(f"config.data.imbalance.counts: {e}") from e
-        for c, n in enumerate(counts):
-            if n == 0:
-                raise PipelineError(
-                    f"config.data.imbalance.counts[{c}] = 0 would leave class {c} empty"
-                )
-        return kind, tuple(range(num_classes)), 1.0, tuple(int(n) for n in counts)
-    try:
-        ratio = float(imbalance.ratio)
-    except (TypeError, ValueError) as e:
-        raise PipelineError(f"config.data.imbalance.ratio: {e}") from e
-    if kind == "long_tailed":
-        try:
-            corruption.long_tailed_targets(dummy, ratio)
-        except ValueError as e:
-            raise PipelineError(f"config.data.imbalance.ratio: {e}") from e
-        return kind, tuple(range(num_classes)), ratio, ()
-    try:  # Checks classes and ratio on dummy counts.
-        cut_classes = tuple(int(c) for c in imbalance.classes)
-        corruption.step_imbalance_targets(dummy, cut_classes, ratio)
-    except (ValueError, TypeError) as e:
-        field = "ratio" if "ratio" in str(e) else "classes"
-        raise PipelineError(f"config.data.imbalance.{field}: {e}") from e
-    return kind, cut_classes, ratio, ()
-
-
-# ----------------------------------------------------------------------------------
-# Per-chunk numpy work (runs in Beam workers)
-
-
-@dataclasses.dataclass
-class _Labels:
-    """Labels of one chunk: ids, clean, noisy, all int64 [n]."""
-
-    ids: np.ndarray
-    clean: np.ndarray
-    noisy: np.ndarray
-
-
-def _checked_labels(plan: Plan, split: str, start: int, labels: np.ndarray) -> np.ndarray:
-    bad = np.flatnonzero((labels < 0) | (labels >= plan.num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise PipelineError(
-            f"{plan.source.labels_origin(split)}: label {int(labels[i])} at index {start + i} "
-            f"is outside [0, {plan.num_classes}) (config.data.num_classes = "
-            f"{plan.num_classes}); {bad.size} label(s) in examples [{start}, "
-            f"{start + labels.size}) are out of range"
-        )
-    return labels
-
-
-def _corrupt(plan: Plan, split: str, start: int, clean: np.ndarray) -> _Labels:
-    clean = _checked_labels(plan, split, start, clean)
-    ids = np.arange(start, start + clean.size, dtype=np.int64)
-    if split == "train":
-        noisy = corruption.corrupt_labels(clean, ids, plan.noise_matrix, seed=plan.seed)
-    else:
-        noisy = clean
-    return _Labels(ids=ids, clean=clean, noisy=noisy)
-
-
-def _by(plan: Plan, labels: _Labels) -> np.ndarray:
-    return labels.noisy if plan.cut_by == "noisy" else labels.clean
-
-
-def _read_labels(chunk: tuple[int, int], plan: Plan, split: str) -> _Labels:
-    start, stop = chunk
-    return _corrupt(plan, split, start, plan.source.read_labels(split, start, stop))
-
-
-def _chunk_counts(labels: _Labels, plan: Plan) -> np.ndarray:
-    return corruption.transition_counts(labels.clean, labels.noisy, plan.num_classes)
-
-
-def _chunk_candidates(labels: _Labels, plan: Plan, bounds: np.ndarray):
-    """Per cut class c in the chunk: (c, (bound, keys, ids)) of its `bounds[c]` smallest."""
-    keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
-    by = _by(plan, labels)
-    for c in plan.cut_classes:
-        members = np.flatnonzero(by == c)
-        bound = int(bounds[c])
-        if members.size:
-            chosen = members[corruption.smallest_by_key(keys[members], labels.ids[members], bound)]
-            yield c, (bound, keys[chosen], labels.ids[chosen])
 
 
 class _SumCounts(beam.CombineFn):
@@ -469,72 +127,6 @@ class _SmallestByKey(beam.CombineFn):
         return keys, ids  # Sorted ascending.
 
 
-def _targets(counts_before: np.ndarray, plan: Plan) -> np.ndarray:
-    """int64 [C] per-class targets of the cut (the full count for uncut classes)."""
-    axis = 0 if plan.cut_by == "noisy" else 1  # noisy = column sums, clean = row sums
-    counts = counts_before.sum(axis=axis)
-    # n_max is the largest class of the source before noise (the authors' img_max),
-    # whichever label the cut goes by: 6000 / 10 = 600 on Fashion-MNIST.
-    n_max = int(counts_before.sum(axis=1).max(initial=0))
-    targets = plan.imbalance_targets(counts, n_max)
-    # What each class would keep had it enough examples (for the messages below).
-    wanted = plan.imbalance_targets(np.full_like(counts, 2**62), n_max)
-    for c in plan.cut_classes:
-        if targets[c] == 0:
-            if plan.imbalance_kind == "step":
-                rule = f"floor({n_max} / {plan.ratio:g}) = {wanted[c]}"
-            elif plan.imbalance_kind == "long_tailed":
-                rule = (
-                    f"floor({n_max} * {plan.ratio:g} ** (-{c} / {plan.num_classes - 1})) "
-                    f"= {wanted[c]}"
-                )
-            else:
-                rule = f"config.data.imbalance.counts[{c}] = {wanted[c]}"
-            fix = (
-                "lower config.data.imbalance.ratio or use more data"
-                if wanted[c] == 0
-                else "no example of it is left to keep (check the noise and num_classes)"
-            )
-            raise PipelineError(
-                f"the {plan.imbalance_kind} imbalance leaves class {c} empty: it has "
-                f"{counts[c]} examples by {plan.cut_by} label and the cut target is {rule}; " + fix
-            )
-        if plan.imbalance_kind == "counts" and counts[c] < wanted[c]:
-            logging.warning(
-                "imbalance counts: class %d has %d examples by %s label, fewer than the "
-                "%d asked for; keeping all of them.",
-                c,
-                counts[c],
-                plan.cut_by,
-                wanted[c],
-            )
-    return targets
-
-
-def _threshold(item, targets: np.ndarray):
-    """(class, sorted candidates) -> (class, (key, id) of the last example kept)."""
-    c, (keys, ids) = item
-    t = int(targets[c])
-    # The candidates are the class's min(bound, count) smallest and t <= both, so
-    # the t-th smallest is among them.
-    return c, (float(keys[t - 1]), int(ids[t - 1]))
-
-
-def _keep_mask(labels: _Labels, plan: Plan, thresholds: dict) -> np.ndarray:
-    """bool [n]: an example of a cut class is kept iff (key, id) <= its class threshold."""
-    keep = np.ones(labels.ids.size, dtype=bool)
-    if not thresholds:
-        return keep
-    keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
-    by = _by(plan, labels)
-    for c, (key, last_id) in thresholds.items():
-        members = by == c
-        keep[members] = (keys[members] < key) | (
-            (keys[members] == key) & (labels.ids[members] <= last_id)
-        )
-    return keep
-
-
 class _EncodeChunk(beam.DoFn):
     """Reads a chunk, corrupts and cuts it; emits encoded records and kept counts.
 
@@ -557,8 +149,8 @@ class _EncodeChunk(beam.DoFn):
         plan = self._plan
         start, stop = chunk
         inputs, clean = plan.source.read(self._split, start, stop)
-        labels = _corrupt(plan, self._split, start, clean)
-        keep = _keep_mask(labels, plan, thresholds or {})
+        labels = preprocess_plan.corrupt(plan, self._split, start, clean)
+        keep = preprocess_plan.keep_mask(labels, plan, thresholds or {})
         kept = np.flatnonzero(keep)
         ids = labels.ids[kept]
         if plan.modality == "text":
@@ -669,24 +261,29 @@ def _chunks(p, plan: Plan, split: str):
 
 
 def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
+    """One split's part of the Beam graph (the module docstring draws it); one
+    pipeline expression, which reads better whole than cut into pieces."""
     C = plan.num_classes
     chunks = _chunks(p, plan, split)
     cut = split == "train" and bool(plan.cut_classes)
     if split == "train":
-        labels = chunks | f"{split}/ReadLabels" >> beam.Map(_read_labels, plan, split)
+        labels = chunks | f"{split}/ReadLabels" >> beam.Map(
+            preprocess_plan.read_labels, plan, split
+        )
         before = (
             labels
-            | f"{split}/ChunkCounts" >> beam.Map(_chunk_counts, plan)
+            | f"{split}/ChunkCounts" >> beam.Map(preprocess_plan.chunk_counts, plan)
             | f"{split}/CountsBeforeCut" >> beam.CombineGlobally(_SumCounts(C))
         )
     if cut:
         bounds = plan.candidate_bounds(split)
-        targets = before | f"{split}/Targets" >> beam.Map(_targets, plan)
+        targets = before | f"{split}/Targets" >> beam.Map(preprocess_plan.cut_targets, plan)
         thresholds = (
             labels
-            | f"{split}/Candidates" >> beam.FlatMap(_chunk_candidates, plan, bounds)
+            | f"{split}/Candidates" >> beam.FlatMap(preprocess_plan.chunk_candidates, plan, bounds)
             | f"{split}/SmallestPerClass" >> beam.CombinePerKey(_SmallestByKey())
-            | f"{split}/Thresholds" >> beam.Map(_threshold, beam.pvalue.AsSingleton(targets))
+            | f"{split}/Thresholds"
+            >> beam.Map(preprocess_plan.threshold, beam.pvalue.AsSingleton(targets))
         )
         encode = beam.ParDo(_EncodeChunk(plan, split), thresholds=beam.pvalue.AsDict(thresholds))
     else:
@@ -722,7 +319,7 @@ def _build_split(p, plan: Plan, split: str, out_dir: str) -> None:
         | f"{split}/Stats"
         >> beam.Map(
             _write_stats,
-            os.path.join(out_dir, _STATS_FILE.format(split=split)),
+            os.path.join(out_dir, preprocess_manifest.STATS_FILE.format(split=split)),
             before=side(before),
             after=side(after),
             targets=side(targets),
@@ -801,75 +398,6 @@ class _DropPipelineErrors(py_logging.Filter):
 
 
 # ----------------------------------------------------------------------------------
-# Manifest
-
-
-def _split_entry(stats: dict, plan: Plan, split: str, out_dir: str) -> dict:
-    before = np.asarray(stats["transition_counts_before_cut"], np.int64)
-    after = np.asarray(stats["transition_counts"], np.int64)
-    shards = [os.path.basename(p) for p in records.shard_paths(out_dir, split)]
-    expected = [records.shard_name(split, s, plan.num_shards) for s in range(plan.num_shards)]
-    if shards != expected:
-        raise PipelineError(f"expected the {split} shards {expected}, found {shards}")
-    return {
-        "num_source_examples": plan.sizes[split],
-        "num_examples": int(after.sum()),
-        "counts_before_cut": {
-            "clean": before.sum(axis=1).tolist(),
-            "noisy": before.sum(axis=0).tolist(),
-        },
-        "counts_after_cut": {
-            "noisy": after.sum(axis=0).tolist(),
-            "clean": after.sum(axis=1).tolist(),
-        },
-        "transition_counts_before_cut": before.tolist(),
-        "transition_counts": after.tolist(),
-        "transition_rates": corruption.row_normalize(after).tolist(),
-        "shards": shards,
-    }
-
-
-def _manifest(config, plan: Plan, out_dir: str) -> dict:
-    splits = {}
-    targets = None
-    for split in records.SPLITS:
-        path = os.path.join(out_dir, _STATS_FILE.format(split=split))
-        stats = stage.read_json(path)
-        os.remove(path)
-        splits[split] = _split_entry(stats, plan, split, out_dir)
-        if split == "train":
-            targets = stats["targets"]
-    manifest = {
-        "dataset": config.data.dataset,
-        "source": plan.source.description,
-        "modality": plan.modality,
-        "seed": plan.seed,
-        "num_classes": plan.num_classes,
-        "image_shape": list(plan.image_shape),
-        "noise": {
-            **config.data.noise.to_dict(),
-            "transition_matrix": plan.noise_matrix.tolist(),
-        },
-        "imbalance": {**config.data.imbalance.to_dict(), "targets": targets},
-        "splits": splits,
-    }
-    if hasattr(plan.source, "split_info"):
-        manifest["test_split"] = plan.source.split_info()
-    if plan.modality == "text":
-        vocabulary = text.read_vocabulary(os.path.join(out_dir, text.VOCAB_FILE))
-        if not vocabulary:
-            raise PipelineError("the kept train texts hold no token: the vocabulary is empty")
-        manifest["text"] = {
-            "vocabulary_file": text.VOCAB_FILE,
-            "vocabulary_size": len(vocabulary),
-            "max_tokens": plan.max_tokens,
-            "sequence_length": int(config.data.text.sequence_length),
-            "standardize": "lower, <br /> to space, ASCII punctuation removed",
-        }
-    return manifest
-
-
-# ----------------------------------------------------------------------------------
 # Entry points
 
 
@@ -886,6 +414,7 @@ def run(config, workdir: str, beam_args=()) -> None:
         created.
     """
     plan = make_plan(config)
+    val_fraction = validation.checked_fraction(config.data)
     logging.info(
         "preprocess: %s from %s, %s examples, noise %s, imbalance %s",
         config.data.dataset,
@@ -897,7 +426,13 @@ def run(config, workdir: str, beam_args=()) -> None:
     section = {"seed": plan.seed, "data": config.data.to_dict()}
     with stage.stage_output(workdir, STAGE, config=section) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
-        manifest = _manifest(config, plan, out_dir)
+        manifest = preprocess_manifest.manifest(config, plan, out_dir)
+        if val_fraction:
+            train = data.read_shard_labels(out_dir, "train")
+            manifest["validation"] = validation.manifest_entry(
+                train["id"], train["label"], fraction=val_fraction, seed=plan.seed,
+                num_classes=plan.num_classes,
+            )  # fmt: skip
         stage.write_json(os.path.join(out_dir, MANIFEST), manifest)
         train = manifest["splits"]["train"]
         logging.info(
@@ -915,9 +450,9 @@ def main(argv):
     # Beam's INFO log names every fused stage; keep warnings and errors only.
     py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
     beam_args = shlex.split(FLAGS.beam_args)
-    stage.run_main(
-        STAGE, lambda config, workdir: run(config, workdir, beam_args), FLAGS.config, FLAGS.workdir
-    )
+    from pipeline import cli  # deferred: cli defines flags only when a stage runs
+
+    cli.run_main(STAGE, lambda config, workdir: run(config, workdir, beam_args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Writes <workdir>/pretrain/: split.npz (ids of half_a and half_b), model.keras,
 history.json, tensorboard/. An interrupted attempt resumes from the last completed
-epoch (checkpoints in pretrain.partial/checkpoints/).
+epoch (checkpoints in pretrain.partial/checkpoints/). With config.tau.cross_fit it
+also fits ERM on half B, into <workdir>/pretrain/half_b/ (the same files).
 """
 
 from __future__ import annotations
@@ -12,41 +13,17 @@ import os
 import numpy as np
 from absl import logging
 
+from har_tf.held_out import split_halves
 from pipeline import data, modeling, stage
 
 NAME = "pretrain"
-
-
-def split_halves(ids, labels, *, seed: int, stratified: bool = True):
-    """Splits ids into two halves, per label when stratified.
-
-    Args:
-      ids: int [N] example ids; labels: int [N] (noisy) labels.
-
-    Returns:
-      (half_a, half_b): sorted int64 id arrays; within each label group half_a gets
-      floor(n / 2) examples drawn with `seed`, half_b the rest.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    groups = (
-        [np.flatnonzero(labels == c) for c in np.unique(labels)]
-        if stratified
-        else [np.arange(len(ids))]
-    )
-    half_a = []
-    for idx in groups:
-        idx = idx[np.argsort(ids[idx], kind="stable")]  # independent of record order
-        half_a.append(ids[rng.permutation(idx)[: len(idx) // 2]])
-    a = np.sort(np.concatenate(half_a)) if half_a else np.zeros([0], np.int64)
-    b = np.setdiff1d(ids, a)
-    return a, b
+# With config.tau.cross_fit: the model of half B (it predicts half A in estimate_tau).
+HALF_B = "half_b"
 
 
 def run(config, workdir: str) -> None:
     section = config.pretrain
-    train = data.read_labels(workdir, "train")
+    train = data.read_fit_labels(workdir)  # never the validation split
     half_a, half_b = split_halves(
         train["id"], train["label"], seed=config.seed, stratified=section.stratified
     )
@@ -54,14 +31,23 @@ def run(config, workdir: str) -> None:
     # resume: an interrupted attempt continues from its last checkpointed epoch.
     with stage.stage_output(workdir, NAME, config=section, resume=True) as out:
         np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
-        if modeling.is_fitted(out):
-            return
-        ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=half_a)
-        model = modeling.build_har_model(config, section, lam=0.0, seed=config.seed)
-        modeling.compile_model(
-            model, section, steps_per_epoch=modeling.steps_for(len(half_a), section.batch_size)
-        )
-        modeling.fit(model, ds, section, out_dir=out)
+        _fit_half(config, workdir, out, half_a)
+        if config.tau.get("cross_fit", False):
+            _fit_half(config, workdir, os.path.join(out, HALF_B), half_b)
+
+
+def _fit_half(config, workdir: str, out: str, keep_ids) -> None:
+    """ERM on the train records with these ids, into `out` (resumed if unfinished)."""
+    section = config.pretrain
+    os.makedirs(out, exist_ok=True)
+    if modeling.is_fitted(out):
+        return
+    ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)
+    model = modeling.build_har_model(config, section, lam=0.0, seed=config.seed)
+    modeling.compile_model(
+        model, section, steps_per_epoch=modeling.steps_for(len(keep_ids), section.batch_size)
+    )
+    modeling.fit(model, ds, section, out_dir=out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ A stage already complete in --workdir with the fingerprint the current config gi
 (stage.fingerprints) is skipped. A stale one (another config or input) is rerun, and
 so is every later stage; the old output is moved to `<stage>.stale-<time>` and
 deleted once the new one is complete. A stage that was interrupted resumes (training
-stages from their last completed epoch).
+stages from their last completed epoch). A complete stage with an output missing or
+unreadable (stage.why_incomplete) is reported and rerun, with every later stage.
 
   python -m pipeline.run --config=configs/fashion_mnist_hetero.py:quick \
       --workdir=runs/quickstart
@@ -15,6 +16,7 @@ stages from their last completed epoch).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -22,7 +24,18 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, evaluate, export, preprocess, pretrain, stage, train
+from pipeline import (
+    config_ranges,
+    estimate_tau,
+    evaluate,
+    export,
+    modeling,
+    preprocess,
+    pretrain,
+    stage,
+    train,
+    workdir_lock,
+)
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,
@@ -33,6 +46,21 @@ STAGE_RUNS = {
     "export": export.run,
 }
 assert tuple(STAGE_RUNS) == stage.STAGES
+
+
+def check_config(config) -> None:
+    """Checks every section before the first stage runs, so that a misnamed
+    export.run or an out-of-range evaluation group fails now, not after training.
+
+    Numeric ranges first (config_ranges), then each check that lives beside the code
+    that reads the section; preprocess's needs the data, so it runs as that stage
+    starts (first). Raises PipelineError.
+    """
+    config_ranges.check(config)
+    modeling.check_config(config)
+    train.validate_runs(config.train.runs)
+    evaluate.eval_groups(config)
+    export.check_config(config)
 
 
 def needed_stages(config) -> list[str]:
@@ -58,9 +86,10 @@ def run_pipeline(
         raise stage.PipelineError(
             f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
         )
-    os.makedirs(workdir, exist_ok=True)
+    check_config(config)
     names = needed_stages(config)
-    with stage.fingerprinting(config) as fps:
+    # One process at a time in a workdir (refuses at once if another holds it).
+    with workdir_lock.held(workdir), stage.fingerprinting(config) as fps:
         rerun = force
         for name in names:
             forced = force or (
@@ -74,37 +103,37 @@ def run_pipeline(
                 continue
             # Everything after a stage that runs depends on its new output.
             rerun = True
+            if state == "incomplete":
+                # metadata.json is there, but an output is missing or unreadable.
+                why = stage.why_incomplete(workdir, name)
+                print(f"stage {name} is incomplete: {why}; rerunning it", file=sys.stderr)
             why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
             print(f"== {name}: {why}")
             start = time.time()
-            if forced:  # start afresh rather than resume an interrupted attempt
-                stage.clear_partial(workdir, name)
-            aside = stage.set_aside(workdir, name)
-            try:
-                if name == "preprocess":
-                    preprocess.run(config, workdir, beam_args=beam_args)
-                else:
-                    STAGE_RUNS[name](config, workdir)
-            except BaseException:
-                stage.restore(workdir, name, aside)
-                raise
+            if name == "preprocess":
+                run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
+            else:
+                run = functools.partial(STAGE_RUNS[name], config, workdir)
+            # forced: start afresh rather than resume an interrupted attempt.
+            stage.run_replacing(workdir, name, run, fresh=forced)
             print(f"== {name}: done in {time.time() - start:.0f} s")
 
 
 def main(argv):
     del argv
+    from pipeline import cli
+
     FLAGS = flags.FLAGS
     try:
         run_pipeline(
-            FLAGS.config,
+            cli.config_from_flags(),
             FLAGS.workdir,
             beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,
             from_stage=FLAGS.from_stage,
         )
     except stage.PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(e)
     report = os.path.join(stage.stage_dir(FLAGS.workdir, "evaluate"), "report.md")
     with open(report) as f:
         print(f.read())

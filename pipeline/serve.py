@@ -32,13 +32,15 @@ base path is polled (--poll_seconds), so a new version directory is picked up (a
 removed one dropped) without a restart. Write a new version atomically (write it
 elsewhere, then rename it into place), as the export stage's rename does.
 
-The HTTP layer is werkzeug's threaded WSGI server (one thread per connection).
+The HTTP layer is waitress, a production WSGI server (pipeline/serving_http.py says
+why): it binds 127.0.0.1 unless --host says otherwise (--host=0.0.0.0 exposes it on
+every interface), closes connections idle for --read_timeout seconds, serves at most
+--max_connections at once, refuses JSON nested deeper than 64 levels (400) and, with
+--auth_token_file, answers only requests with `Authorization: Bearer <token>` (401).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
@@ -46,24 +48,16 @@ import threading
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
+from absl import app, flags, logging
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server as _werkzeug_server
 from werkzeug.wrappers import Request, Response
 
-SIGNATURE = "serving_default"
-INPUT = "image"  # the image models' input
-TEXT_INPUT = "text"  # the text models' input
+from pipeline import serving_http, serving_requests
+from pipeline.serving_requests import ServingError
+from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>.*)$")
-
-
-class ServingError(Exception):
-    """A request the server refuses: an HTTP status and a message for the client."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class Servable:
@@ -79,11 +73,13 @@ class Servable:
         self._loaded = tf.saved_model.load(path)
         self.fn = self._loaded.signatures[SIGNATURE]
         inputs = self.fn.structured_input_signature[1]
-        if set(inputs) == {INPUT}:
-            spec = inputs[INPUT]
+        if set(inputs) == {IMAGE_INPUT}:
+            spec = inputs[IMAGE_INPUT]
             if spec.dtype != tf.uint8 or spec.shape.rank != 4:
-                raise ValueError(f"{path}: input {INPUT!r} is {spec}, expected uint8 [B, H, W, C]")
-            self.kind, self.input_name, self.dtype = "image", INPUT, tf.uint8
+                raise ValueError(
+                    f"{path}: input {IMAGE_INPUT!r} is {spec}, expected uint8 [B, H, W, C]"
+                )
+            self.kind, self.input_name, self.dtype = "image", IMAGE_INPUT, tf.uint8
             self.image_shape = tuple(int(d) for d in spec.shape[1:])
         elif set(inputs) == {TEXT_INPUT}:
             spec = inputs[TEXT_INPUT]
@@ -94,7 +90,7 @@ class Servable:
         else:
             raise ValueError(
                 f"{path}: {SIGNATURE} takes {sorted(inputs)}, expected exactly one of "
-                f"{INPUT!r} (uint8 [B, H, W, C]) or {TEXT_INPUT!r} (string [B])"
+                f"{IMAGE_INPUT!r} (uint8 [B, H, W, C]) or {TEXT_INPUT!r} (string [B])"
             )
         self.outputs = {k: v for k, v in self.fn.structured_outputs.items()}
 
@@ -113,7 +109,7 @@ class Servable:
                     "inputs": (
                         {TEXT_INPUT: {"dtype": "string", "shape": [-1]}}
                         if self.kind == "text"
-                        else {INPUT: {"dtype": "uint8", "shape": [-1, *self.image_shape]}}
+                        else {IMAGE_INPUT: {"dtype": "uint8", "shape": [-1, *self.image_shape]}}
                     ),
                     "outputs": {k: spec(v) for k, v in sorted(self.outputs.items())},
                 }
@@ -199,122 +195,6 @@ def _json(obj, status: int = 200) -> Response:
     return Response(json.dumps(obj), status=status, mimetype="application/json")
 
 
-def _columns(value, name: str, *, what: str):
-    """A columnar value, bare or as {name: value}."""
-    if isinstance(value, dict):
-        if set(value) != {name}:
-            raise ServingError(400, f"{what}: expected the input {name!r}, got {sorted(value)}")
-        value = value[name]
-    return value
-
-
-def _is_b64(value) -> bool:
-    """Whether a JSON value is TF Serving's encoding of a binary string, {"b64": ...}."""
-    return isinstance(value, dict) and set(value) == {"b64"}
-
-
-def _rows(instances: list, name: str, *, bare: str) -> list:
-    """Row instances, all bare or all as {name: instance} (`bare`: what a bare one is).
-
-    {"b64": ...} is a bare value (an encoded string), not an object of named inputs.
-    """
-    named = [isinstance(i, dict) and not _is_b64(i) for i in instances]
-    if all(named):
-        if any(set(i) != {name} for i in instances):
-            raise ServingError(400, f"every instance must hold exactly the input {name!r}")
-        return [i[name] for i in instances]
-    if any(named):
-        raise ServingError(400, f"instances mix objects and bare {bare}")
-    return instances
-
-
-def _images(value, servable: Servable, *, what: str) -> np.ndarray:
-    """A validated uint8 batch [B, H, W, C] from a JSON value (nested lists)."""
-    value = _columns(value, INPUT, what=what)
-    if _is_b64(value) or (isinstance(value, list) and any(_is_b64(v) for v in value)):
-        raise ServingError(
-            400,
-            f'{what}: {{"b64": ...}} encodes a string; {INPUT!r} is uint8 '
-            f"[B, {', '.join(map(str, servable.image_shape))}]: send integers 0..255",
-        )
-    try:
-        array = np.asarray(value)
-    except ValueError as e:  # ragged nesting
-        raise ServingError(400, f"{what}: not a rectangular array ({e})") from None
-    expected = (-1, *servable.image_shape)
-    if array.dtype == object or array.ndim != 4 or array.shape[1:] != servable.image_shape:
-        raise ServingError(400, f"{what}: expected shape {list(expected)}, got {list(array.shape)}")
-    if array.shape[0] == 0:
-        raise ServingError(400, f"{what}: empty batch")
-    if array.dtype.kind not in "iu":
-        raise ServingError(
-            400, f"{what}: {INPUT!r} must hold uint8 integers 0..255, got {array.dtype} values"
-        )
-    if array.min() < 0 or array.max() > 255:
-        raise ServingError(
-            400,
-            f"{what}: {INPUT!r} values must be in 0..255 (uint8), "
-            f"got [{array.min()}, {array.max()}]",
-        )
-    return array.astype(np.uint8)
-
-
-def _texts(values, *, what: str) -> list[bytes]:
-    """A validated text batch: the UTF-8 encoding of each string in `values`."""
-    if not isinstance(values, list):
-        raise ServingError(
-            400,
-            f"{what}: {TEXT_INPUT!r} must be a list of strings, got {type(values).__name__}",
-        )
-    if not values:
-        raise ServingError(400, f"{what}: empty batch")
-    batch = []
-    for i, value in enumerate(values):
-        if _is_b64(value):
-            batch.append(_decoded_b64(value["b64"], what=f"{what}: text {i}"))
-            continue
-        if not isinstance(value, str):
-            got = "null" if value is None else type(value).__name__
-            raise ServingError(
-                400, f"{what}: text {i} must be a string ({TEXT_INPUT!r} is string [B]), got {got}"
-            )
-        try:
-            batch.append(value.encode("utf-8"))
-        except UnicodeEncodeError as e:  # a lone surrogate escape, e.g. "\ud800"
-            raise ServingError(400, f"{what}: text {i} is not valid Unicode ({e})") from None
-    return batch
-
-
-def _decoded_b64(encoded, *, what: str) -> bytes:
-    """The bytes of a {"b64": encoded} text, which must be UTF-8 (what the model reads)."""
-    if not isinstance(encoded, str):
-        got = "null" if encoded is None else type(encoded).__name__
-        raise ServingError(400, f"{what}: 'b64' must hold a base64 string, got {got}")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ServingError(400, f"{what}: 'b64' is not valid base64 ({e})") from None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ServingError(400, f"{what}: the 'b64' bytes are not UTF-8 text ({e})") from None
-    return data
-
-
-def _row_batch(instances, servable: Servable):
-    if not isinstance(instances, list) or not instances:
-        raise ServingError(400, "'instances' must be a non-empty list")
-    if servable.kind == "text":
-        return _texts(_rows(instances, TEXT_INPUT, bare="strings"), what="instances")
-    return _images(_rows(instances, INPUT, bare="tensors"), servable, what="instances")
-
-
-def _columnar_batch(inputs, servable: Servable):
-    if servable.kind == "text":
-        return _texts(_columns(inputs, TEXT_INPUT, what="inputs"), what="inputs")
-    return _images(inputs, servable, what="inputs")
-
-
 class App:
     """The WSGI application: routes TF Serving's REST paths to a ModelStore."""
 
@@ -382,6 +262,12 @@ class App:
                 413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}"
             )
         body = request.get_data(cache=False)  # raises 413 past max_content_length
+        depth = serving_http.json_depth(body)
+        if depth > serving_http.MAX_JSON_DEPTH:
+            raise ServingError(
+                400,
+                f"JSON nested {depth} levels deep; the limit is {serving_http.MAX_JSON_DEPTH}",
+            )
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -396,11 +282,11 @@ class App:
             raise ServingError(400, "the request must hold exactly one of 'instances', 'inputs'")
         servable = self.store.get(version)
         if has_rows:
-            out = servable.predict(_row_batch(payload["instances"], servable))
+            out = servable.predict(serving_requests.row_batch(payload["instances"], servable))
             keys = sorted(out)
             rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
             return _json({"predictions": rows})
-        out = servable.predict(_columnar_batch(payload["inputs"], servable))
+        out = servable.predict(serving_requests.columnar_batch(payload["inputs"], servable))
         return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
 
 
@@ -412,18 +298,29 @@ class Server:
         model_base_path: str,
         *,
         model_name: str = "",
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         port: int = 8501,
         poll_seconds: float = 1.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        read_timeout: float = serving_http.DEFAULT_READ_TIMEOUT_S,
+        max_connections: int = serving_http.DEFAULT_CONNECTION_LIMIT,
+        threads: int = serving_http.DEFAULT_THREADS,
+        auth_token: str | None = None,
     ):
         base = os.path.abspath(model_base_path)
         self.store = ModelStore(model_name or os.path.basename(base.rstrip("/")), base)
         self.store.refresh()
-        self.http = _werkzeug_server(
-            host, port, App(self.store, max_body_bytes=max_body_bytes), threaded=True
+        self.http = serving_http.HTTPServer(
+            App(self.store, max_body_bytes=max_body_bytes),
+            host=host,
+            port=port,
+            max_body_bytes=max_body_bytes,
+            read_timeout=read_timeout,
+            connection_limit=max_connections,
+            threads=threads,
+            auth_token=auth_token,
         )
-        self.port = self.http.server_port
+        self.port = self.http.port
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, daemon=True, name="version-poll")
@@ -448,7 +345,6 @@ class Server:
     def shutdown(self) -> None:
         self._stop.set()
         self.http.shutdown()
-        self.http.server_close()
 
 
 def main(argv):
@@ -457,14 +353,27 @@ def main(argv):
     FLAGS = flags.FLAGS
     if not os.path.isdir(FLAGS.model_base_path):
         raise app.UsageError(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
-    server = Server(
-        FLAGS.model_base_path,
-        model_name=FLAGS.model_name,
-        host=FLAGS.host,
-        port=FLAGS.port,
-        poll_seconds=FLAGS.poll_seconds,
-        max_body_bytes=FLAGS.max_body_bytes,
-    )
+    token = None
+    if FLAGS.auth_token_file:
+        try:
+            token = serving_http.read_token_file(FLAGS.auth_token_file)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+    try:
+        server = Server(
+            FLAGS.model_base_path,
+            model_name=FLAGS.model_name,
+            host=FLAGS.host,
+            port=FLAGS.port,
+            poll_seconds=FLAGS.poll_seconds,
+            max_body_bytes=FLAGS.max_body_bytes,
+            read_timeout=FLAGS.read_timeout,
+            max_connections=FLAGS.max_connections,
+            threads=FLAGS.threads,
+            auth_token=token,
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     versions = server.store.versions()
     if not versions:
         logging.warning("No version under %s yet; polling for one.", FLAGS.model_base_path)
@@ -481,14 +390,34 @@ def main(argv):
         server.shutdown()
 
 
-if __name__ == "__main__":
-    from absl import app, flags
-
+def define_flags() -> None:
+    """The server's command-line flags (defined only when run as a program)."""
     flags.DEFINE_string("model_base_path", None, "Directory of numeric version directories.")
     flags.DEFINE_string("model_name", "", "Name in the URLs (default: the base path's name).")
-    flags.DEFINE_string("host", "0.0.0.0", "Address to bind.")
+    flags.DEFINE_string(
+        "host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the server on every interface."
+    )
     flags.DEFINE_integer("port", 8501, "Port to bind (0 = any free port).")
     flags.DEFINE_float("poll_seconds", 1.0, "How often to look for new versions.")
     flags.DEFINE_integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, "Largest request body.")
+    flags.DEFINE_float(
+        "read_timeout",
+        serving_http.DEFAULT_READ_TIMEOUT_S,
+        "Seconds a connection may stay idle (e.g. a stalled request) before it is closed.",
+    )
+    flags.DEFINE_integer(
+        "max_connections", serving_http.DEFAULT_CONNECTION_LIMIT, "Connections served at once."
+    )
+    flags.DEFINE_integer("threads", serving_http.DEFAULT_THREADS, "Request worker threads.")
+    flags.DEFINE_string(
+        "auth_token_file",
+        None,
+        "A file holding a bearer token; every request must then send "
+        "`Authorization: Bearer <token>`.",
+    )
     flags.mark_flag_as_required("model_base_path")
+
+
+if __name__ == "__main__":
+    define_flags()
     app.run(main)

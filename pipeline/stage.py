@@ -45,14 +45,36 @@ STAGES = ("preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export
 SECTIONS = {
     "preprocess": ("seed", "data"),
     # build_har_model also reads train.aggregation and train.scale.
-    "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale"),
+    # tau.cross_fit: whether it also fits ERM on half B.
+    "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale", "tau.cross_fit"),
     "estimate_tau": ("tau", "eval.batch_size"),
-    # The train stage's per-epoch test pass (pipeline.epoch_eval) reads these two.
-    "train": ("seed", "model", "train", "eval.per_epoch_test", "eval.batch_size"),
+    # The train stage's per-epoch passes (pipeline.epoch_eval) read these eval fields.
+    "train": (
+        "seed",
+        "model",
+        "train",
+        "eval.per_epoch_test",
+        "eval.per_epoch_memorization",
+        "eval.batch_size",
+    ),
     "evaluate": ("eval",),
     "export": ("export",),
 }
 IGNORED_FIELDS = ("verbose",)
+# Files every complete stage has whatever the config (checked by why_incomplete, also
+# in stages made before metadata.json recorded every file's size). The rest of a
+# stage's files (one directory per run, the SavedModel) are checked by their sizes.
+DECLARED_OUTPUTS = {
+    "preprocess": ("manifest.json",),
+    "pretrain": ("model.keras",),
+    "estimate_tau": ("tau.json",),
+    "train": (),
+    "evaluate": ("report.json", "report.md"),
+    "export": (),
+}
+# Fields added after workdirs existed whose default reproduces the earlier outputs:
+# they enter a fingerprint only when set otherwise, so those workdirs stay valid.
+NEUTRAL_DEFAULTS = {"tau.cross_fit": False}
 
 
 class PipelineError(Exception):
@@ -68,12 +90,16 @@ def is_complete(workdir: str, name: str) -> bool:
 
 
 def require(workdir: str, name: str) -> str:
-    """Returns the directory of a completed stage or raises PipelineError."""
+    """Returns the directory of a completed stage whose outputs check out
+    (why_incomplete), or raises PipelineError."""
     if not is_complete(workdir, name):
         raise PipelineError(
             f"stage '{name}' has not completed in {workdir!r}; run "
             f"`python -m pipeline.{name}` (or `python -m pipeline.run`) first"
         )
+    why = why_incomplete(workdir, name)
+    if why is not None:
+        raise incomplete_error(workdir, name, why)
     return stage_dir(workdir, name)
 
 
@@ -83,7 +109,12 @@ def uses_tau(config) -> bool:
 
 
 def inputs(config, name: str) -> tuple[str, ...]:
-    """The stages whose outputs stage `name` reads, under this config."""
+    """The stages whose outputs stage `name` reads, under this config.
+
+    Every file a stage reads from another stage's directory is covered here, so
+    that a rerun input makes the reader stale: export reads evaluate's report.json
+    (the metrics of its model card), evaluate reads tau.json for its report.
+    """
     tau = ("estimate_tau",) if uses_tau(config) else ()
     return {
         "preprocess": (),
@@ -91,7 +122,7 @@ def inputs(config, name: str) -> tuple[str, ...]:
         "estimate_tau": ("preprocess", "pretrain"),
         "train": ("preprocess", *tau),
         "evaluate": ("preprocess", "train", *tau),
-        "export": ("preprocess", "train"),
+        "export": ("preprocess", "train", "evaluate"),
     }[name]
 
 
@@ -110,9 +141,24 @@ def _drop_ignored(obj: Any) -> Any:
     return obj
 
 
+def _drop_neutral(dotted: str, value: Any) -> Any:
+    """`value` of field `dotted` without the NEUTRAL_DEFAULTS at their default."""
+    if isinstance(value, dict):
+        return {
+            k: _drop_neutral(f"{dotted}.{k}", v)
+            for k, v in value.items()
+            if NEUTRAL_DEFAULTS.get(f"{dotted}.{k}", object()) != v
+        }
+    return value
+
+
 def config_section(config, name: str) -> dict:
     """The config fields stage `name` depends on, as a plain JSON-able dict."""
-    return {f: _jsonable(_drop_ignored(_field(config, f))) for f in SECTIONS[name]}
+    return {
+        f: _jsonable(_drop_neutral(f, _drop_ignored(_field(config, f))))
+        for f in SECTIONS[name]
+        if NEUTRAL_DEFAULTS.get(f, object()) != _field(config, f)
+    }
 
 
 def fingerprints(config) -> dict[str, str]:
@@ -139,10 +185,52 @@ def stored_fingerprint(workdir: str, name: str) -> str | None:
     return read_json(os.path.join(stage_dir(workdir, name), METADATA)).get("fingerprint")
 
 
+def why_incomplete(workdir: str, name: str) -> str | None:
+    """Why a stage with metadata.json cannot be trusted (None if it can), cheaply.
+
+    Checks that metadata.json parses, that every file it records (`files`: relative
+    path -> size in bytes) is there with that size, that every DECLARED_OUTPUTS
+    file exists (what stages made before sizes were recorded are checked on), and
+    that every recorded or declared .json file parses. Nothing heavier (no shard or
+    weights is read): a stage's readers check their own inputs.
+    """
+    directory = stage_dir(workdir, name)
+    try:
+        with open(os.path.join(directory, METADATA)) as f:
+            recorded = json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{METADATA} is unreadable ({e})"
+    for rel in (*DECLARED_OUTPUTS[name], *recorded):
+        if not os.path.isfile(os.path.join(directory, rel)):
+            return f"{rel} is missing"
+    for rel, size in recorded.items():
+        actual = os.path.getsize(os.path.join(directory, rel))
+        if actual != size:
+            return f"{rel} has {actual} bytes, {METADATA} records {size}"
+    for rel in sorted({*DECLARED_OUTPUTS[name], *recorded}):
+        if rel.endswith(".json"):
+            try:
+                with open(os.path.join(directory, rel)) as f:
+                    json.load(f)
+            except (OSError, ValueError) as e:
+                return f"{rel} is not valid JSON ({e})"
+    return None
+
+
+def incomplete_error(workdir: str, name: str, why: str) -> PipelineError:
+    return PipelineError(
+        f"stage {name} is incomplete: {why}; rerun with --from_stage={name} (workdir {workdir})"
+    )
+
+
 def state(workdir: str, name: str, fingerprint: str) -> str:
-    """ "missing" (not complete), "current" or "stale" (complete, other fingerprint)."""
+    """ "missing" (not complete), "incomplete" (metadata.json there, but an output
+    missing or unreadable: why_incomplete), "current" or "stale" (complete, made
+    with another fingerprint)."""
     if not is_complete(workdir, name):
         return "missing"
+    if why_incomplete(workdir, name) is not None:
+        return "incomplete"
     return "current" if stored_fingerprint(workdir, name) == fingerprint else "stale"
 
 
@@ -171,6 +259,23 @@ def restore(workdir: str, name: str, aside: str | None) -> None:
     """Puts a set-aside stage back if no new output replaced it."""
     if aside and os.path.exists(aside) and not os.path.exists(stage_dir(workdir, name)):
         os.rename(aside, stage_dir(workdir, name))
+
+
+def run_replacing(workdir: str, name: str, run, *, fresh: bool) -> None:
+    """Runs `run()` to make stage `name` anew, keeping the old output until it succeeds.
+
+    A complete old output is set aside (`set_aside`) and put back if `run` fails
+    (`restore`); `stage_output` deletes it once the new one is complete. `fresh`
+    clears what an interrupted attempt left in `.partial` first, so nothing resumes.
+    """
+    if fresh:
+        clear_partial(workdir, name)
+    aside = set_aside(workdir, name)
+    try:
+        run()
+    except BaseException:
+        restore(workdir, name, aside)
+        raise
 
 
 def discard_stale(workdir: str, name: str) -> None:
@@ -203,9 +308,27 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+def _writer(path: str) -> str | None:
+    """The stage whose directory (complete or `.partial`) holds `path`, if any."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    for part in reversed(parts[:-1]):
+        base = part.removesuffix(".partial")
+        if base in STAGES:
+            return base
+    return None
+
+
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file's content; PipelineError naming the file and the stage that writes
+    it if it is missing or does not parse (truncated, edited by hand)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        writer = _writer(path)
+        fix = f"; stage {writer} writes it: rerun with --from_stage={writer}" if writer else ""
+        problem = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e})"
+        raise PipelineError(f"{path} {problem}{fix}") from e
 
 
 def _strict(obj: Any) -> Any:
@@ -248,10 +371,6 @@ def stage_output(
     """
     final = stage_dir(workdir, name)
     partial = final + ".partial"
-    if multi_worker_role["read_only"]:
-        multi_worker_role["sync"]()  # until the chief has prepared .partial
-        yield partial
-        return
     if os.path.exists(final):
         raise PipelineError(f"stage '{name}' already completed in {workdir!r}")
     fingerprint = _current.get(name)
@@ -266,8 +385,6 @@ def stage_output(
     os.makedirs(partial, exist_ok=True)
     with open(marker, "w") as f:
         f.write(str(fingerprint))
-    if multi_worker_role["sync"]:
-        multi_worker_role["sync"]()
     started = time.time()
     yield partial
     if hasattr(config, "to_dict"):
@@ -277,6 +394,7 @@ def stage_output(
         os.path.join(partial, METADATA),
         {
             "stage": name,
+            "files": _sizes(partial),
             "fingerprint": _current.get(name),
             "started": started,
             "finished": time.time(),
@@ -289,17 +407,24 @@ def stage_output(
     discard_stale(workdir, name)
 
 
-# Set by pipeline.multi_worker.start_stage for a multi-worker stage: "sync", a
-# collective every worker passes once the chief has prepared `.partial`, and
-# "read_only", true on the workers other than the chief, which write nothing.
-multi_worker_role: dict[str, Any] = {"sync": None, "read_only": False}
+def _sizes(directory: str) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under `directory` (why_incomplete
+    checks them before the stage is trusted)."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, directory)] = os.path.getsize(path)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = None) -> None:
+def run_main(
+    name: str, run_fn, config, workdir: str, *, force: bool = False, check=None, verbose=False
+) -> None:
     """Shared body of every stage's `main`.
 
     A stage that is complete and current is skipped. One that is complete but stale
@@ -307,12 +432,21 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback.
+    The workdir's lock (pipeline.workdir_lock) is held throughout: a second process
+    in the same workdir is refused before anything is touched.
+    `force` is the stage main's --force; `check(config)`, if given, runs first
+    (`pipeline.run.check_config`: the whole config, before anything runs).
+    `verbose` (--verbose): an error raises with its traceback instead.
     """
-    if force is None:
-        force = flag_value("force", False)
     try:
-        with fingerprinting(config) as fps:
+        if check is not None:
+            check(config)
+        from pipeline import workdir_lock  # it imports this module
+
+        with workdir_lock.held(workdir), fingerprinting(config) as fps:
             for dep in inputs(config, name):
+                if state(workdir, dep, fps[dep]) == "incomplete":
+                    raise incomplete_error(workdir, dep, why_incomplete(workdir, dep))
                 if state(workdir, dep, fps[dep]) == "stale":
                     raise PipelineError(
                         f"input stage '{dep}' in {workdir!r} is stale (made with another "
@@ -329,32 +463,9 @@ def run_main(name: str, run_fn, config, workdir: str, *, force: bool | None = No
                     "become stale too), or run `python -m pipeline.run`, which reruns it "
                     "and every later stage"
                 )
-            section = config.get(name) if hasattr(config, "get") else None
-            if hasattr(section, "get") and section.get("strategy") == "multi_worker":
-                from pipeline import multi_worker
-
-                multi_worker.start_stage(multi_worker_role)
-            if multi_worker_role["read_only"]:
-                run_fn(config, workdir)
-                return
-            if force:
-                clear_partial(workdir, name)
-            aside = set_aside(workdir, name)
-            try:
-                run_fn(config, workdir)
-            except BaseException:
-                restore(workdir, name, aside)
-                raise
+            run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
+        if verbose:  # --verbose: the traceback
+            raise
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def flag_value(name: str, default: Any) -> Any:
-    """The value of absl flag `name` if defined and parsed (stage mains), else default."""
-    from absl import flags
-
-    f = flags.FLAGS
-    if name in f and f.is_parsed():
-        return f[name].value
-    return default

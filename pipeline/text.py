@@ -37,12 +37,6 @@ def standardize(texts: tf.Tensor) -> tf.Tensor:
     return tf.strings.regex_replace(texts, _PUNCTUATION, "")
 
 
-def tokens(texts) -> list[list[bytes]]:
-    """The tokens of each text (UTF-8 bytes), as the vectorizer splits them."""
-    split = tf.strings.split(standardize(tf.constant(list(texts), tf.string)))
-    return split.to_list()
-
-
 def count_tokens(texts) -> collections.Counter:
     """How often each token (a str) occurs in `texts` (str or UTF-8 bytes)."""
     flat = tf.strings.split(standardize(tf.constant(list(texts), tf.string))).flat_values

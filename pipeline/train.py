@@ -3,7 +3,10 @@
 Writes <workdir>/train/<run>/model.keras, history.json and tensorboard/ for each run
 of config.train.runs. With config.eval.per_epoch_test, every epoch also evaluates on
 the test split (pipeline.epoch_eval: test_accuracy, test_top5, test_class_<c>_accuracy
-in history.json), for the evaluate stage's best-epoch figure. An interrupted attempt
+in history.json), for the evaluate stage's best-epoch figure. With a validation split
+(config.data.val_fraction) runs train without its records and log val_* metrics
+against its noisy labels per epoch; config.eval.per_epoch_memorization adds fit_*
+(the memorization diagnostic on the run's own records, un-augmented). An interrupted attempt
 keeps the runs it finished and resumes the one it was in from its last completed epoch
 (<run>/checkpoints/ in train.partial).
 
@@ -48,7 +51,9 @@ def run(config, workdir: str) -> None:
         tau = stage.read_json(os.path.join(stage.require(workdir, "estimate_tau"), "tau.json"))[
             "tau"
         ]
-    labels = data.read_labels(workdir, "train")["label"]
+    # Without the validation split's records (pipeline.validation), if there is one.
+    labels = data.read_fit_labels(workdir)["label"]
+    keep_ids = data.fit_keep_ids(workdir)
     steps = modeling.steps_for(len(labels), section.batch_size)
     class_counts = np.bincount(labels, minlength=config.data.num_classes)
     # resume: runs an interrupted attempt finished are kept, and the run it was in
@@ -71,11 +76,13 @@ def run(config, workdir: str) -> None:
                 reg_every=int(run_cfg.get("reg_every", 1)),
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
-            ds = data.training_dataset(workdir, section, seed=config.seed)
+            ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)
             callbacks = []
             if config.eval.per_epoch_test:
                 # Before fit's EpochCheckpoint, so that the checkpointed history has it.
                 callbacks.append(epoch_eval.monitor_for(config, workdir))
+            # Validation (val_*) and memorization (fit_*) metrics, when configured.
+            callbacks += epoch_eval.label_set_monitors(config, workdir, keep_ids)
             if run_cfg.drw:
                 callbacks.append(
                     DeferredReweighting(

@@ -2,6 +2,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The suite runs with TensorFlow's oneDNN kernels on, as every entry point does:
+# har_tf sets TF_ENABLE_ONEDNN_OPTS before its first TensorFlow import.
+import har_tf  # noqa: E402,F401
+
+# isort: split
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
@@ -19,3 +24,23 @@ def float64():
     yield
     keras.config.set_floatx(old_floatx)
     keras.config.set_dtype_policy(old_policy)
+
+
+@pytest.fixture
+def tiny_har():
+    """A factory of compiled HARModels on tiny_nets.tiny_backbone (seeded, 3 classes).
+
+    `tiny_har(lam=1.0, tau=[...], optimizer=..., seed=0, compile_kwargs={...})`.
+    """
+    from tests import harness
+    from tests.har_tf import tiny_nets
+
+    def make(*, seed=0, optimizer=None, compile_kwargs=None, **kwargs):
+        return harness.har_model(
+            tiny_nets.tiny_backbone(seed),
+            optimizer=optimizer,
+            compile_kwargs=compile_kwargs,
+            **kwargs,
+        )
+
+    return make

@@ -3,14 +3,12 @@
 On CPU, TensorFlow runs FusedBatchNormV3 and FusedBatchNormGradV3 as single oneDNN
 kernels. Elementwise work is memory-bound here, so one kernel that reads a tensor
 once beats the chain of ops (each reading and writing a whole tensor) that computes
-the same thing. Measured alone on a [128, 32, 32, 16] tensor: a training-mode BN
-forward 9.5 -> 1.8 ms, its backward 6.3 -> 2.1 ms, a per-channel affine forward
-2.5 -> 1.1 ms and its backward (with the sums for gamma and beta) 2.9 -> 1.7 ms.
+the same thing (timings: docs/PERFORMANCE.md, "The changes, one at a time").
 
 Used where `fusable` holds: float32, channels on the last axis, and a process without
 GPUs or TPUs: their training-mode kernels keep other quantities in the reserve
 spaces (cuDNN keeps the inverse standard deviation), and there XLA can fuse the
-plain ops instead. Measured on CPU only.
+plain ops instead. Timed on CPU only.
 """
 
 import numpy as np

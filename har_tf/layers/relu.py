@@ -14,10 +14,8 @@ class ReLU(keras.layers.ReLU):
     allocated for every ReLU, kept until the backward sweep through the forward
     pass reaches it, and added to the real gradient. This layer's backward is one
     op of dy whose gradient is `ReluGrad(c, y)` and nothing for y. The values of all
-    derivatives are unchanged (tested). Measured on ResNet-32 at batch 128: HAR's
-    peak step memory 984 -> 879 MB, step time unchanged within noise
-    (docs/PERFORMANCE.md). The forward and first-order backward run TensorFlow's
-    own Relu and ReluGrad.
+    derivatives are unchanged (tested); what it saves: docs/PERFORMANCE.md. The
+    forward and first-order backward run TensorFlow's own Relu and ReluGrad.
 
     Only the plain ReLU (no `max_value`, `negative_slope` or `threshold`) takes
     that path; the others are Keras's.

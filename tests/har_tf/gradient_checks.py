@@ -6,7 +6,7 @@ import tensorflow as tf
 
 def _grads(model, x, y, training):
     with tf.GradientTape() as tape:
-        loss = model.regularized_loss(x, y, training=training)[1]
+        loss = model.regularized_loss(x, y, training=training).loss
     return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_weights)]
 
 
@@ -26,7 +26,7 @@ def check_against_finite_differences(model, x, y, *, training, directions=3, h=1
     def loss_at(delta):
         for w, d in zip(weights, delta, strict=True):
             w.assign_add(d)
-        value = float(model.regularized_loss(x, y, training=training)[1])
+        value = float(model.regularized_loss(x, y, training=training).loss)
         for w, d in zip(weights, delta, strict=True):
             w.assign_sub(d)
         return value

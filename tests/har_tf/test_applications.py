@@ -4,16 +4,19 @@ import keras
 import numpy as np
 import pytest
 
-from har_tf import HARModel, layers
+from har_tf import layers
 from har_tf.models import bn_tap_layers, inception_resnet_v2, resnet50
+from tests import harness
 
 
 def _one_har_step(backbone, input_shape, *, run_eagerly):
-    model = HARModel(backbone, lam=1.0, tap_layers=bn_tap_layers(backbone), weight_decay=1e-4)
-    model.compile(
+    model = harness.har_model(
+        backbone,
+        lam=1.0,
+        tap_layers=bn_tap_layers(backbone),
+        weight_decay=1e-4,
         optimizer=keras.optimizers.SGD(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        run_eagerly=run_eagerly,
+        compile_kwargs={"run_eagerly": run_eagerly},
     )
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(2, *input_shape)).astype("float32")

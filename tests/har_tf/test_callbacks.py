@@ -2,18 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from har_tf import HARModel, tau
+from har_tf import tau
 from har_tf.callbacks import DeferredReweighting
 from tests.har_tf import tiny_nets
-
-
-def _model(lam=0.0):
-    model = HARModel(tiny_nets.tiny_backbone(), lam=lam)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
 
 
 def _data(n=24):
@@ -24,9 +15,9 @@ def _data(n=24):
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.0])
-def test_class_weights_follow_pytorch_weighted_mean(lam):
+def test_class_weights_follow_pytorch_weighted_mean(lam, tiny_har):
     x, y = _data()
-    model = _model(lam)
+    model = tiny_har(lam=lam, optimizer=keras.optimizers.SGD(0.01))
     weights = np.array([3.0, 1.0, 0.5], "float32")
     model.set_class_weights(weights)
     _, _, ce, _, _ = model.regularized_loss(x, y, training=False)
@@ -37,13 +28,13 @@ def test_class_weights_follow_pytorch_weighted_mean(lam):
     np.testing.assert_allclose(float(ce), expected, rtol=1e-5)
     model.set_class_weights(None)
     np.testing.assert_allclose(
-        float(model.regularized_loss(x, y, training=False)[2]), nll.mean(), rtol=1e-5
+        float(model.regularized_loss(x, y, training=False).ce), nll.mean(), rtol=1e-5
     )
 
 
-def test_deferred_reweighting_switches_on_at_start_epoch():
+def test_deferred_reweighting_switches_on_at_start_epoch(tiny_har):
     x, y = _data()
-    model = _model()
+    model = tiny_har(optimizer=keras.optimizers.SGD(0.01))
     counts = [10, 100, 1000]
     seen = []
     probe = keras.callbacks.LambdaCallback(
@@ -58,8 +49,8 @@ def test_deferred_reweighting_switches_on_at_start_epoch():
     np.testing.assert_allclose(seen[3], expected, rtol=1e-6)
 
 
-def test_bad_class_weights_and_start_epoch():
-    model = _model()
+def test_bad_class_weights_and_start_epoch(tiny_har):
+    model = tiny_har(optimizer=keras.optimizers.SGD(0.01))
     with pytest.raises(ValueError, match="non-negative"):
         model.set_class_weights([1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="start_epoch"):

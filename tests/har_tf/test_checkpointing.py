@@ -20,6 +20,7 @@ from har_tf.models import (
     resnet50,
     rnn_tap_layers,
 )
+from tests import harness
 from tests.har_tf import tiny_nets
 
 NUM_CLASSES = 4
@@ -45,10 +46,7 @@ def _pair(backbone, cuts, **kwargs):
         HARModel(backbone, checkpoint_layers=cuts, **kwargs),
     ]
     for model in models:
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        harness.compile_har(model, keras.optimizers.SGD(0.1, momentum=0.9))
     return models
 
 
@@ -160,9 +158,7 @@ def test_fit_with_checkpointing_matches_fit_without(reg_every):
 def test_checkpoint_layers_survive_saving(tmp_path):
     backbone = _resnet()
     _, model = _pair(backbone, block_output_layers(backbone))
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = harness.run_model_saving_test(model, tmp_path / "model.keras")
     assert loaded.checkpoint_layers == ["stage1_block1_out", "stage2_block1_out"]
     assert loaded.get_config()["checkpoint_layers"] == model.checkpoint_layers
 

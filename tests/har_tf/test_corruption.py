@@ -225,6 +225,18 @@ def test_step_imbalance_targets_with_explicit_n_max():
     )
 
 
+def test_imbalance_targets_accept_plain_lists():
+    counts = [100, 95, 90, 85, 80]
+    np.testing.assert_array_equal(
+        corruption.step_imbalance_targets(counts, [0, 2], 10.0),
+        corruption.step_imbalance_targets(np.array(counts), [0, 2], 10.0),
+    )
+    np.testing.assert_array_equal(
+        corruption.long_tailed_targets(counts, 10.0),
+        corruption.long_tailed_targets(np.array(counts), 10.0),
+    )
+
+
 def test_step_imbalance_targets_by_hand():
     counts = np.array([100, 95, 50, 101, 7])
     targets = corruption.step_imbalance_targets(counts, (0, 2, 4), 10.0)

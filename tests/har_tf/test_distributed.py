@@ -27,6 +27,7 @@ import pytest
 
 from har_tf import HARModel
 from har_tf.models import cifar_resnet
+from tests import harness
 from tests.har_tf import distributed_scenarios as scenarios
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -280,9 +281,7 @@ def test_synchronized_bn_reaches_every_bn_and_survives_saving(tmp_path):
     assert not any(plain.get_layer(n).synchronized for n in bns)
 
     model = HARModel(synced, lam=1.0)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = harness.run_model_saving_test(model, tmp_path / "m.keras")
     assert all(loaded.backbone.get_layer(n).synchronized for n in bns)
     # On one device the synchronized path computes the same training-mode output.
     plain.set_weights(synced.get_weights())

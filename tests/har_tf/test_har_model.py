@@ -1,13 +1,12 @@
 """HARModel as a Keras citizen: fit/evaluate/predict, metrics, ERM path, saving."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from har_tf import HARModel
+from tests import harness
 from tests.har_tf import tiny_nets
 
 
@@ -19,13 +18,12 @@ def _data(n=64, seed=0):
 
 
 def _compiled(**kwargs):
-    model = HARModel(tiny_nets.tiny_backbone(), **kwargs)
-    model.compile(
+    return harness.har_model(
+        tiny_nets.tiny_backbone(),
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        compile_kwargs={"metrics": ["accuracy"]},
+        **kwargs,
     )
-    return model
 
 
 def test_fit_logs_loss_ce_reg_accuracy_and_loss_is_their_sum():
@@ -54,13 +52,16 @@ def test_erm_reports_zero_reg_and_evaluate_predict_work():
 def test_metrics_reset_each_epoch():
     x, y = _data()
     model = _compiled(lam=1.0)
-    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-    first = model.get_metrics_result()["reg"]
-    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-    # One batch per epoch: the second epoch's mean is that batch alone, not a running mean.
-    _, _, _, reg, _ = model.regularized_loss(x, y)
-    assert model.get_metrics_result()["reg"] != first
-    del reg
+    first = model.fit(x, y, batch_size=64, epochs=1, verbose=0).history
+    # One batch per epoch: the second epoch's logs are that batch's values at the
+    # weights the first epoch left, which the objective gives independently.
+    expected = model.regularized_loss(x, y)
+    second = model.fit(x, y, batch_size=64, epochs=1, verbose=0).history
+    for key, want in (("loss", expected.loss), ("ce", expected.ce), ("reg", expected.reg)):
+        np.testing.assert_allclose(second[key][0], float(want), rtol=1e-5)
+        # A running mean over both epochs would differ from the batch's own value.
+        running = (first[key][0] + float(want)) / 2
+        assert abs(running - float(want)) > 1e-4 * abs(float(want))
 
 
 @pytest.mark.parametrize("lam,expected_tapes", [(0.0, 1), (1.0, 2)])
@@ -89,13 +90,25 @@ def test_erm_path_builds_no_second_tape(monkeypatch, lam, expected_tapes):
 
 
 def test_tau_in_batch_dict_and_sample_weight():
+    """A batch's own tau and sample_weight (a dict) train exactly as a model whose
+    class table holds those tau and whose batches carry the weights the plain way."""
     x, y = _data(n=32)
+    table = np.array([1.0, 0.3, 0.05], "float32")
+    weights = np.linspace(0.2, 2.0, 32).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(
-        (x, y, {"tau": np.full(32, 0.5, "float32"), "sample_weight": np.ones(32, "float32")})
+        (x, y, {"tau": table[y], "sample_weight": weights})
     ).batch(8)
-    model = _compiled(lam=1.0)
+    model = _compiled(lam=1.0)  # its table is tau = 1: only the batch's tau differs
     h = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+    reference = _compiled(lam=1.0, tau=table)
+    ref_ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8)
+    ref_h = reference.fit(ref_ds, epochs=1, verbose=0, shuffle=False).history
     assert h["reg"][0] > 0
+    for key in ("loss", "ce", "reg"):
+        np.testing.assert_allclose(h[key], ref_h[key], rtol=1e-5)
+    backbones = model.backbone.get_weights(), reference.backbone.get_weights()
+    for got, want in zip(*backbones, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     model.evaluate(ds, verbose=0)
     with pytest.raises(ValueError, match="unknown keys"):
         model.fit(
@@ -109,19 +122,12 @@ def test_keras_save_load_round_trip(tmp_path):
     x, y = _data()
     model = _compiled(lam=1.5, tau=[0.1, 0.2, 1.0], aggregation="paper", scale="per_example")
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, HARModel)
-    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
-        model.get_config(), sort_keys=True
-    )
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    loaded = harness.run_model_saving_test(model, tmp_path / "m.keras", x)
     np.testing.assert_allclose(loaded.tau.numpy(), [0.1, 0.2, 1.0], rtol=1e-6)
     # Training continues from the loaded optimizer state with the same objective.
     np.testing.assert_allclose(
-        loaded.regularized_loss(x, y, training=False)[1],
-        model.regularized_loss(x, y, training=False)[1],
+        loaded.regularized_loss(x, y, training=False).loss,
+        model.regularized_loss(x, y, training=False).loss,
         rtol=1e-5,
     )
     # The tapped view shares variables: no weight is saved twice.
@@ -131,9 +137,9 @@ def test_keras_save_load_round_trip(tmp_path):
 def test_set_tau_changes_the_objective_without_recompiling():
     x, y = _data(n=16)
     model = _compiled(lam=1.0, tau=[1.0, 1.0, 1.0])
-    reg_before = float(model.regularized_loss(x, y)[3])
+    reg_before = float(model.regularized_loss(x, y).reg)
     model.set_tau([0.0, 0.0, 0.0])
-    assert float(model.regularized_loss(x, y)[3]) == 0.0
+    assert float(model.regularized_loss(x, y).reg) == 0.0
     assert reg_before > 0
     with pytest.raises(ValueError, match="3 entries"):
         model.set_tau([1.0])
@@ -161,12 +167,7 @@ def test_invalid_options_are_rejected():
 
 def _sgd_model(**kwargs):
     keras.utils.set_random_seed(1)
-    model = HARModel(tiny_nets.tiny_backbone(), tau=[1.0, 0.5, 0.25], **kwargs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return harness.har_model(tiny_nets.tiny_backbone(), tau=[1.0, 0.5, 0.25], **kwargs)
 
 
 def test_reg_every_k_is_har_with_k_lambda_on_every_kth_step_and_erm_between():
@@ -215,9 +216,7 @@ def test_train_step_runs_the_kind_of_step_its_caller_picks():
 def test_reg_every_is_saved_and_checked(tmp_path):
     model = _sgd_model(lam=1.0, reg_every=3)
     assert model.get_config()["reg_every"] == 3
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    assert keras.saving.load_model(path).reg_every == 3
+    assert harness.run_model_saving_test(model, tmp_path / "m.keras").reg_every == 3
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="reg_every"):
             HARModel(tiny_nets.tiny_backbone(), lam=1.0, reg_every=bad)

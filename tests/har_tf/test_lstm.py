@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from har_tf import HARModel
 from har_tf.models import imdb_bilstm, rnn_tap_layers
+from tests import harness
 from tests.har_tf import gradient_checks
 
 VOCAB, T = 20, 5
@@ -28,13 +29,13 @@ def _tiny(seed=0, **kwargs):
 
 
 def _har(backbone, **kwargs):
-    model = HARModel(backbone, tap_layers=rnn_tap_layers(backbone), **kwargs)
-    model.compile(
+    return harness.har_model(
+        backbone,
+        tap_layers=rnn_tap_layers(backbone),
         optimizer=keras.optimizers.Adam(1e-2),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        compile_kwargs={"metrics": ["accuracy"]},
+        **kwargs,
     )
-    return model
 
 
 def test_structure_taps_and_non_cudnn_default():

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from har_tf import HARModel
+from tests import harness
 from tests.har_tf import tiny_nets
 
 
@@ -31,16 +32,11 @@ def _batch(n=16, seed=0):
 def _har(optimizer=None, **compile_kwargs):
     """tiny_backbone(seed=0) under the current global policy; same weights every time."""
     model = HARModel(tiny_nets.tiny_backbone(seed=0), lam=1.0, tau=[1.0, 0.5, 0.8])
-    model.compile(
-        optimizer=optimizer or keras.optimizers.SGD(0.05),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **compile_kwargs,
-    )
-    return model
+    return harness.compile_har(model, optimizer or keras.optimizers.SGD(0.05), **compile_kwargs)
 
 
 def _float32_r(x, y, **kwargs):
-    return _har().regularized_loss(x, y, **kwargs)[4].numpy()
+    return _har().regularized_loss(x, y, **kwargs).r.numpy()
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -85,7 +81,7 @@ def test_mixed_float16_inner_gradient_is_loss_scaled(dtype_policy):
     # Without loss scaling the same R is wrong (measured: off by about 100%).
     unscaled = _har(auto_scale_loss=False)
     assert not isinstance(unscaled.optimizer, keras.optimizers.LossScaleOptimizer)
-    r_unscaled = unscaled.regularized_loss(x, y, sample_weight=weight)[4].numpy()
+    r_unscaled = unscaled.regularized_loss(x, y, sample_weight=weight).r.numpy()
     assert np.abs(r_unscaled / r32 - 1).max() > 0.5
 
 
@@ -113,7 +109,7 @@ def test_loss_scale_is_undone_exactly(optimizer):
     x, y = _batch()
     plain, scaled = _har(), _har(optimizer())
     np.testing.assert_allclose(
-        scaled.regularized_loss(x, y)[4].numpy(), plain.regularized_loss(x, y)[4].numpy(), rtol=1e-6
+        scaled.regularized_loss(x, y).r.numpy(), plain.regularized_loss(x, y).r.numpy(), rtol=1e-6
     )
     plain.train_on_batch(x, y)
     scaled.train_on_batch(x, y)

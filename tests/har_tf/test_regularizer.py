@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from har_tf import HARModel, layers, regularizer
+from har_tf import HARModel, layers, objective, regularizer
+from tests import harness
 from tests.har_tf import gradient_checks, tiny_nets
 
 
@@ -17,20 +18,18 @@ def _batch(n=7, seed=0):
 
 
 def _har(backbone, **kwargs):
-    model = HARModel(backbone, **kwargs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+    return harness.har_model(backbone, compile_kwargs={"metrics": ["accuracy"]}, **kwargs)
+
+
+def _penalty(grads, **kwargs):
+    return regularizer.penalty_from_squared_norms(regularizer.squared_norms(grads), **kwargs)
 
 
 def test_jacobian_penalty_hand_computed():
     g1 = tf.constant([[3.0, 4.0], [0.0, 0.0]])
     g2 = tf.constant([[[1.0], [0.0]], [[0.0], [2.0]]])  # a rank-3 layer
-    official = regularizer.jacobian_penalty([g1, g2], aggregation="official", epsilon=0.0)
-    paper = regularizer.jacobian_penalty([g1, g2], aggregation="paper", epsilon=0.0)
+    official = _penalty([g1, g2], aggregation="official", epsilon=0.0)
+    paper = _penalty([g1, g2], aggregation="paper", epsilon=0.0)
     np.testing.assert_allclose(official, [6.0, 2.0])
     np.testing.assert_allclose(paper, [np.sqrt(26.0), 2.0], rtol=1e-6)
 
@@ -38,13 +37,13 @@ def test_jacobian_penalty_hand_computed():
 def test_jacobian_penalty_gradient_is_finite_at_zero():
     g = tf.Variable(tf.zeros((2, 3)))
     with tf.GradientTape() as tape:
-        r = tf.reduce_sum(regularizer.jacobian_penalty([g]))
+        r = tf.reduce_sum(_penalty([g]))
     assert np.all(np.isfinite(tape.gradient(r, g).numpy()))
 
 
 def test_jacobian_penalty_rejects_unknown_aggregation():
     with pytest.raises(ValueError, match="aggregation"):
-        regularizer.jacobian_penalty([tf.ones((1, 1))], aggregation="max")
+        _penalty([tf.ones((1, 1))], aggregation="max")
 
 
 @pytest.mark.parametrize("aggregation", ["official", "paper"])
@@ -87,10 +86,10 @@ def test_r_equals_independent_reimplementation(training, aggregation):
 
 def test_per_example_scale_is_batch_size_times_official():
     x, y = _batch(n=8)
-    r_official = _har(tiny_nets.tiny_backbone(), lam=1.0).regularized_loss(x, y)[4]
-    r_per_ex = _har(tiny_nets.tiny_backbone(), lam=1.0, scale="per_example").regularized_loss(x, y)[
-        4
-    ]
+    r_official = _har(tiny_nets.tiny_backbone(), lam=1.0).regularized_loss(x, y).r
+    r_per_ex = (
+        _har(tiny_nets.tiny_backbone(), lam=1.0, scale="per_example").regularized_loss(x, y).r
+    )
     np.testing.assert_allclose(r_per_ex.numpy(), 8 * r_official.numpy(), rtol=1e-5)
 
 
@@ -157,3 +156,22 @@ def test_stock_keras_batch_norm_has_wrong_second_derivative_and_is_rejected(floa
     HARModel(converted, lam=1.0)  # accepted
     np.testing.assert_allclose(converted(x.numpy()), plain(x.numpy()))
     assert type(converted.layers[1]) is layers.BatchNormalization
+
+
+def test_objective_penalty_and_loss_weights_hand_computed():
+    # Two taps, two examples: norms (3, 4) and (4, 3), so official R = (7, 7).
+    sq = [tf.constant([9.0, 16.0]), tf.constant([16.0, 9.0])]
+    penalty = objective.penalty(
+        sq,
+        tf.constant([1.0, 0.5]),
+        lam=2.0,
+        global_batch=tf.constant(2.0),
+        aggregation="official",
+        epsilon=0.0,
+    )
+    np.testing.assert_allclose(penalty.r, [7.0, 7.0])
+    np.testing.assert_allclose(penalty.reg, (7.0 + 3.5) / 2)  # mean of tau * R
+    np.testing.assert_allclose(penalty.reg_loss, 2.0 * (7.0 + 3.5) / 2)  # lam * that
+    # PyTorch's weighted mean: weights w[y] / sum(w[y]) * B, times sample weights.
+    w = objective.loss_weights(tf.constant([3.0, 1.0]), [0, 1, 1], [1.0, 2.0, 1.0], 2)
+    np.testing.assert_allclose(w, [3 * 3 / 5, 1 * 3 / 5 * 2, 1 * 3 / 5], rtol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from har_tf import HARModel
+from tests import harness
 
 IN, H1, H2, C = 5, 6, 4, 3
 
@@ -78,11 +79,11 @@ def test_tap_order_and_subset_are_respected():
     for m in (both, only):
         m.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     np.testing.assert_allclose(
-        both.regularized_loss(x, y)[4].numpy(), _reference_r(backbone, x, y, "official"), rtol=1e-5
+        both.regularized_loss(x, y).r.numpy(), _reference_r(backbone, x, y, "official"), rtol=1e-5
     )
     # One tap: R is that layer's norm alone.
     np.testing.assert_allclose(
-        only.regularized_loss(x, y)[4].numpy(),
+        only.regularized_loss(x, y).r.numpy(),
         _reference_norms(backbone, x, y)["my_dense2"],
         rtol=1e-5,
     )
@@ -90,11 +91,11 @@ def test_tap_order_and_subset_are_respected():
 
 def test_fit_runs_on_a_user_model_and_default_taps_are_refused():
     x, y = _data(n=64)
-    model = HARModel(_mlp(), lam=2.0, tap_layers=["my_relu", "my_dense2"])
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    model = harness.har_model(
+        _mlp(),
+        lam=2.0,
+        tap_layers=["my_relu", "my_dense2"],
+        compile_kwargs={"metrics": ["accuracy"]},
     )
     h = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history
     assert all(r > 0 for r in h["reg"])

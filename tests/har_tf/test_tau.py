@@ -53,12 +53,6 @@ def test_per_class_error_rejects_label_out_of_range():
         tau_lib.per_class_error([0, 5], [0, 0], 3)
 
 
-def test_regression_tau():
-    np.testing.assert_allclose(tau_lib.regression_tau([1, 32]), [1.0, 32**-0.4])
-    with pytest.raises(ValueError):
-        tau_lib.regression_tau([0, 3])
-
-
 def test_class_balanced_weights_hand_computed():
     # beta 0.5: (1 - 0.5) / (1 - 0.5^1) = 1, (1 - 0.5) / (1 - 0.5^2) = 2/3; sum to C = 2.
     np.testing.assert_allclose(tau_lib.class_balanced_weights([1, 2], beta=0.5), [1.2, 0.8])

@@ -68,6 +68,20 @@ def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
         content = f.read()
     with open(shard, "wb") as f:
         f.write(content[:-7])  # cut into the last record
+    # The stage's recorded file sizes catch it first, naming the shard and the stage.
+    name = os.path.basename(shard)
+    with pytest.raises(
+        stage.PipelineError,
+        match=f"stage preprocess is incomplete: {name} has {len(content) - 7} bytes, "
+        f"metadata.json records {len(content)}",
+    ):
+        data.read_labels(workdir, "train")
+    # Without recorded sizes (a workdir from before they were recorded), the reader's
+    # own check names the shard.
+    metadata_path = os.path.join(workdir, "preprocess", "metadata.json")
+    metadata = stage.read_json(metadata_path)
+    del metadata["files"]
+    stage.write_json(metadata_path, metadata)
     with pytest.raises(stage.PipelineError, match=f"{shard}: corrupt or truncated"):
         data.read_labels(workdir, "train")
 

@@ -5,8 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pipeline import data, epoch_eval, evaluate, plots, stage
+from pipeline import data, epoch_eval, evaluate, modeling, plots, stage
 from tests.pipeline import workdir_fixtures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -290,3 +291,18 @@ def test_stage_writes_plots_referenced_by_the_report(evaluated):
     for png in evaluate.PLOTS.values():
         assert f"]({png})" in md
         assert_png(os.path.join(out, png))
+
+
+def test_predict_classes_is_the_argmax_of_the_models_logits():
+    """estimate_tau's inference (modeling.run_batches, as evaluate's): every batch,
+    the last partial one included, in order; an empty dataset gives empty arrays."""
+    from tests.har_tf import tiny_nets
+
+    backbone = tiny_nets.tiny_backbone()
+    x = np.random.default_rng(0).normal(size=(37, tiny_nets.IN)).astype("float32")
+    y = np.arange(37) % tiny_nets.C
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    labels, preds = modeling.predict_classes(backbone, ds)
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(preds, np.argmax(backbone(x, training=False).numpy(), -1))
+    assert [a.shape for a in modeling.predict_classes(backbone, ds.take(0))] == [(0,), (0,)]

@@ -100,6 +100,32 @@ def test_fingerprint_depends_on_the_stage_sections_and_inputs():
     assert all(v != base[k] for k, v in stage.fingerprints(config).items())
 
 
+def test_a_changed_evaluate_makes_export_stale():
+    """export writes evaluate's metrics into its model card: a rerun evaluate (here,
+    other groups) must not leave the card of the earlier one."""
+    base = stage.fingerprints(_config())
+    config = _config()
+    config.eval.groups.clean = (1, 3)
+    changed = stage.fingerprints(config)
+    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_is_read_once_into_the_config(monkeypatch, quiet):
+    """--quiet reaches training as the sections' verbose = 0, set by the main from its
+    flags (cli.config_from_flags); it changes no fingerprint."""
+    from pipeline import cli
+
+    config = _config(verbose=1)
+    config.pretrain.verbose = 2
+    base = stage.fingerprints(config)
+    flag_values = type("Flags", (), {"config": config, "quiet": quiet})
+    monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+    got = cli.config_from_flags()
+    assert (got.train.verbose, got.pretrain.verbose) == ((0, 0) if quiet else (1, 2))
+    assert stage.fingerprints(got) == base
+
+
 def test_fingerprint_of_an_erm_only_train_ignores_tau():
     config = _config()
     with config.unlocked():
@@ -168,6 +194,27 @@ def test_set_aside_and_restore(tmp_path):
     os.makedirs(os.path.join(workdir, "train.partial", "checkpoints"))
     stage.clear_partial(workdir, "train")
     assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("export.run", "hra", r"export.run='hra' names no run of config.train.runs"),
+        ("eval.groups.clean", (1, 10), r"eval group 'clean' names classes \[10\] outside"),
+        ("train.optimizer", "sgdd", r"config.train.optimizer: unknown optimizer 'sgdd'"),
+    ],
+)
+def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, field, value, match):
+    config = _config()
+    section, key = field.rsplit(".", 1)
+    parent = config
+    for part in section.split("."):
+        parent = parent[part]
+    parent[key] = value
+    workdir = str(tmp_path / "work")
+    with pytest.raises(stage.PipelineError, match=match):
+        run_lib.run_pipeline(config, workdir)
+    assert not os.path.exists(workdir)  # nothing ran
 
 
 def test_unknown_from_stage_is_a_clear_error(tmp_path):
@@ -321,3 +368,27 @@ def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
             strict=True,
         ):
             np.testing.assert_array_equal(wa, wb, err_msg=run)
+
+
+@pytest.mark.slow
+def test_a_deleted_tau_json_is_reported_and_rerun_by_the_real_pipeline(tmp_path, idx_dir):
+    workdir = str(tmp_path / "work")
+    _pipeline(workdir, idx_dir)
+    before = _fingerprints(workdir)
+    os.remove(os.path.join(workdir, "estimate_tau", "tau.json"))
+    message = (
+        "stage estimate_tau is incomplete: tau.json is missing; "
+        "rerun with --from_stage=estimate_tau"
+    )
+    # A stage run alone refuses its incomplete input, in one line.
+    alone = _run("pipeline.train", workdir, idx_dir, "--force")
+    assert alone.returncode == 1 and "Traceback" not in alone.stderr
+    assert message in alone.stderr
+    # pipeline.run says so and reruns it and every later stage.
+    result = _pipeline(workdir, idx_dir)
+    assert "stage estimate_tau is incomplete: tau.json is missing" in result.stderr
+    assert "== pretrain: complete, skipped" in result.stdout
+    for name in ("estimate_tau", "train", "evaluate", "export"):
+        assert f"== {name}: rerunning" in result.stdout
+    assert _fingerprints(workdir) == before
+    assert stage.why_incomplete(workdir, "estimate_tau") is None

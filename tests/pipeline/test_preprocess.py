@@ -720,7 +720,7 @@ def test_tfds_fallback_failure_explains_the_fix(tmp_path, monkeypatch):
     def offline(name):
         raise ConnectionError(f"cannot reach the download server for {name}")
 
-    monkeypatch.setattr(sources, "_tfds_builder", offline)
+    monkeypatch.setattr(sources.tfds, "_tfds_builder", offline)
     config = smoke_config("")
     with pytest.raises(PipelineError) as info:
         preprocess.run(config, str(tmp_path / "work"))

@@ -229,3 +229,11 @@ def test_command_line_serves(server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_main_refuses_bad_arguments_when_called_as_a_function(tmp_path):
+    """serve.main needs no name that only `python -m pipeline.serve` defines."""
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="unexpected arguments"):
+        serve.main(["serve", "extra"])

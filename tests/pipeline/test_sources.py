@@ -144,7 +144,7 @@ def test_resolution_skips_an_incomplete_debian_dir(tmp_path, monkeypatch):
         calls.append(name)
         raise OSError("no network")
 
-    monkeypatch.setattr(sources, "_tfds_builder", offline)
+    monkeypatch.setattr(sources.tfds, "_tfds_builder", offline)
     with pytest.raises(PipelineError, match="TFDS download of 'mnist' failed.*HAR_DATA_DIR"):
         sources.resolve_source(data_config(dataset="mnist"))
     assert calls == ["mnist"]
@@ -492,3 +492,23 @@ def test_explicit_idx_source_has_no_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv(sources.ENV_DATA_DIR, str(tmp_path))
     config.data_dir = ""
     assert sources.resolve_source(config).directory == str(tmp_path)
+
+
+def test_every_source_declares_the_source_protocol():
+    """preprocess calls only `sources.Source`'s members, which every source has."""
+    every = [
+        sources.IdxSource("d"),
+        sources.TfdsSource("cifar10"),
+        sources.TfdsSource("imdb_reviews", text_key="text"),
+        sources.NpzSource("d"),
+        sources.ImageListSource("d", (), (8, 8, 3)),
+        sources.CsvTextSource("d/x.csv"),
+    ]
+    for source in every:
+        assert isinstance(source, sources.Source), type(source).__name__
+    assert [s.modality for s in every] == ["image", "image", "text", "image", "image", "text"]
+    assert [s.num_label_classes() for s in every if not isinstance(s, sources.TfdsSource)] == [
+        None
+    ] * 4
+    assert sources.IdxSource("d").split_info() is None
+    assert sources.CsvTextSource("d/x.csv").split_info()["test_fraction"] == 0.2

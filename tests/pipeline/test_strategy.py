@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import keras
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -28,11 +29,18 @@ def test_unknown_strategy_is_a_clear_error():
 
 
 def test_default_strategy_is_tensorflows_default():
+    """A section with strategy "default", or with no strategy field, builds and
+    compiles its model (optimizer included) under TensorFlow's default strategy."""
     config = fashion_mnist_hetero.get_config("smoke")
-    assert config.train.strategy == config.pretrain.strategy == "default"
-    assert config.model.synchronized_bn is False
-    model = modeling.build_har_model(config, config.train, lam=0.0, seed=0)
-    assert model.distribute_strategy is tf.distribute.get_strategy()
+    named = ml_collections.ConfigDict(config.train.to_dict())
+    named.strategy = "default"
+    unnamed = ml_collections.ConfigDict(config.train.to_dict())
+    del unnamed["strategy"]
+    for section in (named, unnamed):
+        model = modeling.build_har_model(config, section, lam=0.0, seed=0)
+        assert model.distribute_strategy is tf.distribute.get_strategy()
+        modeling.compile_model(model, section, steps_per_epoch=1)
+        assert not isinstance(model.optimizer.iterations.value, tf.distribute.DistributedValues)
     assert isinstance(modeling.distribution_strategy("mirrored"), tf.distribute.MirroredStrategy)
 
 

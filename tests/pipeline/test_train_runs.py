@@ -1,19 +1,48 @@
 """config.train.runs: what each run asks of the train stage (regularizer, reg_every,
 checkpoint_blocks)."""
 
+import os
+
+import numpy as np
 import pytest
 
 from configs import common, fashion_mnist_hetero
-from pipeline import modeling, train
+from pipeline import modeling, preprocess, stage, train
 from pipeline.stage import PipelineError
+from tests.pipeline import idx_fixtures
 
 
-def test_reg_every_variant_trains_exact_and_approximate_har():
-    config = fashion_mnist_hetero.get_config("quick,reg_every")
+@pytest.mark.slow
+def test_reg_every_variant_trains_exact_and_approximate_har(tmp_path):
+    """The train stage trains each run of the ",reg_every" variant with its own
+    reg_every: the saved models carry it, and the approximations train otherwise."""
+    config = fashion_mnist_hetero.get_config("smoke,reg_every")
+    idx_fixtures.write_dataset(tmp_path / "idx", num_train=200, num_test=50)
+    config.data.data_dir = str(tmp_path / "idx")
+    config.data.limit_train, config.data.limit_test = 200, 50
+    config.eval.per_epoch_test = False
+    with config.unlocked():  # the exact run and one approximation keep the test short
+        for name in list(config.train.runs)[2:]:
+            del config.train.runs[name]
+    workdir = str(tmp_path / "work")
+    preprocess.run(config, workdir)
+    with stage.stage_output(workdir, "estimate_tau") as out:
+        stage.write_json(os.path.join(out, "tau.json"), {"tau": np.linspace(0.1, 1, 10).tolist()})
+    train.run(config, workdir)
     runs = config.train.runs
-    assert list(runs) == ["har", "har_every2", "har_every4"]
-    assert [runs[r].reg_every for r in runs] == [1, 2, 4]
-    assert {runs[r].lam for r in runs} == {10.0} and config.export.run == "har"
+    assert len(runs) > 1
+    weights = {}
+    for name, run_cfg in runs.items():
+        run_dir = os.path.join(stage.stage_dir(workdir, "train"), name)
+        model = modeling.load_model(os.path.join(run_dir, "model.keras"))
+        assert (model.reg_every, model.lam) == (run_cfg.reg_every, run_cfg.lam)
+        history = stage.read_json(os.path.join(run_dir, "history.json"))
+        assert np.all(np.isfinite(history["loss"])) and history["reg"][0] > 0
+        weights[run_cfg.reg_every] = model.backbone.get_weights()
+    exact = weights.pop(1)
+    assert weights, "the variant has no approximate run"
+    for approximate in weights.values():
+        assert not all(np.allclose(a, b) for a, b in zip(exact, approximate, strict=True))
 
 
 def test_a_run_reg_every_reaches_the_model():

@@ -1,0 +1,133 @@
+"""Held-out predictions for tau: the two-halves split and the per-class error from it.
+
+Algorithm 1 of the paper estimates each class's uncertainty from a model that did not
+train on the examples it is judged on: an ERM model pretrained on half A of the
+training set predicts half B. Cross-fitting also pretrains on half B and predicts half
+A, so that every training example gets exactly one held-out prediction.
+
+These functions are the one code path that both `har_tf.HARClassifier` and the
+pipeline's `pretrain` / `estimate_tau` stages use. Plain NumPy, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from har_tf import checks
+from har_tf import tau as tau_lib
+
+
+def softmax(logits) -> np.ndarray:
+    """Class probabilities float64 [N, C] from logits [N, C] (rows sum to 1)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def split_halves(ids, labels, *, seed: int, stratified: bool = True):
+    """Splits ids into two halves, per label when stratified.
+
+    Args:
+      ids: int [N] example ids; labels: int [N] (noisy) labels.
+      seed: seeds the draw of each label group's half A.
+      stratified: split each label group separately (else the whole set at once).
+
+    Returns:
+      (half_a, half_b): sorted int64 id arrays; within each label group half_a gets
+      floor(n / 2) examples drawn with `seed`, half_b the rest. The draw depends only
+      on the (id, label) pairs, not on their order.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    groups = (
+        [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        if stratified
+        else [np.arange(len(ids))]
+    )
+    half_a = []
+    for idx in groups:
+        idx = idx[np.argsort(ids[idx], kind="stable")]  # independent of record order
+        half_a.append(ids[rng.permutation(idx)[: len(idx) // 2]])
+    a = np.sort(np.concatenate(half_a)) if half_a else np.zeros([0], np.int64)
+    b = np.setdiff1d(ids, a)
+    return a, b
+
+
+def check_splittable(labels, num_classes: int) -> None:
+    """Refuses labels with a class of 0 < n < 2 examples: it cannot be in both halves.
+
+    A class with no example at all is left to `class_tau` (its count is 0).
+    """
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+    few = np.flatnonzero((counts > 0) & (counts < 2))
+    if few.size:
+        c = int(few[0])
+        raise ValueError(
+            f"class {c} has {counts[c]} example; every class needs at least 2 so that "
+            "it appears in both halves (one trains the ERM model, the other measures "
+            "its error)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassTau:
+    """Per-class results of Algorithm 1's uncertainty step, all [C] arrays.
+
+    errors: held-out error against the given labels (the uncertainty I).
+    held_out: held-out examples per class (the support of `errors`).
+    counts: training examples per class (the density q, up to a constant).
+    tau: err^a / n^b, divided by its maximum.
+    """
+
+    errors: np.ndarray
+    held_out: np.ndarray
+    counts: np.ndarray
+    tau: np.ndarray
+
+
+def class_tau(
+    train_labels,
+    held_out_labels,
+    held_out_predictions,
+    num_classes: int,
+    *,
+    uncertainty_exponent: float = 0.6,
+    density_exponent: float = 0.4,
+    error_floor: float = 0.0,
+) -> ClassTau:
+    """tau from held-out predictions: the estimate_tau step of Algorithm 1.
+
+    With one split the held-out set is half B. With cross-fitting it is every
+    training example (half B predicted by the model of half A, half A by that of half
+    B), and the per-class error pools both directions: wrong predictions over held-out
+    examples of the class, i.e. the two halves' errors weighted by their supports.
+
+    Args:
+      train_labels: int [N] given labels of the whole training set (for the counts).
+      held_out_labels: int [M] given labels of the held-out examples.
+      held_out_predictions: int [M] their predicted classes, from a model that did
+        not train on them.
+      num_classes: C.
+      uncertainty_exponent, density_exponent, error_floor: as `har_tf.tau.estimate_tau`.
+
+    Returns:
+      ClassTau.
+
+    Raises:
+      ValueError: as `per_class_error` and `estimate_tau` (a class without a
+        held-out or training example, all-zero error).
+    """
+    train_labels = checks.check_labels(train_labels, num_classes, name="train_labels")
+    errors, support = tau_lib.per_class_error(held_out_labels, held_out_predictions, num_classes)
+    counts = np.bincount(train_labels, minlength=num_classes)
+    tau = tau_lib.estimate_tau(
+        errors,
+        counts,
+        uncertainty_exponent=uncertainty_exponent,
+        density_exponent=density_exponent,
+        error_floor=error_floor,
+    )
+    return ClassTau(errors=errors, held_out=support, counts=counts, tau=tau)

@@ -1,0 +1,234 @@
+r"""The study runner: seeds x settings x methods (x lambda grids) as ordinary stages.
+
+  python -m pipeline.study --config=configs/studies/fm_paper.py --workdir=DIR
+  ... --max_jobs=5         # stop after 5 training runs (exit status 75 if work is left)
+  ... --aggregate_only     # write DIR/study/ from what has finished (marked partial)
+
+Layout: one preprocess / pretrain / estimate_tau per (setting, seed) in
+DIR/cells/<setting>/seed<k>/, shared by its runs; each training run is a train stage in
+DIR/cells/<setting>/seed<k>/runs/<run>/ (its input stages are symlinks to the cell's).
+Completed stages are skipped through their fingerprints, and an interrupted train stage
+resumes from its last epoch, so SIGKILL anywhere and rerun the same command: it goes on
+where it stopped. A run whose training fails (diverges) is recorded in FAILED.json
+beside it, reported as failed and not retried. After every run the results so far are
+aggregated into DIR/study/ (pipeline.study_report): study.json, study.md, PNG plots and
+the commit of the code. lambda is selected on the validation split (never the test set):
+pipeline.study_stats.SELECTION_RULE. The job order is in pipeline.study_config.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging as py_logging
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from pipeline import estimate_tau, preprocess, pretrain, stage, study_config, study_report, train
+from pipeline.study_config import Job
+
+CELL_STAGES = {
+    "preprocess": preprocess.run,
+    "pretrain": pretrain.run,
+    "estimate_tau": estimate_tau.run,
+}
+FAILED = "FAILED.json"
+MORE_TO_DO = 75  # exit status when --max_jobs stopped the study with runs left
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cell_dir(workdir: str, job: Job) -> str:
+    return os.path.join(workdir, "cells", job.setting, f"seed{job.seed}")
+
+
+def run_dir(workdir: str, job: Job, run_name: str) -> str:
+    return os.path.join(cell_dir(workdir, job), "runs", run_name)
+
+
+class Study:
+    """A study config bound to a workdir: its jobs, their state, and running them."""
+
+    def __init__(self, config, workdir: str, root: str = REPO_ROOT):
+        study_config.validate(config, root)
+        self.config = config
+        self.workdir = workdir
+        self.root = root
+        self._fingerprints: dict = {}
+
+    def job_config(self, job: Job):
+        return study_config.pipeline_config(self.config, job, self.root)
+
+    def run_name(self, job: Job) -> str:
+        return job.run_name(self.config.methods[job.method].regularizer)
+
+    def paths(self, job: Job) -> tuple[str, str]:
+        """(cell dir, run dir) of a job whose lambda is known."""
+        return cell_dir(self.workdir, job), run_dir(self.workdir, job, self.run_name(job))
+
+    def fingerprints(self, job: Job) -> dict:
+        if job not in self._fingerprints:
+            self._fingerprints[job] = stage.fingerprints(self.job_config(job))
+        return self._fingerprints[job]
+
+    def status(self, job: Job) -> str:
+        """ "pending" (lambda not selected yet), "done", "failed" or "todo"."""
+        if job.lam is None:
+            return "pending"
+        _, rdir = self.paths(job)
+        fp = self.fingerprints(job)["train"]
+        if stage.state(rdir, "train", fp) == "current":
+            return "done"
+        failed = os.path.join(rdir, FAILED)
+        if os.path.isfile(failed) and stage.read_json(failed).get("fingerprint") == fp:
+            return "failed"
+        return "todo"
+
+    def selection(self) -> dict:
+        """method -> selected lambda (None while pending), from validation metrics."""
+        return {name: sel["selected"] for name, sel in study_report.selections(self).items()}
+
+    def plan(self) -> list[Job]:
+        return study_config.plan(self.config, self.selection())
+
+    def run_job(self, job: Job) -> None:
+        """Every missing or stale stage of one job: the cell's, then its train stage."""
+        config = self.job_config(job)
+        cdir, rdir = self.paths(job)
+        with stage.fingerprinting(config) as fps:
+            needed = ["preprocess"] + (
+                ["pretrain", "estimate_tau"] if stage.uses_tau(config) else []
+            )
+            for name in needed:
+                _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
+            os.makedirs(rdir, exist_ok=True)
+            for name in needed:
+                _link(os.path.join("..", "..", name), os.path.join(rdir, name))
+            try:
+                _ensure(config, rdir, "train", fps["train"], train.run)
+            except stage.PipelineError as e:
+                stage.write_json(
+                    os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
+                )
+                print(f"   run failed (recorded, not retried): {e}", flush=True)
+        import keras  # deferred: TensorFlow
+
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def _link(target: str, path: str) -> None:
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    if os.path.lexists(path):
+        os.remove(path)
+    os.symlink(target, path)
+
+
+def _ensure(config, workdir: str, name: str, fingerprint: str, run_fn) -> None:
+    """Runs stage `name` in workdir unless it is complete and current (as pipeline.run)."""
+    current = stage.state(workdir, name, fingerprint)
+    if current == "current":
+        return
+    aside = stage.set_aside(workdir, name) if current == "stale" else None
+    try:
+        run_fn(config, workdir)
+    except BaseException:
+        stage.restore(workdir, name, aside)
+        raise
+
+
+def _aggregate(study) -> None:
+    """Writes <workdir>/study/; a failure there is reported but never stops training
+    (rerun with --aggregate_only once it is fixed)."""
+    try:
+        study_report.write(study)
+    except Exception as e:  # noqa: BLE001 - the runs matter more than the report
+        logging.exception("aggregation failed")
+        print(f"   aggregation failed ({type(e).__name__}: {e}); training goes on", flush=True)
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def run_study(config, workdir: str, *, max_jobs: int = 0, root: str = REPO_ROOT) -> bool:
+    """Runs every job not yet done, in plan order; returns whether the study is complete.
+
+    Aggregates into <workdir>/study/ after each run and at the end.
+    """
+    study = Study(config, workdir, root)
+    os.makedirs(workdir, exist_ok=True)
+    started, ran = time.time(), 0
+    while True:
+        jobs = study.plan()
+        states = [study.status(j) for j in jobs]
+        todo = [j for j, s in zip(jobs, states, strict=True) if s in ("todo", "pending")]
+        if not todo:
+            break
+        job = todo[0]
+        if job.lam is None:
+            raise stage.PipelineError(
+                f"{job.method}: its lambda is not selected although every grid run before "
+                "it has finished; see study.md's selection table"
+            )
+        if max_jobs and ran >= max_jobs:
+            _aggregate(study)
+            print(f"== stopped after {ran} runs (--max_jobs); {len(todo)} left", flush=True)
+            return False
+        t0 = time.time()
+        print(
+            f"== [{len(jobs) - len(todo) + 1}/{len(jobs)}] {job.setting} seed {job.seed} "
+            f"{study.run_name(job)}: running",
+            flush=True,
+        )
+        study.run_job(job)
+        ran += 1
+        _aggregate(study)
+        done = len(jobs) - len(todo) + 1
+        rest = study_report.estimate_remaining(study, todo[1:])
+        print(
+            f"== [{done}/{len(jobs)}] {job.setting} seed {job.seed} {study.run_name(job)}: "
+            f"finished in {_hms(time.time() - t0)}; elapsed {_hms(time.time() - started)}; "
+            f"estimated for the rest {_hms(rest)}",
+            flush=True,
+        )
+    study_report.write(study)
+    print(f"== study complete: {os.path.join(workdir, 'study')}", flush=True)
+    return True
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
+    logging.set_verbosity(logging.WARNING)
+    try:
+        if FLAGS.aggregate_only:
+            study_report.write(Study(FLAGS.config, FLAGS.workdir))
+            print(f"== aggregated: {os.path.join(FLAGS.workdir, 'study')}")
+            return
+        complete = run_study(FLAGS.config, FLAGS.workdir, max_jobs=FLAGS.max_jobs)
+    except stage.PipelineError as e:
+        print(f"error: study: {e}", file=sys.stderr)
+        sys.exit(1)
+    if not complete:
+        sys.exit(MORE_TO_DO)
+
+
+if __name__ == "__main__":
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Study config: configs/studies/<name>.py[:variant].", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "The study's directory (outputs in <workdir>/study/).")
+    flags.DEFINE_integer("max_jobs", 0, f"Stop after this many runs (0 = all); exit {MORE_TO_DO}.")
+    flags.DEFINE_bool("aggregate_only", False, "Only aggregate what has finished so far.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

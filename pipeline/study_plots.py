@@ -1,0 +1,212 @@
+"""study.md and the PNG figures of a study, from the study.json dict alone."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FIT_ACC, FIT_MEM, VAL = "fit_accuracy", "fit_memorized", "val_mean_class_accuracy"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _ci(s: dict) -> str:
+    """ "mean [low, high] (n)" in percent points."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    ci = s.get("ci95")
+    band = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * s['mean']:.1f}{band} (n={s['n']})"
+
+
+def write_all(result: dict, out: str) -> dict:
+    """Writes the figures of every setting; returns {title: file name}."""
+    files = {}
+    primary = result["primary_group"]
+    for setting, agg in result["settings"].items():
+        methods = {m: r for m, r in agg["methods"].items() if r["seeds_done"]}
+        if not methods:
+            continue
+        name = f"accuracy_{setting}.png"
+        _accuracy(
+            methods,
+            f"{setting}: final-epoch test accuracy, mean and 95% t-interval",
+            f"{out}/{name}",
+        )
+        files[f"{setting}: accuracy per method"] = name
+        curves = {m: r["curves"] for m, r in methods.items()}
+        name = f"curves_{setting}.png"
+        _curves(
+            {m: c.get(f"test_{primary}") for m, c in curves.items()},
+            f"{setting}: {primary} test accuracy per epoch (mean over seeds)",
+            "test accuracy",
+            f"{out}/{name}",
+        )
+        files[f"{setting}: {primary} test accuracy per epoch"] = name
+        if any(c.get(FIT_ACC) for c in curves.values()):
+            name = f"memorization_{setting}.png"
+            _memorization(curves, setting, f"{out}/{name}")
+            files[f"{setting}: memorization per epoch"] = name
+    return files
+
+
+def _accuracy(methods: dict, title: str, path: str) -> None:
+    groups = [*next(iter(methods.values()))["groups"], "overall"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(methods)
+    for i, (m, r) in enumerate(methods.items()):
+        stats = [r["groups"].get(g) or r["overall"] for g in groups[:-1]] + [r["overall"]]
+        means = np.array([100 * (s["mean"] or 0) for s in stats])
+        err = np.array([[100 * (s["mean"] - s["ci95"][0]) if s["ci95"] else 0 for s in stats]] * 2)
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=err, capsize=3, label=m)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _curves(curves: dict, title: str, ylabel: str, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, c in curves.items():
+        if c:
+            ax.plot(np.arange(1, len(c) + 1), c, label=m)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _memorization(curves: dict, setting: str, path: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in (
+        (axes[0], FIT_ACC, "training accuracy vs noisy labels (un-augmented)"),
+        (axes[1], FIT_MEM, "wrongly-labelled examples predicted as their wrong label"),
+    ):
+        for m, c in curves.items():
+            if c.get(key):
+                ax.plot(np.arange(1, len(c[key]) + 1), c[key], label=m)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{setting}: {label}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(result: dict, plots: dict, runtimes: dict) -> str:
+    primary, ref = result["primary_group"], result["reference"]
+    state = "COMPLETE" if result["complete"] else "PARTIAL (runs still to come; figures may change)"
+    code = result["code"]
+    lines = [
+        f"# Study `{result['study']}`: {state}",
+        "",
+        f"Runs finished: {result['runs_done']} of {result['runs_planned']} planned; "
+        f"failed: {len(result['runs_failed'])}. Code: {code['commit']}"
+        + (" (uncommitted changes)" if code["dirty"] else ""),
+        "",
+        "All accuracies (%) are on the clean test set at each run's final epoch: mean "
+        "[95% t-interval] (n seeds).",
+    ]
+    for method, sel in result["selection"].items():
+        lines += [
+            "",
+            f"## lambda selection for `{method}` (validation split, noisy labels)",
+            "",
+            f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
+            "",
+            "| lam | validation mean per-class accuracy per seed (%) | mean (%) | status |",
+            "|---|---|---|---|",
+        ]
+        for lam, row in sel["table"].items():
+            vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
+            lines.append(f"| {lam} | {vals} | {_pct(row['mean'])} | {row['status']} |")
+        chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
+        oracle = sel["oracle_on_test"]
+        lines += [
+            "",
+            f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
+            f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
+            "",
+            f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
+            "|---|---|",
+        ]
+        for lam, s in oracle[f"test_{primary}"].items():
+            lines.append(f"| {lam} | {_ci(s)} |")
+    for setting, agg in result["settings"].items():
+        methods = agg["methods"]
+        groups = next((list(r["groups"]) for r in methods.values() if r["groups"]), [primary])
+        lines += [
+            "",
+            f"## Setting `{setting}`",
+            "",
+            "| method | lam | seeds done / planned | "
+            + " | ".join(groups)
+            + " | overall | train acc. vs noisy labels | wrong labels memorized |",
+            "|---" * (len(groups) + 6) + "|",
+        ]
+        for m, r in methods.items():
+            lam = "pending" if r["lam"] is None else f"{r['lam']:g}"
+            mem = r["memorization"]
+            lines.append(
+                f"| {m} | {lam} | {len(r['seeds_done'])} / {len(r['seeds_planned'])} | "
+                + " | ".join(_ci(r["groups"].get(g)) for g in groups)
+                + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
+            )
+        diffs = agg[f"paired_minus_{ref}"]
+        lines += [
+            "",
+            f"Paired difference against `{ref}` on the same seeds (percent points):",
+            "",
+            "| method | " + " | ".join(groups) + " | overall |",
+            "|---" * (len(groups) + 2) + "|",
+        ]
+        for m, d in diffs.items():
+            lines.append(
+                f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
+            )
+        num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
+        if num_classes:
+            lines += [
+                "",
+                "Per class (mean over seeds, %):",
+                "",
+                "| method | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+                "|---" * (num_classes + 1) + "|",
+            ]
+            for m, r in methods.items():
+                if r["per_class"]:
+                    lines.append(
+                        f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
+                    )
+    if result["runs_failed"]:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
+    if plots:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{title}]({name})" for title, name in plots.items()]
+    if runtimes:
+        lines += [
+            "",
+            "## Runtime (train stage, wall clock)",
+            "",
+            "| setting, kind | runs | mean s | total s |",
+            "|---|---|---|---|",
+        ]
+        for key, runs in runtimes.items():
+            v = list(runs.values())
+            lines.append(f"| {key} | {len(v)} | {np.mean(v):.0f} | {np.sum(v):.0f} |")
+    return "\n".join(lines) + "\n"

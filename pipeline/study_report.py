@@ -1,0 +1,322 @@
+"""Aggregation of a study (pipeline.study) into <workdir>/study/.
+
+Writes study.json (every number; deterministic: the same runs give the same file),
+study.md (tables), COMMIT (the code that ran) and PNG plots: per-method accuracy with
+95% intervals, noisy & rare test accuracy per epoch, memorization per epoch. Anything
+not finished yet is left out and the outputs say "partial". All figures are at each
+run's final epoch; the statistics are pipeline.study_stats.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+
+from pipeline import epoch_eval, stage, study_config, study_plots
+from pipeline import study_stats as st
+from pipeline.study_config import Job
+
+OUT = "study"
+VAL_SCORE = epoch_eval.VAL_PREFIX + "mean_class_accuracy"
+FIT_ACC = epoch_eval.FIT_PREFIX + "accuracy"
+FIT_MEM = epoch_eval.FIT_PREFIX + "memorized"
+
+
+def history(study, job: Job) -> dict | None:
+    """A done job's history.json (None if not done)."""
+    if study.status(job) != "done":
+        return None
+    _, rdir = study.paths(job)
+    name = study.run_name(job)
+    return stage.read_json(os.path.join(rdir, "train", name, "history.json"))
+
+
+def test_counts(study, job: Job) -> list[int]:
+    cdir, _ = study.paths(job)
+    manifest = stage.read_json(os.path.join(cdir, "preprocess", "manifest.json"))
+    return manifest["splits"]["test"]["counts_after_cut"]["clean"]
+
+
+def run_metrics(hist: dict, counts, groups: dict) -> dict:
+    """Final-epoch figures of one run, and the per-epoch curves the plots use."""
+    num_classes = len(counts)
+    keys = [epoch_eval.class_accuracy_key(c) for c in range(num_classes)]
+    per_epoch = [[hist[k][e] if k in hist else 0.0 for k in keys] for e in range(len(hist["loss"]))]
+    final = per_epoch[-1]
+    out = {
+        "epochs": len(per_epoch),
+        "test": {
+            "overall": hist[epoch_eval.TEST_ACCURACY][-1],
+            "per_class": [final[c] if counts[c] else None for c in range(num_classes)],
+            "groups": {g: st.group_accuracy(final, counts, cl) for g, cl in groups.items()},
+        },
+        "curves": {
+            f"test_{g}": [st.group_accuracy(pc, counts, cl) for pc in per_epoch]
+            for g, cl in groups.items()
+        },
+    }
+    for key in (VAL_SCORE, FIT_ACC, FIT_MEM, epoch_eval.FIT_PREFIX + "clean_label_accuracy"):
+        out[key] = hist[key][-1] if key in hist else None
+    for key in (FIT_ACC, FIT_MEM):
+        out["curves"][key] = hist.get(key)
+    return out
+
+
+def _groups(study) -> dict:
+    config = study.job_config(Job(study.config.selection_setting, 0, study.config.reference, 0.0))
+    return {g: tuple(int(c) for c in cl) for g, cl in config.eval.groups.items()}
+
+
+def collect(study) -> dict:
+    """ "<setting>/seed<k>/<run>" -> run_metrics (or {"failed": message}) of every
+    finished job of the plan."""
+    groups = _groups(study)
+    runs = {}
+    for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
+        if job.lam is None:
+            continue
+        key = f"{job.setting}/seed{job.seed}/{study.run_name(job)}"
+        state = study.status(job)
+        if state == "done":
+            runs[key] = run_metrics(history(study, job), test_counts(study, job), groups)
+            runs[key].update(setting=job.setting, seed=job.seed, method=job.method, lam=job.lam)
+        elif state == "failed":
+            _, rdir = study.paths(job)
+            runs[key] = {"failed": stage.read_json(os.path.join(rdir, "FAILED.json"))["error"]}
+    return runs
+
+
+def grid_jobs(study) -> list[Job]:
+    c = study.config
+    return [
+        Job(c.selection_setting, seed, name, float(lam))
+        for seed in c.grid_seeds
+        for name, m in c.methods.items()
+        for lam in m.lam_grid
+    ]
+
+
+def selections(study) -> dict:
+    """Per grid method: the validation table, the selected lambda and the test oracle."""
+    c = study.config
+    groups = None
+    out = {}
+    for name, m in c.methods.items():
+        if not tuple(m.lam_grid):
+            continue
+        val, test = {}, {}
+        for lam in m.lam_grid:
+            key = f"{float(lam):g}"
+            val[key], test[key] = [], []
+            for seed in c.grid_seeds:
+                job = Job(c.selection_setting, seed, name, float(lam))
+                state = study.status(job)
+                if state == "done":
+                    hist = history(study, job)
+                    if VAL_SCORE not in hist:
+                        raise stage.PipelineError(
+                            f"{name} lam {lam:g} seed {seed}: no {VAL_SCORE} in its history; "
+                            "the study needs config.data.val_fraction > 0"
+                        )
+                    val[key].append(float(hist[VAL_SCORE][-1]))
+                    groups = groups or _groups(study)
+                    metrics = run_metrics(hist, test_counts(study, job), groups)
+                    test[key].append(float(metrics["test"]["groups"][c.primary_group]))
+                else:
+                    val[key].append("failed" if state == "failed" else None)
+                    test[key].append(None)
+        sel = st.select_lam(val)
+        oracle = st.oracle_lam(test)
+        out[name] = {
+            "rule": st.SELECTION_RULE,
+            "grid_seeds": list(c.grid_seeds),
+            "table": sel["table"],
+            "selected": None if sel["selected"] is None else float(sel["selected"]),
+            "pending": sel["pending"],
+            "oracle_on_test": {
+                "note": "selected on the TEST set (the authors' practice): optimistic",
+                "lam": None if oracle is None else float(oracle),
+                "test_" + c.primary_group: {
+                    k: st.summary(v) for k, v in test.items() if None not in v
+                },
+            },
+        }
+    return out
+
+
+def aggregate(study, runs: dict, selection: dict) -> dict:
+    """Per setting and method: summaries over seeds, and paired differences vs the
+    reference method on the same seeds."""
+    c = study.config
+    out = {}
+    for setting in c.settings:
+        methods, results = {}, {}
+        for name in study_config.setting_methods(c, setting):
+            lam = study_config.lam_of(c, name, {k: v["selected"] for k, v in selection.items()})
+            seeds = study_config.setting_seeds(c, setting, name)
+            per_seed = {}
+            for seed in seeds:
+                if lam is None:
+                    continue
+                r = runs.get(
+                    f"{setting}/seed{seed}/{study.run_name(Job(setting, seed, name, lam))}"
+                )
+                if r and "failed" not in r:
+                    per_seed[seed] = r
+            results[name] = per_seed
+            groups = list(next(iter(per_seed.values()))["test"]["groups"]) if per_seed else []
+            num_classes = len(next(iter(per_seed.values()))["test"]["per_class"]) if per_seed else 0
+            methods[name] = {
+                "lam": lam,
+                "seeds_planned": seeds,
+                "seeds_done": sorted(per_seed),
+                "partial": len(per_seed) < len(seeds),
+                "groups": {
+                    g: st.summary([r["test"]["groups"][g] for r in per_seed.values()])
+                    for g in groups
+                },
+                "overall": st.summary([r["test"]["overall"] for r in per_seed.values()]),
+                "per_class": [
+                    st.summary(
+                        [
+                            r["test"]["per_class"][k]
+                            for r in per_seed.values()
+                            if r["test"]["per_class"][k] is not None
+                        ]
+                    )
+                    for k in range(num_classes)
+                ],
+                "memorization": {
+                    key: st.summary([r[key] for r in per_seed.values() if r[key] is not None])
+                    for key in (FIT_ACC, FIT_MEM)
+                },
+                VAL_SCORE: st.summary(
+                    [r[VAL_SCORE] for r in per_seed.values() if r[VAL_SCORE] is not None]
+                ),
+                "curves": {
+                    key: st.mean_curve([r["curves"].get(key) for r in per_seed.values()])
+                    for key in (f"test_{c.primary_group}", FIT_ACC, FIT_MEM)
+                },
+            }
+        ref = results.get(c.reference, {})
+        diffs = {}
+        for name, per_seed in results.items():
+            if name == c.reference:
+                continue
+            diffs[name] = {
+                g: st.paired(
+                    {s: r["test"]["groups"][g] for s, r in per_seed.items()},
+                    {s: r["test"]["groups"][g] for s, r in ref.items()},
+                )
+                for g in methods[name]["groups"]
+            }
+            diffs[name]["overall"] = st.paired(
+                {s: r["test"]["overall"] for s, r in per_seed.items()},
+                {s: r["test"]["overall"] for s, r in ref.items()},
+            )
+        out[setting] = {"methods": methods, f"paired_minus_{c.reference}": diffs}
+    return out
+
+
+def code_version(root: str) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", "-C", root, *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def build(study) -> dict:
+    selection = selections(study)
+    runs = collect(study)
+    jobs = study_config.plan(study.config, {k: v["selected"] for k, v in selection.items()})
+    states = [study.status(j) for j in jobs]
+    failed = sorted(k for k, r in runs.items() if "failed" in r)
+    return {
+        "study": study.config.name,
+        "complete": all(s in ("done", "failed") for s in states),
+        "runs_planned": len(jobs),
+        "runs_done": sum(s == "done" for s in states),
+        "runs_failed": failed,
+        "primary_group": study.config.primary_group,
+        "reference": study.config.reference,
+        "config": study.config.to_dict(),
+        "code": code_version(study.root),
+        "selection": selection,
+        "settings": aggregate(study, runs, selection),
+        "runs": runs,
+    }
+
+
+def write(study) -> dict:
+    """Writes <workdir>/study/ from what has finished; returns the study.json dict."""
+    out = os.path.join(study.workdir, OUT)
+    os.makedirs(out, exist_ok=True)
+    result = build(study)
+    stage.write_json(os.path.join(out, "study.json"), result)
+    with open(os.path.join(out, "COMMIT.tmp"), "w") as f:
+        f.write(f"{result['code']['commit']}{' (dirty)' if result['code']['dirty'] else ''}\n")
+    os.replace(os.path.join(out, "COMMIT.tmp"), os.path.join(out, "COMMIT"))
+    plots = study_plots.write_all(result, out)
+    runtimes = runtime_table(study)
+    text = study_plots.markdown(result, plots, runtimes)
+    with open(os.path.join(out, "study.md.tmp"), "w") as f:
+        f.write(text)
+    os.replace(os.path.join(out, "study.md.tmp"), os.path.join(out, "study.md"))
+    return result
+
+
+def _duration(study, job: Job) -> float | None:
+    if study.status(job) != "done":
+        return None
+    _, rdir = study.paths(job)
+    meta = stage.read_json(os.path.join(rdir, "train", stage.METADATA))
+    return float(meta["finished"]) - float(meta["started"])
+
+
+def _kind(study, job: Job) -> str:
+    return study.config.methods[job.method].regularizer
+
+
+def runtime_table(study) -> dict:
+    """(setting, regularizer) -> [seconds of each done train stage] (wall clock)."""
+    table: dict = {}
+    for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
+        if job.lam is None:
+            continue
+        d = _duration(study, job)
+        if d is not None:
+            table.setdefault(f"{job.setting} {_kind(study, job)}", {})[
+                f"seed{job.seed}/{study.run_name(job)}"
+            ] = d
+    return table
+
+
+def estimate_remaining(study, jobs) -> float | None:
+    """Seconds the given jobs should take: the mean duration of done runs of the same
+    setting and regularizer kind, else of the same kind, else of any (None: no data)."""
+    table = runtime_table(study)
+    by_kind: dict = {}
+    for key, runs in table.items():
+        by_kind.setdefault(key.split(" ")[1], []).extend(runs.values())
+    everything = [d for runs in table.values() for d in runs.values()]
+    if not everything:
+        return None
+    total = 0.0
+    for job in jobs:
+        exact = table.get(f"{job.setting} {_kind(study, job)}")
+        if exact:
+            total += float(np.mean(list(exact.values())))
+        elif by_kind.get(_kind(study, job)):
+            total += float(np.mean(by_kind[_kind(study, job)]))
+        else:
+            total += float(np.mean(everything))
+    return total

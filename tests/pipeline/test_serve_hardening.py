@@ -1,0 +1,195 @@
+"""The serving path under hostile or careless clients: limits, timeouts, a token, shapes.
+
+A tiny exported image model (tests/pipeline/test_serve.py's) on 127.0.0.1.
+"""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import export, serve, serving_http
+from tests.pipeline.test_serve import SHAPE, export_version, images
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("export") / "tiny")
+    os.makedirs(base)
+    export_version(base, 1, seed=1)
+    return base
+
+
+def request(port, method, path, body=None, headers=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def running(base):
+    servers = []
+
+    def start(**kwargs):
+        srv = serve.Server(base, port=0, poll_seconds=60, **kwargs)
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+
+
+def test_binds_loopback_by_default(running):
+    srv = running()
+    assert srv.http._server.socket.getsockname()[0] == "127.0.0.1"
+    assert request(srv.port, "GET", "/v1/models/tiny")[0] == 200
+
+
+def test_deeply_nested_json_is_a_400_and_the_server_keeps_serving(running):
+    srv = running()
+    depth = 100_000
+    body = "[" * depth + "]" * depth
+    status, answer, _ = request(srv.port, "POST", "/v1/models/tiny:predict", body)
+    assert status == 400
+    assert answer["error"] == f"JSON nested {depth} levels deep; the limit is 64"
+    ok = json.dumps({"instances": images(2).tolist()})
+    assert request(srv.port, "POST", "/v1/models/tiny:predict", ok)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        (b"{}", 1),
+        (b"7", 0),
+        (b'{"a": [[1, 2], [3]], "b": {"c": []}}', 3),
+        (b'["[[[[", "\\"]]{{", {"k": "}"}]', 2),  # brackets inside strings do not count
+        (b'"\\\\"', 0),  # an escaped backslash ends before the closing quote
+    ],
+)
+def test_json_depth_against_hand_counts(text, depth):
+    assert serving_http.json_depth(text) == depth
+    json.loads(text)  # the cases are valid JSON
+
+
+def test_a_stalled_client_is_disconnected_after_the_read_timeout(running):
+    srv = running(read_timeout=1)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    try:
+        sock.sendall(
+            b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n["
+        )
+        start = time.monotonic()
+        data = sock.recv(1024)  # blocks until the server closes the connection
+        waited = time.monotonic() - start
+    finally:
+        sock.close()
+    assert data == b""
+    assert 0.5 < waited < 10  # read_timeout 1 s, checked every second
+
+
+def test_connection_limit_holds_extra_clients_until_a_slot_frees(running):
+    srv = running(max_connections=1, read_timeout=2)
+    idle = socket.create_connection(("127.0.0.1", srv.port))  # holds the only slot
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        status, _, _ = request(srv.port, "GET", "/v1/models/tiny", timeout=20)
+        waited = time.monotonic() - start
+    finally:
+        idle.close()
+    assert status == 200
+    assert waited > 1.0  # served only once the idle connection timed out
+
+
+TOKEN = "s3cret-token"
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/v1/models/tiny", None),
+        ("GET", "/v1/models/tiny/metadata", None),
+        ("POST", "/v1/models/tiny:predict", json.dumps({"instances": images(1).tolist()})),
+        ("GET", "/no/such/route", None),
+    ],
+)
+def test_bearer_token_is_required_on_every_route(running, method, path, body):
+    srv = running(auth_token=TOKEN)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        status, answer, got = request(srv.port, method, path, body, headers)
+        assert status == 401, headers
+        assert "bearer token" in answer["error"]
+        assert got["www-authenticate"].startswith("Bearer")
+    status, _, _ = request(srv.port, method, path, body, {"Authorization": f"Bearer {TOKEN}"})
+    assert status == (404 if path == "/no/such/route" else 200)
+
+
+@pytest.mark.parametrize("content, message", [("", "it is empty"), ("a b", "whitespace inside")])
+def test_a_bad_token_file_is_a_usage_error(base, tmp_path, content, message):
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.serve", f"--model_base_path={base}", "--port=0"]
+        + [f"--auth_token_file={token_file}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert str(token_file) in out.stderr
+
+
+def test_the_exported_signature_checks_rank_and_shape(base):
+    fn = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    good = fn(image=tf.constant(images(2), tf.uint8))["class_id"]
+    assert good.shape == (2,)
+    h, w, c = SHAPE
+    for bad in ([2, 32, 32, 3], [2, h, w], [h, w, c], [2, h, w, c + 1]):
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            fn(image=tf.zeros(bad, tf.uint8))
+        message = str(e.value)
+        assert f"is not compatible with expected shape [?,{h},{w},{c}]" in message
+        assert f"image [{','.join(map(str, bad))}]" in message
+
+
+def test_the_exported_text_signature_checks_rank(tmp_path):
+    import keras
+
+    from pipeline import text
+
+    vectorizer = text.vectorizer(["the", "movie", "good"], sequence_length=4)
+    inputs = keras.Input((4,), dtype="int64")
+    logits = keras.layers.Dense(2)(keras.layers.Embedding(8, 3)(inputs)[:, 0])
+    path = str(tmp_path / "m")
+    export.export_saved_model(keras.Model(inputs, logits), path, vectorizer=vectorizer)
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    assert fn(text=tf.constant(["the movie"]))["class_id"].shape == (1,)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"text \[1,1\] is not compatible with expected shape \[\?\]",
+    ):
+        fn(text=tf.constant([["the movie"]]))
+
+
+def test_json_depth_is_linear_on_a_large_image_body():
+    body = json.dumps({"instances": np.zeros((64, 28, 28, 1), np.uint8).tolist()}).encode()
+    start = time.monotonic()
+    assert serving_http.json_depth(body) == 5
+    assert time.monotonic() - start < 5

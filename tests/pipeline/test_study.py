@@ -1,0 +1,421 @@
+"""The study runner (pipeline.study*): statistics, selection, validation split, configs,
+and the CLI end to end (smoke study, rerun, SIGKILL and resume)."""
+
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs.studies import smoke
+from pipeline import (
+    data,
+    epoch_eval,
+    preprocess,
+    pretrain,
+    stage,
+    study_config,
+    study_report,
+    validation,
+)
+from pipeline import study_stats as st
+from pipeline.study import Study
+from pipeline.study_config import Job, StudyConfigError
+from tests.pipeline import idx_fixtures
+from tests.pipeline.workdir_fixtures import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# ----------------------------------------------------------------------------------
+# Statistics against hand-computed values
+
+
+def test_summary_mean_std_and_t_interval():
+    s = st.summary([0.5, 0.7, 0.6])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.6)
+    assert s["std"] == pytest.approx(0.1)  # sqrt(((-.1)^2 + .1^2 + 0) / 2)
+    half = 4.3027 * 0.1 / math.sqrt(3)  # t_{0.975, 2} = 4.3027
+    assert s["ci95"] == pytest.approx([0.6 - half, 0.6 + half])
+    one = st.summary([0.4])
+    assert one["mean"] == 0.4 and one["std"] is None and one["ci95"] is None
+    assert st.summary([])["mean"] is None
+
+
+def test_t_quantiles():
+    # Hand-copied from a t table, and the 1/df expansion beyond the table.
+    assert st.t_quantile_975(1) == 12.7062
+    assert st.t_quantile_975(4) == 2.7764
+    assert st.t_quantile_975(30) == 2.0423
+    assert st.t_quantile_975(40) == pytest.approx(2.0211, abs=1e-4)
+    assert st.t_quantile_975(120) == pytest.approx(1.9799, abs=1e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 200):
+        assert st.t_quantile_975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1e-4)
+    with pytest.raises(ValueError):
+        st.t_quantile_975(0)
+
+
+def test_paired_difference_uses_common_seeds():
+    har = {0: 0.5, 1: 0.7, 2: 0.9}
+    erm = {0: 0.4, 1: 0.7, 2: 0.6, 3: 0.1}
+    d = st.paired(har, erm)
+    assert d["seeds"] == [0, 1, 2]
+    assert d["values"] == pytest.approx([0.1, 0.0, 0.3])
+    mean = 0.4 / 3
+    sd = math.sqrt(((0.1 - mean) ** 2 + mean**2 + (0.3 - mean) ** 2) / 2)
+    assert d["mean"] == pytest.approx(mean) and d["std"] == pytest.approx(sd)
+    assert d["ci95"][1] - d["mean"] == pytest.approx(4.3027 * sd / math.sqrt(3))
+
+
+def test_group_accuracy_weights_by_test_counts():
+    per_class = [1.0, 0.5, 0.0]
+    assert st.group_accuracy(per_class, [10, 30, 5], (0, 1)) == pytest.approx(25 / 40)
+    assert st.group_accuracy(per_class, [10, 0, 5], (1,)) is None
+
+
+def test_memorization_metrics_from_counts():
+    # rows: examples, hits vs noisy label, mislabelled, mislabelled predicted as their
+    # (wrong) label, hits vs clean label; per noisy label (3 classes).
+    counts = [[4, 2, 0], [4, 1, 0], [2, 1, 0], [1, 1, 0], [3, 1, 0]]
+    m = epoch_eval.label_set_metrics(counts, "fit_")
+    assert m["fit_accuracy"] == pytest.approx(5 / 6)
+    assert m["fit_mean_class_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["fit_memorized"] == pytest.approx(2 / 3)
+    assert m["fit_clean_label_accuracy"] == pytest.approx(4 / 6)
+    assert "fit_class_2_accuracy" not in m  # no example labelled 2
+
+
+def test_label_set_monitor_matches_a_per_example_loop():
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    noisy = rng.integers(0, 3, 50)
+    clean = np.where(rng.random(50) < 0.3, rng.integers(0, 3, 50), noisy)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    ds = tf.data.Dataset.from_tensor_slices((x, noisy, {"clean_label": clean})).batch(16)
+    monitor = epoch_eval.LabelSetMonitor(ds, 3, "val_")
+    monitor.set_model(model)
+    got = monitor.evaluate()
+    pred = np.argmax(model(x).numpy(), axis=-1)
+    wrong = noisy != clean
+    assert got["val_accuracy"] == pytest.approx(np.mean(pred == noisy))
+    assert got["val_memorized"] == pytest.approx(np.mean(pred[wrong] == noisy[wrong]))
+    per_class = [np.mean(pred[noisy == c] == c) for c in range(3)]
+    assert got["val_mean_class_accuracy"] == pytest.approx(np.mean(per_class))
+    assert got["val_clean_label_accuracy"] == pytest.approx(np.mean(pred == clean))
+
+
+def test_select_lam_ties_pending_and_failed():
+    sel = st.select_lam({"1": [0.5, 0.7], "10": [0.6, 0.6], "3": [0.2, 0.2]})
+    assert sel["selected"] == "1"  # 0.6 ties with lam 10: the smaller wins
+    assert [*sel["table"]] == ["1", "3", "10"]
+    assert st.select_lam({"1": [0.5, None], "10": [0.9, 0.9]})["selected"] is None
+    assert st.select_lam({"1": [0.5, None], "10": [0.9, 0.9]})["pending"]
+    assert st.select_lam({"1": [0.5, 0.5], "10": [0.9, "failed"]})["selected"] == "1"
+    assert st.oracle_lam({"1": [0.5, 0.5], "10": [0.9, 0.8]}) == "10"
+
+
+# ----------------------------------------------------------------------------------
+# Selection reads validation, not test: fixture histories in a study workdir
+
+
+def _fake_done(study, job, val, test_primary, num_classes=10):
+    """Writes a done train stage for `job` (its real fingerprint) with a history whose
+    final validation score is `val` and noisy_rare test accuracy `test_primary`."""
+    cdir, rdir = study.paths(job)
+    os.makedirs(os.path.join(cdir, "preprocess"), exist_ok=True)
+    counts = [100] * num_classes
+    stage.write_json(
+        os.path.join(cdir, "preprocess", "manifest.json"),
+        {"splits": {"test": {"counts_after_cut": {"clean": counts}}}},
+    )
+    name = study.run_name(job)
+    os.makedirs(os.path.join(rdir, "train", name))
+    groups = study.job_config(job).eval.groups
+    hist = {
+        "loss": [1.0, 0.5],
+        epoch_eval.TEST_ACCURACY: [0.1, 0.5],
+        "val_mean_class_accuracy": [0.1, val],
+    }
+    for c in range(num_classes):
+        acc = test_primary if c in groups.noisy_rare else 0.9
+        hist[epoch_eval.class_accuracy_key(c)] = [0.0, acc]
+    stage.write_json(os.path.join(rdir, "train", name, "history.json"), hist)
+    stage.write_json(
+        os.path.join(rdir, "train", stage.METADATA),
+        {"fingerprint": study.fingerprints(job)["train"], "started": 0, "finished": 1},
+    )
+
+
+def test_selection_uses_validation_not_test(tmp_path):
+    study = Study(smoke.get_config(), str(tmp_path))
+    # lam 1: better on validation; lam 10: better on the test set.
+    for seed in (0, 1):
+        _fake_done(study, Job("main", seed, "har", 1.0), val=0.8, test_primary=0.3)
+        _fake_done(study, Job("main", seed, "har", 10.0), val=0.6, test_primary=0.7)
+        _fake_done(study, Job("main", seed, "erm", 0.0), val=0.5, test_primary=0.2)
+    sel = study_report.selections(study)["har"]
+    assert sel["selected"] == 1.0
+    assert sel["table"]["1"]["mean"] == pytest.approx(0.8)
+    assert sel["oracle_on_test"]["lam"] == 10.0  # reported beside it, labelled
+    result = study_report.build(study)
+    har = result["settings"]["main"]["methods"]["har"]
+    assert har["lam"] == 1.0 and har["groups"]["noisy_rare"]["mean"] == pytest.approx(0.3)
+    diff = result["settings"]["main"]["paired_minus_erm"]["har"]["noisy_rare"]
+    assert diff["values"] == pytest.approx([0.1, 0.1])
+    assert result["complete"]
+
+
+def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
+    study = Study(smoke.get_config(), str(tmp_path))
+    _fake_done(study, Job("main", 0, "har", 1.0), val=0.8, test_primary=0.3)
+    assert study.selection()["har"] is None
+    result = study_report.build(study)
+    assert not result["complete"] and result["runs_done"] == 1
+
+
+# ----------------------------------------------------------------------------------
+# The validation split
+
+
+def test_validation_split_is_stratified_seeded_and_order_free():
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(1000)
+    labels = rng.integers(0, 4, 1000)
+    val = validation.split_validation(ids, labels, fraction=0.1, seed=3)
+    for c in range(4):
+        n_c = np.sum(labels == c)
+        assert np.sum(np.isin(ids[labels == c], val)) == round(n_c * 0.1)
+    order = rng.permutation(1000)
+    again = validation.split_validation(ids[order], labels[order], fraction=0.1, seed=3)
+    np.testing.assert_array_equal(val, again)
+    other = validation.split_validation(ids, labels, fraction=0.1, seed=4)
+    assert not np.array_equal(val, other)
+    assert len(validation.split_validation(ids, labels, fraction=0.0, seed=3)) == 0
+    with pytest.raises(ValueError, match="val_fraction"):
+        validation.split_validation(ids, labels, fraction=1.0, seed=3)
+
+
+def test_validation_split_in_manifest_and_never_trained_on(tmp_path):
+    idx_fixtures.write_dataset(tmp_path / "idx", num_train=600, num_test=50)
+    config = tiny_config(str(tmp_path / "idx"))
+    config.data.val_fraction = 0.2
+    workdir = str(tmp_path / "w")
+    preprocess.run(config, workdir)
+    manifest = data.load_manifest(workdir)
+    entry = manifest["validation"]
+    train = data.read_labels(workdir, "train")
+    val = np.asarray(entry["ids"])
+    assert entry["num_examples"] == len(val) > 0 and entry["fraction"] == 0.2
+    assert sum(entry["counts_noisy"]) == len(val)
+    np.testing.assert_array_equal(
+        val, validation.split_validation(train["id"], train["label"], fraction=0.2, seed=0)
+    )
+    fit = data.read_fit_labels(workdir)
+    assert not np.isin(fit["id"], val).any()
+    assert len(fit["id"]) + len(val) == len(train["id"]) == entry["num_fit_examples"] + len(val)
+    keep = data.fit_keep_ids(workdir)
+    seen = np.concatenate(
+        [
+            b[2]["id"].numpy()
+            for b in data.make_dataset(
+                workdir, "train", batch_size=64, training=True, keep_ids=keep, with_meta=True
+            )
+        ]
+    )
+    assert len(seen) == len(fit["id"]) and not np.isin(seen, val).any()
+    half_a, half_b = pretrain.split_halves(fit["id"], fit["label"], seed=0)
+    assert not np.isin(np.concatenate([half_a, half_b]), val).any()
+    # The default (0) carves nothing: no manifest entry, every record trains.
+    config.data.val_fraction = 0.0
+    preprocess.run(config, str(tmp_path / "w0"))
+    assert "validation" not in data.load_manifest(str(tmp_path / "w0"))
+    assert data.fit_keep_ids(str(tmp_path / "w0")) is None
+
+
+# ----------------------------------------------------------------------------------
+# Bad study configs fail before any training, naming the field
+
+
+def _bad(edit):
+    config = smoke.get_config()
+    edit(config)
+    return config
+
+
+BAD = [
+    (lambda c: c.methods.har.update(dict(lamgrid=(1.0,))), "methods.har: unknown field 'lamgrid'"),
+    (lambda c: c.methods.har.update(dict(lam_grid=())), "methods.har.lam_grid is empty"),
+    (lambda c: c.methods.har.update(dict(lam_grid=(1.0, -1.0))), "methods.har.lam_grid holds -1.0"),
+    (
+        lambda c: c.settings.main.overrides.update(dict(train=dict(augmnt=False))),
+        "settings.main.overrides.train.augmnt",
+    ),
+    (lambda c: c.overrides.update(dict(dataa=dict(x=1))), "overrides.dataa"),
+    (lambda c: c.methods.erm.update(dict(seeds=())), "methods.erm.seeds is empty"),
+    (lambda c: c.methods.har.update(dict(regularizer="hra")), "methods.har.regularizer"),
+    (lambda c: c.update(dict(primary_group="rare")), "primary_group"),
+    (lambda c: c.update(dict(reference="har")), "reference"),
+]
+
+
+@pytest.mark.parametrize("edit,message", BAD)
+def test_bad_study_config_names_the_field(tmp_path, edit, message):
+    with pytest.raises(StudyConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        Study(_bad(edit), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_plan_order_puts_grids_first_and_selected_lam_after():
+    config = smoke.get_config("all")
+    jobs = study_config.plan(config, {"har": None})
+    head = [(j.seed, j.method, j.lam) for j in jobs[:6]]
+    assert head == [(0, "erm", 0.0), (0, "har", 1.0), (0, "har", 10.0),
+                    (1, "erm", 0.0), (1, "har", 1.0), (1, "har", 10.0)]  # fmt: skip
+    assert [(j.setting, j.method, j.lam) for j in jobs[6:]] == [
+        ("main", "har_drw", None), ("noaug", "erm", 0.0), ("noaug", "har", None)
+    ]  # fmt: skip
+    jobs = study_config.plan(config, {"har": 10.0})
+    assert [(j.setting, j.method, j.lam) for j in jobs[6:]] == [
+        ("main", "har_drw", 10.0), ("noaug", "erm", 0.0), ("noaug", "har", 10.0)
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------
+# The CLI end to end on a tiny generated dataset
+
+
+def _argv(workdir, idx_dir, *extra):
+    return [
+        sys.executable, "-m", "pipeline.study",
+        "--config=" + os.path.join(REPO, "configs", "studies", "smoke.py"),
+        f"--config.overrides.data.data_dir={idx_dir}",
+        "--config.overrides.data.limit_train=600",
+        "--config.overrides.data.limit_test=100",
+        f"--workdir={workdir}", *extra,
+    ]  # fmt: skip
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("HAR_DATA_DIR", None)
+    return env
+
+
+def _study(workdir, idx_dir, *extra):
+    return subprocess.run(
+        _argv(workdir, idx_dir, *extra), cwd=REPO, env=_env(), capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("idx")
+    idx_fixtures.write_dataset(directory, num_train=600, num_test=100)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory, idx_dir):
+    workdir = str(tmp_path_factory.mktemp("study") / "w")
+    result = _study(workdir, idx_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_smoke_study_writes_finite_results(smoke_study):
+    workdir, result = smoke_study
+    out = os.path.join(workdir, "study")
+    for name in ("study.json", "study.md", "COMMIT", "accuracy_main.png", "curves_main.png",
+                 "memorization_main.png"):  # fmt: skip
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "study.json")) as f:
+        s = json.load(f)
+    assert s["complete"] and s["runs_done"] == s["runs_planned"] == 6 and not s["runs_failed"]
+    assert s["selection"]["har"]["selected"] in (1.0, 10.0)
+    for r in s["settings"]["main"]["methods"].values():
+        assert r["seeds_done"] == [0, 1]
+        for g in ("noisy_rare", "clean"):
+            assert all(math.isfinite(v) for v in r["groups"][g]["ci95"])
+        assert math.isfinite(r["memorization"]["fit_accuracy"]["mean"])
+    assert result.stdout.count("finished in") == 6 and "estimated for the rest" in result.stdout
+    assert "study complete" in result.stdout
+
+
+def test_smoke_study_rerun_skips_everything(smoke_study, idx_dir):
+    workdir, _ = smoke_study
+    histories = sorted(
+        glob.glob(
+            os.path.join(workdir, "cells", "*", "*", "runs", "*", "train", "*", "history.json")
+        )
+    )
+    assert len(histories) == 6
+    before = [os.stat(p).st_mtime_ns for p in histories]
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        first = f.read()
+    again = _study(workdir, idx_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "running" not in again.stdout and "study complete" in again.stdout
+    assert [os.stat(p).st_mtime_ns for p in histories] == before
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        assert f.read() == first
+
+
+def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
+    result = _study(str(tmp_path / "w"), idx_dir, "--config.methods.har.lam_grid=(1.0, -2.0)")
+    assert result.returncode == 1
+    assert "methods.har.lam_grid holds -2.0" in result.stderr
+    assert not os.path.exists(tmp_path / "w" / "cells")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_dir, smoke_study):
+    workdir = str(tmp_path / "killed")
+    # Kill once the third run (HAR lam 10, seed 0) has checkpointed its first epoch.
+    pattern = os.path.join(workdir, "cells", "main", "seed0", "runs", "har_lam10", "train.partial",
+                           "*", "checkpoints", "epoch-*.weights.h5")  # fmt: skip
+    proc = subprocess.Popen(_argv(workdir, idx_dir), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while not glob.glob(pattern):
+            assert proc.poll() is None, f"the study ended (rc {proc.returncode}) before {pattern}"
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        assert not json.load(f)["complete"]  # the partial aggregate after run 2
+    resumed = _study(workdir, idx_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("finished in") == 4  # runs 3..6; 1 and 2 were kept
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        got = json.load(f)
+    with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
+        want = json.load(f)
+    assert got == want
+
+
+@pytest.mark.slow
+def test_max_jobs_stops_with_exit_75_and_a_partial_aggregate(tmp_path, idx_dir):
+    workdir = str(tmp_path / "w")
+    result = _study(workdir, idx_dir, "--max_jobs=1")
+    assert result.returncode == 75, result.stderr[-3000:]
+    assert (
+        result.stdout.count("finished in") == 1 and "1 runs (--max_jobs); 5 left" in result.stdout
+    )
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        s = json.load(f)
+    assert not s["complete"] and s["runs_done"] == 1
+    assert s["selection"]["har"]["pending"]
+    assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()

@@ -1,0 +1,95 @@
+"""Expected user errors (finding 6 of issue 18): one line naming the problem and the
+fix, exit status 1, no traceback unless --verbose, and nothing left behind."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import fashion_mnist_hetero
+from pipeline import run as run_lib
+from pipeline import stage, workdir_lock
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+
+
+def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "work"
+    path.write_text("my notes")
+    with pytest.raises(stage.PipelineError, match=r"workdir '.*work' is not a directory"):
+        run_lib.run_pipeline(fashion_mnist_hetero.get_config("smoke"), str(path))
+    assert path.read_text() == "my notes"
+    with pytest.raises(stage.PipelineError, match=r"workdir '.*work/sub' is not a directory"):
+        run_lib.run_pipeline(fashion_mnist_hetero.get_config("smoke"), str(path / "sub"))
+
+
+def test_a_read_only_workdir_is_a_clear_error(tmp_path, monkeypatch):
+    # As root (the CI container) chmod does not stop writes: the check is os.access.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(stage.PipelineError, match=r"workdir '.*' is not writable \(read-only\)"):
+        with workdir_lock.held(str(tmp_path)):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_chmod_read_only_workdir_is_a_clear_error(tmp_path):
+    os.chmod(tmp_path, 0o555)
+    try:
+        with pytest.raises(stage.PipelineError, match="is not writable"):
+            run_lib.run_pipeline(fashion_mnist_hetero.get_config("smoke"), str(tmp_path))
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def _cli(module, *args):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_a_missing_config_file_is_one_line_and_leaves_no_workdir(tmp_path):
+    workdir = tmp_path / "work"
+    result = _cli("pipeline.run", "--config=configs/nope.py:smoke", f"--workdir={workdir}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert _error_lines(result.stderr) == [
+        "error: config file 'configs/nope.py' does not exist; pass an existing file as "
+        "--config=path/to/config.py[:variant]"
+    ]
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_workdir_that_is_a_file_through_a_stage_cli(tmp_path):
+    path = tmp_path / "work"
+    path.write_text("my notes")
+    result = _cli("pipeline.preprocess", f"--config={CONFIG}", f"--workdir={path}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith(f"error: preprocess: workdir '{path}' is not a directory")
+    assert path.read_text() == "my notes"
+
+
+@pytest.mark.slow
+def test_verbose_shows_the_traceback(tmp_path):
+    workdir = tmp_path / "work"
+    args = (f"--config={CONFIG}", "--config.train.epochs=0", f"--workdir={workdir}")
+    result = _cli("pipeline.run", *args, "--verbose")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "config.train.epochs must be >= 1, got 0" in result.stderr
+    assert not workdir.exists()

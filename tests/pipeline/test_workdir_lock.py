@@ -1,0 +1,100 @@
+"""The workdir lock (pipeline.workdir_lock): a second process is refused at once,
+touching nothing, and a killed holder never leaves a stale lock."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import stage, workdir_lock
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+# Holds the lock of argv[1] until killed (a second, real process).
+HOLDER = (
+    "import sys, time\n"
+    "from pipeline import workdir_lock\n"
+    "with workdir_lock.held(sys.argv[1]):\n"
+    "    print('locked', flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A workdir with a leftover `train.partial`, locked by another live process."""
+    workdir = str(tmp_path / "work")
+    os.makedirs(os.path.join(workdir, "train.partial"))
+    with open(os.path.join(workdir, "train.partial", "epoch-0001.weights.h5"), "w") as f:
+        f.write("live")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    yield workdir, proc
+    proc.kill()
+    proc.wait()
+
+
+def _untouched(workdir):
+    assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE, "train.partial"]
+    assert os.listdir(os.path.join(workdir, "train.partial")) == ["epoch-0001.weights.h5"]
+
+
+def test_a_second_process_is_refused_in_process(holder):
+    workdir, proc = holder
+    with pytest.raises(stage.PipelineError) as e:
+        with workdir_lock.held(workdir):
+            pass
+    assert re.match(
+        rf"workdir {re.escape(workdir)} is in use by PID {proc.pid} \(started \d{{4}}-",
+        str(e.value),
+    ), str(e.value)
+    _untouched(workdir)
+
+
+def test_a_killed_holder_leaves_no_stale_lock(holder):
+    workdir, proc = holder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))  # file stays...
+    with workdir_lock.held(workdir):  # ...but the lock died with its process
+        with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+            assert f.read().split()[0] == str(os.getpid())
+
+
+def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
+    workdir = str(tmp_path)
+    with pytest.raises(ValueError):
+        with workdir_lock.held(workdir):
+            raise ValueError("boom")
+    with workdir_lock.held(workdir):
+        pass
+
+
+def test_the_lock_file_is_no_stage_and_no_fingerprint_input(tmp_path):
+    assert workdir_lock.LOCK_FILE not in stage.STAGES
+    assert not any(workdir_lock.LOCK_FILE.startswith(s) for s in stage.STAGES)
+    with workdir_lock.held(str(tmp_path)):
+        for name in stage.STAGES:
+            assert not stage.is_complete(str(tmp_path), name)
+
+
+@pytest.mark.parametrize("module", ["pipeline.run", "pipeline.train"])
+def test_a_second_cli_is_refused_and_touches_nothing(holder, module):
+    workdir, proc = holder
+    result = subprocess.run(
+        [sys.executable, "-m", module, f"--config={CONFIG}", f"--workdir={workdir}", "--quiet"],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"workdir {workdir} is in use by PID {proc.pid} (started " in result.stderr
+    assert "Traceback" not in result.stderr
+    _untouched(workdir)
