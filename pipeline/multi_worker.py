@@ -140,9 +140,17 @@ def _sum_of_first_replica(tensors: list) -> list:
     return ctx.all_reduce("SUM", picked)
 
 
+# The traced function of `_first_replica_values`, per strategy (one per process).
+_first_replica_fns: dict[int, tf.types.experimental.PolymorphicFunction] = {}
+
+
 def _first_replica_values(strat, tensors: list) -> list[tf.Tensor]:
     """Every worker gets the values `tensors` hold on replica 0 (the chief's)."""
-    fn = tf.function(lambda ts: strat.run(_sum_of_first_replica, args=(ts,)))
+    if id(strat) not in _first_replica_fns:
+        _first_replica_fns[id(strat)] = tf.function(
+            lambda ts: strat.run(_sum_of_first_replica, args=(ts,)), reduce_retracing=True
+        )
+    fn = _first_replica_fns[id(strat)]
     return [strat.experimental_local_results(v)[0] for v in fn(list(tensors))]
 
 
