@@ -268,10 +268,9 @@ def base_config():
     # paper's text).
     config.train.scale = "official"
     # True: regularized runs recompute each residual block instead of keeping its
-    # tensors (HARModel checkpoint_layers; resnet only). The same objective; on
-    # ResNet-32 a step's peak memory 1.25x ERM's instead of 2.7x, its time 3.6x
-    # instead of 2.2x (docs/PERFORMANCE.md). For a GPU that the exact step does not
-    # fit in.
+    # tensors (HARModel checkpoint_layers; resnet only). The same objective, less
+    # peak memory for more time per step (the measured trade-off on ResNet-32 is in
+    # docs/PERFORMANCE.md). For a GPU that the exact step does not fit in.
     config.train.checkpoint_blocks = False
     # Runs to train; each is a fresh model. regularizer: "none" (ERM, lambda ignored
     # and no double backprop), "uniform" (tau = 1), "har" (estimated tau).

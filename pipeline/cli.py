@@ -5,6 +5,7 @@ stages (as `pipeline.run` does) never defines a flag twice.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -70,6 +71,40 @@ def _load_error(path: str, error: Exception) -> str:
     return f"config file {path!r} does not load: {last[-1] if last else cause!r}; fix it"
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag as one line on stderr and exit status 1.
+
+    absl reports an error inside a config file (an unknown variant) as "FATAL Flags
+    parsing error" with the config module's traceback, whose last line is the
+    problem; a misspelled override (--config.train.epoch=3) escapes as an
+    AttributeError with several tracebacks. `--verbose` keeps those reports. Every
+    program of the pipeline passes this to `app.run(..., flags_parser=...)`.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError) as e:
+        if "--verbose" in argv:
+            raise
+        if isinstance(e, flags.Error):
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            message = lines[-1] if lines else str(e)
+        else:
+            message = _unknown_field(argv, str(e))
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _unknown_field(argv: list[str], error: str) -> str:
+    """One line for ml_collections' error on an override of a field that does not
+    exist, naming the flag as given and ml_collections' suggestion if any."""
+    field = re.search(r"'(\w+)", error)
+    name = field.group(1) if field else "?"
+    given = [a for a in argv if re.match(rf"--config\.(\w+\.)*{re.escape(name)}(\.|=|$)", a)]
+    message = f"{given[0] if given else '--config'}: the config has no field {name!r}"
+    suggestion = re.search(r'Did you mean "(\w+)"', error)
+    return message + (f' (did you mean "{suggestion.group(1)}"?)' if suggestion else "")
+
+
 def fail(error: stage.PipelineError, prefix: str = "") -> None:
     """Ends a main on an expected error: one line on stderr and exit status 1, or
     the traceback under --verbose."""
@@ -107,4 +142,4 @@ def run_stage(name: str, run_fn) -> None:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         run_main(name, run_fn)
 
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -89,7 +89,7 @@ def run(config, workdir: str) -> None:
         "density_exponent": section.density_exponent,
         "error_floor": section.error_floor,
     }
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         if cross_fit:
             order = np.argsort(ids, kind="stable")
             ids, labels, proba = ids[order], labels[order], proba[order]

@@ -428,7 +428,7 @@ def run(config, workdir: str) -> None:
     det = detection.read(workdir, num_classes)
     if det is not None:
         report["label_issue_detection"] = det
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         plots.error_vs_strength(
             {
                 n: {

@@ -235,7 +235,7 @@ def run(config, workdir: str) -> None:
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]
     modality = manifest.get("modality", "image")
-    with stage.stage_output(workdir, NAME, config=section) as out:
+    with stage.stage_output(workdir, NAME, config) as out:
         path = os.path.join(out, section.model_name, str(int(section.version)))
         vectorizer = data.text_vectorizer(workdir, manifest) if modality == "text" else None
         export_saved_model(model, path, image_shape, vectorizer=vectorizer)

@@ -364,16 +364,6 @@ def run_batches(fn, dataset) -> list:
     return [tf.nest.map_structure(lambda t: t.numpy(), fn(*batch)) for batch in dataset]
 
 
-def predict_classes(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predicted class ids) over a dataset of (image, label) batches."""
-    logits_of = forward(model)
-    outputs = run_batches(lambda images, y: (logits_of(images), y), dataset)
-    if not outputs:
-        return np.zeros([0], np.int64), np.zeros([0], np.int64)
-    labels = np.concatenate([y for _, y in outputs])
-    return labels, np.concatenate([np.argmax(logits, axis=-1) for logits, _ in outputs])
-
-
 def load_model(path: str) -> HARModel:
     if not os.path.exists(path):
         raise PipelineError(f"no model at {path}")

@@ -423,8 +423,7 @@ def run(config, workdir: str, beam_args=()) -> None:
         config.data.noise.kind,
         config.data.imbalance.kind,
     )
-    section = {"seed": plan.seed, "data": config.data.to_dict()}
-    with stage.stage_output(workdir, STAGE, config=section) as out_dir:
+    with stage.stage_output(workdir, STAGE, config) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
         manifest = preprocess_manifest.manifest(config, plan, out_dir)
         if val_fraction:
@@ -464,4 +463,4 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "beam_args", "", "Extra Beam pipeline options, e.g. '--direct_num_workers=2'."
     )
-    app.run(preprocess.main)
+    app.run(preprocess.main, flags_parser=cli.parse_flags)

@@ -32,7 +32,7 @@ def run(config, workdir: str) -> None:
     # Several workers (strategy "multi_worker"): only the chief writes.
     worker = multi_worker.worker(section)
     writes = worker is None or worker.chief
-    with stage.stage_output(workdir, NAME, config=section, resume=True, worker=worker) as out:
+    with stage.stage_output(workdir, NAME, config, resume=True, worker=worker) as out:
         if writes:
             np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
         _fit_half(config, workdir, out, half_a, writes=writes)

@@ -97,7 +97,8 @@ def run_pipeline(
             )
     names = needed_stages(config)
     # One process at a time in a workdir (refuses at once if another holds it).
-    with workdir_lock.held(workdir), stage.fingerprinting(config) as fps:
+    fps = stage.fingerprints(config)
+    with workdir_lock.held(workdir):
         rerun = force
         for name in names:
             forced = force or (
@@ -158,4 +159,4 @@ if __name__ == "__main__":
         "",
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

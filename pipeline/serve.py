@@ -419,5 +419,7 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+    from pipeline import cli
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -284,25 +284,6 @@ def discard_stale(workdir: str, name: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Fingerprints of the stages being run in this process: set by `fingerprinting`
-# (pipeline.run and run_main), recorded by stage_output into metadata.json.
-_current: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def fingerprinting(config) -> Iterator[dict[str, str]]:
-    """Makes stage_output record `config`'s fingerprints while the block runs."""
-    fps = fingerprints(config)
-    old = dict(_current)
-    _current.clear()
-    _current.update(fps)
-    try:
-        yield fps
-    finally:
-        _current.clear()
-        _current.update(old)
-
-
 def _read_text(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -355,14 +336,18 @@ def write_json(path: str, obj: Any) -> None:
 
 @contextlib.contextmanager
 def stage_output(
-    workdir: str, name: str, *, config: Any = None, resume: bool = False, worker: Any = None
+    workdir: str, name: str, config: Any = None, *, resume: bool = False, worker: Any = None
 ) -> Iterator[str]:
     """Yields `<workdir>/<name>.partial`; on success renames it to `<workdir>/<name>`.
 
     Args:
       workdir: the pipeline's working directory (created if missing).
       name: the stage name.
-      config: the stage's config section, recorded in metadata.json.
+      config: the whole pipeline config the stage runs with. Its fingerprint for
+        `name` (`fingerprints`) and the fields that fingerprint reads
+        (`config_section`) are recorded in metadata.json, and mark `.partial` so
+        that only an attempt with the same fingerprint resumes it. None (test
+        fixtures that fake a stage's outputs) records neither.
       resume: keep what an earlier, unfinished attempt left in `.partial` (training
         stages resume from their checkpoints there); otherwise it is cleared.
       worker: a multi-worker stage's `pipeline.multi_worker.Worker` (None: one
@@ -382,7 +367,7 @@ def stage_output(
         return
     if os.path.exists(final):
         raise PipelineError(f"stage '{name}' already completed in {workdir!r}")
-    fingerprint = _current.get(name)
+    fingerprint = None if config is None else fingerprints(config)[name]
     marker = os.path.join(partial, PARTIAL_FINGERPRINT)
     if os.path.exists(partial):
         same = os.path.isfile(marker) and _read_text(marker) == str(fingerprint)
@@ -398,19 +383,17 @@ def stage_output(
         worker.barrier()
     started = time.time()
     yield partial
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
     os.remove(marker)
     write_json(
         os.path.join(partial, METADATA),
         {
             "stage": name,
             "files": _sizes(partial),
-            "fingerprint": _current.get(name),
+            "fingerprint": fingerprint,
             "started": started,
             "finished": time.time(),
             "argv": list(sys.argv),
-            "config": _jsonable(config),
+            "config": None if config is None else config_section(config, name),
         },
     )
     os.rename(partial, final)
@@ -459,10 +442,16 @@ def run_main(
             check(config)
         from pipeline import multi_worker, workdir_lock  # they import this module
 
+        # A missing input is refused before taking the lock, which would create
+        # the workdir: a mistyped --workdir leaves nothing behind.
+        for dep in inputs(config, name):
+            if not is_complete(workdir, dep):
+                require(workdir, dep)  # raises, naming the stage to run first
         section = config.get(name) if hasattr(config, "get") else None
         worker = multi_worker.worker(section)
         lock = workdir_lock.held if worker is None or worker.chief else _no_lock
-        with lock(workdir), fingerprinting(config) as fps:
+        with lock(workdir):
+            fps = fingerprints(config)
             for dep in inputs(config, name):
                 if state(workdir, dep, fps[dep]) == "incomplete":
                     raise incomplete_error(workdir, dep, why_incomplete(workdir, dep))

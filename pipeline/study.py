@@ -96,22 +96,20 @@ class Study:
         """Every missing or stale stage of one job: the cell's, then its train stage."""
         config = self.job_config(job)
         cdir, rdir = self.paths(job)
-        with stage.fingerprinting(config) as fps:
-            needed = ["preprocess"] + (
-                ["pretrain", "estimate_tau"] if stage.uses_tau(config) else []
+        fps = stage.fingerprints(config)
+        needed = ["preprocess"] + (["pretrain", "estimate_tau"] if stage.uses_tau(config) else [])
+        for name in needed:
+            _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
+        os.makedirs(rdir, exist_ok=True)
+        for name in needed:
+            _link(os.path.join("..", "..", name), os.path.join(rdir, name))
+        try:
+            _ensure(config, rdir, "train", fps["train"], train.run)
+        except stage.PipelineError as e:
+            stage.write_json(
+                os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
             )
-            for name in needed:
-                _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
-            os.makedirs(rdir, exist_ok=True)
-            for name in needed:
-                _link(os.path.join("..", "..", name), os.path.join(rdir, name))
-            try:
-                _ensure(config, rdir, "train", fps["train"], train.run)
-            except stage.PipelineError as e:
-                stage.write_json(
-                    os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
-                )
-                print(f"   run failed (recorded, not retried): {e}", flush=True)
+            print(f"   run failed (recorded, not retried): {e}", flush=True)
         import keras  # deferred: TensorFlow
 
         keras.backend.clear_session()
@@ -231,4 +229,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_jobs", 0, f"Stop after this many runs (0 = all); exit {MORE_TO_DO}.")
     flags.DEFINE_bool("aggregate_only", False, "Only aggregate what has finished so far.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from pipeline import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

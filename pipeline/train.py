@@ -60,7 +60,7 @@ def run(config, workdir: str) -> None:
     # continues from its last checkpointed epoch.
     # Several workers (strategy "multi_worker"): only the chief writes.
     worker = multi_worker.worker(section)
-    with stage.stage_output(workdir, NAME, config=section, resume=True, worker=worker) as out:
+    with stage.stage_output(workdir, NAME, config, resume=True, worker=worker) as out:
         for name, run_cfg in section.runs.items():
             run_dir = os.path.join(out, name)
             if modeling.is_fitted(run_dir):

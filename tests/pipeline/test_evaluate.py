@@ -293,16 +293,23 @@ def test_stage_writes_plots_referenced_by_the_report(evaluated):
         assert_png(os.path.join(out, png))
 
 
-def test_predict_classes_is_the_argmax_of_the_models_logits():
-    """estimate_tau's inference (modeling.run_batches, as evaluate's): every batch,
-    the last partial one included, in order; an empty dataset gives empty arrays."""
+def test_run_batches_gives_every_batch_in_order_through_one_forward():
+    """The pipeline's inference loop (estimate_tau's and evaluate's): every batch,
+    the last partial one included, in order; an empty dataset gives no batches."""
     from tests.har_tf import tiny_nets
 
     backbone = tiny_nets.tiny_backbone()
     x = np.random.default_rng(0).normal(size=(37, tiny_nets.IN)).astype("float32")
     y = np.arange(37) % tiny_nets.C
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    labels, preds = modeling.predict_classes(backbone, ds)
-    np.testing.assert_array_equal(labels, y)
-    np.testing.assert_array_equal(preds, np.argmax(backbone(x, training=False).numpy(), -1))
-    assert [a.shape for a in modeling.predict_classes(backbone, ds.take(0))] == [(0,), (0,)]
+    logits_of = modeling.forward(backbone)
+    outputs = modeling.run_batches(lambda images, labels: (logits_of(images), labels), ds)
+    assert [len(labels) for _, labels in outputs] == [8, 8, 8, 8, 5]
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in outputs]), y)
+    np.testing.assert_allclose(
+        np.concatenate([logits for logits, _ in outputs]),
+        backbone(x, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert modeling.run_batches(lambda images, labels: logits_of(images), ds.take(0)) == []

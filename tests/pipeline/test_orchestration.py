@@ -140,28 +140,31 @@ def test_fingerprint_of_an_erm_only_train_ignores_tau():
 def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     workdir = str(tmp_path)
     config = _config()
+    fps = stage.fingerprints(config)
     partial = os.path.join(workdir, "train.partial")
-    with stage.fingerprinting(config) as fps:
-        with pytest.raises(RuntimeError):
-            with stage.stage_output(workdir, "train", resume=True) as out:
-                open(os.path.join(out, "ckpt"), "w").close()
-                raise RuntimeError("killed")
-        assert os.path.isfile(os.path.join(partial, "ckpt"))
-        # A non-resuming stage clears what the earlier attempt left...
-        with pytest.raises(RuntimeError):
-            with stage.stage_output(workdir, "train") as out:
-                assert os.listdir(out) == [stage.PARTIAL_FINGERPRINT]
-                open(os.path.join(out, "ckpt"), "w").close()
-                raise RuntimeError("killed")
-        # ... a resuming one keeps it.
-        with stage.stage_output(workdir, "train", resume=True) as out:
-            assert os.path.isfile(os.path.join(out, "ckpt"))
-        assert stage.state(workdir, "train", fps["train"]) == "current"
-        assert stage.stored_fingerprint(workdir, "train") == fps["train"]
-        assert not os.path.exists(partial)
-        assert not os.path.exists(os.path.join(workdir, "train", stage.PARTIAL_FINGERPRINT))
+    with pytest.raises(RuntimeError):
+        with stage.stage_output(workdir, "train", config, resume=True) as out:
+            open(os.path.join(out, "ckpt"), "w").close()
+            raise RuntimeError("killed")
+    assert os.path.isfile(os.path.join(partial, "ckpt"))
+    # A non-resuming stage clears what the earlier attempt left...
+    with pytest.raises(RuntimeError):
+        with stage.stage_output(workdir, "train", config) as out:
+            assert os.listdir(out) == [stage.PARTIAL_FINGERPRINT]
+            open(os.path.join(out, "ckpt"), "w").close()
+            raise RuntimeError("killed")
+    # ... a resuming one keeps it.
+    with stage.stage_output(workdir, "train", config, resume=True) as out:
+        assert os.path.isfile(os.path.join(out, "ckpt"))
+    assert stage.state(workdir, "train", fps["train"]) == "current"
+    assert stage.stored_fingerprint(workdir, "train") == fps["train"]
+    assert not os.path.exists(partial)
+    assert not os.path.exists(os.path.join(workdir, "train", stage.PARTIAL_FINGERPRINT))
     meta = stage.read_json(os.path.join(workdir, "train", stage.METADATA))
     assert meta["started"] <= meta["finished"] and isinstance(meta["argv"], list)
+    # The fields the fingerprint read, as config_section gives them.
+    assert meta["config"]["train"]["epochs"] == config.train.epochs
+    assert set(meta["config"]) == set(stage.SECTIONS["train"])
     assert stage.state(workdir, "train", stage.fingerprints(_config(epochs=2))["train"]) == (
         "stale"
     )
@@ -169,14 +172,12 @@ def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
 
 def test_resume_never_continues_a_partial_made_for_another_config(tmp_path):
     workdir = str(tmp_path)
-    with stage.fingerprinting(_config()):
-        with pytest.raises(RuntimeError):
-            with stage.stage_output(workdir, "train", resume=True) as out:
-                open(os.path.join(out, "ckpt"), "w").close()
-                raise RuntimeError("killed")
-    with stage.fingerprinting(_config(epochs=2)):
-        with stage.stage_output(workdir, "train", resume=True) as out:
-            assert not os.path.exists(os.path.join(out, "ckpt"))
+    with pytest.raises(RuntimeError):
+        with stage.stage_output(workdir, "train", _config(), resume=True) as out:
+            open(os.path.join(out, "ckpt"), "w").close()
+            raise RuntimeError("killed")
+    with stage.stage_output(workdir, "train", _config(epochs=2), resume=True) as out:
+        assert not os.path.exists(os.path.join(out, "ckpt"))
 
 
 def test_set_aside_and_restore(tmp_path):

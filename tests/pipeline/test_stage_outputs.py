@@ -18,7 +18,7 @@ from pipeline import run as run_lib
 def _fake(name, calls):
     def run(config, workdir, **_):
         calls.append(name)
-        with stage.stage_output(workdir, name) as out:
+        with stage.stage_output(workdir, name, config) as out:
             for rel in stage.DECLARED_OUTPUTS[name]:
                 if rel.endswith(".json"):
                     stage.write_json(os.path.join(out, rel), {"stage": name, "tau": [0.5] * 10})

@@ -44,6 +44,20 @@ def test_a_chmod_read_only_workdir_is_a_clear_error(tmp_path):
         os.chmod(tmp_path, 0o755)
 
 
+def test_a_stage_alone_on_a_missing_workdir_creates_nothing(tmp_path):
+    workdir = tmp_path / "typo"
+    ran = []
+    with pytest.raises(stage.PipelineError, match="stage 'preprocess' has not completed"):
+        stage.run_main(
+            "train",
+            lambda config, wd: ran.append(wd),
+            fashion_mnist_hetero.get_config("smoke"),
+            str(workdir),
+            verbose=True,
+        )
+    assert ran == [] and not workdir.exists()
+
+
 def _cli(module, *args):
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -82,6 +96,38 @@ def test_a_workdir_that_is_a_file_through_a_stage_cli(tmp_path):
     (line,) = _error_lines(result.stderr)
     assert line.startswith(f"error: preprocess: workdir '{path}' is not a directory")
     assert path.read_text() == "my notes"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, override, error",
+    [
+        (
+            CONFIG.replace(":smoke", ":smok"),
+            "--config.seed=1",
+            "error: ValueError: unknown variant 'smok'; expected one of full, quick, smoke",
+        ),
+        (
+            CONFIG,
+            "--config.train.epoch=3",
+            "error: --config.train.epoch=3: the config has no field 'epoch' "
+            '(did you mean "epochs"?)',
+        ),
+        (
+            CONFIG,
+            "--config.trian.epochs=3",
+            "error: --config.trian.epochs=3: the config has no field 'trian' "
+            '(did you mean "train"?)',
+        ),
+    ],
+)
+def test_a_bad_config_flag_is_one_line(tmp_path, config, override, error):
+    workdir = tmp_path / "work"
+    result = _cli("pipeline.train", f"--config={config}", override, f"--workdir={workdir}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "FATAL" not in result.stderr
+    assert _error_lines(result.stderr) == [error]
+    assert not workdir.exists()
 
 
 @pytest.mark.slow
