@@ -49,6 +49,9 @@ def get_config(arg=None):
             section.epochs = 12
             section.lr_drop_epochs = (8, 10)
         config.train.drw_start_epoch = 8
+        # `make run` pushes a blessed HAR model here, for `python -m pipeline.serve
+        # --model_base_path=runs/quickstart/serving/har`.
+        config.export.push_destination = "serving/har"
     elif variant == "smoke":
         common.apply_smoke(config)
     else:
@@ -60,6 +63,7 @@ def get_config(arg=None):
                 dict(noisy=(0, 2, 4, 6), rare_clean=(1, 3, 5, 7), clean=(8, 9)),
                 sort_keys=False,
             )
+            config.eval.thresholds = common.har_thresholds(("noisy", "rare_clean"))
         elif modifier == "reg_every":
             # The speed approximation against the exact objective (docs/PERFORMANCE.md):
             # HAR exact, and regularized on every 2nd / 4th step with 2 / 4 x lambda.
@@ -73,6 +77,8 @@ def get_config(arg=None):
                 sort_keys=False,
             )
             config.export.run = "har"
+            # No ERM run: the approximations are judged against the exact objective.
+            config.eval.thresholds = common.har_thresholds(("noisy_rare",), baseline="har")
         else:
             raise ValueError(
                 f"unknown config modifier {modifier!r}; expected rare_clean or reg_every"

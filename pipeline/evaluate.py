@@ -12,9 +12,14 @@ shows each class's TRUE noise rate from the manifest (1 - T[c, c] of the train s
 With config.tau.cross_fit, the precision, recall and AUROC of estimate_tau's label
 issues against the clean labels (pipeline/detection.py).
 
+Each run is judged against config.eval.thresholds (pipeline/blessing.py, TFX's
+Evaluator blessing): BLESSED or NOT_BLESSED, with every threshold's value, bound and
+outcome. The push stage ships the exported run only if it is blessed.
+
 Writes <workdir>/evaluate/: report.json, report.md (tables, with the PNG figures
-embedded by relative path), error_vs_strength.png (paper Fig. 4),
-train_loss_hist.png (paper Fig. 1) and training_curves.png.
+embedded by relative path; pipeline/evaluate_report.py), <run>/blessing.json per run,
+error_vs_strength.png (paper Fig. 4), train_loss_hist.png (paper Fig. 1) and
+training_curves.png.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 
 import numpy as np
 
-from pipeline import data, detection, epoch_eval, modeling, plots, stage
+from pipeline import blessing, data, detection, epoch_eval, evaluate_report, modeling, plots, stage
 
 NAME = "evaluate"
 TOP_K = epoch_eval.TOP_K  # the same k per epoch (train stage) and here
@@ -205,143 +210,6 @@ def _logits(forward, dataset, *, with_meta: bool = False):
     return logits.astype(np.float32), labels, clean if with_meta else None
 
 
-# ----------------------------------------------------------------------------------
-# Report
-
-
-BEST_EPOCH_TITLE = "## Best epoch, selected on the test set (as the authors report)"
-BEST_EPOCH_UNAVAILABLE = (
-    "Not available: config.eval.per_epoch_test was False, so training did not evaluate "
-    "on the test split after each epoch."
-)
-
-
-def _fmt(v, spec: str = ".3f") -> str:
-    return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
-
-
-def _pct(v) -> str:
-    return _fmt(None if v is None else 100 * v, ".1f")
-
-
-def markdown(report: dict, groups: list[str]) -> str:
-    cols = [*groups, "overall"]
-    lines = [
-        "# Results on the clean test split",
-        "",
-        "Accuracy (%) at the final epoch of each run.",
-        "",
-        "| run | " + " | ".join(cols) + " | top-5 | lambda |",
-        "|---" * (len(cols) + 3) + "|",
-    ]
-    for name, r in report["runs"].items():
-        vals = [r["test"]["groups"][g] for g in groups] + [r["test"]["overall"]]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_pct(v) for v in vals)
-            + f" | {_pct(r['test']['top5'])} | {r['lam']:g} |"
-        )
-    lines += ["", BEST_EPOCH_TITLE, ""]
-    if report["per_epoch_test"]:
-        lines += [
-            "Accuracy (%) at each run's epoch of highest test accuracy (the first on ties).",
-            "The epoch is chosen by looking at the test set, as the authors do, so these",
-            "figures are optimistic; the final-epoch table above involves no such choice.",
-            "",
-            "| run | best epoch | " + " | ".join(cols) + " | top-5 |",
-            "|---" * (len(cols) + 3) + "|",
-        ]
-        for name, r in report["runs"].items():
-            b = r["best_epoch"]
-            vals = [b["groups"][g] for g in groups] + [b["top1"]]
-            lines.append(
-                f"| {name} | {b['epoch']} | "
-                + " | ".join(_pct(v) for v in vals)
-                + f" | {_pct(b['top5'])} |"
-            )
-    else:
-        lines.append(BEST_EPOCH_UNAVAILABLE)
-    plots_ = report.get("plots", {})
-    if "error_vs_strength" in plots_:
-        lines += [
-            "",
-            "## Per-class test error vs applied strength lambda * tau_c (paper Fig. 4)",
-            "",
-            f"![per-class error vs strength]({plots_['error_vs_strength']})",
-        ]
-    for name, r in report["runs"].items():
-        t = r["test"]
-        best = r["best_epoch"]
-        best_col = f" accuracy at best epoch {best['epoch']} (%) |" if best else ""
-        lines += [
-            "",
-            f"## Run `{name}`",
-            "",
-            "At the final epoch"
-            + ("; the last column at the best epoch, selected on the test set." if best else "."),
-            "",
-            "| class | accuracy (%) | error | lambda * tau_c |" + best_col,
-            "|---|---|---|---|" + ("---|" if best else ""),
-        ]
-        for c, (acc, s) in enumerate(zip(t["per_class"], r["strength"], strict=True)):
-            err = None if acc is None or not np.isfinite(acc) else 1 - acc
-            best_val = f" {_pct(best['per_class'][c])} |" if best else ""
-            lines.append(f"| {c} | {_pct(acc)} | {_fmt(err)} | {s:.4g} |" + best_val)
-        cm = t["confusion"]
-        num = len(cm)
-        lines += [
-            "",
-            "Confusion matrix (rows = true class, columns = predicted class):",
-            "",
-            "| true \\ pred | " + " | ".join(str(c) for c in range(num)) + " |",
-            "|---" * (num + 1) + "|",
-        ]
-        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(cm)]
-        ls = r.get("train_losses")
-        if ls:
-            lines += [
-                "",
-                "Training-set loss (cross-entropy vs the training label):",
-                "",
-                "| examples | n | mean | median |",
-                "|---|---|---|---|",
-            ]
-            lines += [
-                f"| {cat} | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['median'])} |"
-                for cat, s in ls.items()
-            ]
-    if "tau" in report:
-        t = report["tau"]
-        lines += [
-            "",
-            "## Estimated tau (from the pretrained model on held-out half B)",
-            "",
-            "The true noise rate is 1 - T[c, c] of the train split (manifest): how well",
-            "the held-out error tracks it shows how well uncertainty was estimated.",
-            "",
-            "| class | held-out error | true noise rate | n (train) | tau |",
-            "|---|---|---|---|---|",
-        ]
-        rows = zip(t["err"], t["true_noise_rate"], t["n"], t["tau"], strict=True)
-        for c, (e, rate, n, tau) in enumerate(rows):
-            lines.append(f"| {c} | {_fmt(e)} | {_fmt(rate)} | {n} | {_fmt(tau)} |")
-    if "label_issue_detection" in report:
-        lines += detection.markdown(report["label_issue_detection"])
-    if "train_loss_hist" in plots_:
-        lines += [
-            "",
-            "## Training-set losses: clean, noisy and rare examples (paper Fig. 1)",
-            "",
-            "noisy: training label != clean label; rare: a cut class, label clean;",
-            f"clean: the rest. Rare classes: {report.get('rare_classes', [])}.",
-            "",
-            f"![training-set loss histograms]({plots_['train_loss_hist']})",
-        ]
-    if "training_curves" in plots_:
-        lines += ["", "## Training curves", "", f"![training curves]({plots_['training_curves']})"]
-    return "\n".join(lines) + "\n"
-
-
 def eval_groups(config) -> dict[str, tuple[int, ...]]:
     """config.eval.groups as class ids; PipelineError for a class outside [0, C)."""
     groups = {g: tuple(int(c) for c in classes) for g, classes in config.eval.groups.items()}
@@ -355,103 +223,126 @@ def eval_groups(config) -> dict[str, tuple[int, ...]]:
     return groups
 
 
+def run_metrics(config, workdir: str, name: str, *, groups: dict, rare: list, by: str):
+    """One run's report.json entry, and its training-set losses per category (for the
+    loss histograms) and history (for the training curves)."""
+    section, num_classes = config.eval, config.data.num_classes
+    run_dir = os.path.join(stage.stage_dir(workdir, "train"), name)
+    model = modeling.load_model(os.path.join(run_dir, "model.keras"))
+    forward = modeling.forward(model)
+    test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
+    logits, labels, _ = _logits(forward, test_ds)
+    preds = np.argmax(logits, axis=-1)
+    test = accuracies(labels, preds, num_classes, groups)
+    test["top5"] = top_k_accuracy(labels, logits, TOP_K) if num_classes > TOP_K else None
+    test["confusion"] = confusion_matrix(labels, preds, num_classes).tolist()
+    train_ds = data.make_dataset(
+        workdir, "train", batch_size=section.batch_size, training=False, with_meta=True
+    )
+    train_logits, train_labels, train_clean = _logits(forward, train_ds, with_meta=True)
+    losses = cross_entropy(train_logits, train_labels)
+    cats = example_categories(train_labels, train_clean, rare, by=by)
+    history_path = os.path.join(run_dir, "history.json")
+    history = stage.read_json(history_path)
+    best = None
+    if section.per_epoch_test:
+        if not history.get(epoch_eval.TEST_ACCURACY):
+            raise stage.PipelineError(
+                f"{history_path} has no per-epoch test accuracy "
+                f"({epoch_eval.TEST_ACCURACY!r}) although config.eval.per_epoch_test is "
+                "True; rerun the train stage (--force) to record it"
+            )
+        best = best_epoch(history, np.bincount(labels, minlength=num_classes), groups)
+    lam = float(model.lam)
+    tau = np.asarray(model.tau.numpy(), float) if lam > 0 else np.zeros(num_classes)
+    entry = {
+        "lam": lam,
+        "tau": tau.tolist(),
+        "strength": (lam * tau).tolist(),
+        "test": test,
+        "train_losses": loss_summary(losses, cats),
+        "final_train": {
+            k: v[-1] for k, v in history.items() if v and not k.startswith(epoch_eval.PREFIX)
+        },
+        "best_epoch": best,
+    }
+    return entry, {c: losses[cats == c] for c in CATEGORIES}, history
+
+
+def write_outputs(out: str, report: dict, groups: list, losses_by_run, histories, blessings):
+    """The plots, report.json, each run's blessing.json and report.md, under `out`."""
+    plots.error_vs_strength(
+        {
+            n: {"strength": r["strength"], "error": [1 - a for a in r["test"]["per_class"]]}
+            for n, r in report["runs"].items()
+        },
+        os.path.join(out, PLOTS["error_vs_strength"]),
+    )
+    plots.loss_histograms(losses_by_run, os.path.join(out, PLOTS["train_loss_hist"]))
+    # Per-class test accuracies are in the tables: a panel each would be too many.
+    plots.training_curves(
+        {
+            n: {k: v for k, v in h.items() if not epoch_eval.is_class_key(k)}
+            for n, h in histories.items()
+        },
+        os.path.join(out, PLOTS["training_curves"]),
+    )
+    report["plots"] = dict(PLOTS)
+    stage.write_json(os.path.join(out, "report.json"), report)
+    for name, b in blessings.items():
+        os.makedirs(os.path.dirname(blessing.path(out, name)), exist_ok=True)
+        stage.write_json(blessing.path(out, name), b)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(evaluate_report.markdown(report, groups, blessings))
+
+
 def run(config, workdir: str) -> None:
-    section = config.eval
     train_dir = stage.require(workdir, "train")
     groups = eval_groups(config)
-    num_classes = config.data.num_classes
+    specs = blessing.thresholds(config)
     manifest = data.load_manifest(workdir)
     imbalance = manifest.get("imbalance", {})
-    rare = rare_classes(imbalance, num_classes)
+    rare = rare_classes(imbalance, config.data.num_classes)
     report = {
         "runs": {},
         "groups": {g: list(c) for g, c in groups.items()},
         "rare_classes": rare,
         "true_noise_rate": true_noise_rates(manifest),
         # Whether each run's "best_epoch" is given (else None): see best_epoch().
-        "per_epoch_test": bool(section.per_epoch_test),
+        "per_epoch_test": bool(config.eval.per_epoch_test),
     }
     runs = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
     # Keep the config's order of runs where possible.
     order = [r for r in config.train.runs.keys() if r in runs] + [
         r for r in runs if r not in config.train.runs
     ]
+    missing = sorted({s["baseline"] for s in specs.values() if "baseline" in s} - set(runs))
+    if missing:
+        raise stage.PipelineError(
+            f"the thresholds' baseline run(s) {missing} were not trained in {train_dir}"
+        )
     histories, losses_by_run = {}, {}
     for name in order:
-        model = modeling.load_model(os.path.join(train_dir, name, "model.keras"))
-        test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
-        forward = modeling.forward(model)
-        logits, labels, _ = _logits(forward, test_ds)
-        preds = np.argmax(logits, axis=-1)
-        test = accuracies(labels, preds, num_classes, groups)
-        test["top5"] = top_k_accuracy(labels, logits, TOP_K) if num_classes > TOP_K else None
-        test["confusion"] = confusion_matrix(labels, preds, num_classes).tolist()
-        train_ds = data.make_dataset(
-            workdir, "train", batch_size=section.batch_size, training=False, with_meta=True
+        report["runs"][name], losses_by_run[name], histories[name] = run_metrics(
+            config, workdir, name, groups=groups, rare=rare, by=imbalance.get("by", "noisy")
         )
-        train_logits, train_labels, train_clean = _logits(forward, train_ds, with_meta=True)
-        losses = cross_entropy(train_logits, train_labels)
-        cats = example_categories(train_labels, train_clean, rare, by=imbalance.get("by", "noisy"))
-        losses_by_run[name] = {c: losses[cats == c] for c in CATEGORIES}
-        history_path = os.path.join(train_dir, name, "history.json")
-        histories[name] = stage.read_json(history_path)
-        best = None
-        if section.per_epoch_test:
-            if not histories[name].get(epoch_eval.TEST_ACCURACY):
-                raise stage.PipelineError(
-                    f"{history_path} has no per-epoch test accuracy "
-                    f"({epoch_eval.TEST_ACCURACY!r}) although config.eval.per_epoch_test is "
-                    "True; rerun the train stage (--force) to record it"
-                )
-            best = best_epoch(histories[name], np.bincount(labels, minlength=num_classes), groups)
-        lam = float(model.lam)
-        tau = np.asarray(model.tau.numpy(), float) if lam > 0 else np.zeros(num_classes)
-        report["runs"][name] = {
-            "lam": lam,
-            "tau": tau.tolist(),
-            "strength": (lam * tau).tolist(),
-            "test": test,
-            "train_losses": loss_summary(losses, cats),
-            "final_train": {
-                k: v[-1]
-                for k, v in histories[name].items()
-                if v and not k.startswith(epoch_eval.PREFIX)
-            },
-            "best_epoch": best,
-        }
+    tests = {n: r["test"] for n, r in report["runs"].items()}
+    blessings = {n: blessing.judge(n, tests, specs) for n in order}
     if stage.is_complete(workdir, "estimate_tau"):
         report["tau"] = stage.read_json(
             os.path.join(stage.stage_dir(workdir, "estimate_tau"), "tau.json")
         )
         report["tau"]["true_noise_rate"] = report["true_noise_rate"]
     # config.tau.cross_fit: how well estimate_tau's label issues find the flipped labels.
-    det = detection.read(workdir, num_classes)
+    det = detection.read(workdir, config.data.num_classes)
     if det is not None:
         report["label_issue_detection"] = det
     with stage.stage_output(workdir, NAME, config) as out:
-        plots.error_vs_strength(
-            {
-                n: {
-                    "strength": r["strength"],
-                    "error": [1 - a for a in r["test"]["per_class"]],
-                }
-                for n, r in report["runs"].items()
-            },
-            os.path.join(out, PLOTS["error_vs_strength"]),
-        )
-        plots.loss_histograms(losses_by_run, os.path.join(out, PLOTS["train_loss_hist"]))
-        # Per-class test accuracies are in the tables: a panel each would be too many.
-        plots.training_curves(
-            {
-                n: {k: v for k, v in h.items() if not epoch_eval.is_class_key(k)}
-                for n, h in histories.items()
-            },
-            os.path.join(out, PLOTS["training_curves"]),
-        )
-        report["plots"] = dict(PLOTS)
-        stage.write_json(os.path.join(out, "report.json"), report)
-        with open(os.path.join(out, "report.md"), "w") as f:
-            f.write(markdown(report, list(groups)))
+        write_outputs(out, report, list(groups), losses_by_run, histories, blessings)
+    for name, b in blessings.items():
+        print(f"== blessing of run {name}: {b['status']}")
+        for line in blessing.failures(b):
+            print(f"   failed: {line}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ Writes <workdir>/export/<model_name>/<version>/ (saved_model.pb, variables/). Th
 `text`: string [batch], raw UTF-8 (the preprocess stage's standardization and
 vocabulary are inside the SavedModel, see pipeline/text.py).
 
+Before it completes, the export is infra-validated (pipeline/infra_validation.py,
+TFX's InfraValidator): the project's REST server, started on it in a subprocess,
+must answer real test examples as the Keras model does; the record is
+<workdir>/export/infra_blessing.json. A model that fails to load or answers
+otherwise is not exported (PipelineError; nothing is marked complete).
+
 Beside the version directories it writes a model card, <model_name>/model_card.md and
 model_card.json: the config summary, the data manifest summary, the evaluate stage's
 metrics for the exported run (when that stage completed) and the serving signature.
@@ -17,11 +23,10 @@ from __future__ import annotations
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pipeline import data, modeling, stage
+from pipeline import data, infra_validation, modeling, stage
 from pipeline.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
 
 NAME = "export"
@@ -221,6 +226,41 @@ def check_config(config) -> None:
         raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
 
 
+def evaluate_metrics(config, workdir: str) -> dict | None:
+    """The evaluate stage's metrics of the exported run (None if it has not completed),
+    with the groups in the config's order (report.json's keys are sorted)."""
+    if not stage.is_complete(workdir, "evaluate"):
+        return None
+    report = stage.read_json(os.path.join(stage.stage_dir(workdir, "evaluate"), "report.json"))
+    metrics = report["runs"].get(config.export.run)
+    if metrics is None:
+        return None
+    metrics = {k: metrics[k] for k in ("lam", "test", "final_train") if k in metrics}
+    groups = metrics["test"]["groups"]
+    order = [g for g in config.eval.groups if g in groups]
+    metrics["test"]["groups"] = {
+        g: groups[g] for g in [*order, *(g for g in groups if g not in order)]
+    }
+    return metrics
+
+
+def infra_validate(workdir: str, model, base_path: str, section, modality: str) -> dict:
+    """pipeline/infra_validation on real test examples: the raw stored input through
+    the REST server against the Keras model fed what training feeds it."""
+    n = infra_validation.NUM_EXAMPLES
+    inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=n, training=False)))
+    if modality == "text":
+        batch = data.raw_texts(workdir, "test", n)
+    else:
+        batch = tf.cast(inputs, tf.uint8).numpy()
+    expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1).numpy()
+    record = infra_validation.validate(
+        base_path, section.model_name, int(section.version), batch, expected
+    )
+    logging.info("Infra validation passed (max |diff| vs Keras %.2e)", record["max_abs_diff"])
+    return record
+
+
 def run(config, workdir: str) -> None:
     section = config.export
     train_dir = stage.require(workdir, "train")
@@ -236,44 +276,21 @@ def run(config, workdir: str) -> None:
     image_shape = manifest["image_shape"]
     modality = manifest.get("modality", "image")
     with stage.stage_output(workdir, NAME, config) as out:
-        path = os.path.join(out, section.model_name, str(int(section.version)))
+        card_dir = os.path.join(out, section.model_name)
         vectorizer = data.text_vectorizer(workdir, manifest) if modality == "text" else None
+        path = os.path.join(card_dir, str(int(section.version)))
         export_saved_model(model, path, image_shape, vectorizer=vectorizer)
-        # Self-check: the reloaded SavedModel, fed the raw stored input, agrees with
-        # the Keras model fed what training feeds it.
-        signature = tf.saved_model.load(path).signatures[SIGNATURE]
-        inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=8, training=False)))
-        if modality == "text":
-            raw = data.raw_texts(workdir, "test", 8)
-            served = signature(**{TEXT_INPUT: tf.constant(raw)})
-        else:
-            served = signature(**{IMAGE_INPUT: tf.cast(inputs, tf.uint8)})
-        expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1)
-        err = float(np.max(np.abs(served[PROBABILITIES].numpy() - expected.numpy())))
-        if err > 1e-4:
-            raise stage.PipelineError(f"exported model disagrees with the trained one by {err}")
-        logging.info("Exported %s (max |diff| vs Keras %.2e)", path, err)
-        metrics = None
-        if stage.is_complete(workdir, "evaluate"):
-            report = stage.read_json(
-                os.path.join(stage.stage_dir(workdir, "evaluate"), "report.json")
-            )
-            metrics = report["runs"].get(section.run)
-            if metrics is not None:
-                metrics = {k: metrics[k] for k in ("lam", "test", "final_train") if k in metrics}
-                # The config's order of groups (report.json's keys are sorted).
-                groups = metrics["test"]["groups"]
-                order = [g for g in config.eval.groups if g in groups]
-                metrics["test"]["groups"] = {
-                    g: groups[g] for g in [*order, *(g for g in groups if g not in order)]
-                }
+        # Raises (and the stage does not complete) unless the served model answers as
+        # the trained one.
+        record = infra_validate(workdir, model, card_dir, section, modality)
+        stage.write_json(os.path.join(out, infra_validation.FILE), record)
+        logging.info("Exported %s", path)
         card = model_card(
             config,
             manifest,
-            metrics,
+            evaluate_metrics(config, workdir),
             signature_summary(image_shape, config.data.num_classes, modality=modality),
         )
-        card_dir = os.path.join(out, section.model_name)
         stage.write_json(os.path.join(card_dir, "model_card.json"), card)
         with open(os.path.join(card_dir, "model_card.md"), "w") as f:
             f.write(model_card_markdown(card))

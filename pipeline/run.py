@@ -1,5 +1,6 @@
 """Runs the whole pipeline: preprocess -> pretrain -> estimate_tau -> train ->
-evaluate -> export, and prints the results table.
+evaluate -> export -> push, and prints the results table (with each run's blessing)
+and what the push did.
 
 A stage already complete in --workdir with the fingerprint the current config gives
 (stage.fingerprints) is skipped. A stale one (another config or input) is rerun, and
@@ -12,6 +13,7 @@ unreadable (stage.why_incomplete) is reported and rerun, with every later stage.
       --workdir=runs/quickstart
   ... --force                 # rerun every stage
   ... --from_stage=train      # rerun train and every later stage
+  ... --force_push            # push even an unblessed model (reruns push)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from absl import app, flags, logging
 
 from pipeline import (
+    blessing,
     config_ranges,
     estimate_tau,
     evaluate,
@@ -33,6 +36,7 @@ from pipeline import (
     multi_worker,
     preprocess,
     pretrain,
+    push,
     stage,
     train,
     workdir_lock,
@@ -45,13 +49,15 @@ STAGE_RUNS = {
     "train": train.run,
     "evaluate": evaluate.run,
     "export": export.run,
+    "push": push.run,
 }
 assert tuple(STAGE_RUNS) == stage.STAGES
 
 
 def check_config(config) -> None:
     """Checks every section before the first stage runs, so that a misnamed
-    export.run or an out-of-range evaluation group fails now, not after training.
+    export.run, an out-of-range evaluation group or a threshold naming an unknown
+    baseline run fails now, not after training.
 
     Numeric ranges first (config_ranges), then each check that lives beside the code
     that reads the section; preprocess's needs the data, so it runs as that stage
@@ -61,6 +67,7 @@ def check_config(config) -> None:
     modeling.check_config(config)
     train.validate_runs(config.train.runs)
     evaluate.eval_groups(config)
+    blessing.check_config(config)
     export.check_config(config)
 
 
@@ -71,7 +78,13 @@ def needed_stages(config) -> list[str]:
 
 
 def run_pipeline(
-    config, workdir: str, *, beam_args=(), force: bool = False, from_stage: str = ""
+    config,
+    workdir: str,
+    *,
+    beam_args=(),
+    force: bool = False,
+    from_stage: str = "",
+    force_push: bool = False,
 ) -> None:
     """Runs every needed stage that is missing or stale, and every stage after it.
 
@@ -79,6 +92,7 @@ def run_pipeline(
       force: rerun every stage (from scratch: no resuming of interrupted attempts).
       from_stage: rerun this stage and every later one (a name of stage.STAGES), from
         scratch.
+      force_push: push even a model that is not blessed (pipeline.push); reruns push.
 
     Raises:
       PipelineError: a stage failed, or from_stage names no stage.
@@ -101,8 +115,10 @@ def run_pipeline(
     with workdir_lock.held(workdir):
         rerun = force
         for name in names:
-            forced = force or (
-                bool(from_stage) and stage.STAGES.index(name) >= stage.STAGES.index(from_stage)
+            forced = (
+                force
+                or (name == "push" and force_push)
+                or (bool(from_stage) and stage.STAGES.index(name) >= stage.STAGES.index(from_stage))
             )
             rerun = rerun or forced
             state = stage.state(workdir, name, fps[name])
@@ -121,6 +137,8 @@ def run_pipeline(
             start = time.time()
             if name == "preprocess":
                 run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
+            elif name == "push":
+                run = functools.partial(STAGE_RUNS[name], config, workdir, force_push=force_push)
             else:
                 run = functools.partial(STAGE_RUNS[name], config, workdir)
             # forced: start afresh rather than resume an interrupted attempt.
@@ -140,6 +158,7 @@ def main(argv):
             beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,
             from_stage=FLAGS.from_stage,
+            force_push=FLAGS.force_push,
         )
     except stage.PipelineError as e:
         cli.fail(e)
@@ -147,6 +166,9 @@ def main(argv):
     with open(report) as f:
         print(f.read())
     print(f"Report: {report}")
+    record = push.read(FLAGS.workdir)
+    if record is not None:
+        print(push.summary(record))
 
 
 if __name__ == "__main__":
@@ -159,4 +181,5 @@ if __name__ == "__main__":
         "",
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
+    push.define_flags()
     app.run(main, flags_parser=cli.parse_flags)

@@ -37,7 +37,7 @@ METADATA = "metadata.json"
 # attempt never continues from checkpoints made under another config.
 PARTIAL_FINGERPRINT = "fingerprint.partial"
 
-STAGES = ("preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export")
+STAGES = ("preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export", "push")
 
 # Config fields each stage reads itself ("a.b" = field b of section a); what its
 # inputs read enters through their fingerprints. Fields that change only what is
@@ -58,7 +58,9 @@ SECTIONS = {
         "eval.batch_size",
     ),
     "evaluate": ("eval",),
-    "export": ("export",),
+    # Where the export is pushed does not change the export itself.
+    "export": ("export.run", "export.model_name", "export.version"),
+    "push": ("export.push_destination",),
 }
 IGNORED_FIELDS = ("verbose",)
 # Files every complete stage has whatever the config (checked by why_incomplete, also
@@ -70,7 +72,8 @@ DECLARED_OUTPUTS = {
     "estimate_tau": ("tau.json",),
     "train": (),
     "evaluate": ("report.json", "report.md"),
-    "export": (),
+    "export": ("infra_blessing.json",),
+    "push": ("push.json",),
 }
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
@@ -113,7 +116,8 @@ def inputs(config, name: str) -> tuple[str, ...]:
 
     Every file a stage reads from another stage's directory is covered here, so
     that a rerun input makes the reader stale: export reads evaluate's report.json
-    (the metrics of its model card), evaluate reads tau.json for its report.
+    (the metrics of its model card), evaluate reads tau.json for its report, push
+    reads evaluate's blessing and export's infra blessing and version directory.
     """
     tau = ("estimate_tau",) if uses_tau(config) else ()
     return {
@@ -123,6 +127,7 @@ def inputs(config, name: str) -> tuple[str, ...]:
         "train": ("preprocess", *tau),
         "evaluate": ("preprocess", "train", *tau),
         "export": ("preprocess", "train", "evaluate"),
+        "push": ("evaluate", "export"),
     }[name]
 
 
@@ -442,10 +447,12 @@ def run_main(
             check(config)
         from pipeline import multi_worker, workdir_lock  # they import this module
 
-        # A missing input is refused before taking the lock, which would create
-        # the workdir: a mistyped --workdir leaves nothing behind.
-        for dep in inputs(config, name):
-            if not is_complete(workdir, dep):
+        # A stage with inputs refuses a workdir that does not exist before taking
+        # the lock, which would create it: a mistyped --workdir leaves nothing
+        # behind. (In an existing workdir the lock comes first: another process
+        # may be making the inputs.)
+        if not os.path.isdir(workdir):
+            for dep in inputs(config, name)[:1]:
                 require(workdir, dep)  # raises, naming the stage to run first
         section = config.get(name) if hasattr(config, "get") else None
         worker = multi_worker.worker(section)

@@ -11,7 +11,17 @@ import pytest
 
 from configs import fashion_mnist_hetero
 from har_tf import HARClassifier
-from pipeline import data, detection, estimate_tau, evaluate, modeling, preprocess, pretrain, stage
+from pipeline import (
+    data,
+    detection,
+    estimate_tau,
+    evaluate,
+    evaluate_report,
+    modeling,
+    preprocess,
+    pretrain,
+    stage,
+)
 from tests.pipeline import idx_fixtures, workdir_fixtures
 
 # ----------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ def test_cross_fit_pretrains_both_halves_and_writes_label_issues(cross_fitted):
     assert det["overall"]["n"] == len(train["id"])
     assert det["overall"]["noisy"] == int(np.sum(train["label"] != train["clean_label"]))
     report = {"runs": {}, "per_epoch_test": False, "label_issue_detection": det}
-    assert "## Noisy-example detection" in evaluate.markdown(report, [])
+    assert "## Noisy-example detection" in evaluate_report.markdown(report, [])
 
 
 @pytest.mark.slow

@@ -48,7 +48,9 @@ def idx_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory, idx_dir):
     workdir = str(tmp_path_factory.mktemp("e2e") / "work")
-    result = _pipeline(workdir, f"--config.data.data_dir={idx_dir}")
+    result = _pipeline(
+        workdir, f"--config.data.data_dir={idx_dir}", "--config.export.push_destination=serving/har"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -89,10 +91,52 @@ def test_tau_and_report_are_well_formed(completed):
 
 
 @pytest.mark.slow
+def test_blessing_infra_blessing_and_push_agree(completed):
+    """Each run's blessing is printed and written; the export is infra-blessed; the
+    push copied the version into <workdir>/serving/har exactly when HAR is blessed."""
+    workdir, result = completed
+    statuses = {}
+    for run in ("erm", "har"):
+        b = stage.read_json(os.path.join(workdir, "evaluate", run, "blessing.json"))
+        statuses[run] = b["status"]
+        assert f"== blessing of run {run}: {b['status']}" in result.stdout
+        assert set(b["thresholds"]) == {"overall_floor", "noisy_rare_vs_erm", "overall_vs_erm"}
+    infra = stage.read_json(os.path.join(workdir, "export", "infra_blessing.json"))
+    assert infra["status"] == "INFRA_BLESSED" and infra["max_abs_diff"] <= infra["tolerance"]
+    record = stage.read_json(os.path.join(workdir, "push", "push.json"))
+    pushed = os.path.join(workdir, "serving", "har", "1", "saved_model.pb")
+    assert record["pushed"] == (statuses["har"] == "BLESSED") == os.path.isfile(pushed)
+    assert ("REFUSED" in result.stdout) == (not record["pushed"])
+    assert "== push: run 'har'" in result.stdout
+
+
+@pytest.mark.slow
+def test_force_push_reruns_only_push(completed, idx_dir):
+    workdir, _ = completed
+    result = _pipeline(
+        workdir,
+        f"--config.data.data_dir={idx_dir}",
+        "--config.export.push_destination=serving/har",
+        "--force_push",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in stage.STAGES[:-1]:
+        assert f"== {name}: complete, skipped" in result.stdout
+    assert "== push: rerunning" in result.stdout
+    record = stage.read_json(os.path.join(workdir, "push", "push.json"))
+    assert record["pushed"] is True and record["forced"] == bool(record["reasons"])
+    serving = os.path.join(workdir, "serving", "har")
+    assert os.listdir(serving) == ["1"]  # the version only, no temporary directory
+    assert os.path.isfile(os.path.join(serving, "1", "saved_model.pb"))
+
+
+@pytest.mark.slow
 def test_rerun_skips_completed_stages(completed, idx_dir):
     workdir, _ = completed
     before = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
-    result = _pipeline(workdir, f"--config.data.data_dir={idx_dir}")
+    result = _pipeline(
+        workdir, f"--config.data.data_dir={idx_dir}", "--config.export.push_destination=serving/har"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for name in stage.STAGES:
         assert f"== {name}: complete, skipped" in result.stdout
@@ -151,7 +195,7 @@ def test_needed_stages_skip_tau_when_no_run_uses_it():
     assert run_lib.needed_stages(config) == list(stage.STAGES)
     with config.unlocked():
         del config.train.runs["har"]
-    assert run_lib.needed_stages(config) == ["preprocess", "train", "evaluate", "export"]
+    assert run_lib.needed_stages(config) == ["preprocess", "train", "evaluate", "export", "push"]
 
 
 def test_unknown_variant_is_an_error():

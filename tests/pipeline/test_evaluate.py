@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import data, epoch_eval, evaluate, modeling, plots, stage
+from pipeline import blessing, data, epoch_eval, evaluate, evaluate_report, modeling, plots, stage
 from tests.pipeline import workdir_fixtures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +263,7 @@ def test_stage_best_epoch_from_the_history(evaluated):
             assert best["groups"][g] == pytest.approx(expected), g
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert evaluate.BEST_EPOCH_TITLE in md
+    assert evaluate_report.BEST_EPOCH_TITLE in md
     assert "| run | best epoch | noisy_rare | clean | overall | top-5 |" in md
     noisy_rare = report["runs"]["har"]["best_epoch"]["groups"]["noisy_rare"]
     assert f"| har | 1 | {100 * noisy_rare:.1f} |" in md
@@ -277,7 +277,7 @@ def test_stage_without_per_epoch_test_says_so(evaluated_without_per_epoch_test):
     assert all(r["best_epoch"] is None for r in report["runs"].values())
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert evaluate.BEST_EPOCH_TITLE in md and evaluate.BEST_EPOCH_UNAVAILABLE in md
+    assert evaluate_report.BEST_EPOCH_TITLE in md and evaluate_report.BEST_EPOCH_UNAVAILABLE in md
     assert "| run | best epoch |" not in md and "accuracy at best epoch" not in md
     assert "| run | noisy_rare | clean | overall | top-5 | lambda |" in md
 
@@ -291,6 +291,34 @@ def test_stage_writes_plots_referenced_by_the_report(evaluated):
     for png in evaluate.PLOTS.values():
         assert f"]({png})" in md
         assert_png(os.path.join(out, png))
+
+
+def test_stage_writes_each_runs_blessing(evaluated):
+    """blessing.json per run, from report.json's numbers by hand: the smoke config's
+    HAR thresholds (configs/common.har_thresholds) on two untrained models."""
+    config, _, out = evaluated
+    report = stage.read_json(os.path.join(out, "report.json"))
+    erm, har = (report["runs"][r]["test"] for r in ("erm", "har"))
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert evaluate_report.BLESSING_TITLE in md
+    for run in ("erm", "har"):
+        b = stage.read_json(blessing.path(out, run))
+        t = b["thresholds"]
+        assert t["overall_floor"]["value"] == report["runs"][run]["test"]["overall"]
+        assert t["overall_floor"]["passed"] == (report["runs"][run]["test"]["overall"] >= 0.5)
+        expected = all(r["passed"] is not False for r in t.values())
+        assert b["status"] == ("BLESSED" if expected else "NOT_BLESSED")
+        for name, r in t.items():
+            outcome = {True: "pass", False: "FAIL", None: "skipped"}[r["passed"]]
+            assert f"| {run} | {b['status']} | {blessing.describe(name, r)} | {outcome} |" in md
+    erm_b = stage.read_json(blessing.path(out, "erm"))["thresholds"]
+    assert erm_b["noisy_rare_vs_erm"]["passed"] is None  # the baseline itself
+    har_b = stage.read_json(blessing.path(out, "har"))["thresholds"]
+    diff = har["groups"]["noisy_rare"] - erm["groups"]["noisy_rare"]
+    assert har_b["noisy_rare_vs_erm"]["diff"] == pytest.approx(diff)
+    assert har_b["noisy_rare_vs_erm"]["passed"] == (diff >= -0.005)
+    assert har_b["overall_vs_erm"]["passed"] == (har["overall"] - erm["overall"] >= -0.01)
 
 
 def test_run_batches_gives_every_batch_in_order_through_one_forward():

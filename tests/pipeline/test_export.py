@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from absl import logging
 
-from pipeline import evaluate, export, stage
+from pipeline import evaluate, export, infra_validation, modeling, stage
 from tests.pipeline import workdir_fixtures
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -101,6 +101,33 @@ def test_model_card_with_evaluate_metrics(workdirs):
     assert f"top-1 accuracy: {top1:.2f}%" in md
     # Groups in the config's order.
     assert md.index("- noisy_rare: ") < md.index("- clean: ")
+
+
+def test_the_export_is_infra_blessed(workdirs):
+    _, bare, _ = workdirs
+    record = stage.read_json(os.path.join(bare, "export", infra_validation.FILE))
+    assert record["status"] == infra_validation.INFRA_BLESSED
+    assert record["num_examples"] == infra_validation.NUM_EXAMPLES
+    assert record["max_abs_diff"] <= infra_validation.TOLERANCE
+    assert "-m pipeline.serve" in record["server"]
+
+
+@pytest.mark.slow
+def test_an_export_that_answers_otherwise_is_not_exported(workdirs, tmp_path, monkeypatch):
+    """A SavedModel of other weights (a network initialized with another seed than the
+    trained run's) loads and answers, but not as the run's Keras model: the stage
+    fails and nothing is complete."""
+    config, bare, _ = workdirs
+    workdir = str(tmp_path / "work")
+    for name in ("preprocess", "estimate_tau", "train"):
+        shutil.copytree(os.path.join(bare, name), os.path.join(workdir, name))
+    other = modeling.build_har_model(config, config.train, lam=0.0, seed=1)
+    write = export.export_saved_model
+    monkeypatch.setattr(export, "export_saved_model", lambda _, *a, **k: write(other, *a, **k))
+    with pytest.raises(stage.PipelineError, match="infra validation: the served model answers"):
+        export.run(config, workdir)
+    assert not stage.is_complete(workdir, "export")
+    assert not os.path.exists(os.path.join(workdir, "export"))
 
 
 def test_exported_model_takes_raw_uint8(workdirs):

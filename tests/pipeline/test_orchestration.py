@@ -18,7 +18,7 @@ from tests.pipeline import idx_fixtures
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
 UPSTREAM = ("preprocess", "pretrain", "estimate_tau")
-DOWNSTREAM = ("train", "evaluate", "export")
+DOWNSTREAM = ("train", "evaluate", "export", "push")
 
 
 def _argv(module, workdir, idx_dir, *overrides):
@@ -94,6 +94,7 @@ def test_fingerprint_depends_on_the_stage_sections_and_inputs():
         "train",
         "evaluate",
         "export",
+        "push",
     ]
     config = _config()
     config.seed = 1
@@ -107,7 +108,21 @@ def test_a_changed_evaluate_makes_export_stale():
     config = _config()
     config.eval.groups.clean = (1, 3)
     changed = stage.fingerprints(config)
-    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export"]
+    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export", "push"]
+
+
+def test_thresholds_change_evaluate_and_destination_only_push():
+    """A threshold is part of evaluate (its blessing.json); where the export is pushed
+    changes neither the export nor anything before it."""
+    base = stage.fingerprints(_config())
+    config = _config()
+    config.eval.thresholds.overall_floor.lower_bound = 0.6
+    changed = stage.fingerprints(config)
+    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["evaluate", "export", "push"]
+    config = _config()
+    config.export.push_destination = "serving/har"
+    changed = stage.fingerprints(config)
+    assert [n for n in stage.STAGES if changed[n] != base[n]] == ["push"]
 
 
 @pytest.mark.parametrize("quiet", [True, False])
@@ -203,6 +218,16 @@ def test_set_aside_and_restore(tmp_path):
         ("export.run", "hra", r"export.run='hra' names no run of config.train.runs"),
         ("eval.groups.clean", (1, 10), r"eval group 'clean' names classes \[10\] outside"),
         ("train.optimizer", "sgdd", r"config.train.optimizer: unknown optimizer 'sgdd'"),
+        (
+            "eval.thresholds.noisy_rare_vs_erm.baseline",
+            "ermm",
+            r"thresholds.noisy_rare_vs_erm.baseline: 'ermm' names no run of config.train.runs",
+        ),
+        (
+            "eval.thresholds.overall_floor.slice",
+            "noisy_rear",
+            r"thresholds.overall_floor.slice: unknown 'noisy_rear'",
+        ),
     ],
 )
 def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, field, value, match):
@@ -274,10 +299,10 @@ def test_changed_config_reruns_downstream_only(tmp_path, idx_dir):
     result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--from_stage=evaluate")
     for name in ("preprocess", "pretrain", "estimate_tau", "train"):
         assert f"== {name}: complete, skipped" in result.stdout
-    for name in ("evaluate", "export"):
+    for name in ("evaluate", "export", "push"):
         assert f"== {name}: rerunning" in result.stdout
     after = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
-    assert [n for n in stage.STAGES if before[n] != after[n]] == ["evaluate", "export"]
+    assert [n for n in stage.STAGES if before[n] != after[n]] == ["evaluate", "export", "push"]
     assert _fingerprints(workdir) == second
 
     result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--force")

@@ -73,7 +73,7 @@ def test_a_deleted_tau_json_is_reported_and_rerun(pipeline, capsys):
     ):
         stage.require(workdir, "estimate_tau")
     capsys.readouterr()
-    assert rerun() == ["estimate_tau", "train", "evaluate", "export"]
+    assert rerun() == ["estimate_tau", "train", "evaluate", "export", "push"]
     assert "stage estimate_tau is incomplete: tau.json is missing" in capsys.readouterr().err
     assert stage.why_incomplete(workdir, "estimate_tau") is None
     assert not [d for d in os.listdir(workdir) if ".stale-" in d]  # the old one is gone
@@ -88,7 +88,7 @@ def test_a_stage_made_before_sizes_were_recorded_is_checked_on_its_declared_outp
     assert stage.why_incomplete(workdir, "estimate_tau") is None
     os.remove(os.path.join(workdir, "estimate_tau", "tau.json"))
     assert stage.why_incomplete(workdir, "estimate_tau") == "tau.json is missing"
-    assert rerun() == ["estimate_tau", "train", "evaluate", "export"]
+    assert rerun() == ["estimate_tau", "train", "evaluate", "export", "push"]
 
 
 def test_a_shortened_file_is_caught_by_its_recorded_size(pipeline):
@@ -98,7 +98,7 @@ def test_a_shortened_file_is_caught_by_its_recorded_size(pipeline):
     assert stage.why_incomplete(workdir, "train") == (
         "har/weights.bin has 40 bytes, metadata.json records 100"
     )
-    assert rerun() == ["train", "evaluate", "export"]
+    assert rerun() == ["train", "evaluate", "export", "push"]
 
 
 def _truncate(path):
@@ -139,7 +139,7 @@ def test_a_truncated_metadata_json_makes_the_stage_incomplete(pipeline):
     workdir, _, rerun = pipeline
     _truncate(os.path.join(workdir, "evaluate", stage.METADATA))
     assert stage.why_incomplete(workdir, "evaluate").startswith("metadata.json is unreadable")
-    assert rerun() == ["evaluate", "export"]
+    assert rerun() == ["evaluate", "export", "push"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,191 @@
+"""Stage 7: push (TFX's Pusher): the exported model into a TF Serving model base path,
+only if it is blessed (evaluate) and infra-blessed (export).
+
+  python -m pipeline.push --config=... --workdir=...   [--force_push]
+
+What is pushed: the export stage's version directory, <workdir>/export/<model_name>/
+<version>, i.e. the run config.export.run. Its blessing is
+<workdir>/evaluate/<run>/blessing.json, its infra blessing
+<workdir>/export/infra_blessing.json. Where: config.export.push_destination (a
+relative path is under the workdir), as <push_destination>/<version>; "" = no push.
+
+A model that is not both BLESSED and INFRA_BLESSED is refused: nothing is copied,
+the reasons (each failed threshold) are printed and recorded, and the stage
+completes, as TFX's Pusher records a model it did not push. --force_push pushes it
+anyway and records the reasons it overrode.
+
+Atomic: the version is copied into <push_destination>/.push-<version>-<pid>.tmp (not a
+number, so neither pipeline.serve nor TF Serving takes it for a version), then renamed
+to <push_destination>/<version>: one rename on one file system, so a server watching
+the destination sees either no new version or the whole of it. An existing version
+directory is never overwritten: with the same files it counts as pushed already,
+with other content it is an error (raise config.export.version or remove it).
+
+Writes <workdir>/push/push.json: pushed (bool), forced, reasons, run, model_name,
+version, destination, the blessing and infra blessing statuses.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+
+from absl import logging
+
+from pipeline import blessing, infra_validation, stage
+
+NAME = "push"
+FILE = "push.json"
+
+
+def destination(config, workdir: str) -> str:
+    """config.export.push_destination as an absolute path ("" = no push)."""
+    dest = config.export.push_destination
+    return os.path.abspath(os.path.join(workdir, dest)) if dest else ""
+
+
+def refusal_reasons(workdir: str, run: str) -> tuple[list[str], dict]:
+    """Why run `run`'s export may not be pushed ([] = it may), and the statuses read."""
+    reasons, statuses = [], {}
+    bless_path = blessing.path(stage.stage_dir(workdir, "evaluate"), run)
+    if not os.path.isfile(bless_path):
+        reasons.append(f"run {run!r} has no blessing ({bless_path} is missing)")
+    else:
+        b = stage.read_json(bless_path)
+        statuses["blessing"] = b["status"]
+        if b["status"] != blessing.BLESSED:
+            reasons.append(f"run {run!r} is {b['status']}")
+            reasons += [f"failed {line}" for line in blessing.failures(b)]
+    infra_path = os.path.join(stage.stage_dir(workdir, "export"), infra_validation.FILE)
+    if not os.path.isfile(infra_path):
+        reasons.append(f"the export has no infra blessing ({infra_path} is missing)")
+    else:
+        statuses["infra_blessing"] = stage.read_json(infra_path)["status"]
+        if statuses["infra_blessing"] != infra_validation.INFRA_BLESSED:
+            reasons.append(f"the export is {statuses['infra_blessing']}")
+    return reasons, statuses
+
+
+def same_tree(a: str, b: str) -> bool:
+    """Whether directories a and b hold the same files with the same bytes."""
+
+    def files(root):
+        return sorted(
+            os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+        )
+
+    names = files(a)
+    if names != files(b):
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    return not mismatch and not errors
+
+
+def copy_version(src: str, base: str, version: int) -> bool:
+    """Copies version directory `src` to <base>/<version> atomically (module doc).
+
+    Returns False if an identical copy was there already. Raises PipelineError if a
+    different one is, leaving it alone.
+    """
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        if same_tree(src, final):
+            return False
+        raise stage.PipelineError(
+            f"{final} already exists with other content; the push never overwrites a "
+            "version: raise config.export.version or remove that directory"
+        )
+    os.makedirs(base, exist_ok=True)
+    tmp = os.path.join(base, f".push-{version}-{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        os.rename(tmp, final)  # fails, leaving `final` alone, if it appeared meanwhile
+    except OSError as e:
+        raise stage.PipelineError(f"cannot push to {final}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def run(config, workdir: str, *, force_push: bool = False) -> None:
+    section = config.export
+    stage.require(workdir, "evaluate")
+    export_dir = stage.require(workdir, "export")
+    src = os.path.join(export_dir, section.model_name, str(int(section.version)))
+    reasons, statuses = refusal_reasons(workdir, section.run)
+    dest = destination(config, workdir)
+    record = {
+        "run": section.run,
+        "model_name": section.model_name,
+        "version": int(section.version),
+        "destination": dest,
+        "forced": bool(force_push and reasons and dest),
+        "reasons": reasons,
+        **statuses,
+    }
+    copied = already = False
+    if dest and (force_push or not reasons):
+        copied = copy_version(src, dest, int(section.version))
+        already = not copied
+    record.update(pushed=copied or already, already_there=already)
+    with stage.stage_output(workdir, NAME, config) as out:
+        stage.write_json(os.path.join(out, FILE), record)
+    print(summary(record))
+    logging.info("Push: %s", record)
+
+
+def summary(record: dict) -> str:
+    """The push stage's outcome in a few lines (printed, and by pipeline.run)."""
+    what = f"run {record['run']!r} ({record['model_name']} version {record['version']})"
+    if not record["destination"]:
+        head = f"== push: {what} not pushed: config.export.push_destination is empty"
+    elif record["pushed"]:
+        how = "forced despite" if record["forced"] else "blessed and infra-blessed"
+        there = " (already there)" if record["already_there"] else ""
+        head = f"== push: {what} pushed to {record['destination']}{there}; {how}"
+    else:
+        head = f"== push: {what} REFUSED (--force_push overrides):"
+    return "\n".join([head, *(f"   {r}" for r in record["reasons"])])
+
+
+def read(workdir: str) -> dict | None:
+    """The push stage's record, if it completed."""
+    if not stage.is_complete(workdir, NAME):
+        return None
+    return stage.read_json(os.path.join(stage.stage_dir(workdir, NAME), FILE))
+
+
+def main(argv):
+    from absl import app, flags
+
+    from pipeline import cli
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    force_push = flags.FLAGS.force_push
+    if force_push:  # a push refused earlier is complete: rerun it
+        flags.FLAGS.force = True
+    cli.run_main(NAME, lambda config, workdir: run(config, workdir, force_push=force_push))
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_bool(
+        "force_push",
+        False,
+        "Push even if the model is not blessed or not infra-blessed (the reasons are "
+        "recorded); reruns the push stage.",
+    )
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from pipeline import cli
+
+    cli.define_common_flags()
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,139 @@
+"""The push stage (pipeline/push.py): refuses unblessed models with the reasons, pushes
+blessed ones atomically into a TF Serving base path that our server is watching."""
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from configs import fashion_mnist_hetero
+from pipeline import blessing, export, infra_validation, push, serve, stage
+from tests.pipeline.test_serve import SHAPE, call, reference, tiny_model
+
+# report.json `test` entries: HAR loses 10 points on noisy_rare against ERM.
+TESTS = {
+    "erm": {"overall": 0.8, "groups": {"noisy_rare": 0.5}, "per_class": [], "top5": None},
+    "har": {"overall": 0.8, "groups": {"noisy_rare": 0.4}, "per_class": [], "top5": None},
+}
+
+
+def _config(destination="serving/har"):
+    config = fashion_mnist_hetero.get_config("smoke")
+    config.export.push_destination = destination
+    return config
+
+
+def _workdir(root, *, har_noisy_rare=0.4, infra=infra_validation.INFRA_BLESSED) -> str:
+    """evaluate (blessings judged by the default thresholds) and export (a tiny
+    SavedModel as har version 1, and its infra blessing) stages, written by hand."""
+    workdir = str(root / "work")
+    tests = {**TESTS, "har": {**TESTS["har"], "groups": {"noisy_rare": har_noisy_rare}}}
+    specs = blessing.thresholds(_config())
+    with stage.stage_output(workdir, "evaluate") as out:
+        stage.write_json(os.path.join(out, "report.json"), {"runs": tests})
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write("report\n")
+        for run in tests:
+            os.makedirs(os.path.join(out, run))
+            stage.write_json(blessing.path(out, run), blessing.judge(run, tests, specs))
+    with stage.stage_output(workdir, "export") as out:
+        export.export_saved_model(tiny_model(seed=1), os.path.join(out, "har", "1"), SHAPE)
+        stage.write_json(os.path.join(out, infra_validation.FILE), {"status": infra})
+    return workdir
+
+
+def _record(workdir):
+    return stage.read_json(os.path.join(workdir, "push", push.FILE))
+
+
+def test_an_unblessed_model_is_refused_with_the_reasons(tmp_path, capsys):
+    workdir = _workdir(tmp_path, infra="INFRA_NOT_BLESSED")
+    push.run(_config(), workdir)
+    record = _record(workdir)
+    assert record["pushed"] is False and record["forced"] is False
+    assert record["reasons"] == [
+        "run 'har' is NOT_BLESSED",
+        "failed noisy_rare_vs_erm: accuracy on noisy_rare = 0.4000 vs erm's 0.5000 "
+        "(change -0.1000, relative -0.2000), must be change >= -0.005",
+        "the export is INFRA_NOT_BLESSED",
+    ]
+    assert not os.path.exists(os.path.join(workdir, "serving"))
+    printed = capsys.readouterr().out
+    assert "REFUSED" in printed and "failed noisy_rare_vs_erm" in printed
+
+
+def test_force_push_pushes_and_records_what_it_overrode(tmp_path):
+    workdir = _workdir(tmp_path)
+    push.run(_config(), workdir, force_push=True)
+    record = _record(workdir)
+    assert record["pushed"] is True and record["forced"] is True
+    assert record["reasons"][0] == "run 'har' is NOT_BLESSED"
+    assert os.path.isfile(os.path.join(workdir, "serving", "har", "1", "saved_model.pb"))
+
+
+def test_an_empty_destination_pushes_nothing(tmp_path, capsys):
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)
+    push.run(_config(""), workdir)
+    assert _record(workdir)["pushed"] is False
+    assert "push_destination is empty" in capsys.readouterr().out
+
+
+def test_a_blessed_model_is_pushed_atomically_while_the_server_watches(tmp_path, monkeypatch):
+    """Mid-copy (the copy complete, the rename not yet done) the watching server finds
+    no version; after the push it loads version 1 and answers as the export does."""
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)  # a change of 0: blessed
+    dest = os.path.join(workdir, "serving", "har")
+    server = serve.Server(dest, model_name="har", host="127.0.0.1", port=0, poll_seconds=0.1)
+    server.start()
+    seen_mid_copy = []
+    real_copytree = shutil.copytree
+
+    def copytree(src, dst, *args, **kwargs):  # shutil's own recursion calls it too
+        out = real_copytree(src, dst, *args, **kwargs)
+        if os.path.dirname(dst) == dest:  # the whole version directory is copied
+            server.store.refresh()  # what the poller would see now
+            seen_mid_copy.append((server.store.versions(), serve.find_versions(dest)))
+        return out
+
+    monkeypatch.setattr(push.shutil, "copytree", copytree)
+    try:
+        push.run(_config(), workdir)
+        assert seen_mid_copy == [([], {})]
+        record = _record(workdir)
+        assert record["pushed"] is True and record["reasons"] == []
+        assert record["blessing"] == "BLESSED" and record["forced"] is False
+        assert sorted(os.listdir(dest)) == ["1"]  # no temporary directory left
+        deadline = time.time() + 60
+        while server.store.versions() != [1] and time.time() < deadline:
+            time.sleep(0.1)
+        images = np.random.default_rng(0).integers(0, 256, size=(3, *SHAPE), dtype=np.uint8)
+        status, body = call(server, "POST", "/v1/models/har:predict", {"inputs": images.tolist()})
+        assert status == 200, body
+        expected = reference(os.path.join(workdir, "export", "har", "1"), images)
+        np.testing.assert_allclose(
+            body["outputs"]["probabilities"], expected["probabilities"], rtol=1e-6
+        )
+    finally:
+        server.shutdown()
+
+
+def test_an_existing_version_is_never_overwritten(tmp_path):
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)
+    src = os.path.join(workdir, "export", "har", "1")
+    other = os.path.join(workdir, "serving", "har", "1")
+    os.makedirs(other)
+    with open(os.path.join(other, "saved_model.pb"), "wb") as f:
+        f.write(b"another model")
+    with pytest.raises(stage.PipelineError, match="already exists with other content"):
+        push.run(_config(), workdir)
+    with open(os.path.join(other, "saved_model.pb"), "rb") as f:
+        assert f.read() == b"another model"
+    assert not stage.is_complete(workdir, "push")
+    # An identical copy counts as pushed already.
+    shutil.rmtree(other)
+    shutil.copytree(src, other)
+    push.run(_config(), workdir)
+    record = _record(workdir)
+    assert record["pushed"] is True and record["already_there"] is True
