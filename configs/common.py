@@ -28,9 +28,11 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
             augment=True,
             shuffle_buffer=10_000,
             verbose=1,
-            # tf.distribute strategy the stage trains under: "default" (one device) or
+            # tf.distribute strategy the stage trains under: "default" (one device),
             # "mirrored" (every local GPU; batch_size stays the global batch, split
-            # across replicas; set model.synchronized_bn too). See docs/DISTRIBUTED.md.
+            # across replicas; set model.synchronized_bn too) or "multi_worker" (the
+            # TF_CONFIG cluster; run the stage alone on every worker, all reading
+            # one shared workdir). See docs/DISTRIBUTED.md.
             strategy="default",
             # TensorFlow op determinism (tf.config.experimental.enable_op_determinism)
             # while this stage trains: with the seeded tf.data input, a run resumed

@@ -23,7 +23,8 @@ MODELS = ("resnet", "bilstm")
 OPTIMIZERS = ("sgd", "adam")
 # "default": TensorFlow's default strategy (one device: the first GPU, else the CPU).
 # "mirrored": tf.distribute.MirroredStrategy() (every local GPU, one replica each).
-STRATEGIES = ("default", "mirrored")
+# "multi_worker": MultiWorkerMirroredStrategy over the TF_CONFIG cluster (pipeline.multi_worker).
+STRATEGIES = ("default", "mirrored", "multi_worker")
 _strategies: dict[str, tf.distribute.Strategy] = {}
 
 
@@ -31,6 +32,10 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """The `tf.distribute` strategy a training section names (one per process)."""
     if name not in STRATEGIES:
         raise PipelineError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        from pipeline import multi_worker
+
+        return multi_worker.strategy()
     if name not in _strategies:
         _strategies[name] = (
             tf.distribute.get_strategy() if name == "default" else tf.distribute.MirroredStrategy()
@@ -269,6 +274,18 @@ def fit(
     (if the `tensorboard` package is installed; else a warning). section.verbose is
     Keras's progress output (--quiet sets it to 0, `cli.config_from_flags`).
     """
+    if getattr(section, "strategy", "default") == "multi_worker":
+        from pipeline import multi_worker
+
+        return multi_worker.fit(
+            model,
+            train_ds,
+            section,
+            out_dir=out_dir,
+            callbacks=callbacks,
+            resume=resume,
+            tensorboard=tensorboard,
+        )
     if getattr(section, "deterministic", False):
         tf.config.experimental.enable_op_determinism()
     callbacks = list(callbacks)
@@ -302,6 +319,12 @@ def fit(
             {k: vals[i] for k, vals in result.history.items()}
             for i in range(len(next(iter(result.history.values()), [])))
         ]
+    return finish_fit(model, logs, out_dir, resume=resume)
+
+
+def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool) -> dict:
+    """The end of a fit: every epoch's logs as history.json (refused if not finite),
+    model.keras, and the checkpoints (`resume`) deleted. Returns the history."""
     keys = sorted({k for entry in logs for k in entry})
     hist = {k: [float("nan") if e.get(k) is None else float(e[k]) for e in logs] for k in keys}
     for k, vals in hist.items():

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from har_tf.held_out import split_halves
-from pipeline import data, modeling, stage
+from pipeline import data, modeling, multi_worker, stage
 
 NAME = "pretrain"
 # With config.tau.cross_fit: the model of half B (it predicts half A in estimate_tau).
@@ -29,17 +29,23 @@ def run(config, workdir: str) -> None:
     )
     logging.info("Pretrain split: %d examples in half A, %d in half B", len(half_a), len(half_b))
     # resume: an interrupted attempt continues from its last checkpointed epoch.
-    with stage.stage_output(workdir, NAME, config, resume=True) as out:
-        np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
-        _fit_half(config, workdir, out, half_a)
+    # Several workers (strategy "multi_worker"): only the chief writes.
+    worker = multi_worker.worker(section)
+    writes = worker is None or worker.chief
+    with stage.stage_output(workdir, NAME, config, resume=True, worker=worker) as out:
+        if writes:
+            np.savez(os.path.join(out, "split.npz"), half_a=half_a, half_b=half_b)
+        _fit_half(config, workdir, out, half_a, writes=writes)
         if config.tau.get("cross_fit", False):
-            _fit_half(config, workdir, os.path.join(out, HALF_B), half_b)
+            _fit_half(config, workdir, os.path.join(out, HALF_B), half_b, writes=writes)
 
 
-def _fit_half(config, workdir: str, out: str, keep_ids) -> None:
-    """ERM on the train records with these ids, into `out` (resumed if unfinished)."""
+def _fit_half(config, workdir: str, out: str, keep_ids, *, writes: bool) -> None:
+    """ERM on the train records with these ids, into `out` (resumed if unfinished);
+    `writes`: whether this process writes (False on a multi-worker stage's non-chief)."""
     section = config.pretrain
-    os.makedirs(out, exist_ok=True)
+    if writes:
+        os.makedirs(out, exist_ok=True)
     if modeling.is_fitted(out):
         return
     ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)

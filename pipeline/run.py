@@ -33,6 +33,7 @@ from pipeline import (
     evaluate,
     export,
     modeling,
+    multi_worker,
     preprocess,
     pretrain,
     push,
@@ -101,6 +102,13 @@ def run_pipeline(
             f"unknown --from_stage={from_stage!r}; stages: {', '.join(stage.STAGES)}"
         )
     check_config(config)
+    for section in ("pretrain", "train"):
+        if multi_worker.uses_workers(config[section]):
+            raise stage.PipelineError(
+                f"config.{section}.strategy is 'multi_worker': pipeline.run runs every stage "
+                f"in one process; run the stages alone instead, `python -m pipeline.{section}` "
+                "on every worker (docs/DISTRIBUTED.md)"
+            )
     names = needed_stages(config)
     # One process at a time in a workdir (refuses at once if another holds it).
     fps = stage.fingerprints(config)

@@ -341,7 +341,7 @@ def write_json(path: str, obj: Any) -> None:
 
 @contextlib.contextmanager
 def stage_output(
-    workdir: str, name: str, config: Any = None, *, resume: bool = False
+    workdir: str, name: str, config: Any = None, *, resume: bool = False, worker: Any = None
 ) -> Iterator[str]:
     """Yields `<workdir>/<name>.partial`; on success renames it to `<workdir>/<name>`.
 
@@ -355,12 +355,21 @@ def stage_output(
         fixtures that fake a stage's outputs) records neither.
       resume: keep what an earlier, unfinished attempt left in `.partial` (training
         stages resume from their checkpoints there); otherwise it is cleared.
+      worker: a multi-worker stage's `pipeline.multi_worker.Worker` (None: one
+        process). The chief does all of the above; every other worker writes
+        nothing: it gets the chief's `.partial` once the chief has prepared it (to
+        read what the chief resumes from) and returns once the chief has renamed it.
 
     Raises:
       PipelineError: if the stage already completed in this workdir.
     """
     final = stage_dir(workdir, name)
     partial = final + ".partial"
+    if worker is not None and not worker.chief:
+        worker.barrier()  # the chief has prepared .partial
+        yield partial
+        worker.barrier()  # the chief has renamed it
+        return
     if os.path.exists(final):
         raise PipelineError(f"stage '{name}' already completed in {workdir!r}")
     fingerprint = None if config is None else fingerprints(config)[name]
@@ -375,6 +384,8 @@ def stage_output(
     os.makedirs(partial, exist_ok=True)
     with open(marker, "w") as f:
         f.write(str(fingerprint))
+    if worker is not None:
+        worker.barrier()
     started = time.time()
     yield partial
     os.remove(marker)
@@ -393,6 +404,8 @@ def stage_output(
     os.rename(partial, final)
     logging.info("Stage '%s' complete: %s", name, final)
     discard_stale(workdir, name)
+    if worker is not None:
+        worker.barrier()
 
 
 def _sizes(directory: str) -> dict[str, int]:
@@ -425,11 +438,14 @@ def run_main(
     `force` is the stage main's --force; `check(config)`, if given, runs first
     (`pipeline.run.check_config`: the whole config, before anything runs).
     `verbose` (--verbose): an error raises with its traceback instead.
+    A multi-worker training stage (pipeline.multi_worker) starts its strategy first;
+    its chief does all of the above, the other workers only check and run (they
+    write nothing, and take no lock: the chief holds it).
     """
     try:
         if check is not None:
             check(config)
-        from pipeline import workdir_lock  # it imports this module
+        from pipeline import multi_worker, workdir_lock  # they import this module
 
         # A stage with inputs refuses a workdir that does not exist before taking
         # the lock, which would create it: a mistyped --workdir leaves nothing
@@ -438,7 +454,10 @@ def run_main(
         if not os.path.isdir(workdir):
             for dep in inputs(config, name)[:1]:
                 require(workdir, dep)  # raises, naming the stage to run first
-        with workdir_lock.held(workdir):
+        section = config.get(name) if hasattr(config, "get") else None
+        worker = multi_worker.worker(section)
+        lock = workdir_lock.held if worker is None or worker.chief else _no_lock
+        with lock(workdir):
             fps = fingerprints(config)
             for dep in inputs(config, name):
                 if state(workdir, dep, fps[dep]) == "incomplete":
@@ -459,9 +478,19 @@ def run_main(
                     "become stale too), or run `python -m pipeline.run`, which reruns it "
                     "and every later stage"
                 )
-            run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
+            if worker is not None and not worker.chief:
+                run_fn(config, workdir)
+            else:
+                run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
     except PipelineError as e:
         if verbose:  # --verbose: the traceback
             raise
         print(f"error: {name}: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _no_lock(workdir: str) -> Iterator[None]:
+    """What a multi-worker stage's other workers hold: nothing (the chief holds the lock)."""
+    del workdir
+    yield

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from har_tf.callbacks import DeferredReweighting
-from pipeline import data, epoch_eval, modeling, stage
+from pipeline import data, epoch_eval, modeling, multi_worker, stage
 
 NAME = "train"
 REGULARIZERS = ("none", "uniform", "har")
@@ -58,14 +58,17 @@ def run(config, workdir: str) -> None:
     class_counts = np.bincount(labels, minlength=config.data.num_classes)
     # resume: runs an interrupted attempt finished are kept, and the run it was in
     # continues from its last checkpointed epoch.
-    with stage.stage_output(workdir, NAME, config, resume=True) as out:
+    # Several workers (strategy "multi_worker"): only the chief writes.
+    worker = multi_worker.worker(section)
+    with stage.stage_output(workdir, NAME, config, resume=True, worker=worker) as out:
         for name, run_cfg in section.runs.items():
             run_dir = os.path.join(out, name)
             if modeling.is_fitted(run_dir):
                 logging.info("Run %r already trained in %s; keeping it.", name, run_dir)
                 continue
             logging.info("Training run %r (%s, lam=%s)", name, run_cfg.regularizer, run_cfg.lam)
-            os.makedirs(run_dir, exist_ok=True)
+            if worker is None or worker.chief:
+                os.makedirs(run_dir, exist_ok=True)
             lam = 0.0 if run_cfg.regularizer == "none" else run_cfg.lam
             model = modeling.build_har_model(
                 config,
