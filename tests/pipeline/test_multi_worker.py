@@ -172,7 +172,7 @@ def test_two_workers_write_once_agree_and_train_as_one_device(inputs, two, tmp_p
         )
         assert len(_history(workdir, run)["loss"]) == 2
         assert "test_accuracy" in _history(workdir, run)  # the per-epoch test pass
-    assert sorted(os.listdir(workdir)) == ["pipeline.lock", "preprocess", "train"]
+    assert sorted(os.listdir(workdir)) == ["pipeline.lock", "preprocess", "schema", "train"]
     assert os.path.isfile(workdir / "train" / "metadata.json")
     # Each worker compared its weights with the chief's after each run (a collective).
     for out in outputs:
@@ -226,7 +226,7 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(inputs, tmp_path):
     out = _wait([_start(workdir, *WORKERS, module="pipeline.train")], returncode=1)[0]
     assert "error: train: strategy 'multi_worker' needs TF_CONFIG, which is not set" in out
     assert "Traceback" not in out
-    assert sorted(os.listdir(workdir)) == ["pipeline.lock", "preprocess"]
+    assert sorted(os.listdir(workdir)) == ["pipeline.lock", "preprocess", "schema"]
 
 
 def _task(tf_config) -> multi_worker.Task:
