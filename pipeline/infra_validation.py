@@ -63,6 +63,7 @@ def _server_command(base_path: str, model_name: str) -> list[str]:
         "--host=127.0.0.1",
         "--port=0",
         "--poll_seconds=3600",  # one model, loaded at start: no polling needed
+        f"--parent_pid={os.getpid()}",  # gone with this process, even on SIGKILL
     ]
 
 

@@ -44,7 +44,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -347,10 +349,32 @@ class Server:
         self.http.shutdown()
 
 
+def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> threading.Thread:
+    """Stops this server once process `parent_pid`, which started it, is gone.
+
+    A server started for a check (infra validation, once per export) must not
+    outlive a parent killed by SIGKILL, which cannot stop it. A daemon thread
+    watches for this process to be re-parented and then sends itself SIGINT, the
+    clean shutdown of `main`; a parent already gone when it starts counts too.
+    """
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        logging.warning("Process %d, which started this server, is gone; stopping.", parent_pid)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
+    if FLAGS.parent_pid:
+        exit_with_parent(FLAGS.parent_pid)
     if not os.path.isdir(FLAGS.model_base_path):
         raise app.UsageError(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
     token = None
@@ -414,6 +438,13 @@ def define_flags() -> None:
         None,
         "A file holding a bearer token; every request must then send "
         "`Authorization: Bearer <token>`.",
+    )
+    flags.DEFINE_integer(
+        "parent_pid",
+        0,
+        "If set, the PID of the process that started the server: the server stops "
+        "when that process is gone (for servers started by a program, e.g. infra "
+        "validation).",
     )
     flags.mark_flag_as_required("model_base_path")
 

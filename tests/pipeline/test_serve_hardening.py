@@ -193,3 +193,50 @@ def test_json_depth_is_linear_on_a_large_image_body():
     start = time.monotonic()
     assert serving_http.json_depth(body) == 5
     assert time.monotonic() - start < 5
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ("" once it is reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_server_given_parent_pid_stops_when_its_parent_is_killed(tmp_path):
+    """A parent starts the server with --parent_pid and is then SIGKILLed (as an export
+    stage might be during its infra validation): the server stops by itself."""
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'pipeline.serve', "
+        f"'--model_base_path={tmp_path}', '--port=0', f'--parent_pid={{os.getpid()}}'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server = 0
+    try:
+        server = int(parent.stdout.readline())
+        # Up and serving (its one line on the shared stdout), then the parent dies.
+        line = parent.stdout.readline()
+        assert line.startswith("Serving model"), line
+        assert _state(server) not in ("", "Z")
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _state(server) not in ("", "Z") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _state(server) in ("", "Z"), "the server outlived its parent"
+    finally:
+        parent.kill()
+        if server and _state(server) not in ("", "Z"):
+            os.kill(server, 9)
