@@ -373,6 +373,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
+    # SIGINT and SIGTERM end serve_forever through KeyboardInterrupt (a clean
+    # shutdown), also when the server was started with SIGINT ignored (a
+    # background job of a non-interactive shell), where Python sets no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if FLAGS.parent_pid:
         exit_with_parent(FLAGS.parent_pid)
     if not os.path.isdir(FLAGS.model_base_path):
