@@ -8,6 +8,7 @@ The `tiny_har` fixture (tests/conftest.py) builds a compiled HARModel on
 from __future__ import annotations
 
 import json
+import socket
 
 import keras
 import numpy as np
@@ -64,3 +65,16 @@ def run_model_saving_test(model: keras.Model, path, x=None):
             loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
         )
     return loaded
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held together while chosen, so that
+    they differ), for servers and workers started by a test."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

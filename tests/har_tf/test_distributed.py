@@ -17,7 +17,6 @@ caught) by 10^4.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -217,20 +216,9 @@ def test_jit_compile_is_allowed_on_one_device():
     assert np.isfinite(history["loss"][0]) and history["reg"][0] > 0
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.mark.slow
 def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
-    ports = ",".join(str(p) for p in _free_ports(2))
+    ports = ",".join(str(p) for p in harness.free_ports(2))
     paths = [str(tmp_path / f"worker{i}.npz") for i in range(2)]
     _wait_all([_start("worker", str(i), ports, paths[i]) for i in range(2)])
     workers = [_load(p) for p in paths]

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import pytest
 
 from pipeline import modeling, multi_worker
 from pipeline.stage import PipelineError
+from tests import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
@@ -103,19 +103,8 @@ def _wait(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
     return outputs
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _two_workers(workdir) -> list[subprocess.Popen]:
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    hosts = [f"127.0.0.1:{p}" for p in harness.free_ports(2)]
     return [
         _start(
             workdir,
