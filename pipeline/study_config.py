@@ -73,7 +73,13 @@ class Job:
     lam: float | None  # None: its selection is pending
 
     def run_name(self, regularizer: str) -> str:
-        return self.method if regularizer == "none" else f"{self.method}_lam{self.lam:g}"
+        return self.method if regularizer == "none" else f"{self.method}_lam{lam_label(self.lam)}"
+
+
+def lam_label(lam: float) -> str:
+    """A lambda as it appears in a run name: `:g` with "p" for the decimal point (0.01 ->
+    "0p01"), since the name is a key of config.train.runs, which takes no dots."""
+    return f"{lam:g}".replace(".", "p")
 
 
 def _plain(value):
@@ -192,11 +198,12 @@ def validate(study, root: str = "") -> None:
         )
     for setting in study.settings:
         for method in setting_methods(study, setting):
-            config = pipeline_config(study, Job(setting, 0, method, 1.0), root)
-            try:
-                train.validate_runs(config.train.runs)
-            except stage.PipelineError as e:
-                raise StudyConfigError(f"methods.{method}: {e}") from None
+            for lam in tuple(study.methods[method].lam_grid) or (1.0,):
+                config = pipeline_config(study, Job(setting, 0, method, float(lam)), root)
+                try:
+                    train.validate_runs(config.train.runs)
+                except stage.PipelineError as e:
+                    raise StudyConfigError(f"methods.{method}: {e}") from None
 
 
 def setting_methods(study, setting: str) -> list[str]:

@@ -2,6 +2,7 @@
 and the CLI end to end (smoke study, rerun, SIGKILL and resume)."""
 
 import glob
+import importlib
 import json
 import math
 import os
@@ -273,6 +274,38 @@ def test_bad_study_config_names_the_field(tmp_path, edit, message):
     with pytest.raises(StudyConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         Study(_bad(edit), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_fractional_lambda_makes_a_usable_run_name(tmp_path):
+    config = smoke.get_config()
+    config.methods.har.lam_grid = (0.01, 0.5, 2.0)
+    Study(config, str(tmp_path / "w"))  # builds every grid run's pipeline config
+    job = Job("main", 0, "har", 0.01)
+    assert job.run_name("har") == "har_lam0p01"
+    runs = study_config.pipeline_config(config, job, REPO).train.runs
+    assert list(runs) == ["har_lam0p01"] and runs.har_lam0p01.lam == 0.01
+    assert Job("main", 0, "har", 20.0).run_name("har") == "har_lam20"  # as before
+
+
+SHIPPED_STUDIES = [("fm_hetero", None), ("fm_hetero", "smoke_sizes"), ("imdb_hetero", None),
+                   ("smoke", None), ("smoke", "all")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,variant", SHIPPED_STUDIES)
+def test_every_shipped_study_config_builds_every_run(tmp_path, name, variant):
+    """Each study config in configs/studies validates and every job of its plan, at
+    every grid lambda, has a pipeline config (a study that runs for hours must not
+    fail at its last config)."""
+    module = importlib.import_module(f"configs.studies.{name}")
+    config = module.get_config(variant) if variant else module.get_config()
+    study = Study(config, str(tmp_path / "w"))
+    grids = {n: tuple(m.lam_grid) for n, m in config.methods.items() if tuple(m.lam_grid)}
+    selected = {n: grid[0] for n, grid in grids.items()}
+    jobs = study_config.plan(config, selected)
+    assert jobs and all(j.lam is not None for j in jobs)
+    for job in jobs:
+        runs = study.job_config(job).train.runs
+        assert list(runs) == [job.run_name(config.methods[job.method].regularizer)]
 
 
 def test_plan_order_puts_grids_first_and_selected_lam_after():
