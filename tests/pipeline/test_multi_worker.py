@@ -1,4 +1,4 @@
-"""config.train.strategy = "multi_worker": the train stage on two worker processes.
+"""strategy = "multi_worker": the train and pretrain stages on two worker processes.
 
 Two `python -m pipeline.train` processes on 127.0.0.1, given TF_CONFIG, share one
 workdir (as machines share a filesystem). The stage completes with its outputs
@@ -19,6 +19,8 @@ Measured on one batch of 32: float32 two workers 9.2e-5 from float64, float32
 one device 1.4e-6; float64 two workers 5e-10 from float64 one device; two
 workers fed identical halves (no cancellation) agree with one device in float32.
 The model tests' small random images do not reach that regime.
+
+Pretrain runs likewise on its half A (78 examples, global batches of 26).
 
 The data: the smoke config cut to 256 training images (162 after its class
 imbalance), global batches of 54 (3 steps an epoch: under several workers the
@@ -51,18 +53,25 @@ TRAIN = [
     "--config.train.epochs=2",
     "--config.train.batch_size=54",
 ]
-WORKERS = [*TRAIN, "--config.train.strategy=multi_worker", "--config.model.synchronized_bn=True"]
+SYNC_BN = "--config.model.synchronized_bn=True"
+WORKERS = [*TRAIN, "--config.train.strategy=multi_worker", SYNC_BN]
+PRETRAIN = [
+    *DATA,
+    "--config.pretrain.epochs=2",
+    "--config.pretrain.batch_size=26",
+]
+PRETRAIN_WORKERS = [*PRETRAIN, "--config.pretrain.strategy=multi_worker", SYNC_BN]
 RUNS = ("erm", "har")
 RTOL, ATOL = 1e-4, 1e-6  # tests/har_tf/test_distributed.py's
 TIMEOUT = 600
-# `python -m pipeline.train` in float64, one thread per TensorFlow pool (two workers
-# share this machine's cores).
+# `python -m <stage>` in float64, one thread per TensorFlow pool (two workers share
+# this machine's cores).
 FLOAT64_MAIN = (
     "import runpy, keras, tensorflow as tf;"
     "tf.config.threading.set_intra_op_parallelism_threads(1);"
     "tf.config.threading.set_inter_op_parallelism_threads(1);"
     "keras.config.set_dtype_policy('float64');"
-    "runpy.run_module('pipeline.train', run_name='__main__', alter_sys=True)"
+    "runpy.run_module('%s', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -74,8 +83,11 @@ def _env(tf_config=None) -> dict:
     return env
 
 
-def _start(workdir, *args, module=None, tf_config=None) -> subprocess.Popen:
-    main = ["-m", module] if module else ["-c", FLOAT64_MAIN]
+def _start(
+    workdir, *args, module=None, float64="pipeline.train", tf_config=None
+) -> subprocess.Popen:
+    """`python -m module`, or (no module) the stage `float64` in float64."""
+    main = ["-m", module] if module else ["-c", FLOAT64_MAIN % float64]
     return subprocess.Popen(
         [sys.executable, *main, f"--config={CONFIG}", f"--workdir={workdir}", *args],
         cwd=REPO,
@@ -103,26 +115,39 @@ def _wait(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
     return outputs
 
 
-def _two_workers(workdir) -> list[subprocess.Popen]:
+def _two_workers(workdir, args=WORKERS, stage="pipeline.train") -> list[subprocess.Popen]:
     hosts = [f"127.0.0.1:{p}" for p in harness.free_ports(2)]
     return [
         _start(
             workdir,
-            *WORKERS,
+            *args,
+            float64=stage,
             tf_config={"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}},
         )
         for i in range(2)
     ]
 
 
-def _weights(workdir, run: str) -> dict[str, np.ndarray]:
-    model = modeling.load_model(os.path.join(workdir, "train", run, "model.keras"))
+def _weights(workdir, run: str, stage: str = "train") -> dict[str, np.ndarray]:
+    model = modeling.load_model(os.path.join(workdir, stage, run, "model.keras"))
     return {w.path: np.asarray(w.numpy()) for w in model.weights}
 
 
-def _history(workdir, run: str) -> dict:
-    with open(os.path.join(workdir, "train", run, "history.json")) as f:
+def _history(workdir, run: str, stage: str = "train") -> dict:
+    with open(os.path.join(workdir, stage, run, "history.json")) as f:
         return json.load(f)
+
+
+def _assert_trained_alike(got_dir, want_dir, run: str, stage: str) -> None:
+    """Weights within the model tests' tolerance; histories to 1e-5."""
+    got, want = _weights(got_dir, run, stage), _weights(want_dir, run, stage)
+    assert got.keys() == want.keys()
+    for name, ref in want.items():
+        np.testing.assert_allclose(got[name], ref, rtol=RTOL, atol=ATOL, err_msg=name)
+    h_got, h_want = _history(got_dir, run, stage), _history(want_dir, run, stage)
+    assert h_got.keys() == h_want.keys()
+    for key in h_want:
+        np.testing.assert_allclose(h_got[key], h_want[key], rtol=1e-5, err_msg=key)
 
 
 def _files(directory) -> list[str]:
@@ -171,16 +196,37 @@ def test_two_workers_write_once_agree_and_train_as_one_device(inputs, two, tmp_p
     shutil.copytree(inputs, one)
     _wait([_start(one, *TRAIN)])
     for run in RUNS:
-        got, want = _weights(workdir, run), _weights(one, run)
-        assert got.keys() == want.keys()
-        for name, ref in want.items():
-            np.testing.assert_allclose(got[name], ref, rtol=RTOL, atol=ATOL, err_msg=name)
-        h_two, h_one = _history(workdir, run), _history(one, run)
-        assert h_two.keys() == h_one.keys()
-        for key in h_one:
-            np.testing.assert_allclose(h_two[key], h_one[key], rtol=1e-5, err_msg=key)
+        _assert_trained_alike(workdir, one, run, "train")
     # The runs trained: the loss moved far beyond that tolerance.
     assert abs(_history(one, "erm")["loss"][1] - _history(one, "erm")["loss"][0]) > 1e-2
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_workers_writes_once_and_trains_as_one_device(inputs, tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    shutil.copytree(inputs, two)
+    shutil.copytree(inputs, one)
+    procs = _two_workers(two, PRETRAIN_WORKERS, "pipeline.pretrain")
+    outputs = _wait([*procs, _start(one, *PRETRAIN, float64="pipeline.pretrain")])[:2]
+
+    # Written once, by the chief: the one-device stage's files, no .partial left.
+    def written(w):
+        return [f for f in _files(w / "pretrain") if "tensorboard/" not in f]
+
+    assert written(two) == written(one)
+    assert {"split.npz", "model.keras", "history.json"} <= set(written(one))
+    assert sorted(os.listdir(two)) == ["pipeline.lock", "preprocess", "pretrain", "schema"]
+    for out in outputs:  # the weights checked against the chief's
+        assert out.count("Weights identical to the chief's") == 1, out[-3000:]
+    with (
+        np.load(two / "pretrain" / "split.npz") as got,
+        np.load(one / "pretrain" / "split.npz") as want,
+    ):
+        for half in ("half_a", "half_b"):
+            np.testing.assert_array_equal(got[half], want[half])
+    _assert_trained_alike(two, one, "", "pretrain")
+    loss = _history(one, "", "pretrain")["loss"]
+    assert abs(loss[1] - loss[0]) > 1e-2  # it trained far beyond the tolerance
 
 
 @pytest.mark.slow
