@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -229,25 +230,48 @@ class HARClassifier:
         data = _Data(x, y, batch_size=self.batch_size, seed=self.seed)
         num_classes = int(self._backbone().outputs[0].shape[-1])
         labels = data.labels
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"y[{i}] = {labels[i]} is outside [0, {num_classes}) (the backbone has "
-                f"{num_classes} logits)"
-            )
-        counts = np.bincount(labels, minlength=num_classes)
-        if np.any(counts == 0):
-            raise ValueError(
-                f"class {int(np.argmax(counts == 0))} has no example in y: HAR estimates "
-                f"a tau for each of the backbone's {num_classes} classes"
-            )
-        held_out.check_splittable(labels, num_classes)
-
-        positions = np.arange(len(labels))
-        half_a, half_b = held_out.split_halves(
-            positions, labels, seed=self.seed, stratified=self.stratified
+        _check_labels(labels, num_classes)
+        held = self._held_out(data, num_classes, callbacks=pretrain_callbacks, verbose=verbose)
+        scored = held.scored
+        result = held_out.class_tau(
+            labels,
+            labels[scored],
+            np.argmax(held.proba[scored], axis=1),
+            num_classes,
+            uncertainty_exponent=self.uncertainty_exponent,
+            density_exponent=self.density_exponent,
+            error_floor=self.error_floor,
         )
+        issues = rates = None
+        if self.find_label_issues:
+            issues = label_issues.find_label_issues(labels[scored], held.proba[scored], ids=scored)
+            rates = label_issues.noise_rates(labels[scored], held.proba[scored])
+        model = self._new_model(lam=self.lam, tau=result.tau)
+        history = model.fit(
+            **data.fit_inputs(np.arange(len(labels))),
+            epochs=self.epochs,
+            validation_data=validation_data,
+            callbacks=callbacks,
+            verbose=verbose,
+        ).history
+        # Only now, so that a fit that fails leaves an earlier fit's results intact.
+        self.model_, self.history_ = model, history
+        self.pretrain_histories_, self.pretrain_seconds_ = held.histories, held.seconds
+        self.halves_, self.held_out_proba_ = held.halves, held.proba
+        self.tau_, self.class_error_ = result.tau, result.errors
+        self.class_counts_, self.held_out_counts_ = result.counts, result.held_out
+        self.classes_ = np.arange(num_classes)
+        self.label_issues_, self.noise_rate_ = issues, rates
+        return self
+
+    def _held_out(self, data: _Data, num_classes: int, *, callbacks, verbose) -> _HeldOut:
+        """Steps 1-2 of Algorithm 1: ERM on half A predicts half B (and, with
+        cross_fit, the other way round)."""
+        labels = data.labels
+        halves = held_out.split_halves(
+            np.arange(len(labels)), labels, seed=self.seed, stratified=self.stratified
+        )
+        half_a, half_b = halves
         directions = [(half_a, half_b)] + ([(half_b, half_a)] if self.cross_fit else [])
         proba = np.full((len(labels), num_classes), np.nan)
         histories, seconds = [], []
@@ -257,43 +281,14 @@ class HARClassifier:
             fitted = model.fit(
                 **data.fit_inputs(train_idx),
                 epochs=self.pretrain_epochs,
-                callbacks=pretrain_callbacks,
+                callbacks=callbacks,
                 verbose=verbose,
             )
             proba[predict_idx] = held_out.softmax(data.predict(model, predict_idx))
             seconds.append(time.perf_counter() - start)
             histories.append(fitted.history)
         scored = np.sort(np.concatenate([d[1] for d in directions]))
-        result = held_out.class_tau(
-            labels,
-            labels[scored],
-            np.argmax(proba[scored], axis=1),
-            num_classes,
-            uncertainty_exponent=self.uncertainty_exponent,
-            density_exponent=self.density_exponent,
-            error_floor=self.error_floor,
-        )
-        issues = rates = None
-        if self.find_label_issues:
-            issues = label_issues.find_label_issues(labels[scored], proba[scored], ids=scored)
-            rates = label_issues.noise_rates(labels[scored], proba[scored])
-        model = self._new_model(lam=self.lam, tau=result.tau)
-        history = model.fit(
-            **data.fit_inputs(positions),
-            epochs=self.epochs,
-            validation_data=validation_data,
-            callbacks=callbacks,
-            verbose=verbose,
-        ).history
-        # Only now, so that a fit that fails leaves an earlier fit's results intact.
-        self.model_, self.history_ = model, history
-        self.pretrain_histories_, self.pretrain_seconds_ = histories, seconds
-        self.halves_, self.held_out_proba_ = (half_a, half_b), proba
-        self.tau_, self.class_error_ = result.tau, result.errors
-        self.class_counts_, self.held_out_counts_ = result.counts, result.held_out
-        self.classes_ = np.arange(num_classes)
-        self.label_issues_, self.noise_rate_ = issues, rates
-        return self
+        return _HeldOut(halves, proba, scored, histories, seconds)
 
     # -- inference -----------------------------------------------------------------
 
@@ -319,6 +314,35 @@ class HARClassifier:
         self._fitted_model()
         data = _Data(x, y, batch_size=self.batch_size, seed=self.seed)
         return float(np.mean(self.predict(data.inputs(np.arange(len(data.labels)))) == data.labels))
+
+
+@dataclasses.dataclass(frozen=True)
+class _HeldOut:
+    """The held-out predictions of Algorithm 1's pretraining."""
+
+    halves: tuple[np.ndarray, np.ndarray]  # positions of half A, half B
+    proba: np.ndarray  # [N, C] softmax; NaN on rows no pretrained model predicted
+    scored: np.ndarray  # sorted positions that hold a prediction
+    histories: list[dict]  # each pretraining's Keras history
+    seconds: list[float]  # each pretraining's wall time
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    """Every label in [0, C), every class present, each splittable into halves."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"y[{i}] = {labels[i]} is outside [0, {num_classes}) (the backbone has "
+            f"{num_classes} logits)"
+        )
+    counts = np.bincount(labels, minlength=num_classes)
+    if np.any(counts == 0):
+        raise ValueError(
+            f"class {int(np.argmax(counts == 0))} has no example in y: HAR estimates "
+            f"a tau for each of the backbone's {num_classes} classes"
+        )
+    held_out.check_splittable(labels, num_classes)
 
 
 def _labels(y) -> np.ndarray:
