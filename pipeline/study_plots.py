@@ -108,6 +108,8 @@ def _memorization(curves: dict, setting: str, path: str) -> None:
 
 
 def markdown(result: dict, plots: dict, runtimes: dict) -> str:
+    """study.md: the state, each lambda selection, each setting's tables, failures,
+    figures and runtimes."""
     primary, ref = result["primary_group"], result["reference"]
     state = "COMPLETE" if result["complete"] else "PARTIAL (runs still to come; figures may change)"
     code = result["code"]
@@ -122,76 +124,9 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         "[95% t-interval] (n seeds).",
     ]
     for method, sel in result["selection"].items():
-        lines += [
-            "",
-            f"## lambda selection for `{method}` (validation split, noisy labels)",
-            "",
-            f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
-            "",
-            "| lam | validation mean per-class accuracy per seed (%) | mean (%) | status |",
-            "|---|---|---|---|",
-        ]
-        for lam, row in sel["table"].items():
-            vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
-            lines.append(f"| {lam} | {vals} | {_pct(row['mean'])} | {row['status']} |")
-        chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
-        oracle = sel["oracle_on_test"]
-        lines += [
-            "",
-            f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
-            f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
-            "",
-            f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
-            "|---|---|",
-        ]
-        for lam, s in oracle[f"test_{primary}"].items():
-            lines.append(f"| {lam} | {_ci(s)} |")
+        lines += _selection_lines(method, sel, primary)
     for setting, agg in result["settings"].items():
-        methods = agg["methods"]
-        groups = next((list(r["groups"]) for r in methods.values() if r["groups"]), [primary])
-        lines += [
-            "",
-            f"## Setting `{setting}`",
-            "",
-            "| method | lam | seeds done / planned | "
-            + " | ".join(groups)
-            + " | overall | train acc. vs noisy labels | wrong labels memorized |",
-            "|---" * (len(groups) + 6) + "|",
-        ]
-        for m, r in methods.items():
-            lam = "pending" if r["lam"] is None else f"{r['lam']:g}"
-            mem = r["memorization"]
-            lines.append(
-                f"| {m} | {lam} | {len(r['seeds_done'])} / {len(r['seeds_planned'])} | "
-                + " | ".join(_ci(r["groups"].get(g)) for g in groups)
-                + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
-            )
-        diffs = agg[f"paired_minus_{ref}"]
-        lines += [
-            "",
-            f"Paired difference against `{ref}` on the same seeds (percent points):",
-            "",
-            "| method | " + " | ".join(groups) + " | overall |",
-            "|---" * (len(groups) + 2) + "|",
-        ]
-        for m, d in diffs.items():
-            lines.append(
-                f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
-            )
-        num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
-        if num_classes:
-            lines += [
-                "",
-                "Per class (mean over seeds, %):",
-                "",
-                "| method | " + " | ".join(str(c) for c in range(num_classes)) + " |",
-                "|---" * (num_classes + 1) + "|",
-            ]
-            for m, r in methods.items():
-                if r["per_class"]:
-                    lines.append(
-                        f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
-                    )
+        lines += _setting_lines(setting, agg, primary, ref)
     if result["runs_failed"]:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
@@ -199,14 +134,97 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         lines += ["", "## Figures", ""]
         lines += [f"![{title}]({name})" for title, name in plots.items()]
     if runtimes:
+        lines += _runtime_lines(runtimes)
+    return "\n".join(lines) + "\n"
+
+
+def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
+    """The validation table that selected a method's lambda, and the oracle beside it."""
+    lines = [
+        "",
+        f"## lambda selection for `{method}` (validation split, noisy labels)",
+        "",
+        f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
+        "",
+        "| lam | validation mean per-class accuracy per seed (%) | mean (%) | status |",
+        "|---|---|---|---|",
+    ]
+    for lam, row in sel["table"].items():
+        vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
+        lines.append(f"| {lam} | {vals} | {_pct(row['mean'])} | {row['status']} |")
+    chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
+    oracle = sel["oracle_on_test"]
+    lines += [
+        "",
+        f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
+        f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
+        "",
+        f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
+        "|---|---|",
+    ]
+    for lam, s in oracle[f"test_{primary}"].items():
+        lines.append(f"| {lam} | {_ci(s)} |")
+    return lines
+
+
+def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]:
+    """A setting's accuracy and memorization per method, paired differences, per class."""
+    methods = agg["methods"]
+    groups = next((list(r["groups"]) for r in methods.values() if r["groups"]), [primary])
+    lines = [
+        "",
+        f"## Setting `{setting}`",
+        "",
+        "| method | lam | seeds done / planned | "
+        + " | ".join(groups)
+        + " | overall | train acc. vs noisy labels | wrong labels memorized |",
+        "|---" * (len(groups) + 6) + "|",
+    ]
+    for m, r in methods.items():
+        lam = "pending" if r["lam"] is None else f"{r['lam']:g}"
+        mem = r["memorization"]
+        lines.append(
+            f"| {m} | {lam} | {len(r['seeds_done'])} / {len(r['seeds_planned'])} | "
+            + " | ".join(_ci(r["groups"].get(g)) for g in groups)
+            + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
+        )
+    lines += [
+        "",
+        f"Paired difference against `{ref}` on the same seeds (percent points):",
+        "",
+        "| method | " + " | ".join(groups) + " | overall |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for m, d in agg[f"paired_minus_{ref}"].items():
+        lines.append(
+            f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
+        )
+    num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
+    if num_classes:
         lines += [
             "",
-            "## Runtime (train stage, wall clock)",
+            "Per class (mean over seeds, %):",
             "",
-            "| setting, kind | runs | mean s | total s |",
-            "|---|---|---|---|",
+            "| method | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+            "|---" * (num_classes + 1) + "|",
         ]
-        for key, runs in runtimes.items():
-            v = list(runs.values())
-            lines.append(f"| {key} | {len(v)} | {np.mean(v):.0f} | {np.sum(v):.0f} |")
-    return "\n".join(lines) + "\n"
+        for m, r in methods.items():
+            if r["per_class"]:
+                lines.append(
+                    f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
+                )
+    return lines
+
+
+def _runtime_lines(runtimes: dict) -> list[str]:
+    lines = [
+        "",
+        "## Runtime (train stage, wall clock)",
+        "",
+        "| setting, kind | runs | mean s | total s |",
+        "|---|---|---|---|",
+    ]
+    for key, runs in runtimes.items():
+        v = list(runs.values())
+        lines.append(f"| {key} | {len(v)} | {np.mean(v):.0f} | {np.sum(v):.0f} |")
+    return lines
