@@ -137,43 +137,7 @@ def validate(study, root: str = "") -> None:
     _check_names(study.settings, "settings")
     _check_seeds(study.grid_seeds, "grid_seeds")
     for name, m in study.methods.items():
-        where = f"methods.{name}"
-        for key in m:
-            if key not in METHOD_FIELDS:
-                raise StudyConfigError(
-                    f"{where}: unknown field {key!r} (known: {', '.join(METHOD_FIELDS)})"
-                )
-        if m.regularizer not in train.REGULARIZERS:
-            raise StudyConfigError(
-                f"{where}.regularizer: {m.regularizer!r} is not one of {train.REGULARIZERS}"
-            )
-        _check_seeds(m.seeds, f"{where}.seeds")
-        grid = tuple(m.lam_grid)
-        for lam in grid:
-            if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
-                raise StudyConfigError(f"{where}.lam_grid holds {lam!r}: every lam must be > 0")
-        if len(set(grid)) != len(grid):
-            raise StudyConfigError(f"{where}.lam_grid repeats a value: {grid}")
-        if m.regularizer == "none":
-            if m.lam or grid or m.lam_from:
-                raise StudyConfigError(f"{where}: an ERM method (regularizer 'none') takes no lam")
-            continue
-        sources = [bool(m.lam), bool(grid), bool(m.lam_from)]
-        if m.lam < 0 or not math.isfinite(m.lam):
-            raise StudyConfigError(f"{where}.lam must be > 0, got {m.lam}")
-        if sum(sources) == 0:
-            raise StudyConfigError(
-                f"{where}.lam_grid is empty and neither lam nor lam_from is set: a "
-                f"{m.regularizer} method needs a lambda"
-            )
-        if sum(sources) > 1:
-            raise StudyConfigError(f"{where}: give only one of lam, lam_grid and lam_from")
-        if grid and not set(study.grid_seeds) <= set(m.seeds):
-            raise StudyConfigError(f"{where}.seeds must include every grid seed")
-        if m.lam_from:
-            ref = study.methods.get(m.lam_from)
-            if ref is None or not tuple(ref.lam_grid):
-                raise StudyConfigError(f"{where}.lam_from: {m.lam_from!r} is not a grid method")
+        _validate_method(study, name, m)
     ref = study.methods.get(study.reference)
     if ref is None or ref.regularizer != "none":
         raise StudyConfigError(f"reference: {study.reference!r} is not an ERM method of methods")
@@ -204,6 +168,48 @@ def validate(study, root: str = "") -> None:
                     train.validate_runs(config.train.runs)
                 except stage.PipelineError as e:
                     raise StudyConfigError(f"methods.{method}: {e}") from None
+
+
+def _validate_method(study, name: str, m) -> None:
+    """One method's fields: known, a known regularizer, seeds, and exactly one source
+    of lambda where it needs one."""
+    where = f"methods.{name}"
+    for key in m:
+        if key not in METHOD_FIELDS:
+            raise StudyConfigError(
+                f"{where}: unknown field {key!r} (known: {', '.join(METHOD_FIELDS)})"
+            )
+    if m.regularizer not in train.REGULARIZERS:
+        raise StudyConfigError(
+            f"{where}.regularizer: {m.regularizer!r} is not one of {train.REGULARIZERS}"
+        )
+    _check_seeds(m.seeds, f"{where}.seeds")
+    grid = tuple(m.lam_grid)
+    for lam in grid:
+        if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
+            raise StudyConfigError(f"{where}.lam_grid holds {lam!r}: every lam must be > 0")
+    if len(set(grid)) != len(grid):
+        raise StudyConfigError(f"{where}.lam_grid repeats a value: {grid}")
+    if m.regularizer == "none":
+        if m.lam or grid or m.lam_from:
+            raise StudyConfigError(f"{where}: an ERM method (regularizer 'none') takes no lam")
+        return
+    sources = [bool(m.lam), bool(grid), bool(m.lam_from)]
+    if m.lam < 0 or not math.isfinite(m.lam):
+        raise StudyConfigError(f"{where}.lam must be > 0, got {m.lam}")
+    if sum(sources) == 0:
+        raise StudyConfigError(
+            f"{where}.lam_grid is empty and neither lam nor lam_from is set: a "
+            f"{m.regularizer} method needs a lambda"
+        )
+    if sum(sources) > 1:
+        raise StudyConfigError(f"{where}: give only one of lam, lam_grid and lam_from")
+    if grid and not set(study.grid_seeds) <= set(m.seeds):
+        raise StudyConfigError(f"{where}.seeds must include every grid seed")
+    if m.lam_from:
+        ref = study.methods.get(m.lam_from)
+        if ref is None or not tuple(ref.lam_grid):
+            raise StudyConfigError(f"{where}.lam_from: {m.lam_from!r} is not a grid method")
 
 
 def setting_methods(study, setting: str) -> list[str]:
