@@ -150,74 +150,75 @@ def aggregate(study, runs: dict, selection: dict) -> dict:
     """Per setting and method: summaries over seeds, and paired differences vs the
     reference method on the same seeds."""
     c = study.config
+    selected = {k: v["selected"] for k, v in selection.items()}
     out = {}
     for setting in c.settings:
         methods, results = {}, {}
         for name in study_config.setting_methods(c, setting):
-            lam = study_config.lam_of(c, name, {k: v["selected"] for k, v in selection.items()})
+            lam = study_config.lam_of(c, name, selected)
             seeds = study_config.setting_seeds(c, setting, name)
             per_seed = {}
-            for seed in seeds:
-                if lam is None:
-                    continue
+            for seed in seeds if lam is not None else ():
                 r = runs.get(
                     f"{setting}/seed{seed}/{study.run_name(Job(setting, seed, name, lam))}"
                 )
                 if r and "failed" not in r:
                     per_seed[seed] = r
             results[name] = per_seed
-            groups = list(next(iter(per_seed.values()))["test"]["groups"]) if per_seed else []
-            num_classes = len(next(iter(per_seed.values()))["test"]["per_class"]) if per_seed else 0
             methods[name] = {
                 "lam": lam,
                 "seeds_planned": seeds,
                 "seeds_done": sorted(per_seed),
                 "partial": len(per_seed) < len(seeds),
-                "groups": {
-                    g: st.summary([r["test"]["groups"][g] for r in per_seed.values()])
-                    for g in groups
-                },
-                "overall": st.summary([r["test"]["overall"] for r in per_seed.values()]),
-                "per_class": [
-                    st.summary(
-                        [
-                            r["test"]["per_class"][k]
-                            for r in per_seed.values()
-                            if r["test"]["per_class"][k] is not None
-                        ]
-                    )
-                    for k in range(num_classes)
-                ],
-                "memorization": {
-                    key: st.summary([r[key] for r in per_seed.values() if r[key] is not None])
-                    for key in (FIT_ACC, FIT_MEM)
-                },
-                VAL_SCORE: st.summary(
-                    [r[VAL_SCORE] for r in per_seed.values() if r[VAL_SCORE] is not None]
-                ),
-                "curves": {
-                    key: st.mean_curve([r["curves"].get(key) for r in per_seed.values()])
-                    for key in (f"test_{c.primary_group}", FIT_ACC, FIT_MEM)
-                },
+                **_summaries(list(per_seed.values()), c.primary_group),
             }
-        ref = results.get(c.reference, {})
-        diffs = {}
-        for name, per_seed in results.items():
-            if name == c.reference:
-                continue
-            diffs[name] = {
-                g: st.paired(
-                    {s: r["test"]["groups"][g] for s, r in per_seed.items()},
-                    {s: r["test"]["groups"][g] for s, r in ref.items()},
-                )
-                for g in methods[name]["groups"]
-            }
-            diffs[name]["overall"] = st.paired(
-                {s: r["test"]["overall"] for s, r in per_seed.items()},
-                {s: r["test"]["overall"] for s, r in ref.items()},
-            )
+        diffs = _paired_differences(results, methods, c.reference)
         out[setting] = {"methods": methods, f"paired_minus_{c.reference}": diffs}
     return out
+
+
+def _summaries(done: list[dict], primary_group: str) -> dict:
+    """One method's finished runs (one per seed) summarized over seeds."""
+    groups = list(done[0]["test"]["groups"]) if done else []
+    num_classes = len(done[0]["test"]["per_class"]) if done else 0
+
+    def over_seeds(values) -> dict:
+        return st.summary([v for v in values if v is not None])
+
+    return {
+        "groups": {g: st.summary([r["test"]["groups"][g] for r in done]) for g in groups},
+        "overall": st.summary([r["test"]["overall"] for r in done]),
+        "per_class": [
+            over_seeds(r["test"]["per_class"][k] for r in done) for k in range(num_classes)
+        ],
+        "memorization": {key: over_seeds(r[key] for r in done) for key in (FIT_ACC, FIT_MEM)},
+        VAL_SCORE: over_seeds(r[VAL_SCORE] for r in done),
+        "curves": {
+            key: st.mean_curve([r["curves"].get(key) for r in done])
+            for key in (f"test_{primary_group}", FIT_ACC, FIT_MEM)
+        },
+    }
+
+
+def _paired_differences(results: dict, methods: dict, reference: str) -> dict:
+    """Each method minus the reference on the seeds both finished, per group and overall."""
+    ref = results.get(reference, {})
+    diffs = {}
+    for name, per_seed in results.items():
+        if name == reference:
+            continue
+        diffs[name] = {
+            g: st.paired(
+                {s: r["test"]["groups"][g] for s, r in per_seed.items()},
+                {s: r["test"]["groups"][g] for s, r in ref.items()},
+            )
+            for g in methods[name]["groups"]
+        }
+        diffs[name]["overall"] = st.paired(
+            {s: r["test"]["overall"] for s, r in per_seed.items()},
+            {s: r["test"]["overall"] for s, r in ref.items()},
+        )
+    return diffs
 
 
 def code_version(root: str) -> dict:
