@@ -53,7 +53,33 @@ def write_all(result: dict, out: str) -> dict:
             name = f"memorization_{setting}.png"
             _memorization(curves, setting, f"{out}/{name}")
             files[f"{setting}: memorization per epoch"] = name
+    for method, regime in result.get("regime_map", {}).items():
+        if any(r["paired"].get("mean") is not None for r in regime["settings"].values()):
+            name = f"regime_map_{method}.png"
+            _regime(method, regime, result["reference"], primary, f"{out}/{name}")
+            files[f"regime map: {method} - {result['reference']}"] = name
     return files
+
+
+def _regime(method: str, regime: dict, ref: str, primary: str, path: str) -> None:
+    """The paired difference against how much the reference memorized, per setting."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting, row in regime["settings"].items():
+        d, mem = row["paired"], row["memorization"][ref][FIT_MEM]
+        if d.get("mean") is None or mem.get("mean") is None:
+            continue
+        x, y = 100 * mem["mean"], 100 * d["mean"]
+        err = [[y - 100 * d["ci95"][0]], [100 * d["ci95"][1] - y]] if d.get("ci95") else None
+        ax.errorbar([x], [y], yerr=err, fmt="o", capsize=4)
+        ax.annotate(setting, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(f"{ref}: wrongly-labelled training examples memorized (%)")
+    ax.set_ylabel(f"{method} - {ref} on {primary} (points)")
+    ax.set_title(f"regime map, seeds {regime['seeds']}: mean and 95% t-interval", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _accuracy(methods: dict, title: str, path: str) -> None:
@@ -127,6 +153,8 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         lines += _selection_lines(method, sel, primary)
     for setting, agg in result["settings"].items():
         lines += _setting_lines(setting, agg, primary, ref)
+    for method, regime in result.get("regime_map", {}).items():
+        lines += _regime_lines(method, regime, primary, ref)
     if result["runs_failed"]:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
@@ -213,6 +241,31 @@ def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]
                 lines.append(
                     f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
                 )
+    return lines
+
+
+def _regime_lines(method: str, regime: dict, primary: str, ref: str) -> list[str]:
+    """The regime map's table: one row per setting."""
+    lines = [
+        "",
+        f"## Regime map: `{method}` - `{ref}` on {primary}",
+        "",
+        f"Per setting, on the seeds every setting runs ({regime['seeds']}): the paired "
+        f"difference on {primary} (percent points), and each method's memorization at "
+        "its last epoch (training accuracy against the noisy labels; wrongly-labelled "
+        "training examples predicted as their wrong label).",
+        "",
+        f"| setting | {method} - {ref} | {ref}: train acc. | {ref}: memorized | "
+        f"{method}: train acc. | {method}: memorized |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, row in regime["settings"].items():
+        mem = row["memorization"]
+        lines.append(
+            f"| {setting} | {_ci(row['paired'])} | {_ci(mem[ref][FIT_ACC])} | "
+            f"{_ci(mem[ref][FIT_MEM])} | {_ci(mem[method][FIT_ACC])} | "
+            f"{_ci(mem[method][FIT_MEM])} |"
+        )
     return lines
 
 

@@ -77,7 +77,7 @@ def collect(study) -> dict:
     for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
         if job.lam is None:
             continue
-        key = f"{job.setting}/seed{job.seed}/{study.run_name(job)}"
+        key = run_key(study, job)
         state = study.status(job)
         if state == "done":
             runs[key] = run_metrics(history(study, job), test_counts(study, job), groups)
@@ -86,6 +86,24 @@ def collect(study) -> dict:
             _, rdir = study.paths(job)
             runs[key] = {"failed": stage.read_json(os.path.join(rdir, "FAILED.json"))["error"]}
     return runs
+
+
+def run_key(study, job: Job) -> str:
+    """A run's key in study.json's "runs": "<setting>/seed<k>/<run name>"."""
+    return f"{job.setting}/seed{job.seed}/{study.run_name(job)}"
+
+
+def _finished(study, runs: dict, setting: str, method: str, lam, seeds) -> dict:
+    """seed -> run_metrics of the finished runs of `method` at `lam` on `seeds` (none
+    while lam is pending; failed runs left out)."""
+    if lam is None:
+        return {}
+    done = {}
+    for seed in seeds:
+        r = runs.get(run_key(study, Job(setting, seed, method, lam)))
+        if r and "failed" not in r:
+            done[seed] = r
+    return done
 
 
 def grid_jobs(study) -> list[Job]:
@@ -157,13 +175,7 @@ def aggregate(study, runs: dict, selection: dict) -> dict:
         for name in study_config.setting_methods(c, setting):
             lam = study_config.lam_of(c, name, selected)
             seeds = study_config.setting_seeds(c, setting, name)
-            per_seed = {}
-            for seed in seeds if lam is not None else ():
-                r = runs.get(
-                    f"{setting}/seed{seed}/{study.run_name(Job(setting, seed, name, lam))}"
-                )
-                if r and "failed" not in r:
-                    per_seed[seed] = r
+            per_seed = _finished(study, runs, setting, name, lam, seeds)
             results[name] = per_seed
             methods[name] = {
                 "lam": lam,
@@ -191,13 +203,62 @@ def _summaries(done: list[dict], primary_group: str) -> dict:
         "per_class": [
             over_seeds(r["test"]["per_class"][k] for r in done) for k in range(num_classes)
         ],
-        "memorization": {key: over_seeds(r[key] for r in done) for key in (FIT_ACC, FIT_MEM)},
+        "memorization": _memorization(done),
         VAL_SCORE: over_seeds(r[VAL_SCORE] for r in done),
         "curves": {
             key: st.mean_curve([r["curves"].get(key) for r in done])
             for key in (f"test_{primary_group}", FIT_ACC, FIT_MEM)
         },
     }
+
+
+def _memorization(done: list[dict]) -> dict:
+    """The last-epoch memorization diagnostic of finished runs, summarized over seeds."""
+    return {
+        key: st.summary([r[key] for r in done if r[key] is not None]) for key in (FIT_ACC, FIT_MEM)
+    }
+
+
+def regime_map(study, runs: dict, selection: dict) -> dict:
+    """The regime map (item 2 of docs/RESULTS.md's protocol): for each method that
+    every setting runs (the reference excepted), per setting, its paired difference
+    against the reference on the primary group and both methods' memorization
+    diagnostic, on the seeds that every setting plans for both (the same seeds in
+    every setting, so that the settings compare). Empty with a single setting."""
+    c = study.config
+    if len(c.settings) < 2:
+        return {}
+    every = set.intersection(*(set(study_config.setting_methods(c, s)) for s in c.settings))
+    selected = {k: v["selected"] for k, v in selection.items()}
+    primary, ref = c.primary_group, c.reference
+    out = {}
+    for method in (m for m in c.methods if m in every and m != ref):
+        seeds = sorted(
+            set.intersection(
+                *(
+                    set(study_config.setting_seeds(c, s, method))
+                    & set(study_config.setting_seeds(c, s, ref))
+                    for s in c.settings
+                )
+            )
+        )
+        lam = study_config.lam_of(c, method, selected)
+        rows = {}
+        for setting in c.settings:
+            mine = _finished(study, runs, setting, method, lam, seeds)
+            base = _finished(study, runs, setting, ref, 0.0, seeds)
+            rows[setting] = {
+                "paired": st.paired(
+                    {k: r["test"]["groups"][primary] for k, r in mine.items()},
+                    {k: r["test"]["groups"][primary] for k, r in base.items()},
+                ),
+                "memorization": {
+                    ref: _memorization(list(base.values())),
+                    method: _memorization(list(mine.values())),
+                },
+            }
+        out[method] = {"lam": lam, "seeds": seeds, "settings": rows}
+    return out
 
 
 def _paired_differences(results: dict, methods: dict, reference: str) -> dict:
@@ -253,6 +314,7 @@ def build(study) -> dict:
         "code": code_version(study.root),
         "selection": selection,
         "settings": aggregate(study, runs, selection),
+        "regime_map": regime_map(study, runs, selection),
         "runs": runs,
     }
 

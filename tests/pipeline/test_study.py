@@ -22,6 +22,7 @@ from pipeline import (
     pretrain,
     stage,
     study_config,
+    study_plots,
     study_report,
     validation,
 )
@@ -153,6 +154,61 @@ def _fake_done(study, job, val, test_primary, num_classes=10):
     stage.write_json(
         os.path.join(rdir, "train", stage.METADATA),
         {"fingerprint": study.fingerprints(job)["train"], "started": 0, "finished": 1},
+    )
+
+
+def _fake_run(primary: str, accuracy: float, memorized: float) -> dict:
+    return {
+        "test": {"groups": {primary: accuracy}, "overall": accuracy, "per_class": []},
+        "fit_accuracy": 1.0 - memorized / 10,
+        "fit_memorized": memorized,
+    }
+
+
+def test_regime_map_pairs_each_setting_on_the_seeds_every_setting_runs(tmp_path):
+    config = smoke.get_config("all")  # settings main and noaug; har_drw only in main
+    config.methods.erm.seeds = config.methods.har.seeds = (0, 1, 2)
+    config.settings.noaug.seeds = (0, 1)
+    study = Study(config, str(tmp_path / "w"))
+    g = config.primary_group
+    values = {  # (setting, seed, method) -> (primary accuracy, memorized)
+        ("main", 0, "erm"): (0.50, 0.9), ("main", 1, "erm"): (0.40, 0.8),
+        ("main", 0, "har"): (0.60, 0.5), ("main", 1, "har"): (0.45, 0.7),
+        ("main", 2, "erm"): (0.00, 0.0), ("main", 2, "har"): (1.00, 1.0),  # seed 2: not in noaug
+        ("noaug", 0, "erm"): (0.55, 0.3), ("noaug", 1, "erm"): (0.50, 0.2),
+        ("noaug", 0, "har"): (0.50, 0.1),
+    }  # fmt: skip
+    runs = {
+        study_report.run_key(study, Job(s, k, m, 10.0 if m == "har" else 0.0)): _fake_run(g, *v)
+        for (s, k, m), v in values.items()
+    }
+    runs[study_report.run_key(study, Job("noaug", 1, "har", 10.0))] = {"failed": "diverged"}
+    selection = {"har": {"selected": 10.0}}
+    regime = study_report.regime_map(study, runs, selection)
+    assert list(regime) == ["har"] and regime["har"]["seeds"] == [0, 1]
+    main, noaug = regime["har"]["settings"]["main"], regime["har"]["settings"]["noaug"]
+    # main: differences 0.10 and 0.05 on seeds 0, 1 (seed 2 left out).
+    half = 12.7062 * math.sqrt(((0.10 - 0.075) ** 2 + (0.05 - 0.075) ** 2) / 1) / math.sqrt(2)
+    assert main["paired"]["mean"] == pytest.approx(0.075)
+    assert main["paired"]["ci95"] == pytest.approx([0.075 - half, 0.075 + half])
+    assert main["memorization"]["erm"]["fit_memorized"]["mean"] == pytest.approx(0.85)
+    assert main["memorization"]["har"]["fit_accuracy"]["mean"] == pytest.approx(0.94)
+    # noaug: HAR's seed 1 failed, so one pair (seed 0): 0.50 - 0.55.
+    assert noaug["paired"]["seeds"] == [0] and noaug["paired"]["mean"] == pytest.approx(-0.05)
+    assert noaug["memorization"]["erm"]["fit_memorized"]["mean"] == pytest.approx(0.25)
+    # Rendered: a table row per setting and a figure.
+    result = {"primary_group": g, "reference": "erm", "settings": {}, "regime_map": regime}
+    plots = study_plots.write_all(result, str(tmp_path))
+    assert os.path.isfile(tmp_path / plots["regime map: har - erm"])
+    text = "\n".join(study_plots._regime_lines("har", regime["har"], g, "erm"))
+    assert f"| main | 7.5 [{100 * (0.075 - half):.1f}, {100 * (0.075 + half):.1f}] (n=2) | " in text
+    assert "| noaug | -5.0 (n=1) | 97.5 [91.1, 103.9] (n=2) | 25.0 [" in text
+    # Before HAR's lambda is selected there is nothing to pair; with one setting, no map.
+    pending = study_report.regime_map(study, runs, {"har": {"selected": None}})
+    assert pending["har"]["settings"]["main"]["paired"]["mean"] is None
+    assert (
+        study_report.regime_map(Study(smoke.get_config(), str(tmp_path / "v")), runs, selection)
+        == {}
     )
 
 
