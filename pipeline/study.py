@@ -26,7 +26,15 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, preprocess, pretrain, stage, study_config, study_report, train
+from pipeline import (
+    estimate_tau,
+    preprocess,
+    pretrain,
+    stage,
+    study_config,
+    study_report,
+    train,
+)
 from pipeline.study_config import Job
 
 CELL_STAGES = {
@@ -154,22 +162,34 @@ def _hms(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def run_study(config, workdir: str, *, max_jobs: int = 0, root: str = REPO_ROOT) -> bool:
-    """Runs every job not yet done, in plan order; returns whether the study is complete.
+def run_study(
+    config, workdir: str, *, max_jobs: int = 0, settings=(), root: str = REPO_ROOT
+) -> bool:
+    """Runs every job not yet done, in plan order; returns whether the study is complete
+    (with `settings`: whether the jobs of those settings are).
 
-    Aggregates into <workdir>/study/ after each run and at the end.
+    Aggregates into <workdir>/study/ after each run and at the end. Two processes may
+    run one study side by side on disjoint `settings` (their cells differ; their
+    aggregations take turns, study_report.write).
     """
     study = Study(config, workdir, root)
+    settings = check_settings(config, settings)
     os.makedirs(workdir, exist_ok=True)
     started, ran = time.time(), 0
     while True:
-        jobs = study.plan()
+        jobs = [j for j in study.plan() if not settings or j.setting in settings]
         states = [study.status(j) for j in jobs]
         todo = [j for j, s in zip(jobs, states, strict=True) if s in ("todo", "pending")]
         if not todo:
             break
         job = todo[0]
         if job.lam is None:
+            if settings and config.selection_setting not in settings:
+                raise stage.PipelineError(
+                    f"{job.method}: its lambda is not selected yet; it is selected in "
+                    f"setting {config.selection_setting!r}, which --settings leaves out: "
+                    "run that setting first"
+                )
             raise stage.PipelineError(
                 f"{job.method}: its lambda is not selected although every grid run before "
                 "it has finished; see study.md's selection table"
@@ -196,8 +216,21 @@ def run_study(config, workdir: str, *, max_jobs: int = 0, root: str = REPO_ROOT)
             flush=True,
         )
     study_report.write(study)
-    print(f"== study complete: {os.path.join(workdir, 'study')}", flush=True)
+    which = f"settings {', '.join(settings)}" if settings else "study"
+    print(f"== {which} complete: {os.path.join(workdir, 'study')}", flush=True)
     return True
+
+
+def check_settings(config, settings) -> tuple[str, ...]:
+    """`--settings` as a tuple of setting names of the study (empty: every setting)."""
+    settings = tuple(s for s in settings if s)
+    unknown = [s for s in settings if s not in config.settings]
+    if unknown:
+        raise stage.PipelineError(
+            f"--settings: {', '.join(map(repr, unknown))} is not a setting of this study "
+            f"(its settings: {', '.join(config.settings)})"
+        )
+    return settings
 
 
 def main(argv):
@@ -211,7 +244,9 @@ def main(argv):
             study_report.write(Study(FLAGS.config, FLAGS.workdir))
             print(f"== aggregated: {os.path.join(FLAGS.workdir, 'study')}")
             return
-        complete = run_study(FLAGS.config, FLAGS.workdir, max_jobs=FLAGS.max_jobs)
+        complete = run_study(
+            FLAGS.config, FLAGS.workdir, max_jobs=FLAGS.max_jobs, settings=FLAGS.settings
+        )
     except stage.PipelineError as e:
         print(f"error: study: {e}", file=sys.stderr)
         sys.exit(1)
@@ -228,6 +263,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "The study's directory (outputs in <workdir>/study/).")
     flags.DEFINE_integer("max_jobs", 0, f"Stop after this many runs (0 = all); exit {MORE_TO_DO}.")
     flags.DEFINE_bool("aggregate_only", False, "Only aggregate what has finished so far.")
+    flags.DEFINE_list(
+        "settings",
+        [],
+        "Run only these settings' jobs (comma-separated; default every setting), e.g. "
+        "a second process beside one that runs the others.",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
     from pipeline import cli
 

@@ -9,8 +9,11 @@ run's final epoch; the statistics are pipeline.study_stats.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from pipeline import study_stats as st
 from pipeline.study_config import Job
 
 OUT = "study"
+LOCK = ".write.lock"
 VAL_SCORE = epoch_eval.VAL_PREFIX + "mean_class_accuracy"
 FIT_ACC = epoch_eval.FIT_PREFIX + "accuracy"
 FIT_MEM = epoch_eval.FIT_PREFIX + "memorized"
@@ -319,10 +323,28 @@ def build(study) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    """Holds an exclusive flock on `path` (created if absent) while the block runs."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write(study) -> dict:
-    """Writes <workdir>/study/ from what has finished; returns the study.json dict."""
+    """Writes <workdir>/study/ from what has finished; returns the study.json dict.
+    Processes that run one study side by side (pipeline.study --settings) write it
+    one at a time (a lock file in <workdir>/study/)."""
     out = os.path.join(study.workdir, OUT)
     os.makedirs(out, exist_ok=True)
+    with _exclusive(os.path.join(out, LOCK)):
+        return _write(study, out)
+
+
+def _write(study, out: str) -> dict:
     result = build(study)
     stage.write_json(os.path.join(out, "study.json"), result)
     with open(os.path.join(out, "COMMIT.tmp"), "w") as f:

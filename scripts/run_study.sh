@@ -8,7 +8,11 @@
 #   scripts/run_study.sh /work/study-runs imdb_hetero   # only the studies named
 #
 # The Fashion-MNIST study's process keeps about 1-1.5 of 2 cores busy, so running
-# each study as its own command, side by side, finishes both sooner.
+# each study as its own command, side by side, finishes both sooner. STUDY_ARGS is
+# passed to every pipeline.study call, e.g. one study's settings split between two
+# commands (never the same setting in both):
+#   STUDY_ARGS=--settings=paper scripts/run_study.sh /work/study-runs fm_hetero
+#   STUDY_ARGS=--settings=noaug,quick_full scripts/run_study.sh /work/study-runs fm_hetero
 #
 # Run it from a fixed checkout of the code (a git worktree), e.g.
 #   setsid nohup nice -n 19 scripts/run_study.sh /work/study-runs >> /work/study-runs/study.log 2>&1 &
@@ -25,8 +29,9 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 run_one() {  # config workdir
   while true; do
-    echo "== $(date -u +%FT%TZ) pipeline.study --config=$1 --workdir=$2 (commit $(git rev-parse HEAD 2>/dev/null))"
-    "$PY" -m pipeline.study --config="$1" --workdir="$2" --max_jobs=6
+    echo "== $(date -u +%FT%TZ) pipeline.study --config=$1 --workdir=$2 ${STUDY_ARGS:-}(commit $(git rev-parse HEAD 2>/dev/null))"
+    # shellcheck disable=SC2086  # STUDY_ARGS: words on purpose
+    "$PY" -m pipeline.study --config="$1" --workdir="$2" --max_jobs=6 ${STUDY_ARGS:-}
     rc=$?
     if [ "$rc" -ne 75 ]; then
       return "$rc"

@@ -1,6 +1,7 @@
 """The study runner (pipeline.study*): statistics, selection, validation split, configs,
 and the CLI end to end (smoke study, rerun, SIGKILL and resume)."""
 
+import fcntl
 import glob
 import importlib
 import json
@@ -9,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -27,7 +29,7 @@ from pipeline import (
     validation,
 )
 from pipeline import study_stats as st
-from pipeline.study import Study
+from pipeline.study import Study, run_study
 from pipeline.study_config import Job, StudyConfigError
 from tests.pipeline import idx_fixtures
 from tests.pipeline.workdir_fixtures import tiny_config
@@ -379,6 +381,70 @@ def test_plan_order_puts_grids_first_and_selected_lam_after():
     ]  # fmt: skip
 
 
+def _fake_runner(monkeypatch, selected):
+    """Study with run_job recording the job and marking it done; no aggregation."""
+    ran, done = [], set()
+
+    def status(self, job):
+        return "pending" if job.lam is None else ("done" if job in done else "todo")
+
+    def run_job(self, job):
+        ran.append((job.setting, job.seed, job.method))
+        done.add(job)
+
+    monkeypatch.setattr(Study, "status", status)
+    monkeypatch.setattr(Study, "run_job", run_job)
+    monkeypatch.setattr(Study, "selection", lambda self: dict(selected))
+    monkeypatch.setattr(study_report, "write", lambda study: None)
+    monkeypatch.setattr(study_report, "estimate_remaining", lambda study, jobs: None)
+    return ran
+
+
+def test_settings_runs_only_the_jobs_of_those_settings(tmp_path, monkeypatch):
+    ran = _fake_runner(monkeypatch, {"har": 10.0})
+    config = smoke.get_config("all")
+    workdir = str(tmp_path / "w")
+    assert run_study(config, workdir, settings=["noaug"])
+    assert ran == [("noaug", 0, "erm"), ("noaug", 0, "har")]
+    assert run_study(config, workdir, settings=["main"])
+    assert {s for s, _, _ in ran[2:]} == {"main"} and len(ran) == 2 + 7  # grids, ERM, HAR-DRW
+    assert run_study(config, workdir) and len(ran) == 9  # the two made the whole study
+
+
+def test_settings_names_an_unknown_setting_and_a_lambda_selected_elsewhere(tmp_path, monkeypatch):
+    _fake_runner(monkeypatch, {"har": None})
+    config = smoke.get_config("all")
+    with pytest.raises(
+        stage.PipelineError, match=r"--settings: 'noag' is not a setting.*main, noaug"
+    ):
+        run_study(config, str(tmp_path / "w"), settings=["noag"])
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(stage.PipelineError, match="selected in setting 'main', which --settings"):
+        run_study(config, str(tmp_path / "w"), settings=["noaug"])
+
+
+def test_aggregations_of_one_study_take_turns(tmp_path, monkeypatch):
+    """study_report.write holds the study's lock file while it writes (two processes
+    may run one study side by side on disjoint settings)."""
+    result = {"code": {"commit": "abc", "dirty": False}}
+    monkeypatch.setattr(study_report, "build", lambda study: result)
+    monkeypatch.setattr(study_report, "runtime_table", lambda study: {})
+    monkeypatch.setattr(study_plots, "write_all", lambda result, out: {})
+    monkeypatch.setattr(study_plots, "markdown", lambda result, plots, runtimes: "# s\n")
+    study = Study(smoke.get_config(), str(tmp_path / "w"))
+    out = tmp_path / "w" / "study"
+    out.mkdir(parents=True)
+    writer = threading.Thread(target=study_report.write, args=(study,))
+    with open(out / study_report.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process aggregating
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and not (out / "study.json").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(timeout=30)
+    assert not writer.is_alive() and json.loads((out / "study.json").read_text()) == result
+
+
 # ----------------------------------------------------------------------------------
 # The CLI end to end on a tiny generated dataset
 
@@ -465,6 +531,10 @@ def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
     assert result.returncode == 1
     assert "methods.har.lam_grid holds -2.0" in result.stderr
     assert not os.path.exists(tmp_path / "w" / "cells")
+    result = _study(str(tmp_path / "w"), idx_dir, "--settings=main,nosuch")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: study: --settings: 'nosuch' is not a setting of this study" in result.stderr
+    assert not os.path.exists(tmp_path / "w")
 
 
 @pytest.mark.slow
