@@ -34,6 +34,7 @@ from pipeline import (
     study_config,
     study_report,
     train,
+    workdir_lock,
 )
 from pipeline.study_config import Job
 
@@ -113,6 +114,8 @@ class Study:
             _link(os.path.join("..", "..", name), os.path.join(rdir, name))
         try:
             _ensure(config, rdir, "train", fps["train"], train.run)
+        except workdir_lock.WorkdirInUse:
+            raise  # another process runs this job: not a failure of the run
         except stage.PipelineError as e:
             stage.write_json(
                 os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}

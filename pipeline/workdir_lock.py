@@ -26,6 +26,10 @@ from pipeline.stage import PipelineError
 LOCK_FILE = "pipeline.lock"
 
 
+class WorkdirInUse(PipelineError):
+    """Another live process holds the workdir's lock."""
+
+
 def _holder(fd: int) -> str:
     """'PID P (started T)' from the lock file's content, as its holder wrote it."""
     os.lseek(fd, 0, os.SEEK_SET)
@@ -66,7 +70,7 @@ def held(workdir: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PipelineError(
+            raise WorkdirInUse(
                 f"workdir {workdir} is in use by {_holder(fd)}; wait for it to finish, "
                 "or pass another --workdir"
             ) from None

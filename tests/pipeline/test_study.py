@@ -423,6 +423,32 @@ def test_settings_names_an_unknown_setting_and_a_lambda_selected_elsewhere(tmp_p
         run_study(config, str(tmp_path / "w"), settings=["noaug"])
 
 
+def test_a_run_another_process_holds_is_not_recorded_as_failed(tmp_path, monkeypatch):
+    from pipeline import study as study_module
+    from pipeline import workdir_lock
+
+    for name in study_module.CELL_STAGES:
+        monkeypatch.setitem(study_module.CELL_STAGES, name, lambda config, workdir: None)
+    study = Study(smoke.get_config(), str(tmp_path / "w"))
+    job = Job("main", 0, "har", 1.0)
+    failed = os.path.join(study.paths(job)[1], study_module.FAILED)
+
+    def in_use(config, workdir):
+        raise workdir_lock.WorkdirInUse(f"workdir {workdir} is in use by PID 1")
+
+    monkeypatch.setattr(study_module.train, "run", in_use)
+    with pytest.raises(workdir_lock.WorkdirInUse):
+        study.run_job(job)
+    assert not os.path.exists(failed)
+
+    def diverged(config, workdir):
+        raise stage.PipelineError("the loss is NaN")
+
+    monkeypatch.setattr(study_module.train, "run", diverged)
+    study.run_job(job)  # recorded, not raised
+    assert stage.read_json(failed)["error"] == "the loss is NaN"
+
+
 def test_aggregations_of_one_study_take_turns(tmp_path, monkeypatch):
     """study_report.write holds the study's lock file while it writes (two processes
     may run one study side by side on disjoint settings)."""
