@@ -29,7 +29,7 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 run_one() {  # config workdir
   while true; do
-    echo "== $(date -u +%FT%TZ) pipeline.study --config=$1 --workdir=$2 ${STUDY_ARGS:-}(commit $(git rev-parse HEAD 2>/dev/null))"
+    echo "== $(date -u +%FT%TZ) pipeline.study --config=$1 --workdir=$2 ${STUDY_ARGS:+$STUDY_ARGS }(commit $(git rev-parse HEAD 2>/dev/null))"
     # shellcheck disable=SC2086  # STUDY_ARGS: words on purpose
     "$PY" -m pipeline.study --config="$1" --workdir="$2" --max_jobs=6 ${STUDY_ARGS:-}
     rc=$?
