@@ -1,8 +1,12 @@
 r"""The study runner: seeds x settings x methods (x lambda grids) as ordinary stages.
 
-  python -m pipeline.study --config=configs/studies/fm_paper.py --workdir=DIR
+  python -m pipeline.study --config=configs/studies/fm_hetero.py --workdir=DIR
   ... --max_jobs=5         # stop after 5 training runs (exit status 75 if work is left)
   ... --aggregate_only     # write DIR/study/ from what has finished (marked partial)
+  ... --settings=noaug     # only these settings' runs (a second process, beside one
+                           # that runs the others)
+
+A user's guide: docs/STUDY.md.
 
 Layout: one preprocess / pretrain / estimate_tau per (setting, seed) in
 DIR/cells/<setting>/seed<k>/, shared by its runs; each training run is a train stage in
