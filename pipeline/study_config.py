@@ -43,7 +43,7 @@ TOP_FIELDS = (
 )  # fmt: skip
 METHOD_FIELDS = ("regularizer", "lam", "lam_grid", "lam_from", "drw", "reg_every", "seeds", "tier")
 SETTING_FIELDS = ("overrides", "seeds", "methods")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a directory name; ConfigDict keys take no dots
 
 
 class StudyConfigError(stage.PipelineError):
@@ -109,7 +109,9 @@ def apply_overrides(config, overrides, where: str) -> None:
 def _check_names(mapping, where: str) -> None:
     for name in mapping:
         if not NAME.match(name):
-            raise StudyConfigError(f"{where}: {name!r} is not a usable name (letters, digits, _.-)")
+            raise StudyConfigError(
+                f"{where}: {name!r} is not a usable name (letters, digits, _ and -)"
+            )
 
 
 def _check_seeds(seeds, field: str, *, allow_empty: bool = False) -> None:

@@ -324,6 +324,8 @@ BAD = [
     (lambda c: c.methods.har.update(dict(regularizer="hra")), "methods.har.regularizer"),
     (lambda c: c.update(dict(primary_group="rare")), "primary_group"),
     (lambda c: c.update(dict(reference="har")), "reference"),
+    (lambda c: c.methods.update({"har v2": c.methods.har}), "methods: 'har v2' is not a usable"),
+    (lambda c: c.settings.update({"a/b": c.settings.main}), "settings: 'a/b' is not a usable name"),
 ]
 
 
