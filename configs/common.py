@@ -346,6 +346,11 @@ def base_config():
             # wrongly-labelled examples predicted as their wrong label. One more
             # inference pass over the training data per epoch; the study runner sets it.
             per_epoch_memorization=False,
+            # Run those per-epoch passes (test, validation, memorization) only after
+            # every k-th epoch and after the last: each is a pass over its split, which
+            # on a small training set with a long schedule costs more than the epoch's
+            # training. The final-epoch figures are the same for every k.
+            per_epoch_every=1,
             # Report columns, in this order (sort_keys=False keeps it).
             groups=ml_collections.ConfigDict(
                 dict(noisy_rare=(0, 2, 4, 6), clean=(1, 3, 5, 7, 8, 9)), sort_keys=False

@@ -6,6 +6,11 @@ final-epoch one, the train stage runs `TestSetMonitor` after every epoch: one
 inference pass over the test split whose results are added to the epoch's logs, so
 that history.json, the per-epoch resume checkpoints and TensorBoard all carry them.
 The evaluate stage then picks the best epoch from history.json.
+
+With config.eval.per_epoch_every = k > 1 the passes (test, validation, memorization)
+run after every k-th epoch and after the last only: on a small training set with a
+long schedule they cost more than the training itself. The other epochs' entries are
+null in history.json, and the best epoch is then the best of the evaluated ones.
 """
 
 from __future__ import annotations
@@ -35,8 +40,45 @@ def is_class_key(key: str) -> bool:
     )
 
 
-class TestSetMonitor(keras.callbacks.Callback):
-    """Adds test-split metrics to every epoch's logs, computed in inference mode.
+def is_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether the per-epoch passes run after (0-based) `epoch` of `epochs`: after
+    every `every`-th epoch and always after the last (config.eval.per_epoch_every),
+    so that the final-epoch figures never depend on `every`."""
+    return (epoch + 1) % every == 0 or epoch + 1 >= epochs
+
+
+def check_every(every) -> int:
+    """config.eval.per_epoch_every as an int >= 1, or a PipelineError naming it."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise stage.PipelineError(
+            f"config.eval.per_epoch_every must be an integer >= 1 (1 = after every "
+            f"epoch), got {every!r}"
+        )
+    return every
+
+
+class _PeriodicPass(keras.callbacks.Callback):
+    """Runs `evaluate()` into the logs after the epochs `is_due` names; the other
+    epochs' logs lack its keys (null in history.json: modeling.finish_fit)."""
+
+    def __init__(self, every: int = 1, epochs: int | None = None):
+        super().__init__()
+        self.every = check_every(every)
+        self.epochs = epochs
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        epochs = self.epochs if self.epochs is not None else self.params.get("epochs", 0)
+        if is_due(epoch, self.every, epochs):
+            # Keras hands every callback the same logs dict: later ones see these keys.
+            logs.update(self.evaluate())
+
+
+class TestSetMonitor(_PeriodicPass):
+    """Adds test-split metrics to the epoch's logs, computed in inference mode, after
+    every `every`-th epoch and the last (every epoch by default).
 
     Writes `test_accuracy` (top-1), `test_top5` (only with more than TOP_K classes:
     with fewer it is 1 by definition) and `test_class_<c>_accuracy` for every class c
@@ -51,14 +93,16 @@ class TestSetMonitor(keras.callbacks.Callback):
     callbacks it is given) so that the checkpointed history records its entries.
 
     Args:
-      dataset: (image, label) batches of the test split, iterated once per epoch.
+      dataset: (image, label) batches of the test split, iterated once per pass.
       num_classes: C.
+      every, epochs: the pass runs after every `every`-th of `epochs` epochs and
+        after the last (`is_due`; epochs None: the fit's own).
     """
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, dataset: tf.data.Dataset, num_classes: int):
-        super().__init__()
+    def __init__(self, dataset: tf.data.Dataset, num_classes: int, every=1, epochs=None):
+        super().__init__(every, epochs)
         self.dataset = dataset
         self.num_classes = int(num_classes)
         self._counts = None
@@ -98,22 +142,19 @@ class TestSetMonitor(keras.callbacks.Callback):
             out[class_accuracy_key(int(c))] = top1[c] / n[c]
         return {k: float(v) for k, v in out.items()}
 
-    def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        # Keras hands every callback the same logs dict: later ones see these keys.
-        logs.update(self.evaluate())
-
 
 FIT_PREFIX = "fit_"
 VAL_PREFIX = "val_"
 
 
-class LabelSetMonitor(keras.callbacks.Callback):
+class LabelSetMonitor(_PeriodicPass):
     """Per-epoch metrics of a labelled train-split subset against its NOISY labels.
 
     Two uses (pipeline.train adds them): the validation split (`val_`: what model
     selection reads, since a user only has noisy labels) and the records the run
-    trains on, un-augmented (`fit_`: the memorization diagnostic). After every epoch,
-    in inference mode, it adds to the logs:
+    trains on, un-augmented (`fit_`: the memorization diagnostic). After every epoch
+    (or every `every`-th and the last, as TestSetMonitor), in inference mode, it adds
+    to the logs:
       <prefix>accuracy              top-1 accuracy against the training (noisy) labels
       <prefix>mean_class_accuracy   the mean over classes present of that per class
       <prefix>class_<c>_accuracy    per class c present (by noisy label)
@@ -128,10 +169,13 @@ class LabelSetMonitor(keras.callbacks.Callback):
         with_meta=True, training=False).
       num_classes: C.
       prefix: FIT_PREFIX or VAL_PREFIX.
+      every, epochs: as TestSetMonitor's.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, num_classes: int, prefix: str):
-        super().__init__()
+    def __init__(
+        self, dataset: tf.data.Dataset, num_classes: int, prefix: str, every=1, epochs=None
+    ):
+        super().__init__(every, epochs)
         self.dataset = dataset
         self.num_classes = int(num_classes)
         self.prefix = prefix
@@ -165,9 +209,6 @@ class LabelSetMonitor(keras.callbacks.Callback):
         for inputs, labels, meta in self.dataset:
             counts += self._counts(inputs, labels, meta["clean_label"]).numpy()
         return label_set_metrics(counts, self.prefix)
-
-    def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        logs.update(self.evaluate())
 
 
 def label_set_metrics(counts, prefix: str) -> dict[str, float]:
@@ -210,7 +251,7 @@ def label_set_monitors(config, workdir: str, fit_ids) -> list[LabelSetMonitor]:
             keep_ids=ids,
             with_meta=True,
         )
-        monitors.append(LabelSetMonitor(ds, config.data.num_classes, prefix))
+        monitors.append(LabelSetMonitor(ds, config.data.num_classes, prefix, **_when(config)))
     return monitors
 
 
@@ -218,4 +259,11 @@ def monitor_for(config, workdir: str) -> TestSetMonitor:
     """A TestSetMonitor over the workdir's test split, batched as evaluate batches it
     (config.eval.batch_size), so the last epoch's figures match the report's."""
     dataset = data.make_dataset(workdir, "test", batch_size=config.eval.batch_size, training=False)
-    return TestSetMonitor(dataset, config.data.num_classes)
+    return TestSetMonitor(dataset, config.data.num_classes, **_when(config))
+
+
+def _when(config) -> dict:
+    """The train stage's monitors run after every config.eval.per_epoch_every-th epoch
+    of config.train.epochs and after the last."""
+    every = check_every(config.eval.get("per_epoch_every", 1))
+    return {"every": every, "epochs": int(config.train.epochs)}

@@ -92,7 +92,8 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
 
 
 def best_epoch(history: dict, class_counts, groups: dict) -> dict:
-    """The epoch of highest test accuracy (the first on ties) and its figures.
+    """The epoch of highest test accuracy (the first on ties; among the evaluated
+    epochs) and its figures.
 
     Selection on the test set, which is what the authors report: an optimistic figure,
     labelled as such by `selected_on`.
@@ -111,7 +112,9 @@ def best_epoch(history: dict, class_counts, groups: dict) -> dict:
     """
     counts = np.asarray(class_counts, np.int64)
     num_classes = len(counts)
-    k = int(np.argmax(history[epoch_eval.TEST_ACCURACY]))
+    # Epochs without a test pass (config.eval.per_epoch_every > 1) are None: skipped.
+    tested = [-np.inf if v is None else v for v in history[epoch_eval.TEST_ACCURACY]]
+    k = int(np.argmax(tested))
     per_class = []
     for c in range(num_classes):
         key = epoch_eval.class_accuracy_key(c)

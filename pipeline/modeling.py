@@ -199,7 +199,20 @@ _CKPT = "epoch-{:04d}.weights.h5"
 _CKPT_HISTORY = "history.partial.json"
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
+class EpochLogs(keras.callbacks.Callback):
+    """Keeps each epoch's logs as one dict in `history` (index = epoch). Keras's
+    History keeps one list per key instead, which misaligns a key that only some
+    epochs log (config.eval.per_epoch_every > 1)."""
+
+    def __init__(self, history: list[dict]):
+        super().__init__()
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history[epoch:] = [{k: float(v) for k, v in (logs or {}).items()}]
+
+
+class EpochCheckpoint(EpochLogs):
     """Saves the training state (model and optimizer variables) after every epoch.
 
     Writes `<directory>/epoch-NNNN.weights.h5` (NNNN = epochs completed) through a
@@ -209,12 +222,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: str, history: list[dict]):
-        super().__init__()
+        super().__init__(history)
         self.directory = directory
-        self.history = history
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history[epoch:] = [{k: float(v) for k, v in (logs or {}).items()}]
+        super().on_epoch_end(epoch, logs)
         stage.write_json(os.path.join(self.directory, _CKPT_HISTORY), self.history)
         tmp = os.path.join(self.directory, "tmp-" + _CKPT.format(epoch + 1))
         self.model.save_weights(tmp, overwrite=True)
@@ -299,12 +311,14 @@ def fit(
         for _ in range(initial_epoch):
             iter(train_ds)
         callbacks.append(EpochCheckpoint(ckpt_dir, history))
+    else:
+        callbacks.append(EpochLogs(history))
     if tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
     elif tensorboard:
         logging.warning("No TensorBoard logs: the `tensorboard` package is not installed.")
     # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
-    result = model.fit(
+    model.fit(
         train_ds,
         epochs=section.epochs,
         initial_epoch=initial_epoch,
@@ -312,23 +326,21 @@ def fit(
         shuffle=False,
         callbacks=callbacks,
     )
-    if resume:
-        logs = history
-    else:
-        logs = [
-            {k: vals[i] for k, vals in result.history.items()}
-            for i in range(len(next(iter(result.history.values()), [])))
-        ]
-    return finish_fit(model, logs, out_dir, resume=resume)
+    return finish_fit(model, history, out_dir, resume=resume)
 
 
 def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool) -> dict:
     """The end of a fit: every epoch's logs as history.json (refused if not finite),
-    model.keras, and the checkpoints (`resume`) deleted. Returns the history."""
+    model.keras, and the checkpoints (`resume`) deleted. Returns the history.
+
+    history.json holds one list per key, one entry per epoch; a key that an epoch did
+    not log (the per-epoch passes with config.eval.per_epoch_every > 1) is None there.
+    """
     keys = sorted({k for entry in logs for k in entry})
-    hist = {k: [float("nan") if e.get(k) is None else float(e[k]) for e in logs] for k in keys}
+    hist = {k: [None if e.get(k) is None else float(e[k]) for e in logs] for k in keys}
     for k, vals in hist.items():
-        if not np.all(np.isfinite(vals)):
+        logged = [v for v in vals if v is not None]
+        if not np.all(np.isfinite(logged)):
             raise PipelineError(f"training diverged: {k} became {vals[-1]} (history {vals})")
     tmp = os.path.join(out_dir, "tmp-model.keras")
     model.save(tmp)

@@ -16,6 +16,14 @@ import numpy as np  # noqa: E402
 CATEGORY_COLORS = {"clean": "tab:blue", "noisy": "tab:red", "rare": "tab:orange"}
 
 
+def epoch_points(values) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based epochs, values) of a per-epoch curve without the epochs that have no
+    value (None: a pass that runs only every k-th epoch, config.eval.per_epoch_every),
+    so that a line joins the evaluated epochs."""
+    pairs = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+    return np.asarray([e for e, _ in pairs], int), np.asarray([v for _, v in pairs], float)
+
+
 def error_vs_strength(runs: dict[str, dict], path: str) -> None:
     """Per-class test error against the applied strength lambda * tau_c (paper Fig. 4).
 
@@ -85,8 +93,7 @@ def training_curves(histories: dict[str, dict[str, list[float]]], path: str) -> 
     for ax, metric in zip(axes[0], metrics, strict=False):
         for name, h in histories.items():
             if metric in h and len(h[metric]):
-                epochs = np.arange(1, len(h[metric]) + 1)
-                ax.plot(epochs, h[metric], marker="o", markersize=3, label=name)
+                ax.plot(*epoch_points(h[metric]), marker="o", markersize=3, label=name)
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.legend()

@@ -55,6 +55,7 @@ SECTIONS = {
         "train",
         "eval.per_epoch_test",
         "eval.per_epoch_memorization",
+        "eval.per_epoch_every",
         "eval.batch_size",
     ),
     "evaluate": ("eval",),
@@ -77,7 +78,7 @@ DECLARED_OUTPUTS = {
 }
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
-NEUTRAL_DEFAULTS = {"tau.cross_fit": False, "data.schema": ""}
+NEUTRAL_DEFAULTS = {"tau.cross_fit": False, "data.schema": "", "eval.per_epoch_every": 1}
 
 
 class PipelineError(Exception):

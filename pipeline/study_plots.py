@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.plots import epoch_points  # noqa: E402
+
 FIT_ACC, FIT_MEM, VAL = "fit_accuracy", "fit_memorized", "val_mean_class_accuracy"
 
 
@@ -104,7 +106,7 @@ def _curves(curves: dict, title: str, ylabel: str, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for m, c in curves.items():
         if c:
-            ax.plot(np.arange(1, len(c) + 1), c, label=m)
+            ax.plot(*epoch_points(c), label=m)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -123,7 +125,7 @@ def _memorization(curves: dict, setting: str, path: str) -> None:
     ):
         for m, c in curves.items():
             if c.get(key):
-                ax.plot(np.arange(1, len(c[key]) + 1), c[key], label=m)
+                ax.plot(*epoch_points(c[key]), label=m)
         ax.set_xlabel("epoch")
         ax.set_title(f"{setting}: {label}", fontsize=8)
         ax.grid(alpha=0.3)

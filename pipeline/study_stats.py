@@ -132,9 +132,13 @@ def oracle_lam(test_scores: dict) -> float | None:
 
 
 def mean_curve(curves) -> list[float] | None:
-    """The per-epoch mean of equally long curves (None if there is none)."""
-    curves = [np.asarray(c, float) for c in curves if c is not None]
+    """The per-epoch mean of equally long curves (None if there is none); None at an
+    epoch where some curve has no value (a pass every k-th epoch only)."""
+    curves = [c for c in curves if c is not None]
     if not curves:
         return None
     n = min(len(c) for c in curves)
-    return np.mean([c[:n] for c in curves], axis=0).tolist()
+    return [
+        None if any(c[e] is None for c in curves) else float(np.mean([c[e] for c in curves]))
+        for e in range(n)
+    ]
