@@ -36,6 +36,7 @@ from pipeline import (
     pretrain,
     stage,
     study_config,
+    study_records,
     study_report,
     train,
     workdir_lock,
@@ -85,18 +86,37 @@ class Study:
             self._fingerprints[job] = stage.fingerprints(self.job_config(job))
         return self._fingerprints[job]
 
+    def run_key(self, job: Job) -> str:
+        """A run's name in the study: "<setting>/seed<k>/<run name>"."""
+        return f"{job.setting}/seed{job.seed}/{self.run_name(job)}"
+
+    def record(self, job: Job) -> dict | None:
+        """The job's run record (pipeline.study_records; None while it has not finished
+        or its lambda is pending). A run finished in this workdir without a record
+        (code before records) gets one written now."""
+        if job.lam is None:
+            return None
+        key, fp = self.run_key(job), self.fingerprints(job)["train"]
+        record = study_records.read(self.workdir, key, fp)
+        if record is not None:
+            return record
+        cdir, rdir = self.paths(job)
+        failed = os.path.join(rdir, FAILED)
+        if stage.state(rdir, "train", fp) == "current":
+            record = study_records.done_record(fp, cdir, rdir, self.run_name(job))
+        elif os.path.isfile(failed) and stage.read_json(failed).get("fingerprint") == fp:
+            record = study_records.failed_record(fp, stage.read_json(failed)["error"])
+        else:
+            return None
+        study_records.write(self.workdir, key, record)
+        return record
+
     def status(self, job: Job) -> str:
         """ "pending" (lambda not selected yet), "done", "failed" or "todo"."""
         if job.lam is None:
             return "pending"
-        _, rdir = self.paths(job)
-        fp = self.fingerprints(job)["train"]
-        if stage.state(rdir, "train", fp) == "current":
-            return "done"
-        failed = os.path.join(rdir, FAILED)
-        if os.path.isfile(failed) and stage.read_json(failed).get("fingerprint") == fp:
-            return "failed"
-        return "todo"
+        record = self.record(job)
+        return "todo" if record is None else record["state"]
 
     def selection(self) -> dict:
         """method -> selected lambda (None while pending), from validation metrics."""

@@ -28,26 +28,34 @@ FIT_ACC = epoch_eval.FIT_PREFIX + "accuracy"
 FIT_MEM = epoch_eval.FIT_PREFIX + "memorized"
 
 
+def _done(study, job: Job) -> dict | None:
+    """A done job's run record (None if not done)."""
+    record = study.record(job)
+    return record if record is not None and record["state"] == "done" else None
+
+
 def history(study, job: Job) -> dict | None:
-    """A done job's history.json (None if not done)."""
-    if study.status(job) != "done":
-        return None
-    _, rdir = study.paths(job)
-    name = study.run_name(job)
-    return stage.read_json(os.path.join(rdir, "train", name, "history.json"))
+    """A done job's per-epoch metrics (its record's part of history.json; None if not
+    done)."""
+    record = _done(study, job)
+    return None if record is None else record["history"]
 
 
 def test_counts(study, job: Job) -> list[int]:
-    cdir, _ = study.paths(job)
-    manifest = stage.read_json(os.path.join(cdir, "preprocess", "manifest.json"))
-    return manifest["splits"]["test"]["counts_after_cut"]["clean"]
+    """A done job's test examples per class (its cell's manifest, via its record)."""
+    return _done(study, job)["test_counts"]
 
 
 def run_metrics(hist: dict, counts, groups: dict) -> dict:
-    """Final-epoch figures of one run, and the per-epoch curves the plots use."""
+    """Final-epoch figures of one run, and the per-epoch curves the plots use (None
+    at the epochs without a test pass: config.eval.per_epoch_every > 1)."""
     num_classes = len(counts)
     keys = [epoch_eval.class_accuracy_key(c) for c in range(num_classes)]
-    per_epoch = [[hist[k][e] if k in hist else 0.0 for k in keys] for e in range(len(hist["loss"]))]
+    tested = hist[epoch_eval.TEST_ACCURACY]
+    per_epoch = [
+        None if tested[e] is None else [hist[k][e] if k in hist else 0.0 for k in keys]
+        for e in range(len(hist["loss"]))
+    ]
     final = per_epoch[-1]
     out = {
         "epochs": len(per_epoch),
@@ -57,7 +65,9 @@ def run_metrics(hist: dict, counts, groups: dict) -> dict:
             "groups": {g: st.group_accuracy(final, counts, cl) for g, cl in groups.items()},
         },
         "curves": {
-            f"test_{g}": [st.group_accuracy(pc, counts, cl) for pc in per_epoch]
+            f"test_{g}": [
+                None if pc is None else st.group_accuracy(pc, counts, cl) for pc in per_epoch
+            ]
             for g, cl in groups.items()
         },
     }
@@ -81,20 +91,14 @@ def collect(study) -> dict:
     for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
         if job.lam is None:
             continue
-        key = run_key(study, job)
+        key = study.run_key(job)
         state = study.status(job)
         if state == "done":
             runs[key] = run_metrics(history(study, job), test_counts(study, job), groups)
             runs[key].update(setting=job.setting, seed=job.seed, method=job.method, lam=job.lam)
         elif state == "failed":
-            _, rdir = study.paths(job)
-            runs[key] = {"failed": stage.read_json(os.path.join(rdir, "FAILED.json"))["error"]}
+            runs[key] = {"failed": study.record(job)["error"]}
     return runs
-
-
-def run_key(study, job: Job) -> str:
-    """A run's key in study.json's "runs": "<setting>/seed<k>/<run name>"."""
-    return f"{job.setting}/seed{job.seed}/{study.run_name(job)}"
 
 
 def _finished(study, runs: dict, setting: str, method: str, lam, seeds) -> dict:
@@ -104,7 +108,7 @@ def _finished(study, runs: dict, setting: str, method: str, lam, seeds) -> dict:
         return {}
     done = {}
     for seed in seeds:
-        r = runs.get(run_key(study, Job(setting, seed, method, lam)))
+        r = runs.get(study.run_key(Job(setting, seed, method, lam)))
         if r and "failed" not in r:
             done[seed] = r
     return done
@@ -360,11 +364,8 @@ def _write(study, out: str) -> dict:
 
 
 def _duration(study, job: Job) -> float | None:
-    if study.status(job) != "done":
-        return None
-    _, rdir = study.paths(job)
-    meta = stage.read_json(os.path.join(rdir, "train", stage.METADATA))
-    return float(meta["finished"]) - float(meta["started"])
+    record = _done(study, job)
+    return None if record is None else record["finished"] - record["started"]
 
 
 def _kind(study, job: Job) -> str:

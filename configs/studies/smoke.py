@@ -15,7 +15,8 @@ def get_config(arg=None):
         model=dict(widths=(4, 4, 8)),
         pretrain=dict(epochs=1, batch_size=128),
         train=dict(epochs=2, batch_size=128),
-        eval=dict(per_epoch_memorization=True),
+        # Passes after epoch 2 only: exercises the epochs without one (null).
+        eval=dict(per_epoch_memorization=True, per_epoch_every=2),
     )
     methods = c.ordered(
         erm=c.method(regularizer="none", seeds=(0, 1)),

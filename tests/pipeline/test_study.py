@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pipeline import (
     stage,
     study_config,
     study_plots,
+    study_records,
     study_report,
     validation,
 )
@@ -75,6 +77,13 @@ def test_paired_difference_uses_common_seeds():
     sd = math.sqrt(((0.1 - mean) ** 2 + mean**2 + (0.3 - mean) ** 2) / 2)
     assert d["mean"] == pytest.approx(mean) and d["std"] == pytest.approx(sd)
     assert d["ci95"][1] - d["mean"] == pytest.approx(4.3027 * sd / math.sqrt(3))
+
+
+def test_mean_curve_is_none_where_a_curve_has_no_value():
+    curves = [[None, 0.2, 0.4], [None, 0.4, 0.8, 0.9], None]
+    assert st.mean_curve(curves) == pytest.approx([None, 0.3, 0.6])
+    assert st.mean_curve([[0.5, None], [None, 1.0]]) == [None, None]
+    assert st.mean_curve([None]) is None
 
 
 def test_group_accuracy_weights_by_test_counts():
@@ -181,10 +190,10 @@ def test_regime_map_pairs_each_setting_on_the_seeds_every_setting_runs(tmp_path)
         ("noaug", 0, "har"): (0.50, 0.1),
     }  # fmt: skip
     runs = {
-        study_report.run_key(study, Job(s, k, m, 10.0 if m == "har" else 0.0)): _fake_run(g, *v)
+        study.run_key(Job(s, k, m, 10.0 if m == "har" else 0.0)): _fake_run(g, *v)
         for (s, k, m), v in values.items()
     }
-    runs[study_report.run_key(study, Job("noaug", 1, "har", 10.0))] = {"failed": "diverged"}
+    runs[study.run_key(Job("noaug", 1, "har", 10.0))] = {"failed": "diverged"}
     selection = {"har": {"selected": 10.0}}
     regime = study_report.regime_map(study, runs, selection)
     assert list(regime) == ["har"] and regime["har"]["seeds"] == [0, 1]
@@ -231,6 +240,31 @@ def test_selection_uses_validation_not_test(tmp_path):
     diff = result["settings"]["main"]["paired_minus_erm"]["har"]["noisy_rare"]
     assert diff["values"] == pytest.approx([0.1, 0.1])
     assert result["complete"]
+
+
+def test_a_finished_run_gets_a_record_and_a_stale_or_broken_one_is_refused(tmp_path):
+    study = Study(smoke.get_config(), str(tmp_path))
+    job = Job("main", 0, "har", 1.0)
+    _fake_done(study, job, val=0.8, test_primary=0.3)
+    key, fp = study.run_key(job), study.fingerprints(job)["train"]
+    assert study_records.read(str(tmp_path), key, fp) is None  # none until it is asked
+    assert study.status(job) == "done"  # a run finished without a record gets one
+    record = study_records.read(str(tmp_path), key, fp)
+    assert record["state"] == "done" and record["test_counts"] == [100] * 10
+    assert record["history"]["val_mean_class_accuracy"] == [0.1, 0.8]
+    assert record["finished"] - record["started"] == 1
+    # The record is what counts: without the workdir's run it is still done...
+    shutil.rmtree(study.paths(job)[1])
+    assert study.status(job) == "done"
+    # ... a record of another fingerprint (config or code) is not ...
+    path = study_records.path(str(tmp_path), key)
+    study_records.write(str(tmp_path), key, dict(record, fingerprint="other"))
+    assert study.status(job) == "todo"
+    # ... and one that is not a record stops the study, naming the file.
+    with open(path, "w") as f:
+        f.write("{trunc")
+    with pytest.raises(stage.PipelineError, match=r"run record .*har_lam1\.json is unreadable"):
+        study.status(job)
 
 
 def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
@@ -552,6 +586,50 @@ def test_smoke_study_rerun_skips_everything(smoke_study, idx_dir):
     assert [os.stat(p).st_mtime_ns for p in histories] == before
     with open(os.path.join(workdir, "study", "study.json")) as f:
         assert f.read() == first
+
+
+def test_run_records_alone_carry_the_study(smoke_study, idx_dir, tmp_path):
+    """A new workdir holding only the finished study's records (what a new machine
+    gets from `cp -r DIR/study/records`): the rerun trains nothing, and its study.json
+    is the original's."""
+    workdir, _ = smoke_study
+    records = os.path.join(workdir, "study", study_records.RECORDS)
+    assert len(glob.glob(os.path.join(records, "*", "*", "*.json"))) == 6
+    fresh = tmp_path / "fresh"
+    (fresh / "study").mkdir(parents=True)
+    shutil.copytree(records, fresh / "study" / study_records.RECORDS)
+    again = _study(str(fresh), idx_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "running" not in again.stdout and "study complete" in again.stdout
+    assert not (fresh / "cells").exists()
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        want = json.load(f)
+    with open(fresh / "study" / "study.json") as f:
+        assert json.load(f) == want
+
+
+def test_study_records_script_saves_and_restores_without_overwriting(tmp_path):
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    made = root / "s1" / "study" / "records" / "main" / "seed0"
+    made.mkdir(parents=True)
+    (made / "erm.json").write_text('{"a": 1}\n')
+    (made / "har_lam1.json.123.tmp").write_text("{half")  # a record being written
+
+    def script(*args):
+        env = dict(os.environ, STUDY_RECORDS_DOCS=str(docs))
+        cmd = ["bash", os.path.join(REPO, "scripts", "study_records.sh"), *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+
+    assert "1 records copied" in script("save", str(root), "s1")
+    assert (docs / "s1" / "records" / "main" / "seed0" / "erm.json").read_text() == '{"a": 1}\n'
+    assert not list((docs / "s1").rglob("*.tmp"))
+    fresh = tmp_path / "fresh"
+    assert "1 records copied" in script("restore", str(fresh), "s1")
+    restored = fresh / "s1" / "study" / "records" / "main" / "seed0" / "erm.json"
+    assert restored.read_text() == '{"a": 1}\n'
+    restored.write_text('{"newer": 1}\n')  # restore never overwrites the workdir's
+    assert "0 records copied" in script("restore", str(fresh), "s1")
+    assert restored.read_text() == '{"newer": 1}\n'
 
 
 def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
