@@ -135,6 +135,21 @@ def _memorization(curves: dict, setting: str, path: str) -> None:
     plt.close(fig)
 
 
+def _tau_lines(cells: dict) -> list[str]:
+    """Whether the runs of each cell trained with one tau (study_report.tau_by_cell)."""
+    if not cells:
+        return []
+    differ = {c: v for c, v in cells.items() if v["max_abs_difference"] > 0}
+    if not differ:
+        return ["", f"Every cell's runs trained with the same tau ({len(cells)} cells)."]
+    lines = ["", "**tau differs between runs of one cell** (their pairing is weaker):", ""]
+    lines += [
+        f"- {c}: {v['runs']} runs, max |difference| {v['max_abs_difference']:.3g}"
+        for c, v in differ.items()
+    ]
+    return lines
+
+
 def markdown(result: dict, plots: dict, runtimes: dict) -> str:
     """study.md: the state, each lambda selection, each setting's tables, failures,
     figures and runtimes."""
@@ -151,6 +166,7 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         "All accuracies (%) are on the clean test set at each run's final epoch: mean "
         "[95% t-interval] (n seeds).",
     ]
+    lines += _tau_lines(result.get("tau_by_cell", {}))
     for method, sel in result["selection"].items():
         lines += _selection_lines(method, sel, primary)
     for setting, agg in result["settings"].items():

@@ -304,6 +304,29 @@ def code_version(root: str) -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def tau_by_cell(study, jobs) -> dict:
+    """Per cell ("<setting>/seed<k>"), whether its done runs that trained with tau all
+    used the same one: {"runs": how many, "max_abs_difference": between their taus}.
+
+    The runs of a cell are paired on one tau. A cell whose pretrain ran again (its
+    records restored on another machine, pipeline.study_records) could compute a
+    different tau for its later runs; this makes that visible.
+    """
+    taus: dict = {}
+    for job in sorted(set(jobs), key=study.run_key):
+        record = _done(study, job)
+        if record is not None and record.get("tau") is not None:
+            cell = f"{job.setting}/seed{job.seed}"
+            taus.setdefault(cell, []).append(np.asarray(record["tau"], float))
+    return {
+        cell: {
+            "runs": len(ts),
+            "max_abs_difference": float(max(np.max(np.abs(t - ts[0])) for t in ts)),
+        }
+        for cell, ts in sorted(taus.items())
+    }
+
+
 def build(study) -> dict:
     selection = selections(study)
     runs = collect(study)
@@ -323,6 +346,7 @@ def build(study) -> dict:
         "selection": selection,
         "settings": aggregate(study, runs, selection),
         "regime_map": regime_map(study, runs, selection),
+        "tau_by_cell": tau_by_cell(study, [j for j in jobs if j.lam is not None]),
         "runs": runs,
     }
 

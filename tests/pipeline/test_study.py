@@ -267,6 +267,29 @@ def test_a_finished_run_gets_a_record_and_a_stale_or_broken_one_is_refused(tmp_p
         study.status(job)
 
 
+def test_tau_by_cell_shows_runs_of_one_cell_that_trained_with_different_taus(tmp_path):
+    study = Study(smoke.get_config(), str(tmp_path))
+    taus = {(0, 1.0): [1.0, 0.5], (0, 10.0): [1.0, 0.25], (1, 1.0): [0.3, 0.3]}
+    for (seed, lam), tau in taus.items():
+        job = Job("main", seed, "har", lam)
+        _fake_done(study, job, val=0.5, test_primary=0.5)
+        tau_dir = os.path.join(study.paths(job)[1], "estimate_tau")
+        os.makedirs(tau_dir)
+        stage.write_json(os.path.join(tau_dir, "tau.json"), {"tau": tau})
+    erm = Job("main", 0, "erm", 0.0)  # no tau: not counted
+    _fake_done(study, erm, val=0.5, test_primary=0.5)
+    jobs = [Job("main", s, "har", lam) for s, lam in taus] + [erm, Job("main", 1, "har", 10.0)]
+    got = study_report.tau_by_cell(study, jobs)
+    assert got == {
+        "main/seed0": {"runs": 2, "max_abs_difference": 0.25},
+        "main/seed1": {"runs": 1, "max_abs_difference": 0.0},
+    }
+    text = "\n".join(study_plots._tau_lines(got))
+    assert "main/seed0: 2 runs, max |difference| 0.25" in text and "seed1" not in text
+    same = study_plots._tau_lines({"main/seed1": got["main/seed1"]})
+    assert same[-1] == "Every cell's runs trained with the same tau (1 cells)."
+
+
 def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
     study = Study(smoke.get_config(), str(tmp_path))
     _fake_done(study, Job("main", 0, "har", 1.0), val=0.8, test_primary=0.3)
