@@ -179,7 +179,10 @@ def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     assert meta["started"] <= meta["finished"] and isinstance(meta["argv"], list)
     # The fields the fingerprint read, as config_section gives them.
     assert meta["config"]["train"]["epochs"] == config.train.epochs
-    assert set(meta["config"]) == set(stage.SECTIONS["train"])
+    # (A field at its NEUTRAL_DEFAULTS value is left out, as if it did not exist.)
+    neutral = {f for f, v in stage.NEUTRAL_DEFAULTS.items() if stage._field(config, f) == v}
+    assert set(meta["config"]) == set(stage.SECTIONS["train"]) - neutral
+    assert "eval.per_epoch_every" in neutral
     assert stage.state(workdir, "train", stage.fingerprints(_config(epochs=2))["train"]) == (
         "stale"
     )
