@@ -1,5 +1,6 @@
 """Fingerprints, stale stages, --force / --from_stage, and resuming after a kill."""
 
+import functools
 import glob
 import os
 import signal
@@ -180,7 +181,11 @@ def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     # The fields the fingerprint read, as config_section gives them.
     assert meta["config"]["train"]["epochs"] == config.train.epochs
     # (A field at its NEUTRAL_DEFAULTS value is left out, as if it did not exist.)
-    neutral = {f for f, v in stage.NEUTRAL_DEFAULTS.items() if stage._field(config, f) == v}
+    neutral = {
+        f
+        for f, v in stage.NEUTRAL_DEFAULTS.items()
+        if functools.reduce(lambda c, part: c[part], f.split("."), config) == v
+    }
     assert set(meta["config"]) == set(stage.SECTIONS["train"]) - neutral
     assert "eval.per_epoch_every" in neutral
     assert stage.state(workdir, "train", stage.fingerprints(_config(epochs=2))["train"]) == (
