@@ -3,6 +3,7 @@
 import functools
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import epoch_eval, modeling, stage
+from pipeline import epoch_eval, modeling, stage, workdir_lock
 from pipeline import run as run_lib
 from tests.pipeline import idx_fixtures
 
@@ -257,6 +258,74 @@ def test_unknown_from_stage_is_a_clear_error(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def _fake_stages(monkeypatch):
+    """Replaces every stage run_pipeline calls by one that makes its declared outputs
+    through stage.stage_output (as the real stages do, resuming what .partial holds).
+    Returns the calls: (stage, whether it found .partial to resume from)."""
+    calls = []
+
+    def fake(name):
+        def run_stage(config, workdir, **kwargs):
+            calls.append((name, os.path.isdir(os.path.join(workdir, f"{name}.partial"))))
+            with stage.stage_output(workdir, name, config, resume=True) as out:
+                for rel in stage.DECLARED_OUTPUTS[name]:
+                    with open(os.path.join(out, rel), "w") as f:
+                        f.write("{}")
+
+        return run_stage
+
+    for name in stage.STAGES:
+        monkeypatch.setitem(run_lib.STAGE_RUNS, name, fake(name))
+    monkeypatch.setattr(run_lib.preprocess, "run", fake("preprocess"))
+    return calls
+
+
+def _ran(calls):
+    names = [name for name, _ in calls]
+    calls.clear()
+    return names
+
+
+def test_rerun_force_and_from_stage_run_what_they_name(tmp_path, monkeypatch):
+    """Which stages pipeline.run runs, and whether from scratch, with the stages faked
+    (the real pipeline: test_changed_config_reruns_downstream_only)."""
+    calls = _fake_stages(monkeypatch)
+    workdir = str(tmp_path)
+    run_lib.run_pipeline(_config(), workdir)
+    assert _ran(calls) == list(stage.STAGES)
+    run_lib.run_pipeline(_config(), workdir)
+    assert _ran(calls) == []
+    run_lib.run_pipeline(_config(epochs=2), workdir)
+    assert _ran(calls) == list(DOWNSTREAM)
+    run_lib.run_pipeline(_config(epochs=2), workdir, from_stage="evaluate")
+    assert _ran(calls) == ["evaluate", "export", "push"]
+    run_lib.run_pipeline(_config(epochs=2), workdir, force_push=True)
+    assert _ran(calls) == ["push"]
+    run_lib.run_pipeline(_config(epochs=2), workdir, force=True)
+    assert _ran(calls) == list(stage.STAGES)
+    # Nothing set aside or left partial.
+    assert set(os.listdir(workdir)) == {*stage.STAGES, workdir_lock.LOCK_FILE}
+
+    # What an interrupted train left is resumed by a plain rerun, and cleared first by
+    # one that names the stage (--from_stage, --force): those start afresh.
+    def interrupted_train():
+        shutil.rmtree(os.path.join(workdir, "train"))
+        partial = os.path.join(workdir, "train.partial")
+        os.makedirs(partial)
+        with open(os.path.join(partial, stage.PARTIAL_FINGERPRINT), "w") as f:
+            f.write(stage.fingerprints(_config(epochs=2))["train"])
+
+    interrupted_train()
+    run_lib.run_pipeline(_config(epochs=2), workdir)
+    assert calls[0] == ("train", True)
+    _ran(calls)
+    for kwargs in ({"from_stage": "train"}, {"force": True}):
+        interrupted_train()
+        run_lib.run_pipeline(_config(epochs=2), workdir, **kwargs)
+        assert ("train", False) in calls, kwargs
+        _ran(calls)
+
+
 # ----------------------------------------------------------------------------------
 # Slow: the pipeline as a program
 
@@ -268,10 +337,28 @@ def idx_dir(tmp_path_factory):
     return str(directory)
 
 
-@pytest.mark.slow
-def test_changed_config_reruns_downstream_only(tmp_path, idx_dir):
+# The slow tests share one complete pipeline (BASE), run once with Keras's progress
+# printed; each test that changes a workdir works on a copy of it.
+BASE = ("--config.train.epochs=4",)
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory, idx_dir):
+    """(workdir, stdout) of one complete pipeline.run of BASE; read only."""
+    workdir = str(tmp_path_factory.mktemp("completed") / "work")
+    result = _pipeline(workdir, idx_dir, *BASE, "--config.train.verbose=1", "--noquiet")
+    return workdir, result.stdout
+
+
+def _copy_of(completed, tmp_path):
     workdir = str(tmp_path / "work")
-    _pipeline(workdir, idx_dir)
+    shutil.copytree(completed[0], workdir, symlinks=True)
+    return workdir
+
+
+@pytest.mark.slow
+def test_changed_config_reruns_downstream_only(tmp_path, completed, idx_dir):
+    workdir = _copy_of(completed, tmp_path)
     first = _fingerprints(workdir)
     assert all(first.values())
 
@@ -293,30 +380,13 @@ def test_changed_config_reruns_downstream_only(tmp_path, idx_dir):
     else:
         assert "the `tensorboard` package is not installed" in result.stderr
 
-    # A stage run directly refuses a stale output (the config changed back).
-    direct = _run("pipeline.train", workdir, idx_dir)
+    # A stage run directly refuses a stale output (the config changed back). (Which
+    # stages --force and --from_stage rerun: test_rerun_force_and_from_stage_run_what_
+    # they_name, in process.)
+    direct = _run("pipeline.train", workdir, idx_dir, *BASE)
     assert direct.returncode == 1
     assert "error: train: stage 'train'" in direct.stderr and "stale" in direct.stderr
     assert "--force" in direct.stderr and "Traceback" not in direct.stderr
-
-    unknown = _run("pipeline.run", workdir, idx_dir, "--config.train.epochs=2", "--from_stage=x")
-    assert unknown.returncode == 1
-    assert "unknown --from_stage='x'; stages: preprocess, pretrain" in unknown.stderr
-
-    before = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
-    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--from_stage=evaluate")
-    for name in ("preprocess", "pretrain", "estimate_tau", "train"):
-        assert f"== {name}: complete, skipped" in result.stdout
-    for name in ("evaluate", "export", "push"):
-        assert f"== {name}: rerunning" in result.stdout
-    after = {n: os.path.getmtime(os.path.join(workdir, n, stage.METADATA)) for n in stage.STAGES}
-    assert [n for n in stage.STAGES if before[n] != after[n]] == ["evaluate", "export", "push"]
-    assert _fingerprints(workdir) == second
-
-    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--force")
-    for name in stage.STAGES:
-        assert f"== {name}: rerunning" in result.stdout
-    assert _fingerprints(workdir) == second
 
 
 def _wait_for(pattern, proc, timeout=600):
@@ -354,11 +424,10 @@ def _weights(path):
 
 
 @pytest.mark.slow
-def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
-    epochs = "--config.train.epochs=4"
+def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, completed, idx_dir):
     killed = str(tmp_path / "killed")
     # A kill during preprocess leaves no complete stage.
-    _kill_when(os.path.join(killed, "preprocess.partial"), killed, idx_dir, epochs)
+    _kill_when(os.path.join(killed, "preprocess.partial"), killed, idx_dir, *BASE)
     assert not any(stage.is_complete(killed, n) for n in stage.STAGES)
 
     # A kill after train checkpointed epoch >= 1 of some run.
@@ -366,20 +435,20 @@ def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
         os.path.join(killed, "train.partial", "*", "checkpoints", "epoch-*.weights.h5"),
         killed,
         idx_dir,
-        epochs,
+        *BASE,
     )
     assert not stage.is_complete(killed, "train")
     assert os.path.isdir(os.path.join(killed, "train.partial"))
     # verbose is no part of a fingerprint; --quiet (given by _argv) overrides it.
-    resumed = _pipeline(killed, idx_dir, epochs, "--config.train.verbose=1")
+    resumed = _pipeline(killed, idx_dir, *BASE, "--config.train.verbose=1")
     assert "Epoch " not in resumed.stdout
     assert "== train: running" in resumed.stdout
     # It continued from the checkpoint rather than starting over.
     assert "Resuming from" in resumed.stderr and "epochs already done" in resumed.stderr, found
 
-    reference = str(tmp_path / "reference")
-    result = _pipeline(reference, idx_dir, epochs, "--config.train.verbose=1", "--noquiet")
-    assert "Epoch 4/4" in result.stdout  # Keras's progress output, on without --quiet
+    # The reference: the same config, never interrupted.
+    reference, reference_stdout = completed
+    assert "Epoch 4/4" in reference_stdout  # Keras's progress output, on without --quiet
     assert _fingerprints(killed) == _fingerprints(reference)
     for run in ("erm", "har"):
         a = os.path.join(killed, "train", run)
@@ -405,9 +474,10 @@ def test_killed_pipeline_resumes_to_the_same_weights(tmp_path, idx_dir):
 
 
 @pytest.mark.slow
-def test_a_deleted_tau_json_is_reported_and_rerun_by_the_real_pipeline(tmp_path, idx_dir):
-    workdir = str(tmp_path / "work")
-    _pipeline(workdir, idx_dir)
+def test_a_deleted_tau_json_is_reported_and_rerun_by_the_real_pipeline(
+    tmp_path, completed, idx_dir
+):
+    workdir = _copy_of(completed, tmp_path)
     before = _fingerprints(workdir)
     os.remove(os.path.join(workdir, "estimate_tau", "tau.json"))
     message = (
@@ -415,11 +485,11 @@ def test_a_deleted_tau_json_is_reported_and_rerun_by_the_real_pipeline(tmp_path,
         "rerun with --from_stage=estimate_tau"
     )
     # A stage run alone refuses its incomplete input, in one line.
-    alone = _run("pipeline.train", workdir, idx_dir, "--force")
+    alone = _run("pipeline.train", workdir, idx_dir, *BASE, "--force")
     assert alone.returncode == 1 and "Traceback" not in alone.stderr
     assert message in alone.stderr
     # pipeline.run says so and reruns it and every later stage.
-    result = _pipeline(workdir, idx_dir)
+    result = _pipeline(workdir, idx_dir, *BASE)
     assert "stage estimate_tau is incomplete: tau.json is missing" in result.stderr
     assert "== pretrain: complete, skipped" in result.stdout
     for name in ("estimate_tau", "train", "evaluate", "export"):

@@ -480,6 +480,9 @@ def test_tfds_text_key_must_be_a_text_feature():
 
 @pytest.mark.slow
 def test_text_pipeline_exports_a_model_that_takes_raw_strings(csv_data, tmp_path):
+    """Every stage on text, through the command line. One BiLSTM layer rather than the
+    smoke config's two halves the time (tracing the double-backprop graph of each run
+    dominates); stacked layers are tested in tests/har_tf/test_lstm.py."""
     workdir = str(tmp_path / "work")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
@@ -491,6 +494,7 @@ def test_text_pipeline_exports_a_model_that_takes_raw_strings(csv_data, tmp_path
             f"--workdir={workdir}",
             f"--config.data.csv.path={csv_data.path}",
             "--config.data.text.max_tokens=30",
+            "--config.model.num_layers=1",
             "--quiet",
         ],
         cwd=REPO,
