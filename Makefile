@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist_hetero.py:quick
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (0: one process); a module's tests stay on one,
+# so that its module-scoped fixtures (a complete pipeline, a smoke study) run once.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint data venv clean bazel-test
 
@@ -27,7 +30,7 @@ run: venv data
 	echo "== wall time: $$(( $$(date +%s) - start )) s (excluding install)"
 
 test: venv data
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # Bazel 2.1 from npm, offline (scripts/bazel, docs/BAZEL.md). Builds every target,
 # checks that the BUILD files cover every module, runs the CI suite $(BAZEL_TESTS)
