@@ -380,13 +380,22 @@ def test_changed_config_reruns_downstream_only(tmp_path, completed, idx_dir):
     else:
         assert "the `tensorboard` package is not installed" in result.stderr
 
-    # A stage run directly refuses a stale output (the config changed back). (Which
-    # stages --force and --from_stage rerun: test_rerun_force_and_from_stage_run_what_
-    # they_name, in process.)
+    # A stage run directly refuses a stale output (the config changed back).
     direct = _run("pipeline.train", workdir, idx_dir, *BASE)
     assert direct.returncode == 1
     assert "error: train: stage 'train'" in direct.stderr and "stale" in direct.stderr
     assert "--force" in direct.stderr and "Traceback" not in direct.stderr
+
+    # --from_stage reaches run_pipeline from the command line (which stages it and
+    # --force rerun is test_rerun_force_and_from_stage_run_what_they_name, in process).
+    unknown = _run("pipeline.run", workdir, idx_dir, "--config.train.epochs=2", "--from_stage=x")
+    assert unknown.returncode == 1
+    assert "unknown --from_stage='x'; stages: preprocess, pretrain" in unknown.stderr
+    result = _pipeline(workdir, idx_dir, "--config.train.epochs=2", "--from_stage=push")
+    for name in stage.STAGES[:-1]:
+        assert f"== {name}: complete, skipped" in result.stdout
+    assert "== push: rerunning" in result.stdout
+    assert _fingerprints(workdir) == second
 
 
 def _wait_for(pattern, proc, timeout=600):
