@@ -30,7 +30,7 @@ run: venv data
 	echo "== wall time: $$(( $$(date +%s) - start )) s (excluding install)"
 
 test: venv data
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Bazel 2.1 from npm, offline (scripts/bazel, docs/BAZEL.md). Builds every target,
 # checks that the BUILD files cover every module, runs the CI suite $(BAZEL_TESTS)
