@@ -666,12 +666,23 @@ def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
     assert not os.path.exists(tmp_path / "w")
 
 
+def _without_last_run(smoke_study, workdir) -> str:
+    """A copy of the finished smoke study without its last run (seed 1, HAR lam 10):
+    that run's train stage and record removed, everything else kept."""
+    shutil.copytree(smoke_study[0], workdir, symlinks=True)
+    shutil.rmtree(os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10", "train"))
+    os.remove(
+        os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1", "har_lam10.json")
+    )
+    return workdir
+
+
 @pytest.mark.slow
 def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_dir, smoke_study):
-    workdir = str(tmp_path / "killed")
-    # Kill once the third run (HAR lam 10, seed 0) has checkpointed its first epoch.
-    pattern = os.path.join(workdir, "cells", "main", "seed0", "runs", "har_lam10", "train.partial",
-                           "*", "checkpoints", "epoch-*.weights.h5")  # fmt: skip
+    workdir = _without_last_run(smoke_study, str(tmp_path / "killed"))
+    run = os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10")
+    # Kill once the missing run has checkpointed its first epoch (of two).
+    pattern = os.path.join(run, "train.partial", "*", "checkpoints", "epoch-*.weights.h5")
     proc = subprocess.Popen(_argv(workdir, idx_dir), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -683,11 +694,21 @@ def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_di
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        assert not json.load(f)["complete"]  # the partial aggregate after run 2
+    assert not os.path.exists(os.path.join(run, "train"))  # killed before it finished
+    kept = glob.glob(
+        os.path.join(workdir, "cells", "*", "*", "runs", "*", "train", "*", "history.json")
+    )
+    before = {p: os.stat(p).st_mtime_ns for p in kept}
+    assert len(before) == 5
     resumed = _study(workdir, idx_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("finished in") == 4  # runs 3..6; 1 and 2 were kept
+    assert resumed.stdout.count("finished in") == 1  # the killed run; the other 5 were kept
+    assert "main seed 1 har_lam10: finished in" in resumed.stdout
+    # It continued the killed attempt (whose TensorBoard log of epoch 1 is kept beside
+    # the resumed process's) rather than starting over.
+    events = glob.glob(os.path.join(run, "train", "*", "tensorboard", "train", "events.*"))
+    assert len(events) == 2, events
+    assert {p: os.stat(p).st_mtime_ns for p in kept} == before
     with open(os.path.join(workdir, "study", "study.json")) as f:
         got = json.load(f)
     with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
