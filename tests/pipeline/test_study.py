@@ -666,21 +666,23 @@ def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
     assert not os.path.exists(tmp_path / "w")
 
 
-def _without_last_run(smoke_study, workdir) -> str:
-    """A copy of the finished smoke study without its last run (seed 1, HAR lam 10):
-    that run's train stage and record removed, everything else kept."""
+def _without_last_run(smoke_study, workdir: str) -> str:
+    """Copies the finished smoke study to workdir without its last run (seed 1, HAR
+    lam 10): that run's train stage and record removed, everything else kept.
+    Returns the run's directory."""
     shutil.copytree(smoke_study[0], workdir, symlinks=True)
-    shutil.rmtree(os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10", "train"))
+    run = os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10")
+    shutil.rmtree(os.path.join(run, "train"))
     os.remove(
         os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1", "har_lam10.json")
     )
-    return workdir
+    return run
 
 
 @pytest.mark.slow
 def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_dir, smoke_study):
-    workdir = _without_last_run(smoke_study, str(tmp_path / "killed"))
-    run = os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10")
+    workdir = str(tmp_path / "killed")
+    run = _without_last_run(smoke_study, workdir)
     # Kill once the missing run has checkpointed its first epoch (of two).
     pattern = os.path.join(run, "train.partial", "*", "checkpoints", "epoch-*.weights.h5")
     proc = subprocess.Popen(_argv(workdir, idx_dir), cwd=REPO, env=_env(),
