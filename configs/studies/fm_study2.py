@@ -15,9 +15,10 @@ Network: the paper's ResNet-32 (5 blocks per stage, widths 16/32/64) with the
 project's stride-2 stem for 28x28 inputs.
 
 Variant "probe": ERM only, on seed 0, in two schedules (settings `e120`: the paper's
-120 epochs with lr drops after 80 and 100; `e60`: 60 epochs, drops after 40 and 50),
-to size the schedule from ERM's memorization alone (training accuracy against the
-noisy labels, wrong labels fitted); no other method runs before the sizes are fixed.
+120 epochs with lr drops after 80 and 100; `e60`: 60 epochs, drops after 40 and 50)
+and without augmentation (`e60_noaug`, pretrain likewise), to size the schedule from
+ERM's memorization alone (training accuracy against the noisy labels, wrong labels
+fitted); no other method runs before the sizes are fixed.
 """
 
 from configs.studies import common as c
@@ -48,15 +49,20 @@ def data_overrides() -> dict:
 def probe_config():
     erm_only = c.ordered(erm=c.method(regularizer="none", seeds=(0,)))
 
-    def timed(epochs):
-        s = schedule(epochs)
-        return c.setting(dict(train=dict(s, drw_start_epoch=s["lr_drop_epochs"][0])))
+    def timed(epochs, augment=True):
+        s = dict(schedule(epochs), augment=augment)
+        return c.setting(
+            dict(
+                pretrain=dict(s),
+                train=dict(s, drw_start_epoch=s["lr_drop_epochs"][0]),
+            )
+        )
 
     return c.study(
         name="fm_study2:probe",
         base="configs/fashion_mnist_hetero.py",
         overrides=data_overrides(),
-        settings=c.ordered(e120=timed(120), e60=timed(60)),
+        settings=c.ordered(e120=timed(120), e60=timed(60), e60_noaug=timed(60, augment=False)),
         selection_setting="e120",
         grid_seeds=(0,),
         methods=erm_only,
