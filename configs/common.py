@@ -42,14 +42,25 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
     )
 
 
-def run(*, regularizer, lam, drw=False, reg_every=1):
+def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"):
     """One training run of the train stage (a fresh model).
 
     reg_every > 1: the opt-in approximation of `HARModel(reg_every=...)`, the
     regularizer on every k-th step only, with k * lam (docs/PERFORMANCE.md).
+    drop: "none"; "label_issues" trains without the examples cleanlab flags (needs
+    tau.cross_fit: cleanlab's recipe, combinable with HAR); "wrong_labels" without
+    every wrongly-labelled one (a benchmark's oracle). labels: "noisy", or "clean"
+    (a benchmark's ceiling). pipeline/training_set.py has the details.
     """
     return ml_collections.ConfigDict(
-        dict(regularizer=regularizer, lam=lam, drw=drw, reg_every=reg_every)
+        dict(
+            regularizer=regularizer,
+            lam=lam,
+            drw=drw,
+            reg_every=reg_every,
+            drop=drop,
+            labels=labels,
+        )
     )
 
 

@@ -109,6 +109,7 @@ def make_dataset(
     keep_ids: np.ndarray | None = None,
     with_meta: bool = False,
     drop_remainder: bool = False,
+    label_key: str = "label",
 ) -> tf.data.Dataset:
     """Batches of (input, label int32 [B]).
 
@@ -124,7 +125,11 @@ def make_dataset(
         The third element is not a sample weight: use only with predict-like loops.
       drop_remainder: drop the last, smaller batch (needed under a multi-replica
         strategy with synchronized BN, which fails on a replica with no example).
+      label_key: the label yielded: "label" (the noisy label, what a user has) or
+        "clean_label" (a benchmark's ceiling run, pipeline.training_set).
     """
+    if label_key not in ("label", "clean_label"):
+        raise ValueError(f"label_key must be 'label' or 'clean_label', got {label_key!r}")
     manifest = load_manifest(workdir)
     paths = records.shard_paths(stage.stage_dir(workdir, "preprocess"), split)
     ds = tf.data.TFRecordDataset(paths, num_parallel_reads=min(4, len(paths)))
@@ -155,8 +160,8 @@ def make_dataset(
     def to_tuple(ex):
         x = vectorize(ex["text"]) if is_text else tf.cast(ex["image"], tf.float32)
         if with_meta:
-            return x, ex["label"], {"id": ex["id"], "clean_label": ex["clean_label"]}
-        return x, ex["label"]
+            return x, ex[label_key], {"id": ex["id"], "clean_label": ex["clean_label"]}
+        return x, ex[label_key]
 
     ds = ds.map(to_tuple, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -181,7 +186,9 @@ def raw_texts(workdir: str, split: str, n: int) -> list[bytes]:
     return [ex["text"] for ex in ds.as_numpy_iterator()]
 
 
-def training_dataset(workdir: str, section, *, seed: int, keep_ids=None) -> tf.data.Dataset:
+def training_dataset(
+    workdir: str, section, *, seed: int, keep_ids=None, label_key: str = "label"
+) -> tf.data.Dataset:
     """The train split as a training stage's config section asks for it."""
     return make_dataset(
         workdir,
@@ -193,4 +200,5 @@ def training_dataset(workdir: str, section, *, seed: int, keep_ids=None) -> tf.d
         seed=seed,
         keep_ids=keep_ids,
         drop_remainder=section.strategy != "default",
+        label_key=label_key,
     )

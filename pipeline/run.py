@@ -65,7 +65,7 @@ def check_config(config) -> None:
     """
     config_ranges.check(config)
     modeling.check_config(config)
-    train.validate_runs(config.train.runs)
+    train.validate_runs(config.train.runs, cross_fit=bool(config.tau.get("cross_fit", False)))
     evaluate.eval_groups(config)
     blessing.check_config(config)
     export.check_config(config)

@@ -78,7 +78,14 @@ DECLARED_OUTPUTS = {
 }
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
-NEUTRAL_DEFAULTS = {"tau.cross_fit": False, "data.schema": "", "eval.per_epoch_every": 1}
+NEUTRAL_DEFAULTS = {
+    "tau.cross_fit": False,
+    "data.schema": "",
+    "eval.per_epoch_every": 1,
+    # every run of config.train.runs ("*": any run name; pipeline.training_set)
+    "train.runs.*.drop": "none",
+    "train.runs.*.labels": "noisy",
+}
 
 
 class PipelineError(Exception):
@@ -108,8 +115,12 @@ def require(workdir: str, name: str) -> str:
 
 
 def uses_tau(config) -> bool:
-    """Whether some training run uses HAR (and so needs pretrain and estimate_tau)."""
-    return any(r.regularizer == "har" for r in config.train.runs.values())
+    """Whether some training run needs pretrain and estimate_tau: a HAR run (tau) or
+    one that drops cleanlab's label issues (label_issues.csv)."""
+    return any(
+        r.regularizer == "har" or r.get("drop", "none") == "label_issues"
+        for r in config.train.runs.values()
+    )
 
 
 def inputs(config, name: str) -> tuple[str, ...]:
@@ -147,13 +158,21 @@ def _drop_ignored(obj: Any) -> Any:
     return obj
 
 
+def _neutral_key(dotted: str) -> str:
+    """A field's NEUTRAL_DEFAULTS key: a run's fields under "train.runs.*"."""
+    parts = dotted.split(".")
+    if parts[:2] == ["train", "runs"] and len(parts) == 4:
+        parts[2] = "*"
+    return ".".join(parts)
+
+
 def _drop_neutral(dotted: str, value: Any) -> Any:
     """`value` of field `dotted` without the NEUTRAL_DEFAULTS at their default."""
     if isinstance(value, dict):
         return {
             k: _drop_neutral(f"{dotted}.{k}", v)
             for k, v in value.items()
-            if NEUTRAL_DEFAULTS.get(f"{dotted}.{k}", object()) != v
+            if NEUTRAL_DEFAULTS.get(_neutral_key(f"{dotted}.{k}"), object()) != v
         }
     return value
 

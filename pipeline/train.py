@@ -13,6 +13,9 @@ keeps the runs it finished and resumes the one it was in from its last completed
 "none" runs are ERM with lambda 0 (no double backprop);
 "uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
 gets class-balanced loss weights from config.train.drw_start_epoch (HAR-DRW).
+A run's `drop` and `labels` fields choose its training set (pipeline.training_set:
+cleanlab's filter, and a benchmark's ceilings); such a run writes what it dropped to
+<run>/training_set.json. HAR's tau is estimate_tau's whatever a run drops.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import numpy as np
 from absl import logging
 
 from har_tf.callbacks import DeferredReweighting
-from pipeline import data, epoch_eval, modeling, multi_worker, stage
+from pipeline import data, epoch_eval, modeling, multi_worker, stage, training_set
 
 NAME = "train"
 REGULARIZERS = ("none", "uniform", "har")
 
 
-def validate_runs(runs) -> None:
+def validate_runs(runs, *, cross_fit: bool = False) -> None:
+    """Every run's fields, or a PipelineError naming the run; `cross_fit`:
+    config.tau.cross_fit (a run dropping label issues needs it)."""
     if not runs:
         raise stage.PipelineError("config.train.runs is empty: nothing to train")
     for name, run_cfg in runs.items():
@@ -41,21 +46,23 @@ def validate_runs(runs) -> None:
             raise stage.PipelineError(f"run {name!r}: a {run_cfg.regularizer} run needs lam > 0")
         if int(run_cfg.get("reg_every", 1)) < 1:
             raise stage.PipelineError(f"run {name!r}: reg_every must be >= 1")
+        training_set.check_run(name, run_cfg, cross_fit=cross_fit)
 
 
 def run(config, workdir: str) -> None:
     section = config.train
-    validate_runs(section.runs)
+    validate_runs(section.runs, cross_fit=bool(config.tau.get("cross_fit", False)))
     tau = None
     if any(r.regularizer == "har" for r in section.runs.values()):
         tau = stage.read_json(os.path.join(stage.require(workdir, "estimate_tau"), "tau.json"))[
             "tau"
         ]
     # Without the validation split's records (pipeline.validation), if there is one.
-    labels = data.read_fit_labels(workdir)["label"]
+    fit = data.read_fit_labels(workdir)
     keep_ids = data.fit_keep_ids(workdir)
-    steps = modeling.steps_for(len(labels), section.batch_size)
-    class_counts = np.bincount(labels, minlength=config.data.num_classes)
+    flagged = (
+        training_set.flagged_ids(workdir) if training_set.needs_label_issues(section.runs) else ()
+    )
     # resume: runs an interrupted attempt finished are kept, and the run it was in
     # continues from its last checkpointed epoch.
     # Several workers (strategy "multi_worker"): only the chief writes.
@@ -70,6 +77,20 @@ def run(config, workdir: str) -> None:
             if worker is None or worker.chief:
                 os.makedirs(run_dir, exist_ok=True)
             lam = 0.0 if run_cfg.regularizer == "none" else run_cfg.lam
+            run_ids, labels, label_key = keep_ids, fit["label"], "label"
+            if not training_set.is_default(run_cfg):
+                drop, kind = run_cfg.get("drop", "none"), run_cfg.get("labels", "noisy")
+                chosen = training_set.select(fit, drop=drop, labels=kind, flagged_ids=flagged)
+                run_ids, labels = chosen["id"], chosen["label"]
+                label_key = "clean_label" if kind == "clean" else "label"
+                if worker is None or worker.chief:
+                    stage.write_json(
+                        os.path.join(run_dir, training_set.SUMMARY),
+                        training_set.summary(fit, chosen["dropped"], drop=drop, labels=kind),
+                    )
+                if not len(run_ids):
+                    raise stage.PipelineError(f"run {name!r}: drop {drop!r} left no example")
+            steps = modeling.steps_for(len(labels), section.batch_size)
             model = modeling.build_har_model(
                 config,
                 section,
@@ -79,17 +100,26 @@ def run(config, workdir: str) -> None:
                 reg_every=int(run_cfg.get("reg_every", 1)),
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
-            ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)
+            ds = data.training_dataset(
+                workdir, section, seed=config.seed, keep_ids=run_ids, label_key=label_key
+            )
             callbacks = []
             if config.eval.per_epoch_test:
                 # Before fit's EpochCheckpoint, so that the checkpointed history has it.
                 callbacks.append(epoch_eval.monitor_for(config, workdir))
             # Validation (val_*) and memorization (fit_*) metrics, when configured.
-            callbacks += epoch_eval.label_set_monitors(config, workdir, keep_ids)
+            callbacks += epoch_eval.label_set_monitors(config, workdir, run_ids)
             if run_cfg.drw:
+                # Class-balanced weights from the labels this run trains on.
+                counts = np.bincount(labels, minlength=config.data.num_classes)
+                if counts.min() < 1:
+                    raise stage.PipelineError(
+                        f"run {name!r}: DRW needs every class among its training labels; "
+                        f"class(es) {np.flatnonzero(counts < 1).tolist()} have none"
+                    )
                 callbacks.append(
                     DeferredReweighting(
-                        class_counts, start_epoch=section.drw_start_epoch, beta=section.drw_beta
+                        counts, start_epoch=section.drw_start_epoch, beta=section.drw_beta
                     )
                 )
             modeling.fit(model, ds, section, out_dir=run_dir, callbacks=callbacks)
