@@ -50,6 +50,7 @@ CELL_STAGES = {
 }
 FAILED = "FAILED.json"
 MORE_TO_DO = 75  # exit status when --max_jobs stopped the study with runs left
+POLL_SECONDS = 30.0  # how often a process whose runs are all held by others looks again
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -123,32 +124,43 @@ class Study:
         return {name: sel["selected"] for name, sel in study_report.selections(self).items()}
 
     def plan(self) -> list[Job]:
-        return study_config.plan(self.config, self.selection())
+        return study_report.planned(self)[0]
 
-    def run_job(self, job: Job) -> None:
-        """Every missing or stale stage of one job: the cell's, then its train stage."""
+    def run_job(self, job: Job, on_start=None) -> bool:
+        """Every missing or stale stage of one job: the cell's, then its train stage.
+
+        The run directory's lock (pipeline.workdir_lock) is held throughout, and the
+        cell directory's while its stages run, so two study processes never train
+        the same run or the same cell stage: the second gets WorkdirInUse at once.
+        on_start() is called once the run's lock is held and the run still needs
+        training. Returns False if the run had finished meanwhile (another process).
+        """
         config = self.job_config(job)
         cdir, rdir = self.paths(job)
         fps = stage.fingerprints(config)
         needed = ["preprocess"] + (["pretrain", "estimate_tau"] if stage.uses_tau(config) else [])
-        for name in needed:
-            _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
-        os.makedirs(rdir, exist_ok=True)
-        for name in needed:
-            _link(os.path.join("..", "..", name), os.path.join(rdir, name))
-        try:
-            _ensure(config, rdir, "train", fps["train"], train.run)
-        except workdir_lock.WorkdirInUse:
-            raise  # another process runs this job: not a failure of the run
-        except stage.PipelineError as e:
-            stage.write_json(
-                os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
-            )
-            print(f"   run failed (recorded, not retried): {e}", flush=True)
+        with workdir_lock.held(rdir):
+            if self.record(job) is not None:
+                return False
+            if on_start is not None:
+                on_start()
+            with workdir_lock.held(cdir):
+                for name in needed:
+                    _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
+            for name in needed:
+                _link(os.path.join("..", "..", name), os.path.join(rdir, name))
+            try:
+                _ensure(config, rdir, "train", fps["train"], train.run)
+            except stage.PipelineError as e:
+                stage.write_json(
+                    os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
+                )
+                print(f"   run failed (recorded, not retried): {e}", flush=True)
         import keras  # deferred: TensorFlow
 
         keras.backend.clear_session()
         gc.collect()
+        return True
 
 
 def _link(target: str, path: str) -> None:
@@ -190,27 +202,48 @@ def _hms(seconds: float | None) -> str:
 
 
 def run_study(
-    config, workdir: str, *, max_jobs: int = 0, settings=(), root: str = REPO_ROOT
+    config,
+    workdir: str,
+    *,
+    max_jobs: int = 0,
+    settings=(),
+    root: str = REPO_ROOT,
+    poll_seconds: float = POLL_SECONDS,
 ) -> bool:
     """Runs every job not yet done, in plan order; returns whether the study is complete
     (with `settings`: whether the jobs of those settings are).
 
-    Aggregates into <workdir>/study/ after each run and at the end. Two processes may
-    run one study side by side on disjoint `settings` (their cells differ; their
-    aggregations take turns, study_report.write).
+    Aggregates into <workdir>/study/ after each run and at the end. Several processes
+    may run one study side by side: each run and each cell holds a lock while it
+    trains (Study.run_job), a process skips the runs another holds, and waits
+    (polling every poll_seconds) when every run left is held or waits on a lambda
+    that a held grid run will select. Their aggregations take turns
+    (study_report.write).
     """
     study = Study(config, workdir, root)
     settings = check_settings(config, settings)
     os.makedirs(workdir, exist_ok=True)
-    started, ran = time.time(), 0
+    started, ran, waiting = time.time(), 0, False
     while True:
         jobs = [j for j in study.plan() if not settings or j.setting in settings]
-        states = [study.status(j) for j in jobs]
-        todo = [j for j, s in zip(jobs, states, strict=True) if s in ("todo", "pending")]
+        todo = [j for j in jobs if study.status(j) in ("todo", "pending")]
         if not todo:
             break
-        job = todo[0]
-        if job.lam is None:
+        if max_jobs and ran >= max_jobs:
+            _aggregate(study)
+            print(f"== stopped after {ran} runs (--max_jobs); {len(todo)} left", flush=True)
+            return False
+        outcome = _run_next(study, jobs, todo, started)
+        if outcome == "ran":
+            ran, waiting = ran + 1, False
+            _aggregate(study)
+        elif outcome == "held":
+            if not waiting:
+                print("== every run left is held by another process; waiting", flush=True)
+            waiting = True
+            time.sleep(poll_seconds)
+        elif outcome == "pending":
+            job = todo[0]
             if settings and config.selection_setting not in settings:
                 raise stage.PipelineError(
                     f"{job.method}: its lambda is not selected yet; it is selected in "
@@ -221,31 +254,48 @@ def run_study(
                 f"{job.method}: its lambda is not selected although every grid run before "
                 "it has finished; see study.md's selection table"
             )
-        if max_jobs and ran >= max_jobs:
-            _aggregate(study)
-            print(f"== stopped after {ran} runs (--max_jobs); {len(todo)} left", flush=True)
-            return False
-        t0 = time.time()
-        print(
-            f"== [{len(jobs) - len(todo) + 1}/{len(jobs)}] {job.setting} seed {job.seed} "
-            f"{study.run_name(job)}: running",
-            flush=True,
-        )
-        study.run_job(job)
-        ran += 1
-        _aggregate(study)
-        done = len(jobs) - len(todo) + 1
-        rest = study_report.estimate_remaining(study, todo[1:])
-        print(
-            f"== [{done}/{len(jobs)}] {job.setting} seed {job.seed} {study.run_name(job)}: "
-            f"finished in {_hms(time.time() - t0)}; elapsed {_hms(time.time() - started)}; "
-            f"estimated for the rest {_hms(rest)}",
-            flush=True,
-        )
     study_report.write(study)
     which = f"settings {', '.join(settings)}" if settings else "study"
     print(f"== {which} complete: {os.path.join(workdir, 'study')}", flush=True)
     return True
+
+
+def _run_next(study, jobs, todo, started) -> str:
+    """Trains the first todo job no other process holds: "ran"; "held" when every
+    runnable job is held (or finished meanwhile); "pending" when none is runnable."""
+    runnable = [j for j in todo if j.lam is not None]
+    held = False
+    for job in runnable:
+        t0 = time.time()
+        position = f"[{len(jobs) - len(todo) + 1}/{len(jobs)}] {job.setting} seed {job.seed}"
+
+        def announce(job=job, position=position):
+            print(f"== {position} {study.run_name(job)}: running", flush=True)
+
+        try:
+            trained = study.run_job(job, on_start=announce)
+        except workdir_lock.WorkdirInUse:
+            held = True  # another process trains this run or its cell's stages
+            continue
+        if not trained:
+            held = True  # finished by another process meanwhile
+            continue
+        rest = study_report.estimate_remaining(study, [j for j in todo if j != job])
+        print(
+            f"== {position} {study.run_name(job)}: finished in {_hms(time.time() - t0)}; "
+            f"elapsed {_hms(time.time() - started)}; estimated for the rest {_hms(rest)}",
+            flush=True,
+        )
+        return "ran"
+    if held or (todo and any(j.lam is None for j in todo) and _grid_held(study)):
+        return "held"
+    return "pending"
+
+
+def _grid_held(study) -> bool:
+    """Whether a grid run (one a pending lambda waits on) is not finished: another
+    process holds it."""
+    return any(study.status(j) == "todo" for j in study_report.planned(study)[1])
 
 
 def check_settings(config, settings) -> tuple[str, ...]:

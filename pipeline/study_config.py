@@ -11,12 +11,23 @@ A study config (configs/studies/*.py, `get_config(arg)` -> ConfigDict) holds:
   selection_setting  the setting where lambda grids run and are selected
   grid_seeds       the seeds every grid lambda runs on
   methods          ordered name -> dict(regularizer, lam, lam_grid, lam_from, drw,
-                   reg_every, seeds, tier) (configs/studies/common.py: method());
+                   reg_every, drop, labels, seeds, tier) (configs/studies/common.py:
+                   method(); drop and labels choose the training set:
+                   pipeline.training_set);
                    lambda comes from exactly one of: lam (fixed), lam_grid (selected
                    on validation, pipeline.study_stats.SELECTION_RULE), lam_from
                    (another grid method's selected lambda)
   reference        the method paired differences are taken against (ERM)
   primary_group    the eval group of the headline (noisy_rare)
+Optional (older studies lack them; the defaults change nothing):
+  grid_extensions  how many lambdas a grid may grow by on each side (0): a selection
+                   at the grid's edge adds the next value on that side at the grid's
+                   own ratio (study_stats.extend_grid), run on the grid seeds
+  comparisons      ((a, b), ...): pre-registered paired differences a - b besides
+                   those against the reference
+  ceilings         methods that bound what noise handling can gain (clean labels,
+                   the oracle filter): headroom = ceiling - reference, and the share
+                   of it each method captures
 
 Jobs run in this order (most important numbers first): (1) in the selection setting,
 per grid seed, every grid lambda of every grid method and the reference; (2) the
@@ -35,13 +46,18 @@ import re
 
 import ml_collections
 
-from pipeline import stage, train
+from pipeline import stage, train, training_set
 
 TOP_FIELDS = (
     "name", "base", "overrides", "settings", "selection_setting", "grid_seeds",
     "methods", "reference", "primary_group",
 )  # fmt: skip
-METHOD_FIELDS = ("regularizer", "lam", "lam_grid", "lam_from", "drw", "reg_every", "seeds", "tier")
+OPTIONAL_FIELDS = {"grid_extensions": 0, "comparisons": (), "ceilings": ()}
+METHOD_FIELDS = (
+    "regularizer", "lam", "lam_grid", "lam_from", "drw", "reg_every", "drop", "labels",
+    "seeds", "tier",
+)  # fmt: skip
+METHOD_DEFAULTS = {"drop": "none", "labels": "noisy"}
 SETTING_FIELDS = ("overrides", "seeds", "methods")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a directory name; ConfigDict keys take no dots
 
@@ -125,9 +141,10 @@ def _check_seeds(seeds, field: str, *, allow_empty: bool = False) -> None:
 def validate(study, root: str = "") -> None:
     """Checks every field, and builds every job's pipeline config (with a stand-in
     lambda where it will be selected), so that a bad config fails before training."""
+    known = TOP_FIELDS + tuple(OPTIONAL_FIELDS)
     for key in study:
-        if key not in TOP_FIELDS:
-            raise StudyConfigError(f"unknown study field {key!r} (known: {', '.join(TOP_FIELDS)})")
+        if key not in known:
+            raise StudyConfigError(f"unknown study field {key!r} (known: {', '.join(known)})")
     missing = [k for k in TOP_FIELDS if k not in study]
     if missing:
         raise StudyConfigError(f"study config lacks {', '.join(missing)}")
@@ -143,6 +160,7 @@ def validate(study, root: str = "") -> None:
     ref = study.methods.get(study.reference)
     if ref is None or ref.regularizer != "none":
         raise StudyConfigError(f"reference: {study.reference!r} is not an ERM method of methods")
+    _validate_optional(study)
     if study.selection_setting not in study.settings:
         raise StudyConfigError(f"selection_setting: {study.selection_setting!r} is not a setting")
     for name, s in study.settings.items():
@@ -167,7 +185,9 @@ def validate(study, root: str = "") -> None:
             for lam in tuple(study.methods[method].lam_grid) or (1.0,):
                 config = pipeline_config(study, Job(setting, 0, method, float(lam)), root)
                 try:
-                    train.validate_runs(config.train.runs)
+                    train.validate_runs(
+                        config.train.runs, cross_fit=bool(config.tau.get("cross_fit", False))
+                    )
                 except stage.PipelineError as e:
                     raise StudyConfigError(f"methods.{method}: {e}") from None
 
@@ -186,6 +206,10 @@ def _validate_method(study, name: str, m) -> None:
             f"{where}.regularizer: {m.regularizer!r} is not one of {train.REGULARIZERS}"
         )
     _check_seeds(m.seeds, f"{where}.seeds")
+    try:
+        training_set.check_run(name, m, cross_fit=True)  # cross_fit: checked per job
+    except stage.PipelineError as e:
+        raise StudyConfigError(f"{where}: {e}") from None
     grid = tuple(m.lam_grid)
     for lam in grid:
         if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
@@ -214,6 +238,40 @@ def _validate_method(study, name: str, m) -> None:
             raise StudyConfigError(f"{where}.lam_from: {m.lam_from!r} is not a grid method")
 
 
+def optional(study, key: str):
+    """An OPTIONAL_FIELDS value of the study (its default where the config lacks it)."""
+    return study.get(key, OPTIONAL_FIELDS[key])
+
+
+def comparison_pairs(study) -> list[tuple[str, str]]:
+    """The study's `comparisons` as (a, b) method pairs: a - b."""
+    return [(str(a), str(b)) for a, b in optional(study, "comparisons")]
+
+
+def _validate_optional(study) -> None:
+    ext = optional(study, "grid_extensions")
+    if isinstance(ext, bool) or not isinstance(ext, int) or ext < 0:
+        raise StudyConfigError(f"grid_extensions must be an integer >= 0, got {ext!r}")
+    if ext:
+        for name, m in study.methods.items():
+            if 0 < len(tuple(m.lam_grid)) < 2:
+                raise StudyConfigError(
+                    f"methods.{name}.lam_grid: grid_extensions needs at least two lambdas "
+                    "(the grid's ratio gives the next value)"
+                )
+    for comp in optional(study, "comparisons"):
+        pair = tuple(comp) if isinstance(comp, (tuple, list)) else ()
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(study.methods):
+            raise StudyConfigError(
+                f"comparisons: {comp!r} is not a pair (a, b) of two different methods"
+            )
+    for name in optional(study, "ceilings"):
+        if name not in study.methods or name == study.reference:
+            raise StudyConfigError(
+                f"ceilings: {name!r} is not a method of methods other than the reference"
+            )
+
+
 def setting_methods(study, setting: str) -> list[str]:
     return list(study.settings[setting].get("methods", ())) or list(study.methods)
 
@@ -232,13 +290,11 @@ def pipeline_config(study, job: Job, root: str = ""):
     config.seed = int(job.seed)
     lam = 0.0 if m.regularizer == "none" else float(job.lam)
     name = job.run_name(m.regularizer)
-    config.train.runs = ml_collections.ConfigDict(
-        {
-            name: dict(
-                regularizer=m.regularizer, lam=lam, drw=bool(m.drw), reg_every=int(m.reg_every)
-            )
-        }
-    )
+    run = dict(regularizer=m.regularizer, lam=lam, drw=bool(m.drw), reg_every=int(m.reg_every))
+    for key, default in METHOD_DEFAULTS.items():
+        if m.get(key, default) != default:  # a default run stays as before (fingerprints)
+            run[key] = m[key]
+    config.train.runs = ml_collections.ConfigDict({name: run})
     config.export.run = name
     for section in (config.pretrain, config.train):
         section.verbose = 0  # not part of any fingerprint
@@ -257,8 +313,13 @@ def lam_of(study, method: str, selected: dict) -> float | None:
     return float(m.lam)
 
 
-def plan(study, selected: dict) -> list[Job]:
-    """Every job, in the order they run (module docstring); duplicates removed."""
+def plan(study, selected: dict, grids: dict | None = None) -> list[Job]:
+    """Every job, in the order they run (module docstring); duplicates removed.
+
+    selected: method -> its selected lambda (None: pending); grids: method -> its grid
+    so far (the registered one plus what grid_extensions added; default registered).
+    """
+    grids = grids or {}
     jobs: list[Job] = []
     seen = set()
 
@@ -272,7 +333,7 @@ def plan(study, selected: dict) -> list[Job]:
     for seed in study.grid_seeds:
         for name, m in study.methods.items():
             if tuple(m.lam_grid):
-                for lam in m.lam_grid:
+                for lam in grids.get(name, m.lam_grid):
                     add(Job(sel, seed, name, float(lam)))
             elif name == study.reference:
                 add(Job(sel, seed, name, 0.0))

@@ -173,6 +173,8 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         lines += _setting_lines(setting, agg, primary, ref)
     for method, regime in result.get("regime_map", {}).items():
         lines += _regime_lines(method, regime, primary, ref)
+    if result.get("analysis"):
+        lines += _analysis_lines(result["analysis"], primary, ref)
     if result["runs_failed"]:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
@@ -192,12 +194,18 @@ def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
         "",
         f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
         "",
-        "| lam | validation mean per-class accuracy per seed (%) | mean (%) | status |",
-        "|---|---|---|---|",
+        "| lam | validation mean per-class accuracy per seed (%) | mean (%) | "
+        "standard error (%) | status |",
+        "|---|---|---|---|---|",
     ]
     for lam, row in sel["table"].items():
         vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
-        lines.append(f"| {lam} | {vals} | {_pct(row['mean'])} | {row['status']} |")
+        lines.append(
+            f"| {lam} | {vals} | {_pct(row['mean'])} | {_pct(row.get('se'))} | {row['status']} |"
+        )
+    if sel.get("extension_rule"):
+        added = ", ".join(f"{x:g}" for x in sel["added"]) or "none"
+        lines += ["", f"Grid extension: {sel['extension_rule']}. Added: {added}."]
     chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
     oracle = sel["oracle_on_test"]
     lines += [
@@ -284,6 +292,82 @@ def _regime_lines(method: str, regime: dict, primary: str, ref: str) -> list[str
             f"{_ci(mem[ref][FIT_MEM])} | {_ci(mem[method][FIT_ACC])} | "
             f"{_ci(mem[method][FIT_MEM])} |"
         )
+    return lines
+
+
+def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
+    """Study 2's tables (pipeline.study_analysis): comparisons, headroom, drops,
+    memorization against gain, tau against the true noise."""
+    lines = []
+    for setting, rows in analysis["comparisons"].items():
+        if not rows:
+            continue
+        groups = list(next(iter(rows.values())))
+        lines += ["", f"## Pre-registered comparisons, setting `{setting}` (paired, points)", ""]
+        lines += ["| comparison | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
+    for setting, ceilings in analysis["headroom"].items():
+        for ceiling, row in ceilings.items():
+            lines += [
+                "",
+                f"## Headroom on {primary}, setting `{setting}`: `{ceiling}` - `{ref}` = "
+                f"{_ci(row['headroom'])}",
+                "",
+                "| method | gain over the reference (points) | share of the headroom | seeds |",
+                "|---|---|---|---|",
+            ]
+            for method, share in row["share"].items():
+                frac = share["share"]
+                lines.append(
+                    f"| {method} | {_pct(share['gain'])} | "
+                    f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
+                )
+    for setting, rows in analysis["training_sets"].items():
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## Examples dropped, setting `{setting}` (mean over seeds; precision and "
+            "recall against the known flips, %)",
+            "",
+            "| method | dropped | kept | wrongly labelled | precision | recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, r in rows.items():
+
+            def num(s):
+                return "n/a" if s["mean"] is None else f"{s['mean']:.0f}"
+
+            lines.append(
+                f"| {method} | {num(r['dropped'])} | {num(r['kept'])} | "
+                f"{num(r['wrongly_labelled'])} | {_ci(r['precision'])} | {_ci(r['recall'])} |"
+            )
+    mem = analysis["memorization_vs_gain"]
+    rho = "n/a" if mem["rho"] is None else f"{mem['rho']:+.2f}"
+    p = "n/a" if mem["p_value"] is None else f"{mem['p_value']:.3f}"
+    lines += [
+        "",
+        f"## Gain against memorization, setting `{mem['setting']}`",
+        "",
+        f"Over {len(mem['points'])} (method, seed) pairs: gain on {primary} against the "
+        f"change in wrong labels memorized (both against `{ref}`). {mem['test']}: "
+        f"rho = {rho}, p = {p} (negative: gains go with less memorization). Per method "
+        "(descriptive): "
+        + ", ".join(
+            f"{m} {'n/a' if r is None else f'{r:+.2f}'}"
+            for m, r in mem.get("rho_per_method", {}).items()
+        )
+        + ".",
+    ]
+    cells = analysis["tau_vs_noise"]
+    if cells:
+        lines += ["", "## tau against the true noise per class (noisy label)", ""]
+        for cell, row in cells.items():
+            for key in ("tau", "err", "true_noise"):
+                vals = row.get(key) or []
+                shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
+                lines.append(f"- {cell} {key}: {shown}")
     return lines
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline import epoch_eval, stage
+from pipeline import epoch_eval, stage, training_set
 
 RECORDS = "records"  # under <workdir>/study/
 FORMAT = 1
@@ -39,7 +39,11 @@ _KEPT = (
 
 
 def _kept(key: str) -> bool:
-    return key in _KEPT or key.startswith(epoch_eval.PREFIX + "class_")
+    # Per-class test accuracies, and per-class validation accuracies (the standard
+    # error of the selection score).
+    return key in _KEPT or any(
+        key.startswith(p + "class_") for p in (epoch_eval.PREFIX, epoch_eval.VAL_PREFIX)
+    )
 
 
 def path(workdir: str, key: str) -> str:
@@ -84,6 +88,21 @@ def done_record(fingerprint: str, cell_dir: str, run_dir: str, run_name: str) ->
     manifest = stage.read_json(os.path.join(cell_dir, "preprocess", "manifest.json"))
     tau_path = os.path.join(run_dir, "estimate_tau", "tau.json")
     tau = stage.read_json(tau_path)["tau"] if os.path.isfile(tau_path) else None
+    extra = {}
+    # What the run trained on when it dropped examples or used other labels.
+    chosen = os.path.join(train, run_name, training_set.SUMMARY)
+    if os.path.isfile(chosen):
+        extra["training_set"] = stage.read_json(chosen)
+    if tau is not None:  # tau's inputs, to compare with the true per-class noise
+        report = stage.read_json(tau_path)
+        extra["tau_inputs"] = {k: report.get(k) for k in ("err", "n", "held_out")}
+    validation = manifest.get("validation")
+    if validation:
+        extra["val_counts"] = validation["counts_noisy"]
+    # The train split's realized noise, T[clean, noisy] counts (tau against true noise).
+    counts = manifest["splits"].get("train", {}).get("transition_counts")
+    if counts is not None:
+        extra["train_transition_counts"] = counts
     return {
         "format": FORMAT,
         "fingerprint": fingerprint,
@@ -93,6 +112,7 @@ def done_record(fingerprint: str, cell_dir: str, run_dir: str, run_name: str) ->
         "tau": tau,
         "started": float(meta["started"]),
         "finished": float(meta["finished"]),
+        **extra,
     }
 
 

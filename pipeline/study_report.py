@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline import epoch_eval, stage, study_config, study_plots
+from pipeline import epoch_eval, stage, study_analysis, study_config, study_plots
 from pipeline import study_stats as st
 from pipeline.study_config import Job
 
@@ -83,19 +83,34 @@ def _groups(study) -> dict:
     return {g: tuple(int(c) for c in cl) for g, cl in config.eval.groups.items()}
 
 
-def collect(study) -> dict:
+def planned(study, selection: dict | None = None) -> tuple[list[Job], list[Job]]:
+    """(the plan's jobs, every grid job) under the current selection."""
+    selection = selections(study) if selection is None else selection
+    jobs = study_config.plan(
+        study.config,
+        {k: v["selected"] for k, v in selection.items()},
+        {k: v["grid"] for k, v in selection.items()},
+    )
+    return jobs, grid_jobs(study, selection)
+
+
+def collect(study, selection: dict | None = None) -> dict:
     """ "<setting>/seed<k>/<run>" -> run_metrics (or {"failed": message}) of every
     finished job of the plan."""
     groups = _groups(study)
     runs = {}
-    for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
+    jobs, grid = planned(study, selection)
+    for job in jobs + grid:
         if job.lam is None:
             continue
         key = study.run_key(job)
         state = study.status(job)
         if state == "done":
-            runs[key] = run_metrics(history(study, job), test_counts(study, job), groups)
+            record = _done(study, job)
+            runs[key] = run_metrics(record["history"], record["test_counts"], groups)
             runs[key].update(setting=job.setting, seed=job.seed, method=job.method, lam=job.lam)
+            if record.get("training_set"):
+                runs[key]["training_set"] = record["training_set"]
         elif state == "failed":
             runs[key] = {"failed": study.record(job)["error"]}
     return runs
@@ -114,53 +129,95 @@ def _finished(study, runs: dict, setting: str, method: str, lam, seeds) -> dict:
     return done
 
 
-def grid_jobs(study) -> list[Job]:
+def grid_jobs(study, selection: dict | None = None) -> list[Job]:
+    """Every grid run of the study: each grid method's grid (with the values the
+    grid-extension rule added) on every grid seed."""
     c = study.config
+    selection = selections(study) if selection is None else selection
     return [
         Job(c.selection_setting, seed, name, float(lam))
         for seed in c.grid_seeds
-        for name, m in c.methods.items()
-        for lam in m.lam_grid
+        for name, sel in selection.items()
+        for lam in sel["grid"]
     ]
 
 
-def selections(study) -> dict:
-    """Per grid method: the validation table, the selected lambda and the test oracle."""
+def _grid_scores(study, name: str, lams) -> tuple[dict, dict]:
+    """lam label -> per grid seed: the final-epoch validation score (None: not run,
+    "failed"), the primary group's test accuracy (None unless done) and the
+    validation score's standard error."""
     c = study.config
     groups = None
+    val, test, se = {}, {}, {}
+    for lam in lams:
+        key = f"{float(lam):g}"
+        val[key], test[key], se[key] = [], [], []
+        for seed in c.grid_seeds:
+            job = Job(c.selection_setting, seed, name, float(lam))
+            state = study.status(job)
+            if state == "done":
+                record = _done(study, job)
+                hist = record["history"]
+                if VAL_SCORE not in hist:
+                    raise stage.PipelineError(
+                        f"{name} lam {lam:g} seed {seed}: no {VAL_SCORE} in its history; "
+                        "the study needs config.data.val_fraction > 0"
+                    )
+                val[key].append(float(hist[VAL_SCORE][-1]))
+                se[key].append(val_se(record))
+                groups = groups or _groups(study)
+                metrics = run_metrics(hist, test_counts(study, job), groups)
+                test[key].append(float(metrics["test"]["groups"][c.primary_group]))
+            else:
+                val[key].append("failed" if state == "failed" else None)
+                test[key].append(None)
+                se[key].append(None)
+    return val, test, se
+
+
+def val_se(record: dict) -> float | None:
+    """The binomial standard error of a run's final validation score (None for a
+    record without the per-class validation figures: older code)."""
+    counts, hist = record.get("val_counts"), record["history"]
+    if counts is None:
+        return None
+    per_class = [
+        hist[f"{epoch_eval.VAL_PREFIX}class_{c}_accuracy"][-1]
+        if f"{epoch_eval.VAL_PREFIX}class_{c}_accuracy" in hist
+        else None
+        for c in range(len(counts))
+    ]
+    return study_analysis.class_mean_se(per_class, counts)
+
+
+def selections(study) -> dict:
+    """Per grid method: the validation table, the selected lambda, the grid (with the
+    values the grid-extension rule added) and the test oracle."""
+    c = study.config
+    max_ext = study_config.optional(c, "grid_extensions")
     out = {}
     for name, m in c.methods.items():
-        if not tuple(m.lam_grid):
+        registered = [float(x) for x in m.lam_grid]
+        if not registered:
             continue
-        val, test = {}, {}
-        for lam in m.lam_grid:
-            key = f"{float(lam):g}"
-            val[key], test[key] = [], []
-            for seed in c.grid_seeds:
-                job = Job(c.selection_setting, seed, name, float(lam))
-                state = study.status(job)
-                if state == "done":
-                    hist = history(study, job)
-                    if VAL_SCORE not in hist:
-                        raise stage.PipelineError(
-                            f"{name} lam {lam:g} seed {seed}: no {VAL_SCORE} in its history; "
-                            "the study needs config.data.val_fraction > 0"
-                        )
-                    val[key].append(float(hist[VAL_SCORE][-1]))
-                    groups = groups or _groups(study)
-                    metrics = run_metrics(hist, test_counts(study, job), groups)
-                    test[key].append(float(metrics["test"]["groups"][c.primary_group]))
-                else:
-                    val[key].append("failed" if state == "failed" else None)
-                    test[key].append(None)
-        sel = st.select_lam(val)
+        grid = list(registered)
+        while True:
+            val, test, se = _grid_scores(study, name, grid)
+            sel = st.select_lam(val)
+            more = st.extend_grid(registered, grid, sel["selected"], max_ext)
+            if more is None:
+                break
+            grid.append(more)
         oracle = st.oracle_lam(test)
+        for key, row in sel["table"].items():
+            row["se"] = study_analysis.mean_se(se[key]) if row["mean"] is not None else None
         out[name] = {
             "rule": st.SELECTION_RULE,
             "grid_seeds": list(c.grid_seeds),
             "table": sel["table"],
             "selected": None if sel["selected"] is None else float(sel["selected"]),
             "pending": sel["pending"],
+            "grid": sorted(grid),
             "oracle_on_test": {
                 "note": "selected on the TEST set (the authors' practice): optimistic",
                 "lam": None if oracle is None else float(oracle),
@@ -169,6 +226,9 @@ def selections(study) -> dict:
                 },
             },
         }
+        if max_ext:
+            out[name]["extension_rule"] = st.GRID_EXTENSION_RULE
+            out[name]["added"] = sorted(set(grid) - set(registered))
     return out
 
 
@@ -329,8 +389,8 @@ def tau_by_cell(study, jobs) -> dict:
 
 def build(study) -> dict:
     selection = selections(study)
-    runs = collect(study)
-    jobs = study_config.plan(study.config, {k: v["selected"] for k, v in selection.items()})
+    runs = collect(study, selection)
+    jobs, _ = planned(study, selection)
     states = [study.status(j) for j in jobs]
     failed = sorted(k for k, r in runs.items() if "failed" in r)
     return {
@@ -348,6 +408,37 @@ def build(study) -> dict:
         "regime_map": regime_map(study, runs, selection),
         "tau_by_cell": tau_by_cell(study, [j for j in jobs if j.lam is not None]),
         "runs": runs,
+        **analysis(study, runs),
+    }
+
+
+def analysis(study, runs: dict) -> dict:
+    """Study 2's analyses (pipeline.study_analysis), for a study that registers
+    comparisons or ceilings; {} for the others (their study.json is unchanged)."""
+    c = study.config
+    pairs = study_config.comparison_pairs(c)
+    ceilings = list(study_config.optional(c, "ceilings"))
+    if not pairs and not ceilings:
+        return {}
+    aggregate_ = aggregate(study, runs, selections(study))
+    per_method = study_analysis.method_runs(runs, aggregate_)
+    groups = list(_groups(study))
+    cells = {}
+    jobs, _ = planned(study)
+    for job in jobs:
+        record = _done(study, job) if job.lam is not None else None
+        if record is not None and record.get("tau") is not None:
+            cells.setdefault(f"{job.setting}/seed{job.seed}", record)
+    return {
+        "analysis": {
+            "comparisons": study_analysis.comparisons(per_method, pairs, groups),
+            "headroom": study_analysis.headroom(per_method, ceilings, c.reference, c.primary_group),
+            "training_sets": study_analysis.training_sets(per_method),
+            "memorization_vs_gain": study_analysis.memorization_vs_gain(
+                per_method, c.selection_setting, c.reference, ceilings, c.primary_group
+            ),
+            "tau_vs_noise": study_analysis.tau_vs_noise(cells),
+        }
     }
 
 
@@ -399,7 +490,8 @@ def _kind(study, job: Job) -> str:
 def runtime_table(study) -> dict:
     """(setting, regularizer) -> [seconds of each done train stage] (wall clock)."""
     table: dict = {}
-    for job in study_config.plan(study.config, study.selection()) + grid_jobs(study):
+    jobs, grid = planned(study)
+    for job in jobs + grid:
         if job.lam is None:
             continue
         d = _duration(study, job)

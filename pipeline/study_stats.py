@@ -116,6 +116,35 @@ def select_lam(val_scores: dict) -> dict:
     return {"selected": selected, "pending": pending, "table": table}
 
 
+GRID_EXTENSION_RULE = (
+    "when the selected lam is the largest (smallest) of the grid so far, the next value "
+    "on that side is added, at the ratio of the registered grid's two values on that "
+    "side, and run on the grid seeds; then the selection is made again; at most "
+    "grid_extensions values per side"
+)
+
+
+def extend_grid(registered, grid, selected, max_per_side: int) -> float | None:
+    """The lam GRID_EXTENSION_RULE adds next, or None.
+
+    Args:
+      registered: the config's grid (>= 2 values when max_per_side > 0).
+      grid: the grid so far (registered plus values added).
+      selected: the lam selected on `grid` (None: pending or none eligible).
+      max_per_side: how many values may be added on each side.
+    """
+    if selected is None or max_per_side <= 0:
+        return None
+    reg, cur = sorted(float(x) for x in registered), sorted(float(x) for x in grid)
+    if len(reg) < 2:
+        return None
+    if float(selected) == cur[-1] and sum(x > reg[-1] for x in cur) < max_per_side:
+        return cur[-1] * (reg[-1] / reg[-2])
+    if float(selected) == cur[0] and sum(x < reg[0] for x in cur) < max_per_side:
+        return cur[0] / (reg[1] / reg[0])
+    return None
+
+
 def oracle_lam(test_scores: dict) -> float | None:
     """The lam of the best mean TEST score (the authors' practice: selected on the test
     set, reported only beside the validation choice, labelled as such); ties to the

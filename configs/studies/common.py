@@ -4,7 +4,17 @@ import ml_collections
 
 
 def method(
-    *, regularizer, lam=0.0, lam_grid=(), lam_from="", drw=False, reg_every=1, seeds, tier=0
+    *,
+    regularizer,
+    lam=0.0,
+    lam_grid=(),
+    lam_from="",
+    drw=False,
+    reg_every=1,
+    drop="none",
+    labels="noisy",
+    seeds,
+    tier=0,
 ):
     """One method of a study: a train run kind and where its lambda comes from.
 
@@ -12,6 +22,8 @@ def method(
     the study's grid_seeds); lam_from: the name of a grid method whose selected lambda
     this one uses. ERM (regularizer "none") takes none of them. seeds: where its
     result runs. tier: order among the selection setting's non-grid runs (lower first).
+    drop, labels: the run's training set (pipeline.training_set): cleanlab's filter
+    ("label_issues"), the oracle filter ("wrong_labels"), the clean labels ("clean").
     """
     return ml_collections.ConfigDict(
         dict(
@@ -21,6 +33,8 @@ def method(
             lam_from=lam_from,
             drw=drw,
             reg_every=reg_every,
+            drop=drop,
+            labels=labels,
             seeds=tuple(seeds),
             tier=tier,
         )
@@ -40,9 +54,14 @@ def ordered(**items):
 
 
 def study(*, name, base, overrides, settings, selection_setting, grid_seeds, methods,
-          reference="erm", primary_group="noisy_rare"):  # fmt: skip
+          reference="erm", primary_group="noisy_rare", grid_extensions=0, comparisons=(),
+          ceilings=()):  # fmt: skip
+    """A study config (pipeline.study_config documents every field)."""
     return ml_collections.ConfigDict(
         dict(
+            grid_extensions=int(grid_extensions),
+            comparisons=tuple(comparisons),
+            ceilings=tuple(ceilings),
             name=name,
             base=base,
             overrides=overrides,

@@ -3,7 +3,10 @@
   python -m pipeline.study --config=configs/studies/smoke.py --workdir=/tmp/smoke_study
 
 Not a result. Variant "all" adds a second setting and a lam_from method (DRW on HAR's
-selected lambda) to exercise every phase of the plan.
+selected lambda) to exercise every phase of the plan. Variant "study2" runs every
+method of Study 2 (configs/studies/fm_study2.py) on one seed: label cleaning with
+cleanlab (cross-fitted pretraining), with and without HAR, the two ceilings (clean
+labels, the oracle filter), DRW, the grid-extension rule and the extra comparisons.
 """
 
 from configs.studies import common as c
@@ -28,8 +31,10 @@ def get_config(arg=None):
         settings.noaug = c.setting(
             dict(train=dict(augment=False)), seeds=(0,), methods=("erm", "har")
         )
+    elif arg == "study2":
+        return _study2(overrides)
     elif arg:
-        raise ValueError(f"unknown variant {arg!r}; expected all or nothing")
+        raise ValueError(f"unknown variant {arg!r}; expected all, study2 or nothing")
     return c.study(
         name="smoke",
         base="configs/fashion_mnist_hetero.py:smoke",
@@ -38,4 +43,33 @@ def get_config(arg=None):
         selection_setting="main",
         grid_seeds=(0, 1),
         methods=methods,
+    )
+
+
+def _study2(overrides):
+    overrides = dict(overrides, tau=dict(cross_fit=True))
+    overrides["train"] = dict(overrides["train"], drw_start_epoch=1)
+    seeds = (0,)
+    methods = c.ordered(
+        erm=c.method(regularizer="none", seeds=seeds),
+        har=c.method(regularizer="har", lam_grid=(1.0, 10.0), seeds=seeds),
+        drw=c.method(regularizer="none", drw=True, seeds=seeds, tier=1),
+        cl_filter=c.method(regularizer="none", drop="label_issues", seeds=seeds, tier=1),
+        cl_filter_har=c.method(
+            regularizer="har", lam_from="har", drop="label_issues", seeds=seeds, tier=2
+        ),
+        erm_clean=c.method(regularizer="none", labels="clean", seeds=seeds, tier=2),
+        erm_oracle_filter=c.method(regularizer="none", drop="wrong_labels", seeds=seeds, tier=2),
+    )
+    return c.study(
+        name="smoke:study2",
+        base="configs/fashion_mnist_hetero.py:smoke",
+        overrides=overrides,
+        settings=c.ordered(main=c.setting()),
+        selection_setting="main",
+        grid_seeds=seeds,
+        methods=methods,
+        grid_extensions=1,
+        comparisons=(("har", "drw"), ("har", "cl_filter"), ("cl_filter_har", "cl_filter")),
+        ceilings=("erm_clean", "erm_oracle_filter"),
     )

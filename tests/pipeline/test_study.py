@@ -298,6 +298,41 @@ def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
     assert not result["complete"] and result["runs_done"] == 1
 
 
+def test_extend_grid_adds_the_next_value_at_the_registered_ratio():
+    reg = (5.0, 20.0, 100.0, 500.0)
+    assert st.extend_grid(reg, reg, 500.0, 1) == 2500.0  # top edge: x (500 / 100)
+    assert st.extend_grid(reg, reg, 5.0, 1) == 1.25  # bottom edge: / (20 / 5)
+    assert st.extend_grid(reg, reg, 20.0, 1) is None  # inside: nothing
+    assert st.extend_grid(reg, reg, None, 1) is None  # pending: nothing yet
+    assert st.extend_grid(reg, reg, 500.0, 0) is None  # the rule is off
+    grown = (*reg, 2500.0)
+    assert st.extend_grid(reg, grown, 2500.0, 1) is None  # one per side at most
+    assert st.extend_grid(reg, grown, 2500.0, 2) == 12500.0
+    assert st.extend_grid(reg, grown, 5.0, 1) == 1.25  # the other side has its own count
+
+
+def test_a_selection_at_the_grid_edge_runs_one_more_lambda_then_selects(tmp_path):
+    config = smoke.get_config()  # har's grid (1, 10) on seeds 0 and 1
+    config.grid_extensions = 1
+    study = Study(config, str(tmp_path))
+    for seed in (0, 1):
+        _fake_done(study, Job("main", seed, "har", 1.0), val=0.5, test_primary=0.3)
+        _fake_done(study, Job("main", seed, "har", 10.0), val=0.7, test_primary=0.3)
+        _fake_done(study, Job("main", seed, "erm", 0.0), val=0.5, test_primary=0.2)
+    sel = study_report.selections(study)["har"]
+    # 10 is the grid's top: 100 (ratio 10) is added, and the selection waits for it.
+    assert sel["grid"] == [1.0, 10.0, 100.0] and sel["added"] == [100.0]
+    assert sel["pending"] and sel["selected"] is None
+    todo = [j for j in study.plan() if study.status(j) == "todo"]
+    assert todo == [Job("main", 0, "har", 100.0), Job("main", 1, "har", 100.0)]
+    for seed in (0, 1):
+        _fake_done(study, Job("main", seed, "har", 100.0), val=0.8, test_primary=0.3)
+    sel = study_report.selections(study)["har"]
+    # 100 wins and is the top again, but one value per side was the limit.
+    assert sel["selected"] == 100.0 and sel["grid"] == [1.0, 10.0, 100.0]
+    assert study_report.build(study)["complete"]
+
+
 # ----------------------------------------------------------------------------------
 # The validation split
 
@@ -383,6 +418,14 @@ BAD = [
     (lambda c: c.update(dict(reference="har")), "reference"),
     (lambda c: c.methods.update({"har v2": c.methods.har}), "methods: 'har v2' is not a usable"),
     (lambda c: c.settings.update({"a/b": c.settings.main}), "settings: 'a/b' is not a usable name"),
+    (lambda c: c.methods.erm.update(dict(drop="flips")), "methods.erm: run 'erm': drop 'flips'"),
+    (
+        lambda c: c.methods.erm.update(dict(drop="label_issues")),
+        "methods.erm: run 'erm': drop 'label_issues' needs the label issues of cross-fitted",
+    ),
+    (lambda c: c.update(dict(grid_extensions=-1)), "grid_extensions must be an integer >= 0"),
+    (lambda c: c.update(dict(comparisons=(("har", "hra"),))), "comparisons: "),
+    (lambda c: c.update(dict(ceilings=("erm",))), "ceilings: 'erm' is not a method"),
 ]
 
 
@@ -405,7 +448,8 @@ def test_a_fractional_lambda_makes_a_usable_run_name(tmp_path):
 
 
 SHIPPED_STUDIES = [("fm_hetero", None), ("fm_hetero", "smoke_sizes"), ("imdb_hetero", None),
-                   ("smoke", None), ("smoke", "all")]  # fmt: skip
+                   ("smoke", None), ("smoke", "all"), ("smoke", "study2"),
+                   ("fm_study2", "probe")]  # fmt: skip
 
 
 @pytest.mark.parametrize("name,variant", SHIPPED_STUDIES)
@@ -447,9 +491,10 @@ def _fake_runner(monkeypatch, selected):
     def status(self, job):
         return "pending" if job.lam is None else ("done" if job in done else "todo")
 
-    def run_job(self, job):
+    def run_job(self, job, on_start=None):
         ran.append((job.setting, job.seed, job.method))
         done.add(job)
+        return True
 
     monkeypatch.setattr(Study, "status", status)
     monkeypatch.setattr(Study, "run_job", run_job)
@@ -482,29 +527,39 @@ def test_settings_names_an_unknown_setting_and_a_lambda_selected_elsewhere(tmp_p
         run_study(config, str(tmp_path / "w"), settings=["noaug"])
 
 
-def test_a_run_another_process_holds_is_not_recorded_as_failed(tmp_path, monkeypatch):
+def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, monkeypatch):
+    """Study.run_job takes the run directory's lock, and the cell's while the cell's
+    stages run: a lock another open file holds (another process) makes it raise
+    WorkdirInUse before any stage runs, and nothing is recorded as failed."""
     from pipeline import study as study_module
     from pipeline import workdir_lock
 
+    calls = []
     for name in study_module.CELL_STAGES:
-        monkeypatch.setitem(study_module.CELL_STAGES, name, lambda config, workdir: None)
+        monkeypatch.setitem(
+            study_module.CELL_STAGES, name, lambda config, workdir, n=name: calls.append(n)
+        )
     study = Study(smoke.get_config(), str(tmp_path / "w"))
     job = Job("main", 0, "har", 1.0)
-    failed = os.path.join(study.paths(job)[1], study_module.FAILED)
+    cdir, rdir = study.paths(job)
+    failed = os.path.join(rdir, study_module.FAILED)
 
-    def in_use(config, workdir):
-        raise workdir_lock.WorkdirInUse(f"workdir {workdir} is in use by PID 1")
+    def trains(config, workdir):
+        calls.append("train")
 
-    monkeypatch.setattr(study_module.train, "run", in_use)
-    with pytest.raises(workdir_lock.WorkdirInUse):
-        study.run_job(job)
-    assert not os.path.exists(failed)
+    monkeypatch.setattr(study_module.train, "run", trains)
+    for held_dir in (rdir, cdir):
+        with workdir_lock.held(held_dir):
+            with pytest.raises(workdir_lock.WorkdirInUse, match="in use by PID"):
+                study.run_job(job)
+        assert calls == [] and not os.path.exists(failed)
 
     def diverged(config, workdir):
         raise stage.PipelineError("the loss is NaN")
 
     monkeypatch.setattr(study_module.train, "run", diverged)
-    study.run_job(job)  # recorded, not raised
+    assert study.run_job(job)  # recorded, not raised
+    assert calls == ["preprocess", "pretrain", "estimate_tau"]
     assert stage.read_json(failed)["error"] == "the loss is NaN"
 
 
@@ -731,3 +786,31 @@ def test_max_jobs_stops_with_exit_75_and_a_partial_aggregate(tmp_path, idx_dir):
     assert not s["complete"] and s["runs_done"] == 1
     assert s["selection"]["har"]["pending"]
     assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()
+
+
+@pytest.mark.slow
+def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, idx_dir):
+    """Two real processes started together on one study: each run is trained by
+    exactly one of them (its run lock), and both finish with the study complete."""
+    workdir = str(tmp_path / "w")
+    argv = _argv(workdir, idx_dir)
+    procs = [
+        subprocess.Popen(
+            argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    started = [
+        line.split(": running")[0].split("] ", 1)[1]
+        for out, _ in outs
+        for line in out.splitlines()
+        if line.endswith(": running")
+    ]
+    assert sorted(started) == sorted(set(started)) and len(started) == 6, started
+    assert all(out.count("finished in") >= 1 for out, _ in outs)  # both did work
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        s = json.load(f)
+    assert s["complete"] and s["runs_done"] == 6 and not s["runs_failed"]

@@ -1,0 +1,128 @@
+"""Study 2's analyses (pipeline.study_analysis) against hand-computed values and scipy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import study_analysis as sa
+
+
+def _run(setting, method, seed, lam, primary, memorized=None, overall=None, training_set=None):
+    run = {
+        "setting": setting,
+        "method": method,
+        "seed": seed,
+        "lam": lam,
+        "test": {"groups": {"noisy_rare": primary, "clean": 0.9}, "overall": overall or primary},
+        "fit_memorized": memorized,
+    }
+    if training_set:
+        run["training_set"] = training_set
+    return run
+
+
+def test_spearman_matches_scipy_with_ties():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x = rng.integers(0, 5, size=9).astype(float)  # ties
+        y = rng.normal(size=9)
+        expected = scipy_stats.spearmanr(x, y).statistic
+        got = sa.spearman(x, y)
+        if np.isnan(expected):
+            assert got is None
+        else:
+            assert got == pytest.approx(expected, abs=1e-12)
+    assert sa.spearman([1, 2], [2, 1]) is None  # too few points
+    assert sa.spearman([1, 1, 1], [1, 2, 3]) is None  # a constant: undefined
+
+
+def test_permutation_p_value():
+    # A perfect monotone relation among 7 points: only the 2 of 5040 orderings that are
+    # exactly monotone (either way) reach |rho| = 1, so p is about 2/5040 + noise.
+    x = np.arange(7.0)
+    p = sa.permutation_p(x, -x, permutations=2000, seed=0)
+    assert p < 0.01
+    assert sa.permutation_p(x, -x, permutations=2000, seed=0) == p  # seeded
+    rng = np.random.default_rng(3)
+    noise = sa.permutation_p(x, rng.normal(size=7), permutations=500, seed=0)
+    assert 0.0 < noise <= 1.0
+
+
+def test_share_of_headroom_is_a_ratio_of_mean_paired_differences():
+    got = sa.share_of_headroom([0.5, 0.7], [0.8, 0.9], [0.4, 0.5])
+    # gains 0.1, 0.2 (mean 0.15); headroom 0.4, 0.4 (mean 0.4): 0.375
+    assert got["gain"] == pytest.approx(0.15) and got["headroom"] == pytest.approx(0.4)
+    assert got["share"] == pytest.approx(0.375)
+    assert sa.share_of_headroom([0.5], [0.4], [0.45])["share"] is None  # no headroom
+    assert sa.share_of_headroom([], [], [])["share"] is None
+
+
+def test_true_noise_from_transition_counts():
+    # T[clean, noisy]: 10 labelled 0, of which 3 are clean 1; 20 labelled 1, 2 clean 0.
+    t = [[7, 2, 0], [3, 18, 0], [0, 0, 0]]
+    noise = sa.true_noise(t)
+    assert noise[:2] == pytest.approx([0.3, 0.1]) and noise[2] is None
+
+
+def test_class_mean_se_and_mean_se():
+    # Two classes: p 0.5 on 100, 0.9 on 10: var = .25/100 + .09/10 = .0115
+    assert sa.class_mean_se([0.5, 0.9, None], [100, 10, 0]) == pytest.approx(math.sqrt(0.0115) / 2)
+    assert sa.class_mean_se([None], [5]) is None
+    assert sa.mean_se([0.03, 0.04]) == pytest.approx(0.025)  # sqrt(.0009 + .0016) / 2
+
+
+def _study_runs():
+    runs = {}
+    for seed, (erm, har, top, mem_erm, mem_har) in enumerate(
+        [(0.30, 0.35, 0.60, 1.0, 0.8), (0.32, 0.33, 0.62, 1.0, 0.95), (0.31, 0.40, 0.61, 1.0, 0.5)]
+    ):
+        runs[f"m/s{seed}/erm"] = _run("m", "erm", seed, 0.0, erm, mem_erm)
+        runs[f"m/s{seed}/har"] = _run("m", "har", seed, 20.0, har, mem_har)
+        runs[f"m/s{seed}/har5"] = _run("m", "har", seed, 5.0, 0.0, 0.0)  # another lambda
+        runs[f"m/s{seed}/clean"] = _run("m", "clean", seed, 0.0, top, 0.0)
+    aggregate = {
+        "m": {
+            "methods": {
+                "erm": {"lam": 0.0, "seeds_done": [0, 1, 2]},
+                "har": {"lam": 20.0, "seeds_done": [0, 1, 2]},
+                "clean": {"lam": 0.0, "seeds_done": [0, 1, 2]},
+            }
+        }
+    }
+    return sa.method_runs(runs, aggregate)
+
+
+def test_comparisons_headroom_and_memorization_on_a_fixture_study():
+    per_method = _study_runs()
+    assert sorted(per_method["m"]["har"]) == [0, 1, 2]
+    assert per_method["m"]["har"][0]["lam"] == 20.0  # the selected lambda's runs only
+    comp = sa.comparisons(per_method, [("har", "clean")], ["noisy_rare"])
+    assert comp["m"]["har - clean"]["noisy_rare"]["values"] == pytest.approx([-0.25, -0.29, -0.21])
+    room = sa.headroom(per_method, ["clean"], "erm", "noisy_rare")["m"]["clean"]
+    assert room["headroom"]["mean"] == pytest.approx(0.30)
+    # HAR's gains 0.05, 0.01, 0.09 (mean 0.05) of a headroom of 0.30: a sixth.
+    assert room["share"]["har"]["share"] == pytest.approx(0.05 / 0.30)
+    mem = sa.memorization_vs_gain(per_method, "m", "erm", ["clean"], "noisy_rare", permutations=200)
+    assert [p["method"] for p in mem["points"]] == ["har"] * 3
+    # gains (.05, .01, .09) against memorized changes (-.2, -.05, -.5): ranks reversed
+    assert mem["rho"] == pytest.approx(-1.0)
+    assert mem["rho_per_method"]["har"] == pytest.approx(-1.0)
+    assert mem["p_value"] is not None
+
+
+def test_training_sets_summarize_only_runs_that_dropped():
+    ts = {"drop": "label_issues", "labels": "noisy", "dropped": 10, "kept": 90,
+          "wrongly_labelled": 8, "precision": 0.6, "recall": 0.75}  # fmt: skip
+    none = dict(ts, drop="none", dropped=0, precision=None, recall=0.0)
+    per_method = {
+        "m": {
+            "cl": {0: _run("m", "cl", 0, 0.0, 0.3, training_set=ts)},
+            "clean": {0: _run("m", "clean", 0, 0.0, 0.3, training_set=none)},
+            "erm": {0: _run("m", "erm", 0, 0.0, 0.3)},
+        }
+    }
+    rows = sa.training_sets(per_method)["m"]
+    assert list(rows) == ["cl"]
+    assert rows["cl"]["precision"]["mean"] == 0.6 and rows["cl"]["dropped"]["mean"] == 10
