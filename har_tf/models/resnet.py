@@ -35,17 +35,24 @@ def _conv(x, filters, strides, name):
     )(x)
 
 
-def _basic_block(x, filters, strides, name, synchronized=False):
+def _activation(x, activation, name):
+    """har_tf.layers.ReLU for "relu" (lean second order), else keras's Activation."""
+    if activation == "relu":
+        return ReLU(name=name)(x)
+    return keras.layers.Activation(activation, name=name)(x)
+
+
+def _basic_block(x, filters, strides, name, synchronized=False, activation="relu"):
     shortcut = x
     y = _conv(x, filters, strides, f"{name}_conv1")
     y = pre_affine_batch_norm(y, name=f"{name}_bn1", synchronized=synchronized)
-    y = ReLU(name=f"{name}_relu1")(y)
+    y = _activation(y, activation, f"{name}_relu1")
     y = _conv(y, filters, 1, f"{name}_conv2")
     y = pre_affine_batch_norm(y, name=f"{name}_bn2", synchronized=synchronized)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = ShortcutA(filters, strides, name=f"{name}_shortcut")(x)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return ReLU(name=f"{name}_out")(y)
+    return _activation(y, activation, f"{name}_out")
 
 
 def cifar_resnet(
@@ -59,6 +66,7 @@ def cifar_resnet(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     synchronized_bn: bool = False,
+    activation: str = "relu",
     name: str = "cifar_resnet",
 ) -> keras.Model:
     """Builds a CIFAR ResNet whose block BNs are split into tappable normalization + affine.
@@ -86,6 +94,12 @@ def cifar_resnet(
         (`synchronized=True`). Set it under a multi-replica `tf.distribute`
         strategy, so that training does not depend on how a batch is split across
         replicas; it is saved in each layer's config.
+      activation: the nonlinearity after each BN, a name that
+        `keras.activations.get` knows. "relu" (the authors' network) uses
+        `har_tf.layers.ReLU`; any other, e.g. "softplus", a `keras.layers.Activation`
+        under the same layer names. HAR needs it twice differentiable. HAR's weight
+        gradient of a ReLU network jumps where a unit switches, so the exactness
+        tests use a smooth one (docs/EXACTNESS.md).
       name: model name.
 
     Returns:
@@ -97,6 +111,10 @@ def cifar_resnet(
         blocks_per_stage = (depth - 2) // 6
     if blocks_per_stage < 1 or not widths:
         raise ValueError("need at least one stage with one block")
+    try:
+        keras.activations.get(activation)
+    except ValueError as e:
+        raise ValueError(f"activation must name a Keras activation, got {activation!r}") from e
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     if mean is not None or std is not None:
@@ -109,11 +127,13 @@ def cifar_resnet(
     x = BatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name="stem_bn"
     )(x)
-    x = ReLU(name="stem_relu")(x)
+    x = _activation(x, activation, "stem_relu")
     for s, filters in enumerate(widths):
         for b in range(blocks_per_stage):
             strides = 2 if (s > 0 and b == 0) else 1
-            x = _basic_block(x, filters, strides, f"stage{s + 1}_block{b + 1}", synchronized_bn)
+            x = _basic_block(
+                x, filters, strides, f"stage{s + 1}_block{b + 1}", synchronized_bn, activation
+            )
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer=_HE_NORMAL, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)

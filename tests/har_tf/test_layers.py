@@ -70,6 +70,35 @@ def test_resnet32_matches_the_authors_network():
     assert model.output.shape == (None, 10)
 
 
+def test_resnet_activation_replaces_every_relu_and_nothing_else(tmp_path):
+    kwargs = dict(input_shape=(8, 8, 3), blocks_per_stage=1, widths=(4, 8), num_classes=3)
+    relu = cifar_resnet(**kwargs)
+    smooth = cifar_resnet(**kwargs, activation="softplus")
+    relus = [layer.name for layer in relu.layers if isinstance(layer, ReLU)]
+    assert len(relus) == 5  # the stem's and two per block
+    for name in relus:
+        layer = smooth.get_layer(name)
+        assert type(layer) is keras.layers.Activation
+        assert layer.get_config()["activation"] == "softplus"
+    assert not any(isinstance(layer, ReLU) for layer in smooth.layers)
+    assert [type(a) for a in relu.layers if a.name not in relus] == [
+        type(b) for b in smooth.layers if b.name not in relus
+    ]
+    # The same weights give softplus where ReLU was: the stem's output is
+    # softplus of the stem BN's.
+    smooth.set_weights(relu.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    stem = keras.Model(
+        smooth.input, [smooth.get_layer("stem_bn").output, smooth.get_layer("stem_relu").output]
+    )
+    bn, act = (t.numpy() for t in stem(x))
+    np.testing.assert_allclose(act, np.log1p(np.exp(bn)), rtol=1e-5, atol=1e-6)
+    loaded = harness.run_model_saving_test(smooth, tmp_path / "softplus.keras", x)
+    assert loaded.get_layer(relus[-1]).get_config()["activation"] == "softplus"
+    with pytest.raises(ValueError, match="activation must name a Keras activation, got 'nope'"):
+        cifar_resnet(**kwargs, activation="nope")
+
+
 def test_resnet_depth_must_be_6n_plus_2():
     with pytest.raises(ValueError, match="6n\\+2"):
         cifar_resnet(depth=30)
