@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import config_ranges, stage
+from pipeline import cli, config_check, config_ranges, stage
 from pipeline import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,7 +89,9 @@ def test_a_stage_run_alone_refuses_too(tmp_path, capsys):
     config = fashion_mnist_hetero.get_config("smoke")
     config.train.batch_size = 0
     with pytest.raises(SystemExit) as e:
-        stage.run_main("train", None, config, str(tmp_path / "w"), check=run_lib.check_config)
+        cli.run_stage_main(
+            "train", None, config, str(tmp_path / "w"), check=config_check.check_config
+        )
     assert e.value.code == 1
     assert "config.train.batch_size must be >= 1, got 0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "w")

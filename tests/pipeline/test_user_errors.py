@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from configs import fashion_mnist_hetero
+from pipeline import cli, stage, workdir_lock
 from pipeline import run as run_lib
-from pipeline import stage, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
@@ -48,7 +48,7 @@ def test_a_stage_alone_on_a_missing_workdir_creates_nothing(tmp_path):
     workdir = tmp_path / "typo"
     ran = []
     with pytest.raises(stage.PipelineError, match="stage 'preprocess' has not completed"):
-        stage.run_main(
+        cli.run_stage_main(
             "train",
             lambda config, wd: ran.append(wd),
             fashion_mnist_hetero.get_config("smoke"),
