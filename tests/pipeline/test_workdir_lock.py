@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from configs import fashion_mnist_hetero
 from pipeline import stage, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,12 +76,28 @@ def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
         pass
 
 
-def test_the_lock_file_is_no_stage_and_no_fingerprint_input(tmp_path):
-    assert workdir_lock.LOCK_FILE not in stage.STAGES
-    assert not any(workdir_lock.LOCK_FILE.startswith(s) for s in stage.STAGES)
-    with workdir_lock.held(str(tmp_path)):
-        for name in stage.STAGES:
-            assert not stage.is_complete(str(tmp_path), name)
+def test_the_lock_file_is_no_stage_output_and_changes_no_stage_state(tmp_path):
+    # A stage completed under the lock is current, with the lock held and after,
+    # whoever held it last (the file's content changes with each holder), and
+    # making it, setting it aside or discarding stale copies leaves the lock file be.
+    workdir = str(tmp_path)
+    config = fashion_mnist_hetero.get_config("smoke")
+    fingerprint = stage.fingerprints(config)["preprocess"]
+    lock_path = os.path.join(workdir, workdir_lock.LOCK_FILE)
+    with workdir_lock.held(workdir):
+        with stage.stage_output(workdir, "preprocess", config) as out:
+            stage.write_json(os.path.join(out, "manifest.json"), {})
+        assert stage.state(workdir, "preprocess", fingerprint) == "current"
+        recorded = stage.read_json(os.path.join(workdir, "preprocess", stage.METADATA))["files"]
+        assert sorted(recorded) == ["manifest.json"]
+    with open(lock_path, "w") as f:
+        f.write("4242 2026-01-01T00:00:00Z\n")  # as another process leaves it
+    assert stage.state(workdir, "preprocess", fingerprint) == "current"
+    assert stage.fingerprints(config)["preprocess"] == fingerprint
+    aside = stage.set_aside(workdir, "preprocess")
+    stage.discard_stale(workdir, "preprocess")
+    assert not os.path.exists(aside)
+    assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
 
 
 @pytest.mark.parametrize("module", ["pipeline.run", "pipeline.train"])
