@@ -16,7 +16,8 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import harness
+
 PACKAGES = ("har_tf", "pipeline", "configs")
 
 # (importing module, imported module): why the import sits inside a function. The
@@ -26,7 +27,7 @@ DEFERRED = {
 }
 
 
-def project_modules(root: str = REPO, packages=PACKAGES) -> dict[str, str]:
+def project_modules(root: str = harness.REPO, packages=PACKAGES) -> dict[str, str]:
     """Dotted module name -> file path, for every .py file under `packages`."""
     out = {}
     for package in packages:

@@ -42,8 +42,7 @@ from pipeline import modeling, multi_worker
 from pipeline.stage import PipelineError
 from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 DATA = ["--config.data.limit_train=256", "--config.data.limit_test=100", "--quiet"]
 TRAIN = [
     *DATA,
@@ -88,7 +87,7 @@ def _start(
     main = ["-m", module] if module else ["-c", FLOAT64_MAIN % float64]
     return subprocess.Popen(
         [sys.executable, *main, f"--config={CONFIG}", f"--workdir={workdir}", *args],
-        cwd=REPO,
+        cwd=harness.REPO,
         env=_env(tf_config),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,9 +11,9 @@ import pytest
 
 from configs import fashion_mnist_hetero
 from pipeline import stage, workdir_lock
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 # Holds the lock of argv[1] until killed (a second, real process).
 HOLDER = (
     "import sys, time\n"
@@ -32,7 +32,7 @@ def holder(tmp_path):
     with open(os.path.join(workdir, "train.partial", "epoch-0001.weights.h5"), "w") as f:
         f.write("live")
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, workdir], cwd=harness.REPO, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout.readline().strip() == "locked"
     yield workdir, proc
@@ -103,14 +103,7 @@ def test_the_lock_file_is_no_stage_output_and_changes_no_stage_state(tmp_path):
 @pytest.mark.parametrize("module", ["pipeline.run", "pipeline.train"])
 def test_a_second_cli_is_refused_and_touches_nothing(holder, module):
     workdir, proc = holder
-    result = subprocess.run(
-        [sys.executable, "-m", module, f"--config={CONFIG}", f"--workdir={workdir}", "--quiet"],
-        cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = harness.run_module(module, f"--config={CONFIG}", f"--workdir={workdir}", "--quiet")
     assert result.returncode != 0
     assert f"workdir {workdir} is in use by PID {proc.pid} (started " in result.stderr
     assert "Traceback" not in result.stderr
