@@ -146,10 +146,9 @@ def run_stage_main(
     An input stage that is stale is refused too. Errors print without a traceback
     (`fail`). The workdir's lock (pipeline.workdir_lock) is held throughout: a
     second process in the same workdir is refused before anything is touched.
-    `force` is the stage main's --force;
-    `check(config)`, if given, runs first (`config_check.check_config`: the whole
-    config, before anything runs). `verbose` (--verbose): an error raises with its
-    traceback instead.
+    `force` is the stage main's --force; `check(config)`, if given, runs first
+    (`config_check.check_config`: the whole config, before anything runs).
+    `verbose` (--verbose): an error raises with its traceback instead.
     A multi-worker training stage (pipeline.multi_worker) starts its strategy first;
     its chief does all of the above, the other workers only check and run (they
     write nothing, and take no lock: the chief holds it).
