@@ -127,85 +127,145 @@ def apply_smoke(config):
     return config
 
 
-def base_config():
-    config = ml_collections.ConfigDict()
-    # Seeds the noise draw, the imbalance cut, the split, and weight initialization.
-    # The authors' code fixes RandomState(0); here it is a recorded config value.
-    config.seed = 0
+def _data_source():
+    """config.data, first part: where the examples come from."""
+    return dict(
+        # The dataset's name, recorded in manifest.json. For source "auto" / "idx"
+        # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
+        # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
+        dataset="fashion_mnist",
+        # Where examples come from (pipeline/sources/, one module per source):
+        #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
+        #                 package's directory, then a TFDS download (IDX datasets only)
+        #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback
+        #   "tfds"        the TFDS builder `dataset` (download_and_prepare, then
+        #                 sliced reads); data_dir = TFDS data_dir ("" = its default)
+        #   "npz"         <data_dir>/<split_names.SPLIT>.npz holding `x` uint8
+        #                 [N, H, W(, C)] and `y` int [N]
+        #   "image_list"  WebVision-style "<relative path> <label>" lists (image_list)
+        #   "csv"         a text CSV (_data_text's csv; modality "text")
+        source="auto",
+        # "auto" / "idx": the directory of IDX files; "" = $HAR_DATA_DIR, then the
+        # Debian package's /usr/share/datasets/fashion-mnist, then a TFDS download.
+        # "tfds": TFDS's data_dir. "npz" / "image_list": the dataset's root.
+        data_dir="",
+        # The source's name of each split: a TFDS split name (e.g. test="validation")
+        # or an .npz file stem. Not used by the IDX and image-list sources.
+        split_names=ml_collections.ConfigDict(dict(train="train", test="test")),
+        # TFDS feature keys. CIFAR-100's 20 superclasses: label_key="coarse_label"
+        # (with num_classes=20).
+        image_key="image",
+        label_key="label",
+        # source = "image_list" (WebVision 1.0's layout by default): list files and
+        # the directories their paths are relative to, all under data_dir. Images
+        # are decoded (PIL) and resized to image_shape.
+        image_list=ml_collections.ConfigDict(
+            dict(
+                train="info/train_filelist_google.txt",
+                train_root="",
+                test="info/val_filelist.txt",
+                test_root="val_images_256",
+                # Keep only labels < max_classes (0 = all): 50 = "mini WebVision"
+                # (Jiang et al. 2018), the first 50 classes of the Google subset.
+                max_classes=0,
+            )
+        ),
+    )
 
-    # Every field of `data` is documented in docs/DATA.md (sources, noise kinds,
-    # imbalance kinds, with example commands).
-    config.data = ml_collections.ConfigDict(
+
+def _data_text():
+    """config.data, second part: the modality, and what text data needs."""
+    return dict(
+        # "image" or "text": what the records hold. Text comes from source "csv" or
+        # a TFDS text dataset ("tfds" with text_key); see configs/imdb_hetero.py.
+        modality="image",
+        # source = "csv": one CSV file with a header row. The test split is a
+        # stratified, seeded held-out share of it (recorded in manifest.json).
+        csv=ml_collections.ConfigDict(
+            dict(
+                # Relative paths are under data_dir; "package:<module>/<path>" is a
+                # file inside an installed Python package, found wherever it is
+                # installed (so no virtualenv location enters the fingerprints).
+                path="",
+                text_column="text",
+                label_column="label",  # integer labels 0 .. num_classes - 1
+                # Or class names in the label column: class c is label_names[c],
+                # e.g. ("neg", "pos"). Empty: the column holds integers.
+                label_names=(),
+                # Keep only rows whose filter_column equals filter_value ("" = all).
+                filter_column="",
+                filter_value="",
+                test_fraction=0.2,
+                split_seed=0,
+            )
+        ),
+        # modality = "text" with source "tfds": the Text feature (imdb_reviews: "text").
+        text_key="text",
+        # modality = "text": the vocabulary preprocess builds from the kept train
+        # records (vocab.txt; max_tokens counts the padding and OOV ids), and the
+        # number of tokens a text is cut or padded to (pipeline/text.py).
+        text=ml_collections.ConfigDict(dict(max_tokens=20_000, sequence_length=256)),
+    )
+
+
+def _noise():
+    """config.data.noise: label noise on the train split (docs/DATA.md)."""
+    return ml_collections.ConfigDict(
         dict(
-            # The dataset's name, recorded in manifest.json. For source "auto" / "idx"
-            # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
-            # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
-            dataset="fashion_mnist",
-            # Where examples come from (pipeline/sources/, one module per source):
-            #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
-            #                 package's directory, then a TFDS download (IDX datasets only)
-            #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback
-            #   "tfds"        the TFDS builder `dataset` (download_and_prepare, then
-            #                 sliced reads); data_dir = TFDS data_dir ("" = its default)
-            #   "npz"         <data_dir>/<split_names.SPLIT>.npz holding `x` uint8
-            #                 [N, H, W(, C)] and `y` int [N]
-            #   "image_list"  WebVision-style "<relative path> <label>" lists (image_list)
-            #   "csv"         a text CSV (csv below; modality "text")
-            source="auto",
-            # "auto" / "idx": the directory of IDX files; "" = $HAR_DATA_DIR, then the
-            # Debian package's /usr/share/datasets/fashion-mnist, then a TFDS download.
-            # "tfds": TFDS's data_dir. "npz" / "image_list": the dataset's root.
-            data_dir="",
-            # The source's name of each split: a TFDS split name (e.g. test="validation")
-            # or an .npz file stem. Not used by the IDX and image-list sources.
-            split_names=ml_collections.ConfigDict(dict(train="train", test="test")),
-            # TFDS feature keys. CIFAR-100's 20 superclasses: label_key="coarse_label"
-            # (with num_classes=20).
-            image_key="image",
-            label_key="label",
-            # source = "image_list" (WebVision 1.0's layout by default): list files and
-            # the directories their paths are relative to, all under data_dir. Images
-            # are decoded (PIL) and resized to image_shape.
-            image_list=ml_collections.ConfigDict(
-                dict(
-                    train="info/train_filelist_google.txt",
-                    train_root="",
-                    test="info/val_filelist.txt",
-                    test_root="val_images_256",
-                    # Keep only labels < max_classes (0 = all): 50 = "mini WebVision"
-                    # (Jiang et al. 2018), the first 50 classes of the Google subset.
-                    max_classes=0,
-                )
-            ),
-            # "image" or "text": what the records hold. Text comes from source "csv" or
-            # a TFDS text dataset ("tfds" with text_key); see configs/imdb_hetero.py.
-            modality="image",
-            # source = "csv": one CSV file with a header row. The test split is a
-            # stratified, seeded held-out share of it (recorded in manifest.json).
-            csv=ml_collections.ConfigDict(
-                dict(
-                    # Relative paths are under data_dir; "package:<module>/<path>" is a
-                    # file inside an installed Python package, found wherever it is
-                    # installed (so no virtualenv location enters the fingerprints).
-                    path="",
-                    text_column="text",
-                    label_column="label",  # integer labels 0 .. num_classes - 1
-                    # Or class names in the label column: class c is label_names[c],
-                    # e.g. ("neg", "pos"). Empty: the column holds integers.
-                    label_names=(),
-                    # Keep only rows whose filter_column equals filter_value ("" = all).
-                    filter_column="",
-                    filter_value="",
-                    test_fraction=0.2,
-                    split_seed=0,
-                )
-            ),
-            # modality = "text" with source "tfds": the Text feature (imdb_reviews: "text").
-            text_key="text",
-            # modality = "text": the vocabulary preprocess builds from the kept train
-            # records (vocab.txt; max_tokens counts the padding and OOV ids), and the
-            # number of tokens a text is cut or padded to (pipeline/text.py).
-            text=ml_collections.ConfigDict(dict(max_tokens=20_000, sequence_length=256)),
+            # "none" | "pairs" | "groups" | "cifar10_hetero" |
+            # "cifar100_superclass" | "uniform" | "asymmetric" | "matrix"
+            kind="pairs",
+            # "pairs": each pair swaps labels with probability flip_prob.
+            pairs=((0, 6), (2, 4)),
+            # "pairs", "groups" and the two presets: the probability of leaving
+            # the clean label (0.4 in the paper).
+            flip_prob=0.4,
+            # "groups": a label moves to each other member of its group with
+            # flip_prob / (size - 1). Default: CIFAR-100's vehicles 1 and 2.
+            # The presets fix their classes: "cifar10_hetero" = pairs (1, 9),
+            # (3, 5) (needs num_classes 10); "cifar100_superclass" = these two
+            # groups (needs num_classes 100); both use flip_prob.
+            groups=((8, 13, 48, 58, 90), (41, 69, 81, 85, 89)),
+            # "uniform": flip to a uniformly chosen OTHER class with this rate.
+            rate=0.2,
+            # "asymmetric": class c flips to targets[c] with probability
+            # rates[c]; one entry per class. IMDB (paper App. C.1):
+            # rates=(0.05, 0.4), targets=(1, 0).
+            rates=(),
+            targets=(),
+            # "matrix": the full (C, C) T[clean, noisy]; rows must sum to 1.
+            matrix=(),
+        )
+    )
+
+
+def _imbalance():
+    """config.data.imbalance: class imbalance of the train split (docs/DATA.md)."""
+    return ml_collections.ConfigDict(
+        dict(
+            # "none" | "step" | "long_tailed" | "counts"
+            kind="step",
+            # "step": these classes are cut to floor(n_max / ratio). The paper's
+            # App. C.3 "rare but clean" setting is a step cut of classes the
+            # noise does not touch: see rare_but_clean_imbalance() above.
+            classes=(0, 2, 4, 6),
+            # "step" and "long_tailed": n_max / n_rare. "long_tailed" keeps
+            # floor(n_max * ratio ** (-c / (C - 1))) of class c (Cao et al. 2019).
+            ratio=10.0,
+            # "counts": examples to keep per class, one entry per class.
+            counts=(),
+            by="noisy",  # cut by "noisy" label after the noise (authors) or "clean"
+        )
+    )
+
+
+def data_block():
+    """config.data. Every field is documented in docs/DATA.md (sources, noise kinds,
+    imbalance kinds, with example commands)."""
+    return ml_collections.ConfigDict(
+        dict(
+            **_data_source(),
+            **_data_text(),
             num_classes=10,
             # (H, W, C) of the records. The IDX, npz and TFDS sources must match it;
             # image lists (and TFDS datasets of variable image size) are resized to it.
@@ -218,51 +278,10 @@ def base_config():
             # estimate_tau and train never use it; model selection reads it. 0 = none.
             val_fraction=0.0,
             # Label noise on the train split; T[clean, noisy] is recorded in the manifest.
-            noise=ml_collections.ConfigDict(
-                dict(
-                    # "none" | "pairs" | "groups" | "cifar10_hetero" |
-                    # "cifar100_superclass" | "uniform" | "asymmetric" | "matrix"
-                    kind="pairs",
-                    # "pairs": each pair swaps labels with probability flip_prob.
-                    pairs=((0, 6), (2, 4)),
-                    # "pairs", "groups" and the two presets: the probability of leaving
-                    # the clean label (0.4 in the paper).
-                    flip_prob=0.4,
-                    # "groups": a label moves to each other member of its group with
-                    # flip_prob / (size - 1). Default: CIFAR-100's vehicles 1 and 2.
-                    # The presets fix their classes: "cifar10_hetero" = pairs (1, 9),
-                    # (3, 5) (needs num_classes 10); "cifar100_superclass" = these two
-                    # groups (needs num_classes 100); both use flip_prob.
-                    groups=((8, 13, 48, 58, 90), (41, 69, 81, 85, 89)),
-                    # "uniform": flip to a uniformly chosen OTHER class with this rate.
-                    rate=0.2,
-                    # "asymmetric": class c flips to targets[c] with probability
-                    # rates[c]; one entry per class. IMDB (paper App. C.1):
-                    # rates=(0.05, 0.4), targets=(1, 0).
-                    rates=(),
-                    targets=(),
-                    # "matrix": the full (C, C) T[clean, noisy]; rows must sum to 1.
-                    matrix=(),
-                )
-            ),
+            noise=_noise(),
             # Class imbalance of the train split, cut after the noise. Targets use n_max =
             # the source's largest class before noise (Fashion-MNIST 6000, CIFAR-10 5000).
-            imbalance=ml_collections.ConfigDict(
-                dict(
-                    # "none" | "step" | "long_tailed" | "counts"
-                    kind="step",
-                    # "step": these classes are cut to floor(n_max / ratio). The paper's
-                    # App. C.3 "rare but clean" setting is a step cut of classes the
-                    # noise does not touch: see rare_but_clean_imbalance() below.
-                    classes=(0, 2, 4, 6),
-                    # "step" and "long_tailed": n_max / n_rare. "long_tailed" keeps
-                    # floor(n_max * ratio ** (-c / (C - 1))) of class c (Cao et al. 2019).
-                    ratio=10.0,
-                    # "counts": examples to keep per class, one entry per class.
-                    counts=(),
-                    by="noisy",  # cut by "noisy" label after the noise (authors) or "clean"
-                )
-            ),
+            imbalance=_imbalance(),
             # The data schema (TFX's Schema proto, text format) the splits are checked
             # against: "" = <workdir>/schema/schema.pbtxt, inferred by the workdir's
             # first run and kept for later ones; a path = a curated schema, read only
@@ -279,7 +298,10 @@ def base_config():
         )
     )
 
-    config.model = ml_collections.ConfigDict(
+
+def model_block():
+    """config.model: the network (pipeline.modeling.build_backbone)."""
+    return ml_collections.ConfigDict(
         dict(
             name="resnet",
             blocks_per_stage=1,
@@ -293,12 +315,19 @@ def base_config():
         )
     )
 
-    # The authors' CIFAR schedule: 120 epochs, lr x0.1 after epochs 80 and 100.
-    config.pretrain = optimizer_block(epochs=120, batch_size=128, lr=0.1, lr_drop_epochs=(80, 100))
-    # Half A trains the ERM model, half B measures its per-class error.
-    config.pretrain.stratified = True
 
-    config.tau = ml_collections.ConfigDict(
+def pretrain_block():
+    """config.pretrain: the ERM model whose errors give tau."""
+    # The authors' CIFAR schedule: 120 epochs, lr x0.1 after epochs 80 and 100.
+    pretrain = optimizer_block(epochs=120, batch_size=128, lr=0.1, lr_drop_epochs=(80, 100))
+    # Half A trains the ERM model, half B measures its per-class error.
+    pretrain.stratified = True
+    return pretrain
+
+
+def tau_block():
+    """config.tau: tau = err^a / n^b from the pretrained model (estimate_tau)."""
+    return ml_collections.ConfigDict(
         dict(
             uncertainty_exponent=0.6,  # a in tau = err^a / n^b (paper eq. 5)
             density_exponent=0.4,  # b
@@ -313,24 +342,27 @@ def base_config():
         )
     )
 
-    config.train = optimizer_block(epochs=120, batch_size=128, lr=0.1, lr_drop_epochs=(80, 100))
+
+def train_block():
+    """config.train: the runs (ERM, uniform, HAR) and how they train."""
+    train = optimizer_block(epochs=120, batch_size=128, lr=0.1, lr_drop_epochs=(80, 100))
     # "official": sum over tapped layers of per-example gradient norms (authors' code);
     # "paper": square root of the sum of squares (paper, Sec. 2.3).
-    config.train.aggregation = "official"
+    train.aggregation = "official"
     # "official": R from the gradient of the batch-MEAN loss (a 1/B factor per
     # example), so lambda here is the authors' lambda (README: 10 at B = 128).
     # "per_example": gradient of each example's own loss (lambda * tau <= 0.1 in the
     # paper's text).
-    config.train.scale = "official"
+    train.scale = "official"
     # True: regularized runs recompute each residual block instead of keeping its
     # tensors (HARModel checkpoint_layers; resnet only). The same objective, less
     # peak memory for more time per step (the measured trade-off on ResNet-32 is in
     # docs/PERFORMANCE.md). For a GPU that the exact step does not fit in.
-    config.train.checkpoint_blocks = False
+    train.checkpoint_blocks = False
     # Runs to train; each is a fresh model. regularizer: "none" (ERM, lambda ignored
     # and no double backprop), "uniform" (tau = 1), "har" (estimated tau).
     # drw: class-balanced loss weights from epoch drw_start_epoch (HAR-DRW, ERM-DRW).
-    config.train.runs = ml_collections.ConfigDict(
+    train.runs = ml_collections.ConfigDict(
         dict(
             erm=run(regularizer="none", lam=0.0),
             har=run(regularizer="har", lam=10.0),
@@ -340,10 +372,14 @@ def base_config():
 
     # Deferred re-weighting (for runs with drw=True): from the first lr drop, as the
     # authors do, with beta 0.9999.
-    config.train.drw_start_epoch = 80
-    config.train.drw_beta = 0.9999
+    train.drw_start_epoch = 80
+    train.drw_beta = 0.9999
+    return train
 
-    config.eval = ml_collections.ConfigDict(
+
+def eval_block():
+    """config.eval: the evaluate stage's report and the blessing thresholds."""
+    return ml_collections.ConfigDict(
         dict(
             batch_size=512,
             # Evaluate on the test split after every epoch of the train stage (one
@@ -375,7 +411,10 @@ def base_config():
         )
     )
 
-    config.export = ml_collections.ConfigDict(
+
+def export_block():
+    """config.export: the exported (and pushed) run."""
+    return ml_collections.ConfigDict(
         dict(
             run="har",  # the run exported (and pushed)
             model_name="har",
@@ -387,4 +426,20 @@ def base_config():
             push_destination="",
         )
     )
+
+
+def base_config():
+    """The defaults of every experiment, one section per stage; configs/*.py change
+    what differs."""
+    config = ml_collections.ConfigDict()
+    # Seeds the noise draw, the imbalance cut, the split, and weight initialization.
+    # The authors' code fixes RandomState(0); here it is a recorded config value.
+    config.seed = 0
+    config.data = data_block()
+    config.model = model_block()
+    config.pretrain = pretrain_block()
+    config.tau = tau_block()
+    config.train = train_block()
+    config.eval = eval_block()
+    config.export = export_block()
     return config

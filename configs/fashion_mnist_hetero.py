@@ -21,13 +21,9 @@ Dress, Sandal, Sneaker) instead of the noisy ones; groups noisy / rare_clean / c
 ",reg_every" trains HAR exactly and with `reg_every` 2 and 4 (the opt-in speed
 approximation), to measure what the approximation costs in accuracy.
 
-Expected runtime and result on the project's 2-core CPU machine (seed 0; the
-README's results table has the details):
-  :quick  about 8 min; noisy_rare / clean accuracy: ERM 50.8 / 97.5, HAR 53.8 / 97.3
-  :quick,rare_clean  about 12 min; noisy / rare_clean / clean: ERM 75.1 / 86.2 / 98.7,
-          HAR 72.5 / 85.8 / 98.2
-  :smoke  ~30 s; not a result (one epoch on 3,000 examples)
-  full    not measured yet (120 epochs for each of pretrain, ERM and HAR)
+Expected runtime and result of each variant, measured on named hardware:
+docs/RESULTS.md, "Runs of each config" (`:quick` is `make run`; `:smoke` runs in
+seconds and is not a result).
 """
 
 import ml_collections

@@ -321,8 +321,8 @@ class HARModel(keras.Model):
         custom `strategy.run` loop, which cannot leave the choice to the step: under
         several replicas it would be a tf.cond around cross-replica sums. Such a
         loop traces one function per kind and passes the kind that
-        `optimizer.iterations % reg_every == 0` gives. None (what `fit` passes): the
-        kind follows from the step count.
+        `is_regularized_step(optimizer.iterations)` gives. None (what `fit` passes):
+        the kind follows from the step count.
         """
         self._check_step_options(regularized)
         x, y, sample_weight, tau = self._unpack(data)
@@ -330,6 +330,21 @@ class HARModel(keras.Model):
         self.optimizer.apply_gradients(zip(step.gradients, self.trainable_weights, strict=True))
         self._track(step, reg_weight)
         return self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
+
+    @property
+    def alternates_steps(self) -> bool:
+        """Whether steps alternate between regularized and ERM (reg_every > 1, lam > 0).
+
+        Otherwise every step is of one kind, regularized with lam (ERM with lam 0).
+        """
+        return self.reg_every > 1 and self.lam > 0.0
+
+    def is_regularized_step(self, iterations):
+        """Whether the step taken at `optimizer.iterations == iterations` is a
+        regularized one (with reg_every * lam) when `alternates_steps`: every
+        reg_every-th step, from the first. An int gives a bool, a tensor a bool tensor.
+        """
+        return iterations % self.reg_every == 0
 
     def _check_step_options(self, regularized) -> None:
         if regularized is not None:
@@ -359,7 +374,7 @@ class HARModel(keras.Model):
         reg_weight is 1 on a regularized step, 0 on an ERM step: the weight of this
         step's `reg` in the logged mean.
         """
-        if self.reg_every == 1 or self.lam == 0.0:
+        if not self.alternates_steps:
             step = self._gradients(x, y, sample_weight, tau, self.lam)
             return step, tf.constant(1.0)
         if regularized is not None:
@@ -377,10 +392,10 @@ class HARModel(keras.Model):
                 "tf.cond). Keras's fit / train_on_batch do that. A custom "
                 "strategy.run(model.train_step) loop, such as the "
                 "MultiWorkerMirroredStrategy loop of docs/DISTRIBUTED.md, passes "
-                "train_step(data, regularized=optimizer.iterations % reg_every == 0) "
+                "train_step(data, regularized=is_regularized_step(optimizer.iterations)) "
                 "as a Python bool, from a function traced once per kind."
             )
-        reg_weight = tf.cast(tf.equal(self.optimizer.iterations % self.reg_every, 0), tf.float32)
+        reg_weight = tf.cast(self.is_regularized_step(self.optimizer.iterations), tf.float32)
 
         def har_step():
             y_pred, loss, ce, reg, grads = self._gradients(
@@ -425,15 +440,11 @@ class HARModel(keras.Model):
         TensorFlow does not allow inside tf.cond, so two train functions are traced,
         one of `train_step(regularized=True)` (k * lam) and one of
         `train_step(regularized=False)` (ERM), and each call runs the one that
-        `optimizer.iterations % reg_every` picks.
+        `is_regularized_step(optimizer.iterations)` picks.
         """
         if self.train_function is not None and not force:
             return self.train_function
-        if (
-            self.reg_every == 1
-            or self.lam == 0.0
-            or self.distribute_strategy.num_replicas_in_sync == 1
-        ):
+        if not self.alternates_steps or self.distribute_strategy.num_replicas_in_sync == 1:
             return super().make_train_function(force=force)
         if self.steps_per_execution != 1:
             raise ValueError(
@@ -449,7 +460,7 @@ class HARModel(keras.Model):
         }
 
         def train_function(iterator):
-            regularized = int(self.optimizer.iterations.numpy()) % self.reg_every == 0
+            regularized = self.is_regularized_step(int(self.optimizer.iterations.numpy()))
             return functions[regularized](iterator)
 
         self.train_function = train_function

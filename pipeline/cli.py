@@ -4,14 +4,16 @@ Stage modules define flags inside `if __name__ == "__main__":`, so importing sev
 stages (as `pipeline.run` does) never defines a flag twice.
 """
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pipeline import stage
+from pipeline import config_check, multi_worker, stage, workdir_lock
 
 
 def define_common_flags() -> None:
@@ -105,10 +107,10 @@ def _unknown_field(argv: list[str], error: str) -> str:
     return message + (f' (did you mean "{suggestion.group(1)}"?)' if suggestion else "")
 
 
-def fail(error: stage.PipelineError, prefix: str = "") -> None:
+def fail(error: stage.PipelineError, prefix: str = "", *, verbose: bool | None = None) -> None:
     """Ends a main on an expected error: one line on stderr and exit status 1, or
-    the traceback under --verbose."""
-    if flags.FLAGS.verbose:
+    the traceback with `verbose` (default: the --verbose flag)."""
+    if flags.FLAGS.verbose if verbose is None else verbose:
         raise error
     print(f"error: {prefix}{error}", file=sys.stderr)
     sys.exit(1)
@@ -117,20 +119,93 @@ def fail(error: stage.PipelineError, prefix: str = "") -> None:
 def run_main(name: str, run_fn) -> None:
     """A stage main's body after parsing: check the whole config, then run (or skip)
     the stage with --config, --workdir and --force."""
-    from pipeline import run  # deferred: it imports every stage
-
     try:
-        stage.run_main(
-            name,
-            run_fn,
-            config_from_flags(),
-            flags.FLAGS.workdir,
-            force=flags.FLAGS.force,
-            check=run.check_config,
-            verbose=flags.FLAGS.verbose,
-        )
+        config = config_from_flags()
     except stage.PipelineError as e:
         fail(e, f"{name}: ")
+    run_stage_main(
+        name,
+        run_fn,
+        config,
+        flags.FLAGS.workdir,
+        force=flags.FLAGS.force,
+        check=config_check.check_config,
+        verbose=flags.FLAGS.verbose,
+    )
+
+
+def run_stage_main(
+    name: str, run_fn, config, workdir: str, *, force: bool = False, check=None, verbose=False
+) -> None:
+    """Shared body of every stage's `main`.
+
+    A stage that is complete and current is skipped. One that is complete but stale
+    (its config or an input changed) is refused with an error, since rerunning it
+    alone would leave later stages inconsistent: use `python -m pipeline.run`, which
+    reruns it and everything downstream, or pass --force to rerun just this stage.
+    An input stage that is stale is refused too. Errors print without a traceback
+    (`fail`). The workdir's lock (pipeline.workdir_lock) is held throughout: a
+    second process in the same workdir is refused before anything is touched.
+    `force` is the stage main's --force; `check(config)`, if given, runs first
+    (`config_check.check_config`: the whole config, before anything runs).
+    `verbose` (--verbose): an error raises with its traceback instead.
+    A multi-worker training stage (pipeline.multi_worker) starts its strategy first;
+    its chief does all of the above, the other workers only check and run (they
+    write nothing, and take no lock: the chief holds it).
+    """
+    try:
+        if check is not None:
+            check(config)
+        # A stage with inputs refuses a workdir that does not exist before taking
+        # the lock, which would create it: a mistyped --workdir leaves nothing
+        # behind. (In an existing workdir the lock comes first: another process
+        # may be making the inputs.)
+        if not os.path.isdir(workdir):
+            for dep in stage.inputs(config, name)[:1]:
+                stage.require(workdir, dep)  # raises, naming the stage to run first
+        section = config.get(name) if hasattr(config, "get") else None
+        worker = multi_worker.worker(section)
+        lock = workdir_lock.held if worker is None or worker.chief else _no_lock
+        with lock(workdir):
+            _run_if_needed(name, run_fn, config, workdir, force=force, worker=worker)
+    except stage.PipelineError as e:
+        fail(e, f"{name}: ", verbose=verbose)
+
+
+def _run_if_needed(name: str, run_fn, config, workdir: str, *, force: bool, worker) -> None:
+    """Runs stage `name` unless it is current; refuses stale or incomplete inputs and,
+    without `force`, a stale output. Called with the workdir's lock held."""
+    fps = stage.fingerprints(config)
+    for dep in stage.inputs(config, name):
+        if stage.state(workdir, dep, fps[dep]) == "incomplete":
+            raise stage.incomplete_error(workdir, dep, stage.why_incomplete(workdir, dep))
+        if stage.state(workdir, dep, fps[dep]) == "stale":
+            raise stage.PipelineError(
+                f"input stage '{dep}' in {workdir!r} is stale (made with another "
+                "config); rerun it first, or run `python -m pipeline.run`"
+            )
+    current = stage.state(workdir, name, fps[name])
+    if current == "current" and not force:
+        logging.info("Stage '%s' already complete in %s; skipping.", name, workdir)
+        return
+    if current == "stale" and not force:
+        raise stage.PipelineError(
+            f"stage '{name}' in {workdir!r} is complete but stale (made with "
+            "another config or input); rerun it with --force (later stages then "
+            "become stale too), or run `python -m pipeline.run`, which reruns it "
+            "and every later stage"
+        )
+    if worker is not None and not worker.chief:
+        run_fn(config, workdir)
+    else:
+        stage.run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
+
+
+@contextlib.contextmanager
+def _no_lock(workdir: str) -> Iterator[None]:
+    """What a multi-worker stage's other workers hold: nothing (the chief holds the lock)."""
+    del workdir
+    yield
 
 
 def run_stage(name: str, run_fn) -> None:

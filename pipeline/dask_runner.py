@@ -35,8 +35,6 @@ from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 
-BEAM_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-
 
 def _run_bundle(items, fn, window_fn, label, side_inputs, args, kwargs) -> list:
     """Runs a DoFn over one dask partition; returns its outputs as (tag, value) pairs.

@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from pipeline import blessing, data, detection, epoch_eval, evaluate_report, modeling, plots, stage
+from pipeline.config_check import eval_groups
 
 NAME = "evaluate"
 TOP_K = epoch_eval.TOP_K  # the same k per epoch (train stage) and here
@@ -211,19 +212,6 @@ def _logits(forward, dataset, *, with_meta: bool = False):
         raise stage.PipelineError("the dataset to evaluate on is empty")
     logits, labels, clean = (np.concatenate(column) for column in zip(*outputs, strict=True))
     return logits.astype(np.float32), labels, clean if with_meta else None
-
-
-def eval_groups(config) -> dict[str, tuple[int, ...]]:
-    """config.eval.groups as class ids; PipelineError for a class outside [0, C)."""
-    groups = {g: tuple(int(c) for c in classes) for g, classes in config.eval.groups.items()}
-    num_classes = config.data.num_classes
-    for g, classes in groups.items():
-        bad = [c for c in classes if not 0 <= c < num_classes]
-        if bad:
-            raise stage.PipelineError(
-                f"eval group {g!r} names classes {bad} outside [0, {num_classes})"
-            )
-    return groups
 
 
 def run_metrics(config, workdir: str, name: str, *, groups: dict, rare: list, by: str):

@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import data, infra_validation, modeling, stage
+from pipeline.config_check import check_export
 from pipeline.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
 
 NAME = "export"
@@ -214,18 +215,6 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
         absl_logger.setLevel(level)
 
 
-def check_config(config) -> None:
-    """config.export names a configured run and a version >= 1 (else PipelineError)."""
-    section = config.export
-    runs = config.train.runs
-    if section.run not in runs:
-        raise stage.PipelineError(
-            f"export.run={section.run!r} names no run of config.train.runs; runs: {sorted(runs)}"
-        )
-    if int(section.version) < 1:
-        raise stage.PipelineError(f"export.version must be >= 1, got {section.version}")
-
-
 def evaluate_metrics(config, workdir: str) -> dict | None:
     """The evaluate stage's metrics of the exported run (None if it has not completed),
     with the groups in the config's order (report.json's keys are sorted)."""
@@ -270,7 +259,7 @@ def run(config, workdir: str) -> None:
             f"export.run={section.run!r} names no trained run; trained: "
             f"{sorted(os.listdir(train_dir))}"
         )
-    check_config(config)
+    check_export(config)
     model = modeling.load_model(model_path)
     manifest = data.load_manifest(workdir)
     image_shape = manifest["image_shape"]

@@ -14,7 +14,7 @@ from absl import logging
 
 from har_tf import HARModel
 from har_tf.models import block_output_layers, cifar_resnet, imdb_bilstm, rnn_tap_layers
-from pipeline import stage
+from pipeline import multi_worker, stage
 from pipeline.stage import PipelineError
 
 # "resnet": a CIFAR-style ResNet on images; "bilstm": the paper's IMDB BiLSTM on
@@ -33,8 +33,6 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     if name not in STRATEGIES:
         raise PipelineError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     if name == "multi_worker":
-        from pipeline import multi_worker
-
         return multi_worker.strategy()
     if name not in _strategies:
         _strategies[name] = (
@@ -285,48 +283,57 @@ def fit(
     augmentation). With `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/`
     (if the `tensorboard` package is installed; else a warning). section.verbose is
     Keras's progress output (--quiet sets it to 0, `cli.config_from_flags`).
-    """
-    if getattr(section, "strategy", "default") == "multi_worker":
-        from pipeline import multi_worker
 
-        return multi_worker.fit(
-            model,
-            train_ds,
-            section,
-            out_dir=out_dir,
-            callbacks=callbacks,
-            resume=resume,
-            tensorboard=tensorboard,
-        )
+    With section.strategy "multi_worker" the epochs run in pipeline.multi_worker's
+    loop (Keras's fit does not run under that strategy) and only the chief writes;
+    returns the history on the chief, {} on the other workers.
+    """
+    me = multi_worker.worker(section)
+    chief = me is None or me.chief
     if getattr(section, "deterministic", False):
         tf.config.experimental.enable_op_determinism()
+    if me is not None and not model.optimizer.built:
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     callbacks = list(callbacks)
     initial_epoch, history = 0, []
     if resume:
         ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
-        os.makedirs(ckpt_dir, exist_ok=True)
-        initial_epoch, history = restore_checkpoint(model, ckpt_dir)
-        # tf.data reshuffles (and redraws augmentation seeds) per iterator: replay the
-        # iterators of the completed epochs so that epoch k gets epoch k's order.
-        for _ in range(initial_epoch):
-            iter(train_ds)
-        callbacks.append(EpochCheckpoint(ckpt_dir, history))
+        if chief:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            initial_epoch, history = restore_checkpoint(model, ckpt_dir)
+        if me is not None:  # every worker takes the chief's restored state
+            initial_epoch = multi_worker.take_chief_state(me, model, initial_epoch)
+        else:
+            # tf.data reshuffles (and redraws augmentation seeds) per iterator: replay
+            # the iterators of the completed epochs so that epoch k gets epoch k's
+            # order (multi_worker.train_epochs replays its distributed dataset's).
+            for _ in range(initial_epoch):
+                iter(train_ds)
+        if chief:
+            callbacks.append(EpochCheckpoint(ckpt_dir, history))
     else:
         callbacks.append(EpochLogs(history))
-    if tensorboard and tensorboard_available():
+    if chief and tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
-    elif tensorboard:
+    elif chief and tensorboard:
         logging.warning("No TensorBoard logs: the `tensorboard` package is not installed.")
-    # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
-    model.fit(
-        train_ds,
-        epochs=section.epochs,
-        initial_epoch=initial_epoch,
-        verbose=section.verbose,
-        shuffle=False,
-        callbacks=callbacks,
-    )
-    return finish_fit(model, history, out_dir, resume=resume)
+    if me is None:
+        # The dataset is shuffled by tf.data; Keras's own shuffle does not apply to it.
+        model.fit(
+            train_ds,
+            epochs=section.epochs,
+            initial_epoch=initial_epoch,
+            verbose=section.verbose,
+            shuffle=False,
+            callbacks=callbacks,
+        )
+        return finish_fit(model, history, out_dir, resume=resume)
+    multi_worker.train_epochs(me, model, train_ds, section, callbacks, initial_epoch)
+    hist = finish_fit(model, history, out_dir, resume=resume) if chief else {}
+    # No worker leaves (or reads the chief's output) before the chief has written it.
+    me.barrier()
+    return hist
 
 
 def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool) -> dict:

@@ -3,8 +3,8 @@
 With `config.<stage>.strategy = "multi_worker"` (train or pretrain) the stage trains
 under `tf.distribute.MultiWorkerMirroredStrategy`, the cluster taken from `TF_CONFIG`
 (docs/DISTRIBUTED.md). Keras 3.15's `fit` does not run under that strategy
-(keras-team/keras#20585), so `modeling.fit` hands the model to `fit` here: a
-`strategy.run(model.train_step)` loop that keeps what Keras's fit gives the stage:
+(keras-team/keras#20585), so `modeling.fit` runs its epochs in `train_epochs` here:
+a `strategy.run(model.train_step)` loop that keeps what Keras's fit gives the stage:
 per-epoch logs (each replica's running means, averaged), the callbacks' epoch hooks
 (the per-epoch test pass, DRW), TensorBoard logs, a checkpoint after every epoch,
 resume after a kill, `model.keras` and `history.json`.
@@ -217,28 +217,27 @@ def _replica_slices(train_ds, ctx, replicas: int):
     return train_ds.flat_map(slices)
 
 
-def fit(model, train_ds, section, *, out_dir: str, callbacks=(), resume=True, tensorboard=True):
-    """`modeling.fit` under MultiWorkerMirroredStrategy: same arguments, same outputs.
+def take_chief_state(me: Worker, model, initial_epoch: int) -> int:
+    """Every worker takes the chief's training state after the chief restored its
+    newest checkpoint (`modeling.fit`): its epochs done (returned) and, if any, its
+    weights and optimizer state. A collective: every worker must call it."""
+    initial_epoch = chief_int(me.strategy, initial_epoch)
+    if initial_epoch:
+        broadcast_from_chief(me.strategy, model.variables + model.optimizer.variables)
+    return initial_epoch
+
+
+def train_epochs(me: Worker, model, train_ds, section, callbacks, initial_epoch: int) -> None:
+    """The epochs of `modeling.fit` under MultiWorkerMirroredStrategy, from
+    `initial_epoch`: one strategy.run(train_step) per global batch and the callbacks'
+    epoch hooks (which keep the logs); then checks that every worker ends with the
+    chief's weights.
 
     `train_ds` yields global batches, identical on every worker (seeded); each worker
     trains on its replicas' slices of them (`_replica_slices`), so N workers take the
-    steps one device takes on the same batches. Only the chief writes (checkpoints,
-    TensorBoard, model.keras, history.json). Returns the history (the chief's; {} on
-    the other workers).
+    steps one device takes on the same batches.
     """
-    from pipeline import modeling
-
-    me = worker(section)
     strat = model.distribute_strategy
-    if getattr(section, "deterministic", False):
-        tf.config.experimental.enable_op_determinism()
-    if not model.optimizer.built:
-        with strat.scope():
-            model.optimizer.build(model.trainable_variables)
-    callbacks = list(callbacks)
-    initial_epoch, history = _resume(me, model, out_dir, callbacks) if resume else (0, [])
-    if me.chief and tensorboard and modeling.tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
     dist_ds = strat.distribute_datasets_from_function(
         lambda ctx: _replica_slices(train_ds, ctx, strat.num_replicas_in_sync)
     )
@@ -246,40 +245,6 @@ def fit(model, train_ds, section, *, out_dir: str, callbacks=(), resume=True, te
     # iterators of the completed epochs so that epoch k gets epoch k's order.
     for _ in range(initial_epoch):
         iter(dist_ds)
-    epochs_logs = _train_epochs(model, dist_ds, section, callbacks, initial_epoch)
-    check_same_weights(strat, model)
-    hist = {}
-    if me.chief:
-        # With resume, EpochCheckpoint's history: the restored epochs and these.
-        entries = history if resume else epochs_logs
-        hist = modeling.finish_fit(model, entries, out_dir, resume=resume)
-    # No worker leaves (or reads the chief's output) before the chief has written it.
-    me.barrier()
-    return hist
-
-
-def _resume(me: Worker, model, out_dir: str, callbacks: list) -> tuple[int, list[dict]]:
-    """The chief restores the newest checkpoint and every worker takes its state
-    (weights, optimizer, epochs done); the chief checkpoints every epoch from now."""
-    from pipeline import modeling
-
-    initial_epoch, history = 0, []
-    ckpt_dir = os.path.join(out_dir, modeling.CHECKPOINTS)
-    if me.chief:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        initial_epoch, history = modeling.restore_checkpoint(model, ckpt_dir)
-    initial_epoch = chief_int(me.strategy, initial_epoch)
-    if initial_epoch:
-        broadcast_from_chief(me.strategy, model.variables + model.optimizer.variables)
-    if me.chief:
-        callbacks.append(modeling.EpochCheckpoint(ckpt_dir, history))
-    return initial_epoch, history
-
-
-def _train_epochs(model, dist_ds, section, callbacks, initial_epoch: int) -> list[dict]:
-    """The epoch loop: one strategy.run(train_step) per global batch, the callbacks'
-    epoch hooks, and every epoch's logs (returned)."""
-    strat = model.distribute_strategy
 
     @tf.function
     def step(batch, regularized):
@@ -290,15 +255,14 @@ def _train_epochs(model, dist_ds, section, callbacks, initial_epoch: int) -> lis
     model.stop_training = False
     hooks.on_train_begin()
     logs: dict[str, float] = {}
-    epochs_logs: list[dict] = []
     for epoch in range(initial_epoch, section.epochs):
         model.reset_metrics()
         hooks.on_epoch_begin(epoch)
         per_replica = None
         for batch in dist_ds:
             regularized = None
-            if model.reg_every > 1 and model.lam > 0:
-                regularized = bool(model.optimizer.iterations.numpy() % model.reg_every == 0)
+            if model.alternates_steps:
+                regularized = bool(model.is_regularized_step(model.optimizer.iterations.numpy()))
             per_replica = step(batch, regularized)
         if per_replica is None:
             raise PipelineError("the training dataset is empty")
@@ -306,8 +270,7 @@ def _train_epochs(model, dist_ds, section, callbacks, initial_epoch: int) -> lis
         logs = {k: float(strat.reduce("MEAN", v, axis=None)) for k, v in per_replica.items()}
         logging.info("epoch %d/%d: %s", epoch + 1, section.epochs, logs)
         hooks.on_epoch_end(epoch, logs)
-        epochs_logs.append(dict(logs))
         if model.stop_training:
             break
     hooks.on_train_end(logs)
-    return epochs_logs
+    check_same_weights(strat, model)

@@ -62,6 +62,7 @@ from apache_beam.transforms.combiners import TupleCombineFn
 
 from har_tf import corruption
 from pipeline import (
+    cli,
     data,
     data_statistics,
     data_validation,
@@ -412,8 +413,6 @@ def main(argv):
     # Beam's INFO log names every fused stage; keep warnings and errors only.
     py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
     beam_args = shlex.split(FLAGS.beam_args)
-    from pipeline import cli  # deferred: cli defines flags only when a stage runs
-
     cli.run_main(STAGE, lambda config, workdir: run(config, workdir, beam_args))
 
 

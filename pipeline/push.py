@@ -33,7 +33,7 @@ import shutil
 
 from absl import logging
 
-from pipeline import blessing, infra_validation, stage
+from pipeline import blessing, cli, infra_validation, stage
 
 NAME = "push"
 FILE = "push.json"
@@ -159,8 +159,6 @@ def read(workdir: str) -> dict | None:
 
 def main(argv):
     from absl import app, flags
-
-    from pipeline import cli
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -27,12 +27,10 @@ import time
 from absl import app, flags, logging
 
 from pipeline import (
-    blessing,
-    config_ranges,
+    cli,
     estimate_tau,
     evaluate,
     export,
-    modeling,
     multi_worker,
     preprocess,
     pretrain,
@@ -41,6 +39,7 @@ from pipeline import (
     train,
     workdir_lock,
 )
+from pipeline.config_check import check_config
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,
@@ -52,23 +51,6 @@ STAGE_RUNS = {
     "push": push.run,
 }
 assert tuple(STAGE_RUNS) == stage.STAGES
-
-
-def check_config(config) -> None:
-    """Checks every section before the first stage runs, so that a misnamed
-    export.run, an out-of-range evaluation group or a threshold naming an unknown
-    baseline run fails now, not after training.
-
-    Numeric ranges first (config_ranges), then each check that lives beside the code
-    that reads the section; preprocess's needs the data, so it runs as that stage
-    starts (first). Raises PipelineError.
-    """
-    config_ranges.check(config)
-    modeling.check_config(config)
-    train.validate_runs(config.train.runs, cross_fit=bool(config.tau.get("cross_fit", False)))
-    evaluate.eval_groups(config)
-    blessing.check_config(config)
-    export.check_config(config)
 
 
 def needed_stages(config) -> list[str]:
@@ -148,8 +130,6 @@ def run_pipeline(
 
 def main(argv):
     del argv
-    from pipeline import cli
-
     FLAGS = flags.FLAGS
     try:
         run_pipeline(
@@ -172,8 +152,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from pipeline import cli
-
     cli.define_common_flags()
     flags.DEFINE_string("beam_args", "", "Extra Beam pipeline options for preprocess.")
     flags.DEFINE_string(

@@ -28,25 +28,10 @@ from absl import logging
 from har_tf.callbacks import DeferredReweighting
 from pipeline import data, epoch_eval, modeling, multi_worker, stage, training_set
 
+# REGULARIZERS: study_config reads it from here.
+from pipeline.config_check import REGULARIZERS, validate_runs  # noqa: F401
+
 NAME = "train"
-REGULARIZERS = ("none", "uniform", "har")
-
-
-def validate_runs(runs, *, cross_fit: bool = False) -> None:
-    """Every run's fields, or a PipelineError naming the run; `cross_fit`:
-    config.tau.cross_fit (a run dropping label issues needs it)."""
-    if not runs:
-        raise stage.PipelineError("config.train.runs is empty: nothing to train")
-    for name, run_cfg in runs.items():
-        if run_cfg.regularizer not in REGULARIZERS:
-            raise stage.PipelineError(
-                f"run {name!r}: regularizer {run_cfg.regularizer!r} is not one of {REGULARIZERS}"
-            )
-        if run_cfg.regularizer != "none" and run_cfg.lam <= 0:
-            raise stage.PipelineError(f"run {name!r}: a {run_cfg.regularizer} run needs lam > 0")
-        if int(run_cfg.get("reg_every", 1)) < 1:
-            raise stage.PipelineError(f"run {name!r}: reg_every must be >= 1")
-        training_set.check_run(name, run_cfg, cross_fit=cross_fit)
 
 
 def run(config, workdir: str) -> None:

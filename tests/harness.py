@@ -3,17 +3,54 @@ do, a serialization round-trip and a `.keras` saving check.
 
 The `tiny_har` fixture (tests/conftest.py) builds a compiled HARModel on
 `tests.har_tf.tiny_nets.tiny_backbone`.
+
+For tests that run the pipeline's programs: REPO (the repository root), `config`
+(a config file's path with its variant), `env` (the subprocess environment) and
+`run_module` (`python -m <module> ...` from REPO, output captured).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import keras
 import numpy as np
 
 from har_tf import HARModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(name: str = "fashion_mnist_hetero.py", variant: str = "smoke") -> str:
+    """The --config value of configs/<name>, with `variant` ("" = none)."""
+    path = os.path.join(REPO, "configs", name)
+    return f"{path}:{variant}" if variant else path
+
+
+def env(*, keep_data_dir: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a program a test runs: TensorFlow's C++ logs quiet, `extra`
+    set; without `keep_data_dir`, no $HAR_DATA_DIR (the test names its data)."""
+    out = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    if not keep_data_dir:
+        out.pop("HAR_DATA_DIR", None)
+    return out
+
+
+def run_module(module: str, *args: str, timeout: float = 300, **env_kwargs):
+    """Runs `python -m module *args` from REPO and returns the CompletedProcess
+    (stdout and stderr captured as text). `env_kwargs` go to `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env(**env_kwargs),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def compile_har(model: HARModel, optimizer=None, **compile_kwargs) -> HARModel:

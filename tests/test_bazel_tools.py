@@ -11,11 +11,11 @@ import types
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import harness
 
 
 def _load(relpath: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(harness.REPO, relpath))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -29,7 +29,6 @@ from har_tf.models import cifar_resnet
 from tests import harness
 from tests.har_tf import distributed_scenarios as scenarios
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 300
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -39,7 +38,7 @@ def _start(*args):
     env.pop("TF_CONFIG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "tests.har_tf.distributed_scenarios", *args],
-        cwd=REPO,
+        cwd=harness.REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -12,9 +12,9 @@ import warnings
 import pytest
 
 from har_tf import onednn
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEP_TIME = os.path.join(REPO, "benchmarks", "step_time.py")
+STEP_TIME = os.path.join(harness.REPO, "benchmarks", "step_time.py")
 
 # What a fresh interpreter prints after the entry point's imports: the variable as
 # TensorFlow saw it and TensorFlow's own answer.
@@ -41,7 +41,12 @@ def _fresh(entry: str, setting: str | None) -> str:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     code = f"import sys; assert 'tensorflow' not in sys.modules; {_ENTRY_POINTS[entry]}; {_REPORT}"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=harness.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1]

@@ -3,17 +3,15 @@ issue 18): the field's dotted name in the message, exit 1, no stage directory.""
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import config_ranges, stage
+from pipeline import cli, config_check, config_ranges, stage
 from pipeline import run as run_lib
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 
 # (dotted field, bad value, what the message says): the override a user would pass.
 BAD = [
@@ -89,7 +87,9 @@ def test_a_stage_run_alone_refuses_too(tmp_path, capsys):
     config = fashion_mnist_hetero.get_config("smoke")
     config.train.batch_size = 0
     with pytest.raises(SystemExit) as e:
-        stage.run_main("train", None, config, str(tmp_path / "w"), check=run_lib.check_config)
+        cli.run_stage_main(
+            "train", None, config, str(tmp_path / "w"), check=config_check.check_config
+        )
     assert e.value.code == 1
     assert "config.train.batch_size must be >= 1, got 0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "w")
@@ -106,20 +106,8 @@ def test_a_stage_run_alone_refuses_too(tmp_path, capsys):
 )
 def test_the_cli_refuses_a_bad_value(tmp_path, override, says):
     workdir = tmp_path / "work"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            f"--config={CONFIG}",
-            override,
-            f"--workdir={workdir}",
-        ],
-        cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = harness.run_module(
+        "pipeline.run", f"--config={CONFIG}", override, f"--workdir={workdir}"
     )
     assert result.returncode == 1
     assert says in result.stderr

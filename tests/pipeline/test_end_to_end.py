@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,29 +10,20 @@ import pytest
 from configs import fashion_mnist_hetero
 from pipeline import run as run_lib
 from pipeline import stage
+from tests import harness
 from tests.pipeline import idx_fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py")
+CONFIG = harness.config(variant="")
 
 
 def _pipeline(workdir, *overrides, config=CONFIG + ":smoke"):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("HAR_DATA_DIR", None)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            f"--config={config}",
-            f"--workdir={workdir}",
-            *overrides,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    return harness.run_module(
+        "pipeline.run",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *overrides,
         timeout=900,
+        keep_data_dir=False,
     )
 
 

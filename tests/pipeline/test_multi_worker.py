@@ -14,11 +14,9 @@ the wrapper below). In float32 two workers can miss one device by 1e-4 after a
 single step on Fashion-MNIST batches: the gradient of a kernel that feeds a
 synchronized BatchNormalization is, on each worker, a large term that cancels
 against the other worker's (it sums to the small one-device gradient only over
-the global batch), so the float32 rounding of each worker's term is amplified.
-Measured on one batch of 32: float32 two workers 9.2e-5 from float64, float32
-one device 1.4e-6; float64 two workers 5e-10 from float64 one device; two
-workers fed identical halves (no cancellation) agree with one device in float32.
-The model tests' small random images do not reach that regime.
+the global batch), so the float32 rounding of each worker's term is amplified
+(the measurements: docs/DISTRIBUTED.md, "float32 and several workers"). The
+model tests' small random images do not reach that regime.
 
 Pretrain runs likewise on its half A (78 examples, global batches of 26).
 
@@ -44,8 +42,7 @@ from pipeline import modeling, multi_worker
 from pipeline.stage import PipelineError
 from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 DATA = ["--config.data.limit_train=256", "--config.data.limit_test=100", "--quiet"]
 TRAIN = [
     *DATA,
@@ -90,7 +87,7 @@ def _start(
     main = ["-m", module] if module else ["-c", FLOAT64_MAIN % float64]
     return subprocess.Popen(
         [sys.executable, *main, f"--config={CONFIG}", f"--workdir={workdir}", *args],
-        cwd=REPO,
+        cwd=harness.REPO,
         env=_env(tf_config),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

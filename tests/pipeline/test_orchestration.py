@@ -15,19 +15,16 @@ import pytest
 from configs import fashion_mnist_hetero
 from pipeline import epoch_eval, modeling, stage, workdir_lock
 from pipeline import run as run_lib
+from tests import harness
 from tests.pipeline import idx_fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 UPSTREAM = ("preprocess", "pretrain", "estimate_tau")
 DOWNSTREAM = ("train", "evaluate", "export", "push")
 
 
-def _argv(module, workdir, idx_dir, *overrides):
+def _args(workdir, idx_dir, *overrides):
     return [
-        sys.executable,
-        "-m",
-        module,
         f"--config={CONFIG}",
         f"--workdir={workdir}",
         f"--config.data.data_dir={idx_dir}",
@@ -36,22 +33,10 @@ def _argv(module, workdir, idx_dir, *overrides):
     ]
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("HAR_DATA_DIR", None)
-    return env
-
-
 def _run(module, workdir, idx_dir, *overrides):
-    result = subprocess.run(
-        _argv(module, workdir, idx_dir, *overrides),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return harness.run_module(
+        module, *_args(workdir, idx_dir, *overrides), timeout=900, keep_data_dir=False
     )
-    return result
 
 
 def _pipeline(workdir, idx_dir, *overrides):
@@ -413,9 +398,9 @@ def _wait_for(pattern, proc, timeout=600):
 
 def _kill_when(pattern, workdir, idx_dir, *overrides):
     proc = subprocess.Popen(
-        _argv("pipeline.run", workdir, idx_dir, *overrides),
-        cwd=REPO,
-        env=_env(),
+        [sys.executable, "-m", "pipeline.run", *_args(workdir, idx_dir, *overrides)],
+        cwd=harness.REPO,
+        env=harness.env(keep_data_dir=False),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

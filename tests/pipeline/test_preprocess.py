@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,9 +21,9 @@ from configs import fashion_mnist_hetero
 from har_tf import corruption
 from pipeline import preprocess, records, sources, stage
 from pipeline.stage import PipelineError
+from tests import harness
 from tests.pipeline import idx_fixtures, schema_fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_TRAIN, NUM_TEST = 3_200, 600  # More than the smoke limits (3,000 / 500).
 
 
@@ -680,14 +678,7 @@ def test_already_complete_stage_is_an_error(smoke_run):
 
 
 def _run_main(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.preprocess", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-    )
+    return harness.run_module("pipeline.preprocess", *args, **(env or {}))
 
 
 @pytest.mark.slow

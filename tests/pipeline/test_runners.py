@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline import preprocess, records, stage
+from tests import harness
 from tests.pipeline import idx_fixtures
 from tests.pipeline.test_preprocess import smoke_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_WORKERS = 2
 
 
@@ -49,7 +49,7 @@ def dask_cluster(tmp_path_factory):
     pytest.importorskip("dask", reason="dask is not installed (see requirements.txt)")
     directory = tmp_path_factory.mktemp("dask")
     scheduler_file = str(directory / "scheduler.json")
-    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": harness.REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
     procs: list[subprocess.Popen] = []
 
     def start(module: str, *args: str, log: str) -> None:
@@ -57,7 +57,7 @@ def dask_cluster(tmp_path_factory):
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", f"distributed.cli.{module}", *args],
-                    cwd=REPO,
+                    cwd=harness.REPO,
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import data, stage
+from pipeline import cli, data, stage
 from pipeline import run as run_lib
 
 
@@ -168,7 +168,7 @@ def test_a_stage_run_alone_refuses_an_incomplete_input(pipeline, capsys):
     os.remove(os.path.join(workdir, "estimate_tau", "tau.json"))
     config = fashion_mnist_hetero.get_config("smoke")
     with pytest.raises(SystemExit) as e:
-        stage.run_main("train", run_lib.STAGE_RUNS["train"], config, workdir)
+        cli.run_stage_main("train", run_lib.STAGE_RUNS["train"], config, workdir)
     assert e.value.code == 1
     assert "stage estimate_tau is incomplete: tau.json is missing" in capsys.readouterr().err
     assert calls == []

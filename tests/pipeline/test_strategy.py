@@ -15,8 +15,7 @@ import tensorflow as tf
 from configs import fashion_mnist_hetero
 from pipeline import modeling
 from pipeline.stage import PipelineError
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import harness
 
 
 def test_unknown_strategy_is_a_clear_error():
@@ -89,7 +88,7 @@ def test_mirrored_strategy_builds_compiles_and_fits_on_two_replicas(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(tmp_path)],
-        cwd=REPO,
+        cwd=harness.REPO,
         env=env,
         capture_output=True,
         text=True,

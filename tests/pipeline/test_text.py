@@ -15,8 +15,6 @@ import importlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -28,9 +26,8 @@ from har_tf import corruption
 from pipeline import data, preprocess, records, sources, stage, text
 from pipeline.sources import resolve
 from pipeline.stage import PipelineError
+from tests import harness
 from tests.pipeline import text_fixtures, tfds_fixtures
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PUNCTUATION = set("!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'")
 
@@ -484,23 +481,14 @@ def test_text_pipeline_exports_a_model_that_takes_raw_strings(csv_data, tmp_path
     smoke config's two halves the time (tracing the double-backprop graph of each run
     dominates); stacked layers are tested in tests/har_tf/test_lstm.py."""
     workdir = str(tmp_path / "work")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            f"--config={os.path.join(REPO, 'configs', 'imdb_hetero.py')}:smoke",
-            f"--workdir={workdir}",
-            f"--config.data.csv.path={csv_data.path}",
-            "--config.data.text.max_tokens=30",
-            "--config.model.num_layers=1",
-            "--quiet",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = harness.run_module(
+        "pipeline.run",
+        f"--config={harness.config('imdb_hetero.py')}",
+        f"--workdir={workdir}",
+        f"--config.data.csv.path={csv_data.path}",
+        "--config.data.text.max_tokens=30",
+        "--config.model.num_layers=1",
+        "--quiet",
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

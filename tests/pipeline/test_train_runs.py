@@ -3,11 +3,12 @@ checkpoint_blocks)."""
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import common, fashion_mnist_hetero
-from pipeline import modeling, preprocess, stage, train
+from pipeline import data, epoch_eval, modeling, preprocess, stage, train
 from pipeline.stage import PipelineError
 from tests.pipeline import idx_fixtures
 
@@ -45,10 +46,50 @@ def test_reg_every_variant_trains_exact_and_approximate_har(tmp_path):
         assert not all(np.allclose(a, b) for a, b in zip(exact, approximate, strict=True))
 
 
-def test_a_run_reg_every_reaches_the_model():
+def test_each_run_trains_a_model_with_its_own_lam_tau_and_reg_every(tmp_path, monkeypatch):
+    """train.run builds one model per run from that run's settings: lam (0 for ERM),
+    tau (estimate_tau's for "har", 1 for "uniform"), reg_every (1 when a run does not
+    set it). The data readers and the fit are stand-ins: this is the config wiring."""
     config = fashion_mnist_hetero.get_config("smoke")
-    model = modeling.build_har_model(config, config.train, lam=1.0, seed=0, reg_every=3)
-    assert model.reg_every == 3
+    config.eval.per_epoch_test = False
+    legacy = ml_collections.ConfigDict(dict(regularizer="har", lam=2.0, drw=False))
+    with config.unlocked():
+        config.train.runs = ml_collections.ConfigDict(
+            dict(
+                erm=common.run(regularizer="none", lam=5.0, reg_every=2),
+                uniform=common.run(regularizer="uniform", lam=0.5, reg_every=4),
+                har=common.run(regularizer="har", lam=10.0, reg_every=3),
+                legacy=legacy,  # written before reg_every existed
+            ),
+            sort_keys=False,
+        )
+    workdir = str(tmp_path)
+    tau = np.linspace(0.1, 1.0, 10)
+    with stage.stage_output(workdir, "estimate_tau") as out:
+        stage.write_json(os.path.join(out, "tau.json"), {"tau": tau.tolist()})
+    monkeypatch.setattr(data, "read_fit_labels", lambda wd: {"label": np.arange(100) % 10})
+    monkeypatch.setattr(data, "fit_keep_ids", lambda wd: None)
+    monkeypatch.setattr(data, "training_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(epoch_eval, "label_set_monitors", lambda *a: [])
+    fitted = {}
+    monkeypatch.setattr(
+        modeling,
+        "fit",
+        lambda model, ds, section, out_dir, callbacks: fitted.update(
+            {os.path.basename(out_dir): model}
+        ),
+    )
+    train.run(config, workdir)
+    got = {
+        name: (m.lam, m.reg_every, [round(float(t), 6) for t in m.tau.numpy()])
+        for name, m in fitted.items()
+    }
+    assert got == {
+        "erm": (0.0, 2, [1.0] * 10),
+        "uniform": (0.5, 4, [1.0] * 10),
+        "har": (10.0, 3, [round(float(t), 6) for t in tau]),
+        "legacy": (2.0, 1, [round(float(t), 6) for t in tau]),
+    }
 
 
 def test_checkpoint_blocks_reaches_regularized_models_only():

@@ -2,17 +2,15 @@
 fix, exit status 1, no traceback unless --verbose, and nothing left behind."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from configs import fashion_mnist_hetero
+from pipeline import cli, stage, workdir_lock
 from pipeline import run as run_lib
-from pipeline import stage, workdir_lock
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 
 
 def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
@@ -48,7 +46,7 @@ def test_a_stage_alone_on_a_missing_workdir_creates_nothing(tmp_path):
     workdir = tmp_path / "typo"
     ran = []
     with pytest.raises(stage.PipelineError, match="stage 'preprocess' has not completed"):
-        stage.run_main(
+        cli.run_stage_main(
             "train",
             lambda config, wd: ran.append(wd),
             fashion_mnist_hetero.get_config("smoke"),
@@ -58,17 +56,6 @@ def test_a_stage_alone_on_a_missing_workdir_creates_nothing(tmp_path):
     assert ran == [] and not workdir.exists()
 
 
-def _cli(module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -76,7 +63,9 @@ def _error_lines(stderr):
 @pytest.mark.slow
 def test_a_missing_config_file_is_one_line_and_leaves_no_workdir(tmp_path):
     workdir = tmp_path / "work"
-    result = _cli("pipeline.run", "--config=configs/nope.py:smoke", f"--workdir={workdir}")
+    result = harness.run_module(
+        "pipeline.run", "--config=configs/nope.py:smoke", f"--workdir={workdir}"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert _error_lines(result.stderr) == [
@@ -90,7 +79,7 @@ def test_a_missing_config_file_is_one_line_and_leaves_no_workdir(tmp_path):
 def test_a_workdir_that_is_a_file_through_a_stage_cli(tmp_path):
     path = tmp_path / "work"
     path.write_text("my notes")
-    result = _cli("pipeline.preprocess", f"--config={CONFIG}", f"--workdir={path}")
+    result = harness.run_module("pipeline.preprocess", f"--config={CONFIG}", f"--workdir={path}")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = _error_lines(result.stderr)
@@ -123,7 +112,9 @@ def test_a_workdir_that_is_a_file_through_a_stage_cli(tmp_path):
 )
 def test_a_bad_config_flag_is_one_line(tmp_path, config, override, error):
     workdir = tmp_path / "work"
-    result = _cli("pipeline.train", f"--config={config}", override, f"--workdir={workdir}")
+    result = harness.run_module(
+        "pipeline.train", f"--config={config}", override, f"--workdir={workdir}"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "FATAL" not in result.stderr
     assert _error_lines(result.stderr) == [error]
@@ -134,7 +125,7 @@ def test_a_bad_config_flag_is_one_line(tmp_path, config, override, error):
 def test_verbose_shows_the_traceback(tmp_path):
     workdir = tmp_path / "work"
     args = (f"--config={CONFIG}", "--config.train.epochs=0", f"--workdir={workdir}")
-    result = _cli("pipeline.run", *args, "--verbose")
+    result = harness.run_module("pipeline.run", *args, "--verbose")
     assert result.returncode != 0
     assert "Traceback" in result.stderr
     assert "config.train.epochs must be >= 1, got 0" in result.stderr

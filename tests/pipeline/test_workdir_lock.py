@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
+from configs import fashion_mnist_hetero
 from pipeline import stage, workdir_lock
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_hetero.py") + ":smoke"
+CONFIG = harness.config()
 # Holds the lock of argv[1] until killed (a second, real process).
 HOLDER = (
     "import sys, time\n"
@@ -31,7 +32,7 @@ def holder(tmp_path):
     with open(os.path.join(workdir, "train.partial", "epoch-0001.weights.h5"), "w") as f:
         f.write("live")
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, workdir], cwd=harness.REPO, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout.readline().strip() == "locked"
     yield workdir, proc
@@ -75,25 +76,34 @@ def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
         pass
 
 
-def test_the_lock_file_is_no_stage_and_no_fingerprint_input(tmp_path):
-    assert workdir_lock.LOCK_FILE not in stage.STAGES
-    assert not any(workdir_lock.LOCK_FILE.startswith(s) for s in stage.STAGES)
-    with workdir_lock.held(str(tmp_path)):
-        for name in stage.STAGES:
-            assert not stage.is_complete(str(tmp_path), name)
+def test_the_lock_file_is_no_stage_output_and_changes_no_stage_state(tmp_path):
+    # A stage completed under the lock is current, with the lock held and after,
+    # whoever held it last (the file's content changes with each holder), and
+    # making it, setting it aside or discarding stale copies leaves the lock file be.
+    workdir = str(tmp_path)
+    config = fashion_mnist_hetero.get_config("smoke")
+    fingerprint = stage.fingerprints(config)["preprocess"]
+    lock_path = os.path.join(workdir, workdir_lock.LOCK_FILE)
+    with workdir_lock.held(workdir):
+        with stage.stage_output(workdir, "preprocess", config) as out:
+            stage.write_json(os.path.join(out, "manifest.json"), {})
+        assert stage.state(workdir, "preprocess", fingerprint) == "current"
+        recorded = stage.read_json(os.path.join(workdir, "preprocess", stage.METADATA))["files"]
+        assert sorted(recorded) == ["manifest.json"]
+    with open(lock_path, "w") as f:
+        f.write("4242 2026-01-01T00:00:00Z\n")  # as another process leaves it
+    assert stage.state(workdir, "preprocess", fingerprint) == "current"
+    assert stage.fingerprints(config)["preprocess"] == fingerprint
+    aside = stage.set_aside(workdir, "preprocess")
+    stage.discard_stale(workdir, "preprocess")
+    assert not os.path.exists(aside)
+    assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
 
 
 @pytest.mark.parametrize("module", ["pipeline.run", "pipeline.train"])
 def test_a_second_cli_is_refused_and_touches_nothing(holder, module):
     workdir, proc = holder
-    result = subprocess.run(
-        [sys.executable, "-m", module, f"--config={CONFIG}", f"--workdir={workdir}", "--quiet"],
-        cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = harness.run_module(module, f"--config={CONFIG}", f"--workdir={workdir}", "--quiet")
     assert result.returncode != 0
     assert f"workdir {workdir} is in use by PID {proc.pid} (started " in result.stderr
     assert "Traceback" not in result.stderr
