@@ -119,12 +119,25 @@ class Study:
         record = self.record(job)
         return "todo" if record is None else record["state"]
 
+    def selections(self) -> dict:
+        """Per grid method: its selection (study_report.selections: the validation
+        table, the selected lambda, the grid so far)."""
+        return study_report.selections(self)
+
     def selection(self) -> dict:
         """method -> selected lambda (None while pending), from validation metrics."""
-        return {name: sel["selected"] for name, sel in study_report.selections(self).items()}
+        return {name: sel["selected"] for name, sel in self.selections().items()}
 
     def plan(self) -> list[Job]:
-        return study_report.planned(self)[0]
+        sels = self.selections()
+        return study_config.plan(
+            self.config,
+            {k: v["selected"] for k, v in sels.items()},
+            {k: v["grid"] for k, v in sels.items()},
+        )
+
+    def grid_jobs(self) -> list[Job]:
+        return study_report.grid_jobs(self, self.selections())
 
     def run_job(self, job: Job, on_start=None) -> bool:
         """Every missing or stale stage of one job: the cell's, then its train stage.
@@ -261,8 +274,9 @@ def run_study(
 
 
 def _run_next(study, jobs, todo, started) -> str:
-    """Trains the first todo job no other process holds: "ran"; "held" when every
-    runnable job is held (or finished meanwhile); "pending" when none is runnable."""
+    """Trains the first todo job no other process holds: "ran"; "again" when one had
+    just been finished by another process; "held" when every runnable job is held, or
+    none is and a held grid run will select a pending lambda; else "pending"."""
     runnable = [j for j in todo if j.lam is not None]
     held = False
     for job in runnable:
@@ -278,8 +292,7 @@ def _run_next(study, jobs, todo, started) -> str:
             held = True  # another process trains this run or its cell's stages
             continue
         if not trained:
-            held = True  # finished by another process meanwhile
-            continue
+            return "again"  # another process finished it meanwhile: look at the plan again
         rest = study_report.estimate_remaining(study, [j for j in todo if j != job])
         print(
             f"== {position} {study.run_name(job)}: finished in {_hms(time.time() - t0)}; "
@@ -287,15 +300,21 @@ def _run_next(study, jobs, todo, started) -> str:
             flush=True,
         )
         return "ran"
-    if held or (todo and any(j.lam is None for j in todo) and _grid_held(study)):
+    if held or any(_is_held(study, j) for j in study.grid_jobs() if study.status(j) == "todo"):
         return "held"
     return "pending"
 
 
-def _grid_held(study) -> bool:
-    """Whether a grid run (one a pending lambda waits on) is not finished: another
-    process holds it."""
-    return any(study.status(j) == "todo" for j in study_report.planned(study)[1])
+def _is_held(study, job: Job) -> bool:
+    """Whether another process holds the job's run lock (it trains it now)."""
+    rdir = study.paths(job)[1]
+    if not os.path.isdir(rdir):
+        return False
+    try:
+        with workdir_lock.held(rdir):
+            return False
+    except workdir_lock.WorkdirInUse:
+        return True
 
 
 def check_settings(config, settings) -> tuple[str, ...]:

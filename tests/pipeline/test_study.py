@@ -496,9 +496,15 @@ def _fake_runner(monkeypatch, selected):
         done.add(job)
         return True
 
+    def selections(self):
+        return {
+            name: {"selected": lam, "grid": list(self.config.methods[name].lam_grid)}
+            for name, lam in selected.items()
+        }
+
     monkeypatch.setattr(Study, "status", status)
     monkeypatch.setattr(Study, "run_job", run_job)
-    monkeypatch.setattr(Study, "selection", lambda self: dict(selected))
+    monkeypatch.setattr(Study, "selections", selections)
     monkeypatch.setattr(study_report, "write", lambda study: None)
     monkeypatch.setattr(study_report, "estimate_remaining", lambda study, jobs: None)
     return ran
@@ -561,6 +567,35 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
     assert study.run_job(job)  # recorded, not raised
     assert calls == ["preprocess", "pretrain", "estimate_tau"]
     assert stage.read_json(failed)["error"] == "the loss is NaN"
+
+
+def test_a_process_waits_while_another_holds_the_last_runs(tmp_path, monkeypatch):
+    """With every run done but one that another open file's lock holds (another
+    process trains it), the runner reports "held" (it waits) instead of training it
+    or calling the study stuck; run_study polls until the run is finished."""
+    from pipeline import study as study_module
+    from pipeline import workdir_lock
+
+    study = Study(smoke.get_config(), str(tmp_path / "w"))
+    last = Job("main", 1, "har", 10.0)
+    for job in study.plan():
+        if job != last:
+            _fake_done(study, job, val=0.5, test_primary=0.3)
+    jobs = study.plan()
+    todo = [j for j in jobs if study.status(j) == "todo"]
+    assert todo == [last]
+    with workdir_lock.held(study.paths(last)[1]):
+        assert study_module._run_next(study, jobs, todo, time.time()) == "held"
+        polls = []
+
+        def other_process_finishes(seconds):
+            polls.append(seconds)
+            _fake_done(study, last, val=0.5, test_primary=0.3)
+
+        monkeypatch.setattr(study_module.time, "sleep", other_process_finishes)
+        monkeypatch.setattr(study_report, "write", lambda study: None)
+        assert run_study(study.config, study.workdir, poll_seconds=7.0)
+    assert polls == [7.0]
 
 
 def test_aggregations_of_one_study_take_turns(tmp_path, monkeypatch):
