@@ -69,7 +69,57 @@ def probe_config():
     )
 
 
+# The schedule the probes chose (docs/RESULTS.md, Study 2 "Sizing probes").
+EPOCHS, AUGMENT = 60, False
+LAM_GRID = (1.0, 4.0, 16.0, 64.0)  # x4 steps; grown by up to 2 values per side at an edge
+FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
+
+
+def study_config():
+    s = dict(schedule(EPOCHS), augment=AUGMENT)
+    overrides = data_overrides()
+    overrides.update(
+        pretrain=dict(s),
+        train=dict(s, drw_start_epoch=s["lr_drop_epochs"][0]),
+        tau=dict(cross_fit=True),
+    )
+    m = c.method
+    methods = c.ordered(
+        erm=m(regularizer="none", seeds=FIVE),
+        har=m(regularizer="har", lam_grid=LAM_GRID, seeds=FIVE),
+        unif=m(regularizer="uniform", lam_grid=LAM_GRID, seeds=FIVE),
+        drw=m(regularizer="none", drw=True, seeds=FIVE),
+        har_drw=m(regularizer="har", lam_from="har", drw=True, seeds=FIVE),
+        cl_filter=m(regularizer="none", drop="label_issues", seeds=FIVE),
+        cl_filter_har=m(
+            regularizer="har", lam_from="har", drop="label_issues", seeds=THREE, tier=1
+        ),
+        erm_clean=m(regularizer="none", labels="clean", seeds=THREE, tier=1),
+        erm_oracle_filter=m(regularizer="none", drop="wrong_labels", seeds=THREE, tier=1),
+    )
+    return c.study(
+        name="fm_study2",
+        base="configs/fashion_mnist_hetero.py",
+        overrides=overrides,
+        settings=c.ordered(main=c.setting()),
+        selection_setting="main",
+        grid_seeds=(0, 1),
+        methods=methods,
+        grid_extensions=2,
+        comparisons=(
+            ("har", "drw"),
+            ("har_drw", "drw"),
+            ("har", "unif"),
+            ("har", "cl_filter"),
+            ("cl_filter_har", "cl_filter"),
+        ),
+        ceilings=("erm_clean", "erm_oracle_filter"),
+    )
+
+
 def get_config(arg=None):
     if arg == "probe":
         return probe_config()
-    raise ValueError(f"unknown variant {arg!r}; expected probe")
+    if arg:
+        raise ValueError(f"unknown variant {arg!r}; expected probe or nothing")
+    return study_config()
