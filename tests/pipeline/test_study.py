@@ -449,7 +449,7 @@ def test_a_fractional_lambda_makes_a_usable_run_name(tmp_path):
 
 SHIPPED_STUDIES = [("fm_hetero", None), ("fm_hetero", "smoke_sizes"), ("imdb_hetero", None),
                    ("smoke", None), ("smoke", "all"), ("smoke", "study2"),
-                   ("fm_study2", "probe")]  # fmt: skip
+                   ("fm_study2", "probe"), ("fm_study2", None)]  # fmt: skip
 
 
 @pytest.mark.parametrize("name,variant", SHIPPED_STUDIES)
