@@ -145,8 +145,9 @@ class Study:
         The run directory's lock (pipeline.workdir_lock) is held throughout, and the
         cell directory's while its stages run, so two study processes never train
         the same run or the same cell stage: the second gets WorkdirInUse at once.
-        on_start() is called once the run's lock is held and the run still needs
-        training. Returns False if the run had finished meanwhile (another process).
+        on_start() is called once both locks are held and the run still needs
+        training (so a "running" line means this process trains it). Returns False
+        if the run had finished meanwhile (another process).
         """
         config = self.job_config(job)
         cdir, rdir = self.paths(job)
@@ -155,9 +156,9 @@ class Study:
         with workdir_lock.held(rdir):
             if self.record(job) is not None:
                 return False
-            if on_start is not None:
-                on_start()
             with workdir_lock.held(cdir):
+                if on_start is not None:  # both locks held: this process trains it
+                    on_start()
                 for name in needed:
                     _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
             for name in needed:

@@ -845,6 +845,13 @@ def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, i
         if line.endswith(": running")
     ]
     assert sorted(started) == sorted(set(started)) and len(started) == 6, started
+    finished = [
+        line.split(": finished in")[0].split("] ", 1)[1]
+        for out, _ in outs
+        for line in out.splitlines()
+        if ": finished in" in line
+    ]
+    assert sorted(finished) == sorted(started), finished
     assert all(out.count("finished in") >= 1 for out, _ in outs)  # both did work
     with open(os.path.join(workdir, "study", "study.json")) as f:
         s = json.load(f)
