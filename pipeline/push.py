@@ -12,7 +12,10 @@ relative path is under the workdir), as <push_destination>/<version>; "" = no pu
 A model that is not both BLESSED and INFRA_BLESSED is refused: nothing is copied,
 the reasons (each failed threshold) are printed and recorded, and the stage
 completes, as TFX's Pusher records a model it did not push. --force_push pushes it
-anyway and records the reasons it overrode.
+anyway and records the reasons it overrode. The blessing is not taken on the file's
+word: its status is recomputed from the evaluate stage's report.json and the
+config's thresholds, and a blessing.json that differs from the recomputed one
+(edited by hand) is refused too (blessing.verify).
 
 Atomic: the version is copied into <push_destination>/.push-<version>-<pid>.tmp (not a
 number, so neither pipeline.serve nor TF Serving takes it for a version), then renamed
@@ -45,15 +48,47 @@ def destination(config, workdir: str) -> str:
     return os.path.abspath(os.path.join(workdir, dest)) if dest else ""
 
 
-def refusal_reasons(workdir: str, run: str) -> tuple[list[str], dict]:
-    """Why run `run`'s export may not be pushed ([] = it may), and the statuses read."""
+def _tests(workdir: str) -> dict[str, dict]:
+    """run name -> its test metrics, from the evaluate stage's report.json."""
+    path = os.path.join(stage.stage_dir(workdir, "evaluate"), "report.json")
+    runs = stage.read_json(path).get("runs")
+    if not isinstance(runs, dict) or not all(
+        isinstance(r, dict) and isinstance(r.get("test"), dict) for r in runs.values()
+    ):
+        raise stage.PipelineError(
+            f"{path} has no test metrics per run; stage evaluate writes it: rerun with "
+            "--from_stage=evaluate"
+        )
+    return {n: r["test"] for n, r in runs.items()}
+
+
+def refusal_reasons(config, workdir: str, run: str) -> tuple[list[str], dict]:
+    """Why run `run`'s export may not be pushed ([] = it may), and the statuses read.
+
+    The blessing's status is the one recomputed from report.json's metrics and the
+    config's thresholds (blessing.verify); a blessing.json that differs from it (edited
+    by hand, or not an object at all) is itself a reason.
+    """
     reasons, statuses = [], {}
     bless_path = blessing.path(stage.stage_dir(workdir, "evaluate"), run)
     if not os.path.isfile(bless_path):
         reasons.append(f"run {run!r} has no blessing ({bless_path} is missing)")
     else:
-        b = stage.read_json(bless_path)
+        try:
+            b = blessing.verify(
+                stage.read_json(bless_path), run, _tests(workdir), blessing.thresholds(config)
+            )
+        except (ValueError, KeyError, TypeError) as e:  # metrics the thresholds cannot read
+            raise stage.PipelineError(
+                f"cannot judge run {run!r} from the evaluate stage's report.json ({e}); "
+                "rerun with --from_stage=evaluate"
+            ) from e
         statuses["blessing"] = b["status"]
+        if b["tampered"]:
+            reasons.append(
+                f"{bless_path} is not what the evaluate stage wrote: {b['tampered']}; "
+                "rerun with --from_stage=evaluate"
+            )
         if b["status"] != blessing.BLESSED:
             reasons.append(f"run {run!r} is {b['status']}")
             reasons += [f"failed {line}" for line in blessing.failures(b)]
@@ -61,7 +96,8 @@ def refusal_reasons(workdir: str, run: str) -> tuple[list[str], dict]:
     if not os.path.isfile(infra_path):
         reasons.append(f"the export has no infra blessing ({infra_path} is missing)")
     else:
-        statuses["infra_blessing"] = stage.read_json(infra_path)["status"]
+        infra = stage.read_json(infra_path)
+        statuses["infra_blessing"] = infra.get("status") if isinstance(infra, dict) else None
         if statuses["infra_blessing"] != infra_validation.INFRA_BLESSED:
             reasons.append(f"the export is {statuses['infra_blessing']}")
     return reasons, statuses
@@ -114,7 +150,7 @@ def run(config, workdir: str, *, force_push: bool = False) -> None:
     stage.require(workdir, "evaluate")
     export_dir = stage.require(workdir, "export")
     src = os.path.join(export_dir, section.model_name, str(int(section.version)))
-    reasons, statuses = refusal_reasons(workdir, section.run)
+    reasons, statuses = refusal_reasons(config, workdir, section.run)
     dest = destination(config, workdir)
     record = {
         "run": section.run,

@@ -32,7 +32,8 @@ def _workdir(root, *, har_noisy_rare=0.4, infra=infra_validation.INFRA_BLESSED) 
     tests = {**TESTS, "har": {**TESTS["har"], "groups": {"noisy_rare": har_noisy_rare}}}
     specs = blessing.thresholds(_config())
     with stage.stage_output(workdir, "evaluate") as out:
-        stage.write_json(os.path.join(out, "report.json"), {"runs": tests})
+        report = {"runs": {n: {"test": t} for n, t in tests.items()}}
+        stage.write_json(os.path.join(out, "report.json"), report)
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write("report\n")
         for run in tests:
@@ -137,3 +138,66 @@ def test_an_existing_version_is_never_overwritten(tmp_path):
     push.run(_config(), workdir)
     record = _record(workdir)
     assert record["pushed"] is True and record["already_there"] is True
+
+
+def _edit_blessing(workdir, edit):
+    """Rewrites the har run's blessing.json as edit(text), keeping its size as the sed
+    of issue 29 did (so metadata.json's recorded size still matches)."""
+    path = blessing.path(os.path.join(workdir, "evaluate"), "har")
+    with open(path) as f:
+        text = f.read()
+    new = edit(text)
+    assert new != text
+    with open(path, "w") as f:
+        f.write(new.ljust(len(text)) if len(new) < len(text) else new)
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        # Issue 29's probe: only the status turned, same size.
+        (
+            lambda t: t.replace('"status": "NOT_BLESSED"', '"status":     "BLESSED"'),
+            "it says 'BLESSED' where the thresholds and report.json's metrics give 'NOT_BLESSED'",
+        ),
+        # Status and the failed threshold's outcome both turned.
+        (
+            lambda t: t.replace('"status": "NOT_BLESSED"', '"status":     "BLESSED"').replace(
+                '"passed": false', '"passed": true '
+            ),
+            "it says 'BLESSED'",
+        ),
+        (lambda t: "[]", "it holds a JSON list, not an object"),
+        (lambda t: t.replace('"status"', '"statuz"'), "it says None"),
+    ],
+    ids=["status", "status-and-passed", "a-list", "no-status"],
+)
+def test_a_hand_edited_blessing_is_not_trusted(tmp_path, capsys, edit, says):
+    """Issue 29 item 1 (and item 7's malformed blessings): push recomputes the
+    blessing from report.json and the thresholds; an edited file is refused, and
+    the status recorded is the recomputed NOT_BLESSED."""
+    workdir = _workdir(tmp_path)  # har loses 10 points on noisy_rare: NOT_BLESSED
+    _edit_blessing(workdir, edit)
+    assert stage.why_incomplete(workdir, "evaluate") is None  # the size check passes
+    push.run(_config(), workdir)
+    record = _record(workdir)
+    assert record["pushed"] is False and record["blessing"] == "NOT_BLESSED"
+    assert "is not what the evaluate stage wrote: " + says in record["reasons"][0]
+    assert "failed noisy_rare_vs_erm" in " ".join(record["reasons"])
+    assert not os.path.exists(os.path.join(workdir, "serving"))
+    assert "REFUSED" in capsys.readouterr().out
+
+
+def test_a_blessing_edited_in_one_threshold_names_it(tmp_path):
+    """A blessed model whose recorded value was edited (status unchanged) is refused
+    too, naming the threshold; the untouched file pushes."""
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)  # blessed
+    _edit_blessing(workdir, lambda t: t.replace('"value": 0.5', '"value": 0.9'))
+    push.run(_config(), workdir)
+    record = _record(workdir)
+    assert record["pushed"] is False and record["blessing"] == "BLESSED"
+    assert record["reasons"] == [
+        f"{blessing.path(os.path.join(workdir, 'evaluate'), 'har')} is not what the evaluate "
+        "stage wrote: its thresholds noisy_rare_vs_erm differ from what the thresholds and "
+        "report.json's metrics give; rerun with --from_stage=evaluate"
+    ]
