@@ -21,8 +21,11 @@ Atomic: the version is copied into <push_destination>/.push-<version>-<pid>.tmp 
 number, so neither pipeline.serve nor TF Serving takes it for a version), then renamed
 to <push_destination>/<version>: one rename on one file system, so a server watching
 the destination sees either no new version or the whole of it. An existing version
-directory is never overwritten: with the same files it counts as pushed already,
-with other content it is an error (raise config.export.version or remove it).
+directory is never overwritten: with the same files it counts as pushed already
+(also when another workdir's push of the same version renamed it first), with other
+content it is an error (raise config.export.version or remove it). A push killed
+before its rename leaves its temporary copy; the next push into that destination
+deletes every such copy whose process is gone.
 
 Writes <workdir>/push/push.json: pushed (bool), forced, reasons, run, model_name,
 version, destination, the blessing and infra blessing statuses.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 
 from absl import logging
@@ -40,6 +44,8 @@ from pipeline import blessing, infra_validation, stage
 
 NAME = "push"
 FILE = "push.json"
+# A push's temporary copy inside the destination (module doc).
+TMP = re.compile(r"\.push-(?P<version>[0-9]+)-(?P<pid>[0-9]+)\.tmp")
 
 
 def destination(config, workdir: str) -> str:
@@ -118,28 +124,69 @@ def same_tree(a: str, b: str) -> bool:
     return not mismatch and not errors
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a PID reused since counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_leftovers(base: str) -> list[str]:
+    """Deletes the temporary copies (.push-<version>-<pid>.tmp) under `base` whose push
+    process is gone (killed before its rename); a live one's copy, maybe another
+    workdir's push into the same destination, is left alone. Returns those deleted."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        m = TMP.fullmatch(name)
+        if m and not _alive(int(m.group("pid"))):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed.append(name)
+            logging.info("Removed %s, left by a push that was killed", name)
+    return removed
+
+
 def copy_version(src: str, base: str, version: int) -> bool:
     """Copies version directory `src` to <base>/<version> atomically (module doc).
 
-    Returns False if an identical copy was there already. Raises PipelineError if a
-    different one is, leaving it alone.
+    Returns False if an identical copy was there already, also when another push
+    (from another workdir) renamed the same version into place first. Raises
+    PipelineError if a different one is, leaving it alone, or if `base` cannot be
+    written (a file on the way, a read-only file system).
     """
     final = os.path.join(base, str(version))
-    if os.path.exists(final):
+
+    def already_there() -> bool:
         if same_tree(src, final):
-            return False
+            return True
         raise stage.PipelineError(
             f"{final} already exists with other content; the push never overwrites a "
             "version: raise config.export.version or remove that directory"
         )
-    os.makedirs(base, exist_ok=True)
+
+    if os.path.exists(final):
+        return not already_there()
     tmp = os.path.join(base, f".push-{version}-{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        os.makedirs(base, exist_ok=True)
+        remove_leftovers(base)
+        shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
-        os.rename(tmp, final)  # fails, leaving `final` alone, if it appeared meanwhile
+        try:
+            os.rename(tmp, final)  # fails, leaving `final` alone, if it appeared meanwhile
+        except OSError:
+            if os.path.exists(final):  # another push won the race
+                return not already_there()
+            raise
     except OSError as e:
-        raise stage.PipelineError(f"cannot push to {final}: {e}") from e
+        raise stage.PipelineError(f"cannot push to {final}: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True

@@ -201,3 +201,86 @@ def test_a_blessing_edited_in_one_threshold_names_it(tmp_path):
         "stage wrote: its thresholds noisy_rare_vs_erm differ from what the thresholds and "
         "report.json's metrics give; rerun with --from_stage=evaluate"
     ]
+
+
+@pytest.mark.parametrize(
+    "where, says",
+    [("file", "File exists"), ("under-file", "Not a directory"), ("read-only", "Read-only")],
+)
+def test_an_unwritable_destination_is_one_line(tmp_path, monkeypatch, where, says):
+    """Issue 29 item 7: a destination that is a file, or under one, or new on a
+    read-only file system (simulated: os.makedirs raises EROFS there, as root may
+    write anywhere) is a PipelineError naming it, not a traceback; nothing completes."""
+    import errno
+
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)
+    blocker = os.path.join(workdir, "blocker")
+    with open(blocker, "w") as f:
+        f.write("a file")
+    dest = {"file": blocker, "under-file": os.path.join(blocker, "har")}.get(where)
+    if where == "read-only":
+        dest = os.path.join(workdir, "ro", "har")
+        real_makedirs = os.makedirs
+
+        def makedirs(path, *args, **kwargs):
+            if os.path.abspath(path).startswith(os.path.join(workdir, "ro")):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+            return real_makedirs(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "makedirs", makedirs)
+    with pytest.raises(stage.PipelineError, match=f"^cannot push to {dest}/1: .*{says}"):
+        push.run(_config(dest), workdir)
+    assert not stage.is_complete(workdir, "push")
+
+
+def test_a_killed_pushs_leftover_is_removed_and_a_live_ones_kept(tmp_path):
+    """Issue 29 item 7: a push killed before its rename leaves .push-1-<pid>.tmp; the
+    next push deletes it (its process is gone) but not a live process's copy."""
+    import subprocess
+    import sys
+
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)
+    dest = os.path.join(workdir, "serving", "har")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    for pid in (dead_pid, os.getppid()):
+        shutil.copytree(
+            os.path.join(workdir, "export", "har", "1"), os.path.join(dest, f".push-1-{pid}.tmp")
+        )
+    push.run(_config(), workdir)
+    assert sorted(os.listdir(dest)) == sorted(["1", f".push-1-{os.getppid()}.tmp"])
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-model", "other-model"])
+def test_a_push_that_loses_the_race_says_already_there(tmp_path, monkeypatch, same):
+    """Issue 29 item 7: two workdirs push version 1 at once; the loser's rename fails
+    because the winner's version appeared after the loser's check. The same model
+    is "already there"; another model is refused as with any existing version."""
+    workdir = _workdir(tmp_path, har_noisy_rare=0.5)
+    src = os.path.join(workdir, "export", "har", "1")
+    dest = os.path.join(workdir, "serving", "har")
+    real_rename = os.rename
+
+    def rename(a, b):
+        if b == os.path.join(dest, "1"):  # the winner renames its copy first
+            shutil.copytree(src, os.path.join(dest, ".winner"))
+            if not same:
+                with open(os.path.join(dest, ".winner", "saved_model.pb"), "ab") as f:
+                    f.write(b"other")
+            real_rename(os.path.join(dest, ".winner"), b)
+        return real_rename(a, b)
+
+    monkeypatch.setattr(push.os, "rename", rename)
+    if not same:
+        with pytest.raises(stage.PipelineError, match="already exists with other content"):
+            push.run(_config(), workdir)
+        return
+    push.run(_config(), workdir)
+    record = _record(workdir)
+    assert record["pushed"] is True and record["already_there"] is True
+    assert sorted(os.listdir(dest)) == ["1"]
