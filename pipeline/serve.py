@@ -45,6 +45,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -119,8 +120,14 @@ class Servable:
         }
 
 
+# A version is ASCII digits only: str.isdigit() also takes "²", "٣" and "３", which
+# int() refuses or reads as another number.
+VERSION = re.compile(r"[0-9]+")
+
+
 def find_versions(base_path: str) -> dict[int, str]:
-    """{version: path} of the numeric subdirectories holding a saved_model.pb."""
+    """{version: path} of the numeric (ASCII digits) subdirectories holding a
+    saved_model.pb; any other name is ignored, as TF Serving ignores it."""
     found = {}
     try:
         names = os.listdir(base_path)
@@ -128,7 +135,7 @@ def find_versions(base_path: str) -> dict[int, str]:
         return found
     for name in names:
         path = os.path.join(base_path, name)
-        if name.isdigit() and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if VERSION.fullmatch(name) and os.path.isfile(os.path.join(path, "saved_model.pb")):
             found[int(name)] = path
     return found
 
@@ -181,7 +188,7 @@ class ModelStore:
                     503, f"model {self.name!r} has no servable version in {self.base_path}"
                 )
             return servables[max(servables)]
-        if not version.isdigit() or int(version) not in servables:
+        if not VERSION.fullmatch(version) or int(version) not in servables:
             raise ServingError(
                 404,
                 f"model {self.name!r} has no version {version!r}; available: {sorted(servables)}",
@@ -369,6 +376,13 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> threading.Th
     return thread
 
 
+def _fail(message: str) -> None:
+    """Ends main on a bad flag value: one line on stderr, exit status 1 (absl's
+    UsageError would print the whole module help first, burying the line)."""
+    print(f"error: serve: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -381,13 +395,13 @@ def main(argv):
     if FLAGS.parent_pid:
         exit_with_parent(FLAGS.parent_pid)
     if not os.path.isdir(FLAGS.model_base_path):
-        raise app.UsageError(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
+        _fail(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
     token = None
     if FLAGS.auth_token_file:
         try:
             token = serving_http.read_token_file(FLAGS.auth_token_file)
         except ValueError as e:
-            raise app.UsageError(str(e)) from None
+            _fail(str(e))
     try:
         server = Server(
             FLAGS.model_base_path,
@@ -402,7 +416,7 @@ def main(argv):
             auth_token=token,
         )
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        _fail(str(e))
     versions = server.store.versions()
     if not versions:
         logging.warning("No version under %s yet; polling for one.", FLAGS.model_base_path)

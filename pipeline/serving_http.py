@@ -36,14 +36,20 @@ DEFAULT_THREADS = 8
 
 
 def bearer_auth(app, token: str):
-    """WSGI middleware: `app` only for requests carrying `Authorization: Bearer token`."""
+    """WSGI middleware: `app` only for requests carrying `Authorization: Bearer token`.
+
+    The scheme is matched case-insensitively (RFC 7235 2.1: "bearer" and "BEARER" are
+    Bearer too); the token is compared in constant time.
+    """
     if not token:
         raise ValueError("the bearer token is empty")
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     def guarded(environ, start_response):
         given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-        if hmac.compare_digest(given, expected):
+        scheme, _, credentials = given.strip().partition(b" ")
+        ok = scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), expected)
+        if ok:
             return app(environ, start_response)
         reason = "missing" if not given else "invalid"
         body = json.dumps({"error": f"{reason} bearer token (Authorization: Bearer ...)"})
@@ -67,6 +73,10 @@ def read_token_file(path: str) -> str:
             token = f.read().strip()
     except OSError as e:
         raise ValueError(f"cannot read --auth_token_file {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--auth_token_file {path!r} is not UTF-8 text (byte {e.start}: {e.reason})"
+        ) from None
     if not token or any(c.isspace() for c in token):
         raise ValueError(
             f"--auth_token_file {path!r} must hold one token with no spaces "

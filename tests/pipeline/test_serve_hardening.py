@@ -6,6 +6,7 @@ A tiny exported image model (tests/pipeline/test_serve.py's) on 127.0.0.1.
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -240,3 +241,99 @@ def test_a_server_given_parent_pid_stops_when_its_parent_is_killed(tmp_path):
         parent.kill()
         if server and _state(server) not in ("", "Z"):
             os.kill(server, 9)
+
+
+# ----------------------------------------------------------------------------------
+# Issue 29 item 8: versions are ASCII digits, values are checked apart from shapes,
+# the Bearer scheme is case-insensitive, token-file errors are one line.
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "%D9%A1", "%EF%BC%91", "01x", "-1"])
+def test_a_version_that_is_not_ascii_digits_is_a_404(running, version):
+    """ "²", Arabic-Indic "١" and full-width "１" pass str.isdigit(): "²" was a 500
+    (int() refuses it), the other two were served as version 1."""
+    srv = running()
+    for suffix, method, body in (("", "GET", None), (":predict", "POST", GOOD_BODY)):
+        status, answer, _ = request(
+            srv.port, method, f"/v1/models/tiny/versions/{version}{suffix}", body
+        )
+        assert status == 404, answer
+        assert "has no version" in answer["error"]
+
+
+GOOD_BODY = json.dumps({"instances": images(1).tolist()})
+
+
+def test_a_version_directory_named_with_other_digits_is_ignored(base, tmp_path):
+    """A directory "²" holding a SavedModel stopped the server from starting."""
+    other = str(tmp_path / "tiny")
+    shutil.copytree(os.path.join(base, "1"), os.path.join(other, "1"))
+    shutil.copytree(os.path.join(base, "1"), os.path.join(other, "²"))
+    assert serve.find_versions(other) == {1: os.path.join(other, "1")}
+    srv = serve.Server(other, port=0, poll_seconds=60)
+    assert srv.store.versions() == [1]
+    srv.http.shutdown()
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [(None, "null"), (10**30, str(10**30)), ("7", '"7"'), (0.5, "0.5"), (256, "256"), ([1], "")],
+)
+def test_a_pixel_that_is_no_integer_names_the_value_not_the_shape(running, value, shown):
+    """The shapes match, so the error is the value's (it said "expected shape
+    [-1, 6, 5, 1], got [1, 6, 5, 1]")."""
+    srv = running()
+    image = images(2).tolist()
+    image[1][2][3][0] = value
+    status, answer, _ = request(
+        srv.port, "POST", "/v1/models/tiny:predict", json.dumps({"instances": image})
+    )
+    if isinstance(value, list):  # one level too deep: that one is a shape error
+        assert status == 400 and "not a rectangular array" in answer["error"]
+        return
+    assert status == 400
+    assert answer["error"] == (
+        f"instances: 'image' must hold uint8 integers 0..255, got {shown} at [1, 2, 3, 0]"
+    )
+
+
+@pytest.mark.parametrize(
+    "header, status",
+    [
+        (f"bearer {TOKEN}", 200),
+        (f"BEARER {TOKEN}", 200),
+        (f"Bearer  {TOKEN}", 200),
+        (f"Basic {TOKEN}", 401),
+        ("bearer wrong", 401),
+        (f"bearer{TOKEN}", 401),
+        (f"Bearer {TOKEN}x", 401),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive(running, header, status):
+    """RFC 7235 section 2.1: the auth scheme is case-insensitive; the token is not."""
+    srv = running(auth_token=TOKEN)
+    assert request(srv.port, "GET", "/v1/models/tiny", headers={"Authorization": header})[0] == (
+        status
+    )
+
+
+def test_a_token_file_error_is_one_line_naming_the_file(base, tmp_path):
+    """An invalid-UTF-8 token file named no file, and every token-file error came
+    after 80 lines of help."""
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff\xfesecret")
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.serve", f"--model_base_path={base}", "--port=0"]
+        + [f"--auth_token_file={token_file}"],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: serve: --auth_token_file '{token_file}' is not UTF-8 text "
+        "(byte 0: invalid start byte)"
+    )
+    assert "TF Serving's REST API" not in out.stderr  # no module help
