@@ -34,7 +34,8 @@ elsewhere, then rename it into place), as the export stage's rename does.
 
 The HTTP layer is waitress, a production WSGI server (pipeline/serving_http.py says
 why): it binds 127.0.0.1 unless --host says otherwise (--host=0.0.0.0 exposes it on
-every interface), closes connections idle for --read_timeout seconds, serves at most
+every interface), closes connections idle for --read_timeout seconds and those whose
+request is not wholly received --request_timeout seconds after it began, serves at most
 --max_connections at once, refuses JSON nested deeper than 64 levels (400) and, with
 --auth_token_file, answers only requests with `Authorization: Bearer <token>` (401).
 """
@@ -312,6 +313,7 @@ class Server:
         poll_seconds: float = 1.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         read_timeout: float = serving_http.DEFAULT_READ_TIMEOUT_S,
+        request_timeout: float = serving_http.DEFAULT_REQUEST_TIMEOUT_S,
         max_connections: int = serving_http.DEFAULT_CONNECTION_LIMIT,
         threads: int = serving_http.DEFAULT_THREADS,
         auth_token: str | None = None,
@@ -325,6 +327,7 @@ class Server:
             port=port,
             max_body_bytes=max_body_bytes,
             read_timeout=read_timeout,
+            request_timeout=request_timeout,
             connection_limit=max_connections,
             threads=threads,
             auth_token=auth_token,
@@ -411,6 +414,7 @@ def main(argv):
             poll_seconds=FLAGS.poll_seconds,
             max_body_bytes=FLAGS.max_body_bytes,
             read_timeout=FLAGS.read_timeout,
+            request_timeout=FLAGS.request_timeout,
             max_connections=FLAGS.max_connections,
             threads=FLAGS.threads,
             auth_token=token,
@@ -447,6 +451,12 @@ def define_flags() -> None:
         "read_timeout",
         serving_http.DEFAULT_READ_TIMEOUT_S,
         "Seconds a connection may stay idle (e.g. a stalled request) before it is closed.",
+    )
+    flags.DEFINE_float(
+        "request_timeout",
+        serving_http.DEFAULT_REQUEST_TIMEOUT_S,
+        "Seconds a client has to send a whole request (headers and body) from its first "
+        "byte; a slower one is disconnected, however steadily it sends.",
     )
     flags.DEFINE_integer(
         "max_connections", serving_http.DEFAULT_CONNECTION_LIMIT, "Connections served at once."

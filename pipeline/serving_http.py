@@ -10,8 +10,15 @@ a test or a benchmark process.
 
 What it adds over werkzeug's development server, all configurable:
 - `read_timeout`: a connection idle that long (a client that sent its headers and
-  stalls, or keeps an idle keep-alive connection) is closed. waitress looks for them
-  every `min(read_timeout, 5)` seconds.
+  stalls, or keeps an idle keep-alive connection) is closed.
+- `request_timeout`: a request not wholly received (headers and body) that long
+  after its first byte is closed, however steadily its bytes trickle in. waitress
+  bounds only idle time, so a client sending one header line every few seconds
+  held its connection forever, and `connection_limit` of them locked everyone out
+  (a slowloris attack); Apache's mod_reqtimeout and nginx's client_header_timeout
+  bound the same. The bearer token is checked once the request is read, so an
+  unauthenticated client can hold a connection for at most this long.
+  waitress looks for both every `min(read_timeout, request_timeout, 5)` seconds.
 - `connection_limit`: connections served at once; more wait in the listen backlog.
 - `max_body_bytes`: the app answers a larger body with TF Serving's JSON 413; a body
   over twice the limit is refused by waitress itself (a plain-text 413) unread.
@@ -25,12 +32,16 @@ import hmac
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import waitress
+import waitress.channel
 from absl import logging
 
 DEFAULT_READ_TIMEOUT_S = 30
+# Time to send one whole request: a 16 MiB body at 1 MB/s fits.
+DEFAULT_REQUEST_TIMEOUT_S = 20
 DEFAULT_CONNECTION_LIMIT = 100
 DEFAULT_THREADS = 8
 
@@ -85,6 +96,38 @@ def read_token_file(path: str) -> str:
     return token
 
 
+class _TimedChannel(waitress.channel.HTTPChannel):
+    """waitress's connection, remembering when the request it is reading began."""
+
+    request_began: float | None = None
+
+    def received(self, data):
+        if data and self.request is None:  # the first bytes of a new request
+            self.request_began = time.monotonic()
+        try:
+            return super().received(data)
+        finally:
+            if self.request is None:  # every request received whole
+                self.request_began = None
+
+
+def _close_slow_requests(server, request_timeout: float):
+    """waitress's periodic `maintenance` (which closes idle connections), then the
+    connections whose request has been arriving for longer than request_timeout."""
+    idle_maintenance = server.maintenance
+
+    def maintenance(now):
+        idle_maintenance(now)
+        cutoff = time.monotonic() - request_timeout
+        for channel in list(server.active_channels.values()):
+            began = getattr(channel, "request_began", None)
+            if began is not None and began < cutoff and not channel.requests:
+                logging.info("Closing a connection whose request took over %.0f s", request_timeout)
+                channel.will_close = True
+
+    return maintenance
+
+
 class HTTPServer:
     """waitress serving one WSGI app, started and stopped from any thread."""
 
@@ -96,12 +139,14 @@ class HTTPServer:
         port: int,
         max_body_bytes: int,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
         threads: int = DEFAULT_THREADS,
         auth_token: str | None = None,
     ):
         for name, value in (
             ("read_timeout", read_timeout),
+            ("request_timeout", request_timeout),
             ("connection_limit", connection_limit),
             ("threads", threads),
             ("max_body_bytes", max_body_bytes),
@@ -118,13 +163,17 @@ class HTTPServer:
             # waitress counts its listening socket and its wake-up trigger as connections.
             connection_limit=connection_limit + 2,
             channel_timeout=max(1, round(read_timeout)),
-            cleanup_interval=max(1, min(round(read_timeout), 5)),
+            cleanup_interval=max(1, min(round(read_timeout), round(request_timeout), 5)),
             # The app answers bodies past max_body_bytes with TF Serving's JSON 413; waitress
             # cuts off (plain-text 413) only bodies too large to be worth reading at all.
             max_request_body_size=2 * max_body_bytes,
             ident="har-tf",
             clear_untrusted_proxy_headers=True,
         )
+        # Both are looked up on the instance when used: connections are accepted, and
+        # maintenance runs, only once the loop runs.
+        self._server.channel_class = _TimedChannel
+        self._server.maintenance = _close_slow_requests(self._server, request_timeout)
         self.host = host
         self.port = self._server.effective_port
         self._started = False

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -115,6 +116,84 @@ def test_connection_limit_holds_extra_clients_until_a_slot_frees(running):
         idle.close()
     assert status == 200
     assert waited > 1.0  # served only once the idle connection timed out
+
+
+def _trickle(port: int, every: float, stop: threading.Event, closed: list) -> threading.Thread:
+    """A slowloris client: opens a connection and sends one header line every `every`
+    seconds, never ending its headers; appends the time the server closed it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n")
+
+    def run():
+        start = time.monotonic()
+        try:
+            while not stop.wait(every):
+                sock.sendall(b"X-Slow: 1\r\n")
+                sock.settimeout(0.01)
+                try:
+                    if sock.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    pass
+        except OSError:  # the server closed it
+            pass
+        finally:
+            closed.append(time.monotonic() - start)
+            sock.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_clients_trickling_headers_are_closed_after_the_request_timeout(running):
+    """Issue 29 item 5: with --max_connections=4 --read_timeout=3, four sockets sending
+    a header line every second never go idle; they held every slot for as long as
+    they trickled. Now each is closed request_timeout (2 s) after its first byte, and
+    a client queued behind them is served within seconds, while they still trickle."""
+    srv = running(max_connections=4, read_timeout=3, request_timeout=2)
+    stop, closed = threading.Event(), []
+    threads = [_trickle(srv.port, 1.0, stop, closed) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        status, _, _ = request(srv.port, "GET", "/v1/models/tiny", timeout=15)
+        waited = time.monotonic() - start
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert status == 200
+    assert waited < 8  # 2 s, checked every 2 s; the trickle would go on for 15 s
+    assert len(closed) == 4 and max(closed) < 8, closed
+
+
+def test_a_slow_body_is_closed_after_the_request_timeout(running):
+    """The deadline covers the body too: a body sent a byte a second is cut off."""
+    srv = running(read_timeout=3, request_timeout=2)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    start = time.monotonic()
+    try:
+        sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"Content-Length: 100\r\n\r\n")
+        data = None
+        for _ in range(15):
+            time.sleep(1)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            sock.settimeout(0.01)
+            try:
+                data = sock.recv(1)
+                if data == b"":
+                    break
+            except TimeoutError:
+                pass
+        waited = time.monotonic() - start
+    finally:
+        sock.close()
+    assert waited < 8, waited
 
 
 TOKEN = "s3cret-token"
