@@ -137,15 +137,29 @@ def _decoded_b64(encoded, *, what: str) -> bytes:
     return data
 
 
-def row_batch(instances, servable):
+def check_batch_size(n: int, max_batch_size: int | None) -> None:
+    """A 400 in TF Serving's words if a request holds more than max_batch_size
+    instances (None: no limit). Checked before the instances become an array."""
+    if max_batch_size is not None and n > max_batch_size:
+        raise ServingError(
+            400, f"Task size {n} is larger than maximum input batch size {max_batch_size}"
+        )
+
+
+def row_batch(instances, servable, *, max_batch_size: int | None = None):
     if not isinstance(instances, list) or not instances:
         raise ServingError(400, "'instances' must be a non-empty list")
+    check_batch_size(len(instances), max_batch_size)
     if servable.kind == "text":
         return _texts(_rows(instances, TEXT_INPUT, bare="strings"), what="instances")
     return _images(_rows(instances, IMAGE_INPUT, bare="tensors"), servable, what="instances")
 
 
-def columnar_batch(inputs, servable):
+def columnar_batch(inputs, servable, *, max_batch_size: int | None = None):
+    name = TEXT_INPUT if servable.kind == "text" else IMAGE_INPUT
+    values = _columns(inputs, name, what="inputs")
+    if isinstance(values, list):
+        check_batch_size(len(values), max_batch_size)
     if servable.kind == "text":
-        return _texts(_columns(inputs, TEXT_INPUT, what="inputs"), what="inputs")
+        return _texts(values, what="inputs")
     return _images(inputs, servable, what="inputs")

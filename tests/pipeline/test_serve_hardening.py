@@ -416,3 +416,64 @@ def test_a_token_file_error_is_one_line_naming_the_file(base, tmp_path):
         "(byte 0: invalid start byte)"
     )
     assert "TF Serving's REST API" not in out.stderr  # no module help
+
+
+# ----------------------------------------------------------------------------------
+# Issue 29 item 6: instances per request and in inference at once are bounded.
+
+
+@pytest.mark.parametrize("fmt", ["instances", "inputs", "named-inputs"])
+def test_more_instances_than_max_batch_size_is_tf_servings_400(running, fmt):
+    srv = running(max_batch_size=3, max_inflight_instances=3)
+    for n, status in ((3, 200), (4, 400)):
+        x = images(n).tolist()
+        payload = {"instances": x} if fmt == "instances" else {"inputs": x}
+        if fmt == "named-inputs":
+            payload = {"inputs": {"image": x}}
+        got, answer, _ = request(srv.port, "POST", "/v1/models/tiny:predict", json.dumps(payload))
+        assert got == status, answer
+    assert answer == {"error": "Task size 4 is larger than maximum input batch size 3"}
+
+
+def test_concurrent_requests_never_hold_more_than_the_inflight_limit(running):
+    """Six requests of 3 images at once, at most 4 instances in inference: each runs
+    alone (3 + 3 > 4). Counted inside the signature call, which is slowed down so
+    that the requests overlap."""
+    srv = running(max_batch_size=3, max_inflight_instances=4, threads=6)
+    servable = srv.store.get(None)
+    real_predict, lock, now, peak = servable.predict, threading.Lock(), [0], [0]
+
+    def predict(batch):
+        with lock:
+            now[0] += len(batch)
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.3)
+        try:
+            return real_predict(batch)
+        finally:
+            with lock:
+                now[0] -= len(batch)
+
+    servable.predict = predict
+    body = json.dumps({"instances": images(3).tolist()})
+    statuses = []
+    threads = [
+        threading.Thread(
+            target=lambda: statuses.append(
+                request(srv.port, "POST", "/v1/models/tiny:predict", body)[0]
+            )
+        )
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [200] * 6
+    assert peak[0] == 3  # one request at a time
+    assert now[0] == 0
+
+
+def test_an_inflight_limit_below_the_batch_size_is_refused(base):
+    with pytest.raises(ValueError, match=r"max_inflight_instances \(2\) must be >= max_batch"):
+        serve.Server(base, port=0, max_batch_size=3, max_inflight_instances=2)
