@@ -118,7 +118,9 @@ def make_dataset(
 
     Args:
       training: shuffle (reshuffled each epoch, seeded) and, with `augment`, apply
-        the authors' augmentation with stateless per-example seeds.
+        the authors' augmentation with stateless per-example seeds. The order and
+        the augmentation depend on `seed` only, not on what the process ran before
+        (it sets TensorFlow's global seed to `seed`).
       keep_ids: if given, only records whose id is in this int array.
       with_meta: yield (image, label, {"id", "clean_label"}) instead, for analysis.
         The third element is not a sample weight: use only with predict-like loops.
@@ -139,6 +141,14 @@ def make_dataset(
         )
         ds = ds.filter(lambda ex: table.lookup(ex["id"]) > 0)
     if training:
+        # tf.data's seeded ops (this shuffle, Dataset.random below) pair `seed` with
+        # TensorFlow's global seed, which every model build sets (keras.utils.
+        # set_random_seed in modeling.build_har_model). Unset in a fresh process, it was
+        # whatever seed the last model built in this process had, so a stage that
+        # builds its dataset before its model (pretrain) shuffled otherwise after
+        # another job in the same process (a study batch, issue 29) than alone. Set it
+        # here: the order is a function of `seed` alone.
+        tf.random.set_seed(seed)
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment:

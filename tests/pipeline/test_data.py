@@ -1,7 +1,12 @@
+import os
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline import data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_augment_batch_is_a_padded_crop_possibly_flipped():
@@ -89,3 +94,81 @@ def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
         f.write(b"")  # a whole shard's records gone: only the count can tell
     with pytest.raises(stage.PipelineError, match="manifest.json says"):
         data.read_labels(workdir, "train")
+
+
+def _first_epoch_ids(workdir, *, seed, augment):
+    from types import SimpleNamespace
+
+    section = SimpleNamespace(
+        batch_size=32, augment=augment, shuffle_buffer=1000, strategy="default"
+    )
+    ds = data.training_dataset(workdir, section, seed=seed)
+    return np.concatenate([x.numpy().reshape(len(x), -1)[:, :8] for x, _ in ds])
+
+
+def test_the_training_order_depends_on_the_seed_alone(tmp_path):
+    """Issue 29 item 3: tf.data pairs its op seed with TensorFlow's global seed, which
+    a model built earlier in the process (another study job) had set to its own seed.
+    The first epoch's examples (and their augmentation) are now the same whatever
+    global seed was left behind, and another seed still gives another order."""
+    workdir = _preprocessed(tmp_path)
+    for augment in (False, True):
+        tf.random.set_seed(0)  # left by a seed-0 job's model build
+        after_seed0 = _first_epoch_ids(workdir, seed=1, augment=augment)
+        tf.random.set_seed(7)
+        after_seed7 = _first_epoch_ids(workdir, seed=1, augment=augment)
+        np.testing.assert_array_equal(after_seed0, after_seed7)
+        assert not np.array_equal(after_seed0, _first_epoch_ids(workdir, seed=2, augment=augment))
+
+
+# Runs the pretrain stage for each (seed, workdir) pair of argv in this one process,
+# then prints a digest of the last one's weights.
+PRETRAIN_IN_ONE_PROCESS = """
+import hashlib, sys
+import numpy as np
+from configs import fashion_mnist_hetero
+from pipeline import modeling, pretrain
+for seed, workdir in zip(sys.argv[2::2], sys.argv[3::2]):
+    config = fashion_mnist_hetero.get_config("smoke")
+    config.data.data_dir, config.seed = sys.argv[1], int(seed)
+    pretrain.run(config, workdir)
+model = modeling.load_model(workdir + "/pretrain/model.keras")
+print(hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.weights)).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_a_pretrain_after_another_in_one_process_equals_a_fresh_one(tmp_path):
+    """Issue 29 item 3, as the study met it: seed 1's pretrain run in the process that
+    had just run seed 0's (a study batch) ends with the weights it gets in a fresh
+    process (a resumed study)."""
+    import subprocess
+    import sys
+
+    from configs import fashion_mnist_hetero
+    from pipeline import preprocess
+    from tests.pipeline import idx_fixtures
+
+    idx = str(tmp_path / "idx")
+    idx_fixtures.write_dataset(idx, num_train=300, num_test=60)
+    workdirs = {}
+    for seed, name in ((0, "w0"), (1, "fresh"), (1, "after")):
+        config = fashion_mnist_hetero.get_config("smoke")
+        config.data.data_dir, config.seed = idx, seed
+        workdirs[name] = str(tmp_path / name)
+        preprocess.run(config, workdirs[name])
+
+    def digest(*pairs):
+        args = [a for seed, name in pairs for a in (str(seed), workdirs[name])]
+        out = subprocess.run(
+            [sys.executable, "-c", PRETRAIN_IN_ONE_PROCESS, idx, *args],
+            cwd=REPO,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.split()[-1]
+
+    assert digest((1, "fresh")) == digest((0, "w0"), (1, "after"))
