@@ -226,8 +226,9 @@ def _json(obj, status: int = 200) -> Response:
 class InstanceBudget:
     """At most `limit` instances in inference at once, over every worker thread.
 
-    A request holds as many units as it has instances while its batch is converted,
-    run through the signature and answered, and waits until that many are free
+    A request holds as many units as it has instances while its body is parsed (as
+    counted unparsed, serving_http.json_nesting) and again while its batch is
+    converted, run through the signature and answered, and waits until that many are free
     (not necessarily in arrival order). Activations grow with the instances in
     inference, so this bounds the server's peak memory, which unbounded concurrent
     large batches multiplied (issue 29).
@@ -341,12 +342,32 @@ class App:
                 413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}"
             )
         body = request.get_data(cache=False)  # raises 413 past max_content_length
-        depth = serving_http.json_depth(body)
+        depth, items = serving_http.json_nesting(body)
         if depth > serving_http.MAX_JSON_DEPTH:
             raise ServingError(
                 400,
                 f"JSON nested {depth} levels deep; the limit is {serving_http.MAX_JSON_DEPTH}",
             )
+        # Refused before parsing when the instances can be counted unparsed: parsing
+        # takes several times the body's size.
+        serving_requests.check_batch_size(items, self.max_batch_size)
+        with self.budget.hold(max(1, items)):
+            payload = self._parse(body)
+        has_rows = "instances" in payload
+        servable = self.store.get(version)
+        value = payload["instances"] if has_rows else payload["inputs"]
+        to_batch = serving_requests.row_batch if has_rows else serving_requests.columnar_batch
+        with self.budget.hold(_instances(value)):
+            out = servable.predict(to_batch(value, servable, max_batch_size=self.max_batch_size))
+            if has_rows:
+                keys = sorted(out)
+                rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
+                return _json({"predictions": rows})
+            return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
+
+    @staticmethod
+    def _parse(body: bytes) -> dict:
+        """The request's JSON object, checked to hold one of "instances", "inputs"."""
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -359,16 +380,7 @@ class App:
         has_rows, has_cols = "instances" in payload, "inputs" in payload
         if has_rows == has_cols:
             raise ServingError(400, "the request must hold exactly one of 'instances', 'inputs'")
-        servable = self.store.get(version)
-        value = payload["instances"] if has_rows else payload["inputs"]
-        to_batch = serving_requests.row_batch if has_rows else serving_requests.columnar_batch
-        with self.budget.hold(_instances(value)):
-            out = servable.predict(to_batch(value, servable, max_batch_size=self.max_batch_size))
-            if has_rows:
-                keys = sorted(out)
-                rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
-                return _json({"predictions": rows})
-            return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
+        return payload
 
 
 class Server:

@@ -218,15 +218,26 @@ MAX_JSON_DEPTH = 64
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
-def json_depth(body: bytes) -> int:
-    """The deepest nesting of arrays and objects in a JSON text, without parsing it.
+def json_nesting(body: bytes) -> tuple[int, int]:
+    """(depth, items) of a JSON text, without parsing it: the deepest nesting of
+    arrays and objects, and how many arrays and objects open at depth 3.
 
     Brackets inside strings do not count. Python's `json` recurses once per level and
     fails with RecursionError near 1,000; a request's images are 5 deep
-    ({"instances": [[[[...]]]]}), so MAX_JSON_DEPTH leaves ample room.
+    ({"instances": [[[[...]]]]}), so MAX_JSON_DEPTH leaves ample room. `items` is
+    the number of instances of {"instances": [x, ...]} or {"inputs": [x, ...]} whose
+    x are arrays or objects (images, {"text": ...}): known before the body is
+    parsed, which takes far more memory than the body (each pixel a Python list).
     """
     scanned = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    opens = (scanned == ord("[")) | (scanned == ord("{"))
     step = np.zeros(scanned.shape, np.int8)
-    step[(scanned == ord("[")) | (scanned == ord("{"))] = 1
+    step[opens] = 1
     step[(scanned == ord("]")) | (scanned == ord("}"))] = -1
-    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+    depth = np.cumsum(step, dtype=np.int64)
+    return int(depth.max(initial=0)), int(np.count_nonzero(opens & (depth == 3)))
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (json_nesting)."""
+    return json_nesting(body)[0]

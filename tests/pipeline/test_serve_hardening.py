@@ -477,3 +477,35 @@ def test_concurrent_requests_never_hold_more_than_the_inflight_limit(running):
 def test_an_inflight_limit_below_the_batch_size_is_refused(base):
     with pytest.raises(ValueError, match=r"max_inflight_instances \(2\) must be >= max_batch"):
         serve.Server(base, port=0, max_batch_size=3, max_inflight_instances=2)
+
+
+def test_too_many_instances_are_refused_before_the_body_is_parsed(running, monkeypatch):
+    """Parsing takes several times the body (a Python list per pixel): eight 3,000-image
+    requests at once took the server over 2 GiB although each was then refused. Row
+    and bare columnar instances are counted unparsed and refused first."""
+    srv = running(max_batch_size=3, max_inflight_instances=3)
+
+    def no_parse(body):
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(serve.App, "_parse", staticmethod(no_parse))
+    for payload in ({"instances": images(4).tolist()}, {"inputs": images(4).tolist()}):
+        status, answer, _ = request(
+            srv.port, "POST", "/v1/models/tiny:predict", json.dumps(payload)
+        )
+        assert (status, answer) == (
+            400,
+            {"error": "Task size 4 is larger than maximum input batch size 3"},
+        )
+
+
+@pytest.mark.parametrize(
+    "text, items",
+    [
+        (b'{"instances": [[[1]], [[2]], {"image": [[3]]}]}', 3),
+        (b'{"inputs": {"image": [[[1]], [[2]]]}}', 1),  # counted after parsing
+        (b'{"instances": ["[", "{", "a"]}', 0),
+    ],
+)
+def test_json_nesting_counts_the_instances_unparsed(text, items):
+    assert serving_http.json_nesting(text)[1] == items
