@@ -230,11 +230,11 @@ def json_nesting(body: bytes) -> tuple[int, int]:
     parsed, which takes far more memory than the body (each pixel a Python list).
     """
     scanned = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
-    opens = (scanned == ord("[")) | (scanned == ord("{"))
-    step = np.zeros(scanned.shape, np.int8)
-    step[opens] = 1
-    step[(scanned == ord("]")) | (scanned == ord("}"))] = -1
-    depth = np.cumsum(step, dtype=np.int64)
+    # The brackets alone, in order: a few bytes each, where a cumulative sum over
+    # the whole body took 8 bytes per byte (eight 13 MB bodies scanned at once, 1 GB).
+    brackets = scanned[np.isin(scanned, np.frombuffer(b"[]{}", np.uint8))]
+    opens = (brackets == ord("[")) | (brackets == ord("{"))
+    depth = np.cumsum(opens.astype(np.int8) * 2 - 1, dtype=np.int32)
     return int(depth.max(initial=0)), int(np.count_nonzero(opens & (depth == 3)))
 
 
