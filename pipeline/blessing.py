@@ -27,6 +27,7 @@ missing (NaN: a slice without test examples) fails its threshold.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -175,6 +176,63 @@ def judge(run: str, tests: dict[str, dict], specs: dict[str, dict]) -> dict:
     results = {name: judge_one(spec, run, tests) for name, spec in specs.items()}
     failed = [n for n, r in results.items() if r["passed"] is False]
     return {"run": run, "status": NOT_BLESSED if failed else BLESSED, "thresholds": results}
+
+
+def as_written(obj):
+    """A blessing as blessing.json holds it (stage.write_json): NaN and inf become
+    null, tuples lists, and the rest goes through a JSON round trip."""
+
+    def strict(v):
+        if isinstance(v, dict):
+            return {str(k): strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return json.loads(json.dumps(strict(obj)))
+
+
+def verify(recorded, run: str, tests: dict[str, dict], specs: dict[str, dict]) -> dict:
+    """Run `run`'s blessing as judged now, with why the recorded one differs.
+
+    Push must not trust blessing.json alone: a file edited by hand (its "status"
+    turned to BLESSED, a "passed" flag flipped) would ship a model the thresholds
+    refuse. So, as TFX's Pusher trusts only the Evaluator's own artifact, the status
+    is recomputed from the evaluate stage's metrics (`tests`, report.json's `test`
+    entries) and the config's thresholds (`specs`; the push stage is stale unless
+    they are what evaluate ran with), and the recorded blessing must equal the
+    recomputed one entry for entry.
+
+    Returns the recomputed blessing (judge's) with "tampered": None when `recorded`
+    is exactly it, else a one-line reason (`recorded` may be anything read from
+    JSON: a list, a dict without "status").
+    """
+    if run not in tests:
+        raise ValueError(f"report.json has no test metrics for run {run!r}")
+    judged = judge(run, tests, specs)
+    expected = as_written(judged)
+    why = None
+    if not isinstance(recorded, dict):
+        why = f"it holds a JSON {type(recorded).__name__}, not an object"
+    elif recorded.get("status") != expected["status"]:
+        why = (
+            f"it says {recorded.get('status')!r} where the thresholds and report.json's "
+            f"metrics give {expected['status']!r}"
+        )
+    elif recorded != expected:
+        keys = sorted(k for k in {*recorded, *expected} if recorded.get(k) != expected.get(k))
+        inner = (
+            sorted(
+                n
+                for n in {*recorded.get("thresholds", {}), *expected["thresholds"]}
+                if recorded["thresholds"].get(n) != expected["thresholds"].get(n)
+            )
+            if keys == ["thresholds"] and isinstance(recorded.get("thresholds"), dict)
+            else []
+        )
+        why = f"its {'thresholds ' + ', '.join(inner) if inner else ', '.join(keys)} differ from "
+        why += "what the thresholds and report.json's metrics give"
+    return {**judged, "tampered": why}
 
 
 def _num(v, spec: str = ".4f") -> str:

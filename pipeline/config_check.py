@@ -10,6 +10,8 @@ pipeline.train` then loads train.py once, as `__main__`.
 
 from __future__ import annotations
 
+import re
+
 from pipeline import blessing, config_ranges, modeling, training_set
 from pipeline.stage import PipelineError
 
@@ -60,9 +62,26 @@ def eval_groups(config) -> dict[str, tuple[int, ...]]:
     return groups
 
 
+# A model name becomes a directory (<workdir>/export/<name>, the serving base path)
+# and a URL segment (/v1/models/<name>:predict): letters, digits, '.', '_', '-',
+# starting with a letter or digit, so it is never "", "..", a path or a ':' verb.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_model_name(name) -> None:
+    """PipelineError unless `name` is a valid config.export.model_name (MODEL_NAME)."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise PipelineError(
+            f"config.export.model_name must be 1-128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit (it names a directory and a URL), got {name!r}"
+        )
+
+
 def check_export(config) -> None:
-    """config.export names a configured run and a version >= 1 (else PipelineError)."""
+    """config.export names a configured run, a valid model name and a version >= 1
+    (else PipelineError)."""
     section = config.export
+    check_model_name(section.model_name)
     runs = config.train.runs
     if section.run not in runs:
         raise PipelineError(

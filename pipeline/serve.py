@@ -34,19 +34,26 @@ elsewhere, then rename it into place), as the export stage's rename does.
 
 The HTTP layer is waitress, a production WSGI server (pipeline/serving_http.py says
 why): it binds 127.0.0.1 unless --host says otherwise (--host=0.0.0.0 exposes it on
-every interface), closes connections idle for --read_timeout seconds, serves at most
---max_connections at once, refuses JSON nested deeper than 64 levels (400) and, with
+every interface), closes connections idle for --read_timeout seconds and those whose
+request is not wholly received --request_timeout seconds after it began, serves at most
+--max_connections at once, refuses JSON nested deeper than 64 levels (400) and more
+than --max_batch_size instances in one request (400, TF Serving's "Task size N is
+larger than maximum input batch size M"), runs at most --max_inflight_instances
+instances at once (later requests wait), and, with
 --auth_token_file, answers only requests with `Authorization: Bearer <token>` (401).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -59,6 +66,11 @@ from pipeline.serving_requests import ServingError
 from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Instances per request (TF Serving's max_batch_size), and in inference at once over
+# all worker threads: what bounds the memory of inference whatever the clients send
+# (docs/PERFORMANCE.md has the figures). A 16 MiB body holds about 4,200 28x28 images.
+DEFAULT_MAX_BATCH_SIZE = 1024
+DEFAULT_MAX_INFLIGHT_INSTANCES = 2048
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>.*)$")
 
 
@@ -119,8 +131,14 @@ class Servable:
         }
 
 
+# A version is ASCII digits only: str.isdigit() also takes "²", "٣" and "３", which
+# int() refuses or reads as another number.
+VERSION = re.compile(r"[0-9]+")
+
+
 def find_versions(base_path: str) -> dict[int, str]:
-    """{version: path} of the numeric subdirectories holding a saved_model.pb."""
+    """{version: path} of the numeric (ASCII digits) subdirectories holding a
+    saved_model.pb; any other name is ignored, as TF Serving ignores it."""
     found = {}
     try:
         names = os.listdir(base_path)
@@ -128,7 +146,7 @@ def find_versions(base_path: str) -> dict[int, str]:
         return found
     for name in names:
         path = os.path.join(base_path, name)
-        if name.isdigit() and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if VERSION.fullmatch(name) and os.path.isfile(os.path.join(path, "saved_model.pb")):
             found[int(name)] = path
     return found
 
@@ -181,12 +199,20 @@ class ModelStore:
                     503, f"model {self.name!r} has no servable version in {self.base_path}"
                 )
             return servables[max(servables)]
-        if not version.isdigit() or int(version) not in servables:
+        if not VERSION.fullmatch(version) or int(version) not in servables:
             raise ServingError(
                 404,
                 f"model {self.name!r} has no version {version!r}; available: {sorted(servables)}",
             )
         return servables[int(version)]
+
+
+def _instances(value) -> int:
+    """How many instances a request's "instances" or "inputs" value holds (what it
+    takes of the InstanceBudget; a malformed one is refused inside it, as 1)."""
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    return max(1, len(value)) if isinstance(value, list) else 1
 
 
 def _error(status: int, message: str) -> Response:
@@ -197,12 +223,64 @@ def _json(obj, status: int = 200) -> Response:
     return Response(json.dumps(obj), status=status, mimetype="application/json")
 
 
+class InstanceBudget:
+    """At most `limit` instances in inference at once, over every worker thread.
+
+    A request holds as many units as it has instances while its body is parsed (as
+    counted unparsed, serving_http.json_nesting) and again while its batch is
+    converted, run through the signature and answered, and waits until that many are free
+    (not necessarily in arrival order). Activations grow with the instances in
+    inference, so this bounds the server's peak memory, which unbounded concurrent
+    large batches multiplied (issue 29).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+        self.peak = 0  # the most units ever held at once (for tests and logs)
+
+    @contextlib.contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        n = min(n, self.limit)  # a request never needs more than everything
+        with self._cond:
+            self._cond.wait_for(lambda: self._used + n <= self.limit)
+            self._used += n
+            self.peak = max(self.peak, self._used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= n
+                self._cond.notify_all()
+
+
 class App:
     """The WSGI application: routes TF Serving's REST paths to a ModelStore."""
 
-    def __init__(self, store: ModelStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_inflight_instances: int = DEFAULT_MAX_INFLIGHT_INSTANCES,
+    ):
+        for name, value in (
+            ("max_batch_size", max_batch_size),
+            ("max_inflight_instances", max_inflight_instances),
+        ):
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+        if max_inflight_instances < max_batch_size:
+            raise ValueError(
+                f"max_inflight_instances ({max_inflight_instances}) must be >= max_batch_size "
+                f"({max_batch_size}): a full request could never run"
+            )
         self.store = store
         self.max_body_bytes = max_body_bytes
+        self.max_batch_size = max_batch_size
+        self.budget = InstanceBudget(max_inflight_instances)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -264,12 +342,32 @@ class App:
                 413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}"
             )
         body = request.get_data(cache=False)  # raises 413 past max_content_length
-        depth = serving_http.json_depth(body)
+        depth, items = serving_http.json_nesting(body)
         if depth > serving_http.MAX_JSON_DEPTH:
             raise ServingError(
                 400,
                 f"JSON nested {depth} levels deep; the limit is {serving_http.MAX_JSON_DEPTH}",
             )
+        # Refused before parsing when the instances can be counted unparsed: parsing
+        # takes several times the body's size.
+        serving_requests.check_batch_size(items, self.max_batch_size)
+        with self.budget.hold(max(1, items)):
+            payload = self._parse(body)
+        has_rows = "instances" in payload
+        servable = self.store.get(version)
+        value = payload["instances"] if has_rows else payload["inputs"]
+        to_batch = serving_requests.row_batch if has_rows else serving_requests.columnar_batch
+        with self.budget.hold(_instances(value)):
+            out = servable.predict(to_batch(value, servable, max_batch_size=self.max_batch_size))
+            if has_rows:
+                keys = sorted(out)
+                rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
+                return _json({"predictions": rows})
+            return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
+
+    @staticmethod
+    def _parse(body: bytes) -> dict:
+        """The request's JSON object, checked to hold one of "instances", "inputs"."""
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -282,14 +380,7 @@ class App:
         has_rows, has_cols = "instances" in payload, "inputs" in payload
         if has_rows == has_cols:
             raise ServingError(400, "the request must hold exactly one of 'instances', 'inputs'")
-        servable = self.store.get(version)
-        if has_rows:
-            out = servable.predict(serving_requests.row_batch(payload["instances"], servable))
-            keys = sorted(out)
-            rows = [{k: out[k][i].tolist() for k in keys} for i in range(len(out[keys[0]]))]
-            return _json({"predictions": rows})
-        out = servable.predict(serving_requests.columnar_batch(payload["inputs"], servable))
-        return _json({"outputs": {k: v.tolist() for k, v in out.items()}})
+        return payload
 
 
 class Server:
@@ -304,7 +395,10 @@ class Server:
         port: int = 8501,
         poll_seconds: float = 1.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_inflight_instances: int = DEFAULT_MAX_INFLIGHT_INSTANCES,
         read_timeout: float = serving_http.DEFAULT_READ_TIMEOUT_S,
+        request_timeout: float = serving_http.DEFAULT_REQUEST_TIMEOUT_S,
         max_connections: int = serving_http.DEFAULT_CONNECTION_LIMIT,
         threads: int = serving_http.DEFAULT_THREADS,
         auth_token: str | None = None,
@@ -313,11 +407,17 @@ class Server:
         self.store = ModelStore(model_name or os.path.basename(base.rstrip("/")), base)
         self.store.refresh()
         self.http = serving_http.HTTPServer(
-            App(self.store, max_body_bytes=max_body_bytes),
+            App(
+                self.store,
+                max_body_bytes=max_body_bytes,
+                max_batch_size=max_batch_size,
+                max_inflight_instances=max_inflight_instances,
+            ),
             host=host,
             port=port,
             max_body_bytes=max_body_bytes,
             read_timeout=read_timeout,
+            request_timeout=request_timeout,
             connection_limit=max_connections,
             threads=threads,
             auth_token=auth_token,
@@ -369,6 +469,13 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> threading.Th
     return thread
 
 
+def _fail(message: str) -> None:
+    """Ends main on a bad flag value: one line on stderr, exit status 1 (absl's
+    UsageError would print the whole module help first, burying the line)."""
+    print(f"error: serve: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -381,13 +488,13 @@ def main(argv):
     if FLAGS.parent_pid:
         exit_with_parent(FLAGS.parent_pid)
     if not os.path.isdir(FLAGS.model_base_path):
-        raise app.UsageError(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
+        _fail(f"--model_base_path {FLAGS.model_base_path!r} is not a directory")
     token = None
     if FLAGS.auth_token_file:
         try:
             token = serving_http.read_token_file(FLAGS.auth_token_file)
         except ValueError as e:
-            raise app.UsageError(str(e)) from None
+            _fail(str(e))
     try:
         server = Server(
             FLAGS.model_base_path,
@@ -396,13 +503,16 @@ def main(argv):
             port=FLAGS.port,
             poll_seconds=FLAGS.poll_seconds,
             max_body_bytes=FLAGS.max_body_bytes,
+            max_batch_size=FLAGS.max_batch_size,
+            max_inflight_instances=FLAGS.max_inflight_instances,
             read_timeout=FLAGS.read_timeout,
+            request_timeout=FLAGS.request_timeout,
             max_connections=FLAGS.max_connections,
             threads=FLAGS.threads,
             auth_token=token,
         )
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        _fail(str(e))
     versions = server.store.versions()
     if not versions:
         logging.warning("No version under %s yet; polling for one.", FLAGS.model_base_path)
@@ -429,10 +539,27 @@ def define_flags() -> None:
     flags.DEFINE_integer("port", 8501, "Port to bind (0 = any free port).")
     flags.DEFINE_float("poll_seconds", 1.0, "How often to look for new versions.")
     flags.DEFINE_integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, "Largest request body.")
+    flags.DEFINE_integer(
+        "max_batch_size",
+        DEFAULT_MAX_BATCH_SIZE,
+        "Most instances in one request; more is a 400 (TF Serving's max_batch_size).",
+    )
+    flags.DEFINE_integer(
+        "max_inflight_instances",
+        DEFAULT_MAX_INFLIGHT_INSTANCES,
+        "Most instances in inference at once over all threads (bounds its memory); "
+        "requests past it wait. At least --max_batch_size.",
+    )
     flags.DEFINE_float(
         "read_timeout",
         serving_http.DEFAULT_READ_TIMEOUT_S,
         "Seconds a connection may stay idle (e.g. a stalled request) before it is closed.",
+    )
+    flags.DEFINE_float(
+        "request_timeout",
+        serving_http.DEFAULT_REQUEST_TIMEOUT_S,
+        "Seconds a client has to send a whole request (headers and body) from its first "
+        "byte; a slower one is disconnected, however steadily it sends.",
     )
     flags.DEFINE_integer(
         "max_connections", serving_http.DEFAULT_CONNECTION_LIMIT, "Connections served at once."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 
 import numpy as np
 
@@ -67,22 +68,31 @@ def _images(value, servable, *, what: str) -> np.ndarray:
     except ValueError as e:  # ragged nesting
         raise ServingError(400, f"{what}: not a rectangular array ({e})") from None
     expected = (-1, *servable.image_shape)
-    if array.dtype == object or array.ndim != 4 or array.shape[1:] != servable.image_shape:
+    if array.ndim != 4 or array.shape[1:] != servable.image_shape:
         raise ServingError(400, f"{what}: expected shape {list(expected)}, got {list(array.shape)}")
     if array.shape[0] == 0:
         raise ServingError(400, f"{what}: empty batch")
-    if array.dtype.kind not in "iu":
+    if array.dtype.kind not in "iu" or array.min() < 0 or array.max() > 255:
+        # The shape is right, a value is not: name the first one as the client sent it
+        # (null, 0.5, "7", 256, or 10**30, past what numpy holds as an integer).
+        values = np.asarray(value, dtype=object)
+        where = next(i for i, v in np.ndenumerate(values) if _not_a_pixel(v))
         raise ServingError(
             400,
-            f"{what}: {IMAGE_INPUT!r} must hold uint8 integers 0..255, got {array.dtype} values",
-        )
-    if array.min() < 0 or array.max() > 255:
-        raise ServingError(
-            400,
-            f"{what}: {IMAGE_INPUT!r} values must be in 0..255 (uint8), "
-            f"got [{array.min()}, {array.max()}]",
+            f"{what}: {IMAGE_INPUT!r} must hold uint8 integers 0..255, got "
+            f"{_shown(values[where])} at {list(where)}",
         )
     return array.astype(np.uint8)
+
+
+def _not_a_pixel(v) -> bool:
+    return isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
+
+
+def _shown(v) -> str:
+    """A JSON value as the client wrote it, cut short."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _texts(values, *, what: str) -> list[bytes]:
@@ -127,15 +137,29 @@ def _decoded_b64(encoded, *, what: str) -> bytes:
     return data
 
 
-def row_batch(instances, servable):
+def check_batch_size(n: int, max_batch_size: int | None) -> None:
+    """A 400 in TF Serving's words if a request holds more than max_batch_size
+    instances (None: no limit). Checked before the instances become an array."""
+    if max_batch_size is not None and n > max_batch_size:
+        raise ServingError(
+            400, f"Task size {n} is larger than maximum input batch size {max_batch_size}"
+        )
+
+
+def row_batch(instances, servable, *, max_batch_size: int | None = None):
     if not isinstance(instances, list) or not instances:
         raise ServingError(400, "'instances' must be a non-empty list")
+    check_batch_size(len(instances), max_batch_size)
     if servable.kind == "text":
         return _texts(_rows(instances, TEXT_INPUT, bare="strings"), what="instances")
     return _images(_rows(instances, IMAGE_INPUT, bare="tensors"), servable, what="instances")
 
 
-def columnar_batch(inputs, servable):
+def columnar_batch(inputs, servable, *, max_batch_size: int | None = None):
+    name = TEXT_INPUT if servable.kind == "text" else IMAGE_INPUT
+    values = _columns(inputs, name, what="inputs")
+    if isinstance(values, list):
+        check_batch_size(len(values), max_batch_size)
     if servable.kind == "text":
-        return _texts(_columns(inputs, TEXT_INPUT, what="inputs"), what="inputs")
+        return _texts(values, what="inputs")
     return _images(inputs, servable, what="inputs")

@@ -38,6 +38,24 @@ _KEPT = (
 )
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What the study and its report read of a record, by state (a record edited by hand
+# or cut short must stop the study with its name, not a KeyError in the report).
+FIELDS = {
+    "done": {
+        "history": lambda h: isinstance(h, dict) and isinstance(h.get("loss"), list),
+        "test_counts": lambda c: isinstance(c, list),
+        "tau": lambda t: t is None or isinstance(t, list),
+        "started": _number,
+        "finished": _number,
+    },
+    "failed": {"error": lambda e: isinstance(e, str)},
+}
+
+
 def _kept(key: str) -> bool:
     # Per-class test accuracies, and per-class validation accuracies (the standard
     # error of the selection score).
@@ -65,7 +83,15 @@ def read(workdir: str, key: str, fingerprint: str) -> dict | None:
         ) from e
     if not isinstance(record, dict) or record.get("state") not in ("done", "failed"):
         raise stage.PipelineError(f"run record {p} is not a run record; delete it to rerun")
-    return record if record.get("fingerprint") == fingerprint else None
+    if record.get("fingerprint") != fingerprint:
+        return None
+    missing = [k for k, ok in FIELDS[record["state"]].items() if not ok(record.get(k))]
+    if missing:
+        raise stage.PipelineError(
+            f"run record {p} is not a {record['state']} run record: {', '.join(missing)} "
+            "missing or malformed; delete it to rerun that run"
+        )
+    return record
 
 
 def write(workdir: str, key: str, record: dict) -> None:

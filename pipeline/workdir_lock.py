@@ -61,7 +61,7 @@ def held(workdir: str) -> Iterator[None]:
         raise PipelineError(
             f"workdir {workdir!r} is not a directory; pass a directory as --workdir"
         ) from e
-    except PermissionError as e:
+    except OSError as e:  # permissions, a read-only file system (EROFS), ...
         raise PipelineError(
             f"workdir {workdir!r} is not writable ({e.strerror}); fix its permissions "
             "or pass another --workdir"

@@ -321,6 +321,24 @@ def test_stage_writes_each_runs_blessing(evaluated):
     assert har_b["overall_vs_erm"]["passed"] == (har["overall"] - erm["overall"] >= -0.01)
 
 
+def test_the_blessing_evaluate_writes_verifies_as_untouched(evaluated):
+    """What push checks (blessing.verify, issue 29): the blessing.json the stage wrote
+    equals the one recomputed from its report.json, also where a metric is missing
+    (NaN, written as null): a threshold on a class the test split lacks."""
+    config, _, out = evaluated
+    report = stage.read_json(os.path.join(out, "report.json"))
+    tests = {n: r["test"] for n, r in report["runs"].items()}
+    specs = blessing.thresholds(config)
+    for run in ("erm", "har"):
+        b = blessing.verify(stage.read_json(blessing.path(out, run)), run, tests, specs)
+        assert b["tampered"] is None, b["tampered"]
+    tests["har"]["per_class"][3] = None  # as report.json writes a NaN
+    spec = {"metric": "accuracy", "slice": "class_3", "lower_bound": 0.1}
+    written = blessing.as_written(blessing.judge("har", tests, {"c3": spec}))
+    assert written["thresholds"]["c3"]["value"] is None and written["status"] == "NOT_BLESSED"
+    assert blessing.verify(written, "har", tests, {"c3": spec})["tampered"] is None
+
+
 def test_run_batches_gives_every_batch_in_order_through_one_forward():
     """The pipeline's inference loop (estimate_tau's and evaluate's): every batch,
     the last partial one included, in order; an empty dataset gives no batches."""
