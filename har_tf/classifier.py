@@ -22,7 +22,18 @@ from har_tf.models import defaults
 
 # The scikit-learn checks HARClassifier fails by design, with the reason (the
 # argument `expected_failed_checks` of `sklearn.utils.estimator_checks.check_estimator`).
-EXPECTED_FAILED_CHECKS = {}
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "a weight of 2 is not the same as two copies for a network trained by "
+        "minibatch SGD: the copies change the batches, the number of steps and the "
+        "split into halves (the losses and tau do weight as copies)"
+    ),
+    "check_methods_sample_order_invariance": (
+        "float32 predictions of a row change in the last bits (about 4e-8) with its "
+        "position in a batch (oneDNN/Eigen kernels); the check's tolerance is 1e-7 "
+        "relative with an atol of 1e-9"
+    ),
+}
 
 
 class NotFittedError(sklearn.exceptions.NotFittedError):
@@ -312,6 +323,21 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
         self._backbone(build, num_classes)  # a wrong backbone fails before any training
         held = self._held_out(data, new_model, seed, callbacks=pretrain_callbacks, verbose=verbose)
         scored = held.scored
+        wrong = np.argmax(held.proba[scored], axis=1) != ids[scored]
+        if weights is not None:
+            wrong &= weights[scored] > 0
+        error_floor = self.error_floor
+        if not wrong.any():
+            # With every error 0, tau_c = 0 / n_c^b has no maximum to normalize by.
+            # Equal errors, however small, give the density term alone, n_c^-b / max:
+            # a floor of 1 puts every class there.
+            warnings.warn(
+                "every held-out prediction is right, so the errors say nothing about "
+                "the classes' noise: tau comes from the class counts alone",
+                UserWarning,
+                stacklevel=2,
+            )
+            error_floor = 1.0
         result = held_out.class_tau(
             ids,
             ids[scored],
@@ -319,7 +345,7 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
             num_classes,
             uncertainty_exponent=self.uncertainty_exponent,
             density_exponent=self.density_exponent,
-            error_floor=self.error_floor,
+            error_floor=error_floor,
             train_weights=weights,
             held_out_weights=None if weights is None else weights[scored],
         )

@@ -177,14 +177,34 @@ class TrainingData:
             raise ValueError(f"the dataset must yield (x, y) pairs, got {spec}")
         self.dataset = ds.unbatch() if spec[1].shape.rank == 1 else ds
         self.example_shape = tuple(self.dataset.element_spec[0].shape)
-        ys = self.dataset.map(lambda _, label: label).batch(4096).as_numpy_iterator()
-        self.labels = _label_array(np.concatenate(list(ys)))
+        # One pass for the labels, which also checks the features (as check_X_y does
+        # for arrays): a NaN need not spread through training to show in its output.
+        floating = self.dataset.element_spec[0].dtype.is_floating
+
+        def label_and_finite(x, label):
+            finite = tf.reduce_all(tf.math.is_finite(x)) if floating else tf.constant(True)
+            return label, finite
+
+        labels, finite = [], []
+        for batch, ok in self.dataset.map(label_and_finite).batch(4096).as_numpy_iterator():
+            labels.append(batch)
+            finite.append(ok)
+        bad = np.flatnonzero(~np.concatenate(finite))
+        if bad.size:
+            raise ValueError(
+                f"Input X contains NaN or infinity: example {int(bad[0])} of the dataset "
+                f"({bad.size} example(s) in all)"
+            )
+        self.labels = _label_array(np.concatenate(labels))
         self.x, self.weights = None, None
         self.encoded = None  # built on first use, after the classes are known
 
     def _from_arrays(self, x, y, sample_weight, estimator):
         if y is None:
-            raise ValueError("y is required when x is an array (or pass a tf.data.Dataset)")
+            raise ValueError(
+                "HARClassifier requires y to be passed, but the target y is None (or pass "
+                "a tf.data.Dataset of (x, y) pairs as x)"
+            )
         columns = getattr(x, "columns", None)
         if columns is not None and all(isinstance(c, str) for c in columns):
             self.feature_names = np.asarray(columns, dtype=object)
@@ -204,8 +224,10 @@ class TrainingData:
                     f"sample_weight must have shape ({len(y)},), one weight per example, "
                     f"got {w.shape}"
                 )
-            if np.any(w < 0):
-                raise ValueError(f"sample_weight must be >= 0, got {w.min()}")
+            if not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"sample_weight must be finite and >= 0, got {w.min()}")
+            if not np.any(w > 0):
+                raise ValueError("every sample_weight is zero: there is nothing to train on")
             self.weights = w
 
     def _subset(self, idx) -> tf.data.Dataset:

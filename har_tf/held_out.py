@@ -129,14 +129,18 @@ def class_tau(
     train_labels = checks.check_labels(train_labels, num_classes, name="train_labels")
     errors, support = tau_lib.per_class_error(held_out_labels, held_out_predictions, num_classes)
     counts = np.bincount(train_labels, minlength=num_classes)
+    density = counts
     if train_weights is not None or held_out_weights is not None:
         errors, support, counts = _weighted(
             train_labels, train_weights, held_out_labels, held_out_predictions,
             held_out_weights, num_classes,
         )  # fmt: skip
+        # tau is normalized, so scaling the counts leaves it unchanged; estimate_tau
+        # wants counts >= 1, which weights below 1 would not give.
+        density = counts / counts.min()
     tau = tau_lib.estimate_tau(
         errors,
-        counts,
+        density,
         uncertainty_exponent=uncertainty_exponent,
         density_exponent=density_exponent,
         error_floor=error_floor,
@@ -159,7 +163,7 @@ def _weighted(train_labels, train_weights, labels, predictions, weights, num_cla
     wrong = np.bincount(
         labels, weights=weights * (labels != np.asarray(predictions)), minlength=num_classes
     )
-    empty = np.flatnonzero(support <= 0)
+    empty = np.flatnonzero((support <= 0) | (counts <= 0))
     if empty.size:
         c = int(empty[0])
         raise ValueError(

@@ -295,7 +295,7 @@ def test_labels_not_class_ids():
     y = toy_data()[1]
     _bad("one-hot", y=np.eye(C)[y])
     _bad("Unknown label type: continuous", y=y + 0.5)
-    with pytest.raises(ValueError, match="y is required"):
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
         classifier().fit(toy_data()[0])
     ds = tf.data.Dataset.from_tensor_slices((toy_data()[0], y))
     with pytest.raises(ValueError, match="pass y inside the dataset"):
