@@ -59,8 +59,8 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
     It is a scikit-learn estimator: any label values (`classes_` maps them), NumPy
     arrays, array-likes or pandas DataFrames as X, and it works in `clone`,
     `Pipeline`, `cross_val_score` and `GridSearchCV` (e.g. over `lam`).
-    `check_estimator` passes except the checks listed in docs/CLASSIFIER.md, each
-    with its reason. Without `build_backbone` it builds one from the data: an MLP
+    `check_estimator` passes except the checks in `EXPECTED_FAILED_CHECKS` (this
+    module), each with its reason. Without `build_backbone` it builds one from the data: an MLP
     (`har_tf.models.mlp`, hidden activations tapped) for 2-D X, a ResNet-8
     (`har_tf.models.cifar_resnet`, its pre-affine BNs tapped) for images [N, H, W, C].
 
