@@ -132,7 +132,7 @@ def test_default_backbone_of_images_is_a_small_resnet():
     assert clf.model_.tap_layers == [f"stage{s}_block1_bn{i}" for s in (1, 2, 3) for i in (1, 2)]
     assert clf.predict(x).shape == (24,)
     with pytest.raises(ValueError, match=r"fitted on examples of shape \(8, 8, 1\)"):
-        clf.predict(x[:, :4, :4])
+        clf.predict(x[:, :, :4])
 
 
 def test_no_default_backbone_for_other_ranks():
