@@ -49,7 +49,10 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
     per-class error against the given labels, sets tau_c = err_c^a / n_c^b (divided
     by its maximum, as `har_tf.tau.estimate_tau`), then trains a fresh `HARModel`
     with that tau on all the data. From the same held-out probabilities it reports,
-    through cleanlab, which examples look mislabelled (`label_issues_`).
+    through cleanlab, which examples look mislabelled (`label_issues_`). If every
+    held-out prediction is right, the errors cannot be normalized (all 0): tau then
+    comes from the class counts alone, n_c^-0.4 / max (what any equal errors give),
+    with a UserWarning.
 
     Cross-fitting: every training example gets exactly one held-out prediction, from
     the model that did not train on it, and the per-class error pools both
