@@ -51,7 +51,8 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
     with that tau on all the data. From the same held-out probabilities it reports,
     through cleanlab, which examples look mislabelled (`label_issues_`). If every
     held-out prediction is right, the errors cannot be normalized (all 0): tau then
-    comes from the class counts alone, n_c^-0.4 / max (what any equal errors give),
+    comes from the class counts alone, n_c^-b / max with b = `density_exponent`
+    (what any equal errors give),
     with a UserWarning.
 
     Cross-fitting: every training example gets exactly one held-out prediction, from

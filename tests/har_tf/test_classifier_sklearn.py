@@ -191,6 +191,16 @@ def test_sample_weight_reaches_every_training_and_weights_tau(monkeypatch):
     np.testing.assert_allclose(clf.tau_, raw / raw.max())
 
 
+def test_without_a_held_out_error_tau_comes_from_the_counts_alone():
+    y = np.repeat([0, 1, 2], [30, 20, 10])
+    x = np.eye(F, dtype=np.float32)[y] * 5.0  # one feature per class: learnt at once
+    with pytest.warns(UserWarning, match="every held-out prediction is right"):
+        clf = tiny(pretrain_epochs=10).fit(x, y)
+    np.testing.assert_array_equal(clf.class_error_, 0.0)
+    counts = np.array([30.0, 20.0, 10.0])
+    np.testing.assert_allclose(clf.tau_, counts**-0.4 / (counts**-0.4).max())
+
+
 # -- clone, pickling, Pipeline, cross-validation ----------------------------------------
 
 
