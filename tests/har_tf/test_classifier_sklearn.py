@@ -59,6 +59,7 @@ def fitted():
 # -- labels and tables -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # two or three fits besides the fixture's
 def test_string_and_non_contiguous_labels_train_as_their_sorted_class_ids(fitted):
     clf, frame, y = fitted
     np.testing.assert_array_equal(clf.classes_, ["ant", "moose", "zebra"])
@@ -143,6 +144,7 @@ def test_no_default_backbone_for_other_ranks():
 # -- random_state, verbose, sample_weight -----------------------------------------------
 
 
+@pytest.mark.slow  # two or three fits besides the fixture's
 def test_verbose_is_silent_by_default_and_prints_keras_progress_when_asked(capfd):
     x, y = table()
     tiny(pretrain_epochs=1, epochs=1).fit(x, y)
@@ -151,6 +153,7 @@ def test_verbose_is_silent_by_default_and_prints_keras_progress_when_asked(capfd
     assert capfd.readouterr().out.count(" - accuracy: ") == 3  # a line per training
 
 
+@pytest.mark.slow  # two or three fits besides the fixture's
 def test_random_state_repeats_a_fit_and_another_changes_it(fitted):
     clf, frame, y = fitted
     again = tiny().fit(frame, y)
