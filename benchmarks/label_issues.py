@@ -92,7 +92,7 @@ def one_seed(x, y, clean, true_rate, args, seed: int) -> dict:
         epochs=args.epochs,
         batch_size=128,
         optimizer=keras.optimizers.Adam(1e-3),
-        seed=seed,
+        random_state=seed,
     )
     start = time.perf_counter()
     clf.fit(x, y, verbose=0)

@@ -1,26 +1,47 @@
-"""HARClassifier: Algorithm 1 of the paper in one scikit-learn-style `fit` call."""
+"""HARClassifier: Algorithm 1 of the paper as one scikit-learn estimator."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
+import sklearn.exceptions
 import tensorflow as tf
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import validate_data
 
+from har_tf import classifier_inputs as inputs
 from har_tf import held_out, label_issues
 from har_tf.har_model import HARModel
+from har_tf.models import defaults
+
+# The scikit-learn checks HARClassifier fails by design, with the reason (the
+# argument `expected_failed_checks` of `sklearn.utils.estimator_checks.check_estimator`).
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "a weight of 2 is not the same as two copies for a network trained by "
+        "minibatch SGD: the copies change the batches, the number of steps and the "
+        "split into halves (the losses and tau do weight as copies)"
+    ),
+    "check_methods_sample_order_invariance": (
+        "float32 predictions of a row change in the last bits (about 4e-8) with its "
+        "position in a batch (oneDNN/Eigen kernels); the check's tolerance is 1e-7 "
+        "relative with an atol of 1e-9"
+    ),
+}
 
 
-class NotFittedError(ValueError, AttributeError):
+class NotFittedError(sklearn.exceptions.NotFittedError):
     """A HARClassifier method that needs a fitted model was called before `fit`."""
 
 
-class HARClassifier:
-    """HAR (Cao et al., ICLR 2021) for your own backbone and data, in one `fit`.
+class HARClassifier(ClassifierMixin, BaseEstimator):
+    """HAR (Cao et al., ICLR 2021) for your own data, as a scikit-learn classifier.
 
     `fit` runs Algorithm 1: it splits the training set into two halves stratified by
     label (seeded), pretrains an ERM model on half A (and, with `cross_fit`, another
@@ -28,30 +49,46 @@ class HARClassifier:
     per-class error against the given labels, sets tau_c = err_c^a / n_c^b (divided
     by its maximum, as `har_tf.tau.estimate_tau`), then trains a fresh `HARModel`
     with that tau on all the data. From the same held-out probabilities it reports,
-    through cleanlab, which examples look mislabelled (`label_issues_`).
+    through cleanlab, which examples look mislabelled (`label_issues_`). If every
+    held-out prediction is right, the errors cannot be normalized (all 0): tau then
+    comes from the class counts alone, n_c^-b / max with b = `density_exponent`
+    (what any equal errors give),
+    with a UserWarning.
 
     Cross-fitting: every training example gets exactly one held-out prediction, from
     the model that did not train on it, and the per-class error pools both
-    directions (wrong predictions over held-out examples of the class: the two
-    halves' errors weighted by their sizes). With `cross_fit=False` it is the
-    authors' one-split estimate: half B only, one pretraining fewer.
+    directions. With `cross_fit=False` it is the authors' one-split estimate: half B
+    only, one pretraining fewer.
+
+    It is a scikit-learn estimator: any label values (`classes_` maps them), NumPy
+    arrays, array-likes or pandas DataFrames as X, and it works in `clone`,
+    `Pipeline`, `cross_val_score` and `GridSearchCV` (e.g. over `lam`).
+    `check_estimator` passes except the checks in `EXPECTED_FAILED_CHECKS` (this
+    module), each with its reason. Without `build_backbone` it builds one from the data: an MLP
+    (`har_tf.models.mlp`, hidden activations tapped) for 2-D X, a ResNet-8
+    (`har_tf.models.cifar_resnet`, its pre-affine BNs tapped) for images [N, H, W, C].
 
     Args:
       build_backbone: `() -> keras.Model`, a functional model mapping inputs to C
-        logits, [B, ...] -> [B, C]. Called once per model trained (2 or 3 times),
-        each time after seeding, so it must build fresh layers.
+        logits, [B, ...] -> [B, C], C the number of distinct labels. Called once per
+        model trained (2 or 3 times), each time after seeding, so it must build fresh
+        layers. None: the default backbone above.
       lam: HAR's lambda for the final model (0: ERM, with tau still estimated).
       cross_fit: pretrain on both halves (see above).
       pretrain_epochs, epochs: epochs of each ERM pretraining and of the final fit.
       batch_size: examples per step, for every fit and prediction.
       optimizer: a Keras optimizer name ("adam"), an instance (each model gets a
-        fresh copy from its config) or a `() -> optimizer` callable.
-      seed: seeds the split, and (through `keras.utils.set_random_seed`, which sets
-        Python's, NumPy's and TensorFlow's global seeds) every model's initial
-        weights and shuffling.
-      num_classes: optional check that the backbone ends in this many logits.
+        fresh copy from its config) or a `() -> optimizer` callable (a
+        `functools.partial(keras.optimizers.Adam, 1e-2)` pickles; a lambda does not).
+      random_state: int, None or a `numpy.random.RandomState`: the seed of the split
+        and (through `keras.utils.set_random_seed`, which sets Python's, NumPy's and
+        TensorFlow's global seeds) of every model's initial weights and shuffling.
+        An int makes `fit` repeatable; the default 0 keeps the former `seed=0`.
+      verbose: Keras's progress output of every training (0: silent, 1, 2, "auto").
+      num_classes: optional check that y has this many distinct labels.
       tap_layers: as `HARModel`: layer names, or a callable `backbone -> names`
-        (e.g. `har_tf.models.rnn_tap_layers`); None: the pre-affine BNs.
+        (e.g. `har_tf.models.rnn_tap_layers`); None: the pre-affine BNs of your
+        backbone, or the default backbone's taps.
       aggregation, scale, weight_decay, reg_every, checkpoint_layers: as `HARModel`
         (weight_decay also applies to the pretraining).
       uncertainty_exponent, density_exponent, error_floor: as
@@ -59,25 +96,48 @@ class HARClassifier:
       stratified: split each label's examples in half (else the whole set).
       find_label_issues: compute `label_issues_` and `noise_rate_` (needs the
         `label-issues` extra: cleanlab and pandas; checked before any training).
+      drop_label_issues: train the final model only on the examples cleanlab does
+        not flag (`cleanlab.filter.find_label_issues` on the held-out
+        probabilities, as cleanlab's CleanLearning), so cleaning and HAR combine.
+        Without cross-fitting only half B is scored, so only half B can be dropped.
+        tau is still computed from the held-out errors of all scored examples,
+        flagged ones included: it measures how noisy each class's labels are, which
+        is what HAR adapts to, and dropping does not change that estimate.
+      hidden_layer_sizes: hidden units of the default MLP (2-D X without
+        `build_backbone`), as `MLPClassifier`'s.
+      seed: deprecated alias of `random_state` (a FutureWarning; it wins when set).
+
+    `fit`'s `sample_weight` weights each example's loss (cross-entropy and HAR's
+    term, as `HARModel` applies it) in the pretrainings and the final fit, and
+    tau's class counts and held-out errors (`har_tf.held_out.class_tau`), so that
+    an integer weight counts as that many copies of the example everywhere except
+    in the split of the halves, which is by example.
 
     Attributes (after `fit`; N training examples, C classes):
+      classes_: [C] the distinct labels, sorted; class c of every [C] array below,
+        and column c of probabilities, is `classes_[c]`.
+      n_features_in_, feature_names_in_: as scikit-learn (the latter for a
+        DataFrame with string column names); input_shape_: one example's shape.
       model_: the trained HARModel (predict / evaluate / save as any Keras model).
-      tau_, class_error_, class_counts_, held_out_counts_: float/int [C] tau, held-out
-        error per given label, training examples and held-out examples per class.
+      tau_, class_error_, class_counts_, held_out_counts_: [C] tau, held-out error
+        per given label, training examples and held-out examples per class (sums of
+        weights with `sample_weight`).
       halves_: (half_a, half_b), int64 positions into the training set.
       held_out_proba_: float64 [N, C] held-out probabilities; rows of half A are
         NaN without cross-fitting.
       label_issues_: pandas.DataFrame, one row per held-out example (all N with
         cross-fitting, half B without), columns id (position in the training set),
-        given_label, predicted_label, label_quality, is_label_issue (see
-        `har_tf.label_issues.find_label_issues`); None if not `find_label_issues`.
+        given_label, predicted_label (labels, as in y), label_quality,
+        is_label_issue (see `har_tf.label_issues.find_label_issues`); None if not
+        `find_label_issues`.
       noise_rate_: float64 [C] cleanlab's estimated noise rate per true class, beside
         HAR's `class_error_` (None if not `find_label_issues`).
+      dropped_mask_, n_dropped_: bool [N], True where `drop_label_issues` left the
+        example out of the final fit, and their number (all False / 0 otherwise).
       history_, pretrain_histories_: `History.history` dicts of the final fit and of
         each pretraining; pretrain_seconds_: wall time of each pretraining.
-      classes_: int64 [C] 0 .. C - 1.
 
-    Example:
+    Example (more, with a table and GridSearchCV: docs/CLASSIFIER.md):
     ```python
     def build_backbone():
         inputs = keras.Input((28, 28, 1))
@@ -95,7 +155,7 @@ class HARClassifier:
 
     def __init__(
         self,
-        build_backbone: Callable[[], keras.Model],
+        build_backbone: Callable[[], keras.Model] | None = None,
         *,
         lam: float = 10.0,
         cross_fit: bool = True,
@@ -103,7 +163,8 @@ class HARClassifier:
         epochs: int = 10,
         batch_size: int = 128,
         optimizer="adam",
-        seed: int = 0,
+        random_state=0,
+        verbose=0,
         num_classes: int | None = None,
         tap_layers: Sequence[str] | Callable | None = None,
         aggregation: str = "official",
@@ -116,36 +177,47 @@ class HARClassifier:
         error_floor: float = 0.0,
         stratified: bool = True,
         find_label_issues: bool = True,
+        drop_label_issues: bool = False,
+        hidden_layer_sizes: Sequence[int] = (100,),
+        seed: int | None = None,
     ):
-        for name, value in sorted(locals().items()):
-            if name != "self":
-                setattr(self, name, value)
-
-    # -- scikit-learn protocol -----------------------------------------------------
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict:
-        """The constructor arguments, by name."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> HARClassifier:
-        """Sets constructor arguments (a refit is needed for them to take effect)."""
-        unknown = sorted(set(params) - set(self._param_names()))
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {unknown} for HARClassifier; known: {self._param_names()}"
-            )
-        for name, value in params.items():
-            setattr(self, name, value)
-        return self
+        self.build_backbone = build_backbone
+        self.lam = lam
+        self.cross_fit = cross_fit
+        self.pretrain_epochs = pretrain_epochs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.random_state = random_state
+        self.verbose = verbose
+        self.num_classes = num_classes
+        self.tap_layers = tap_layers
+        self.aggregation = aggregation
+        self.scale = scale
+        self.weight_decay = weight_decay
+        self.reg_every = reg_every
+        self.checkpoint_layers = checkpoint_layers
+        self.uncertainty_exponent = uncertainty_exponent
+        self.density_exponent = density_exponent
+        self.error_floor = error_floor
+        self.stratified = stratified
+        self.find_label_issues = find_label_issues
+        self.drop_label_issues = drop_label_issues
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.seed = seed
 
     # -- building blocks -----------------------------------------------------------
 
-    def _backbone(self) -> keras.Model:
-        backbone = self.build_backbone()
+    def _builder(self, example_shape, num_classes: int):
+        """(build, taps): the backbone builder and its default tap layers."""
+        if self.build_backbone is not None:
+            return self.build_backbone, None
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
+        return defaults.default_backbone(example_shape, num_classes, hidden_layer_sizes=sizes)
+
+    def _backbone(self, build, num_classes: int) -> keras.Model:
+        backbone = build()
         if not isinstance(backbone, keras.Model):
             raise TypeError(
                 f"build_backbone must return a keras.Model, got {type(backbone).__name__}"
@@ -156,12 +228,8 @@ class HARClassifier:
                 f"the backbone must end in one [batch, C] tensor of logits, got outputs {shapes}"
             )
         width = backbone.outputs[0].shape[-1]
-        if self.num_classes is not None and width != self.num_classes:
-            raise ValueError(
-                f"the backbone ends in {width} logits but num_classes is {self.num_classes}"
-            )
-        if width is None or width < 2:
-            raise ValueError(f"the backbone must end in C >= 2 logits, got {width}")
+        if width != num_classes:
+            raise ValueError(f"the backbone ends in {width} logits but y has {num_classes} classes")
         return backbone
 
     def _optimizer(self):
@@ -172,11 +240,12 @@ class HARClassifier:
             return opt()
         return keras.optimizers.get(opt)
 
-    def _new_model(self, *, lam: float, tau=None) -> HARModel:
-        keras.utils.set_random_seed(self.seed)
-        backbone = self._backbone()
+    def _new_model(self, build, default_taps, num_classes, seed, *, lam, tau=None) -> HARModel:
+        keras.utils.set_random_seed(seed)
+        backbone = self._backbone(build, num_classes)
         regularized = lam > 0
-        taps = self.tap_layers(backbone) if callable(self.tap_layers) else self.tap_layers
+        taps = self.tap_layers if self.tap_layers is not None else default_taps
+        taps = taps(backbone) if callable(taps) else taps
         model = HARModel(
             backbone,
             lam=lam,
@@ -196,88 +265,144 @@ class HARClassifier:
         )
         return model
 
+    def _seed(self) -> int:
+        if self.seed is not None:
+            warnings.warn(
+                "HARClassifier(seed=) is deprecated; use random_state=",
+                FutureWarning,
+                stacklevel=3,
+            )
+            return int(self.seed)
+        return inputs.seed_from(self.random_state)
+
     # -- fit -----------------------------------------------------------------------
 
     def fit(
         self,
         x,
         y=None,
+        sample_weight=None,
         *,
         validation_data=None,
         callbacks=None,
         pretrain_callbacks=None,
-        verbose="auto",
+        verbose=None,
     ) -> HARClassifier:
         """Runs Algorithm 1 (see the class docstring) and returns self.
 
         Args:
-          x: inputs [N, ...] (a NumPy array or anything with len and fancy
-            indexing), or a `tf.data.Dataset` of (x, y) pairs, batched or not (it is
-            read once for the labels, then per half; it must give the same
-            examples in the same order each time, so shuffle it after, not before).
-          y: int [N] class ids in [0, C) with arrays; None with a dataset.
-          validation_data, callbacks, verbose: passed to the final model's
-            `keras.Model.fit` (validation data as Keras takes it).
+          x: inputs [N, ...]: an array, array-like or pandas DataFrame, or a
+            `tf.data.Dataset` of (x, y) pairs, batched or not (it is read once for
+            the labels, then per half; it must give the same examples in the same
+            order each time, so shuffle it after, not before).
+          y: [N] labels of any values (strings, integers); None with a dataset.
+          sample_weight: float [N] >= 0 or None (arrays only; see the class docstring).
+          validation_data: (x_val, y_val) with labels as in y, or a dataset; the
+            final model's Keras validation data.
+          callbacks, verbose: the final model's `keras.Model.fit` (verbose None:
+            the `verbose` parameter, for every training).
           pretrain_callbacks: callbacks of each ERM pretraining.
 
         Raises:
-          ValueError: labels outside [0, C), x and y of different lengths, a class
-            with fewer than 2 examples, a backbone that does not end in C logits.
+          ValueError: bad hyperparameters, NaN or infinite features, one class only,
+            a class with fewer than 2 examples, x and y of different lengths, a
+            backbone that does not end in C logits (each message names which).
           ImportError: `find_label_issues` without cleanlab (names the extra).
         """
+        inputs.check_params(self)
         if self.find_label_issues:
             label_issues.require_cleanlab()
-        data = _Data(x, y, batch_size=self.batch_size, seed=self.seed)
-        num_classes = int(self._backbone().outputs[0].shape[-1])
-        labels = data.labels
-        _check_labels(labels, num_classes)
-        held = self._held_out(data, num_classes, callbacks=pretrain_callbacks, verbose=verbose)
+        verbose = self.verbose if verbose is None else verbose
+        seed = self._seed()
+        data = inputs.TrainingData(
+            x, y, sample_weight, batch_size=self.batch_size, seed=seed, estimator=self
+        )
+        classes, ids, weights = data.classes, data.ids, data.weights
+        num_classes = len(classes)
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"y has {num_classes} classes but num_classes is {self.num_classes}")
+        inputs.check_splittable(ids, classes, weights)
+        build, taps = self._builder(data.example_shape, num_classes)
+        new_model = lambda **kw: self._new_model(build, taps, num_classes, seed, **kw)
+        self._backbone(build, num_classes)  # a wrong backbone fails before any training
+        held = self._held_out(data, new_model, seed, callbacks=pretrain_callbacks, verbose=verbose)
         scored = held.scored
+        wrong = np.argmax(held.proba[scored], axis=1) != ids[scored]
+        if weights is not None:
+            wrong &= weights[scored] > 0
+        error_floor = self.error_floor
+        if not wrong.any():
+            # With every error 0, tau_c = 0 / n_c^b has no maximum to normalize by.
+            # Equal errors, however small, give the density term alone, n_c^-b / max:
+            # a floor of 1 puts every class there.
+            warnings.warn(
+                "every held-out prediction is right, so the errors say nothing about "
+                "the classes' noise: tau comes from the class counts alone",
+                UserWarning,
+                stacklevel=2,
+            )
+            error_floor = 1.0
         result = held_out.class_tau(
-            labels,
-            labels[scored],
+            ids,
+            ids[scored],
             np.argmax(held.proba[scored], axis=1),
             num_classes,
             uncertainty_exponent=self.uncertainty_exponent,
             density_exponent=self.density_exponent,
-            error_floor=self.error_floor,
+            error_floor=error_floor,
+            train_weights=weights,
+            held_out_weights=None if weights is None else weights[scored],
         )
         issues = rates = None
+        dropped = np.zeros(len(ids), bool)
         if self.find_label_issues:
-            issues = label_issues.find_label_issues(labels[scored], held.proba[scored], ids=scored)
-            rates = label_issues.noise_rates(labels[scored], held.proba[scored])
-        model = self._new_model(lam=self.lam, tau=result.tau)
+            issues = label_issues.find_label_issues(ids[scored], held.proba[scored], ids=scored)
+            rates = label_issues.noise_rates(ids[scored], held.proba[scored])
+            if self.drop_label_issues:
+                dropped[scored] = issues["is_label_issue"].to_numpy()
+            for column in ("given_label", "predicted_label"):
+                issues[column] = classes[issues[column].to_numpy()]
+        kept = np.flatnonzero(~dropped)
+        if kept.size == 0:
+            raise ValueError("cleanlab flagged every example: nothing is left to train on")
+        model = new_model(lam=self.lam, tau=result.tau)
         history = model.fit(
-            **data.fit_inputs(np.arange(len(labels))),
+            **data.fit_inputs(kept),
             epochs=self.epochs,
-            validation_data=validation_data,
+            validation_data=inputs.validation_data(validation_data, classes),
             callbacks=callbacks,
             verbose=verbose,
         ).history
         # Only now, so that a fit that fails leaves an earlier fit's results intact.
         self.model_, self.history_ = model, history
+        self.classes_, self.input_shape_ = classes, data.example_shape
+        self.n_features_in_ = data.example_shape[0]
+        if data.feature_names is not None:
+            self.feature_names_in_ = data.feature_names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self.pretrain_histories_, self.pretrain_seconds_ = held.histories, held.seconds
         self.halves_, self.held_out_proba_ = held.halves, held.proba
         self.tau_, self.class_error_ = result.tau, result.errors
         self.class_counts_, self.held_out_counts_ = result.counts, result.held_out
-        self.classes_ = np.arange(num_classes)
         self.label_issues_, self.noise_rate_ = issues, rates
+        self.dropped_mask_, self.n_dropped_ = dropped, int(dropped.sum())
         return self
 
-    def _held_out(self, data: _Data, num_classes: int, *, callbacks, verbose) -> _HeldOut:
+    def _held_out(self, data, new_model, seed, *, callbacks, verbose) -> _HeldOut:
         """Steps 1-2 of Algorithm 1: ERM on half A predicts half B (and, with
         cross_fit, the other way round)."""
-        labels = data.labels
+        ids = data.ids
         halves = held_out.split_halves(
-            np.arange(len(labels)), labels, seed=self.seed, stratified=self.stratified
+            np.arange(len(ids)), ids, seed=seed, stratified=self.stratified
         )
         half_a, half_b = halves
         directions = [(half_a, half_b)] + ([(half_b, half_a)] if self.cross_fit else [])
-        proba = np.full((len(labels), num_classes), np.nan)
+        proba = np.full((len(ids), len(data.classes)), np.nan)
         histories, seconds = [], []
-        for train_idx, predict_idx in directions:
+        for name, (train_idx, predict_idx) in zip("AB", directions, strict=False):
             start = time.perf_counter()
-            model = self._new_model(lam=0.0)
+            model = new_model(lam=0.0)
             fitted = model.fit(
                 **data.fit_inputs(train_idx),
                 epochs=self.pretrain_epochs,
@@ -285,6 +410,12 @@ class HARClassifier:
                 verbose=verbose,
             )
             proba[predict_idx] = held_out.softmax(data.predict(model, predict_idx))
+            if not np.all(np.isfinite(proba[predict_idx])):
+                raise FloatingPointError(
+                    f"the ERM model pretrained on half {name} predicts non-finite "
+                    "probabilities: a NaN or inf in the inputs, or a diverged training "
+                    "(lower the learning rate)"
+                )
             seconds.append(time.perf_counter() - start)
             histories.append(fitted.history)
         scored = np.sort(np.concatenate([d[1] for d in directions]))
@@ -292,28 +423,55 @@ class HARClassifier:
 
     # -- inference -----------------------------------------------------------------
 
-    def _fitted_model(self) -> HARModel:
-        model = getattr(self, "model_", None)
-        if model is None:
-            raise NotFittedError("this HARClassifier is not fitted yet: call fit(x, y) first")
-        return model
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
+    def _inputs(self, x):
+        """Checked inputs for the fitted model (scikit-learn's checks for arrays)."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(x, y) first"
+            )
+        if isinstance(x, tf.data.Dataset):
+            return x
+        x = validate_data(self, x, reset=False, allow_nd=True, dtype=np.float32)
+        expected = self.input_shape_
+        fits = len(x.shape[1:]) == len(expected) and all(
+            e is None or e == s for e, s in zip(expected, x.shape[1:], strict=True)
+        )
+        if not fits:
+            raise ValueError(
+                f"X has examples of shape {x.shape[1:]}, but {type(self).__name__} was "
+                f"fitted on examples of shape {tuple(expected)}"
+            )
+        return x
 
     def predict_proba(self, x) -> np.ndarray:
-        """float64 [N, C] class probabilities (softmax of the model's logits)."""
-        model = self._fitted_model()
+        """float64 [N, C] class probabilities (softmax of the model's logits);
+        column c is `classes_[c]`."""
+        x = self._inputs(x)
         batching = {} if isinstance(x, tf.data.Dataset) else {"batch_size": self.batch_size}
-        logits = model.predict(x, verbose=0, **batching)
-        return held_out.softmax(logits)
+        return held_out.softmax(self.model_.predict(x, verbose=0, **batching))
 
     def predict(self, x) -> np.ndarray:
-        """int64 [N] predicted class ids."""
-        return np.argmax(self.predict_proba(x), axis=1).astype(np.int64)
+        """[N] predicted labels (values of `classes_`)."""
+        proba = self.predict_proba(x)
+        return self.classes_[np.argmax(proba, axis=1)]
 
-    def score(self, x, y=None) -> float:
-        """Accuracy of `predict` against y (or a dataset's labels)."""
-        self._fitted_model()
-        data = _Data(x, y, batch_size=self.batch_size, seed=self.seed)
-        return float(np.mean(self.predict(data.inputs(np.arange(len(data.labels)))) == data.labels))
+    def score(self, x, y=None, sample_weight=None) -> float:
+        """Accuracy of `predict` against y, or against a dataset's labels."""
+        if not isinstance(x, tf.data.Dataset):
+            return super().score(x, y, sample_weight=sample_weight)
+        self._inputs(x)
+        ds = x.unbatch() if x.element_spec[1].shape.rank == 1 else x
+        labels = np.concatenate(
+            list(ds.map(lambda _, label: label).batch(4096).as_numpy_iterator())
+        )
+        features = ds.map(lambda features, _: features)
+        # A known length: Keras does not warn of running out of data.
+        features = features.apply(tf.data.experimental.assert_cardinality(len(labels)))
+        pred = self.predict(features.batch(self.batch_size))
+        return float(np.average(pred == labels, weights=sample_weight))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,85 +483,3 @@ class _HeldOut:
     scored: np.ndarray  # sorted positions that hold a prediction
     histories: list[dict]  # each pretraining's Keras history
     seconds: list[float]  # each pretraining's wall time
-
-
-def _check_labels(labels: np.ndarray, num_classes: int) -> None:
-    """Every label in [0, C), every class present, each splittable into halves."""
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"y[{i}] = {labels[i]} is outside [0, {num_classes}) (the backbone has "
-            f"{num_classes} logits)"
-        )
-    counts = np.bincount(labels, minlength=num_classes)
-    if np.any(counts == 0):
-        raise ValueError(
-            f"class {int(np.argmax(counts == 0))} has no example in y: HAR estimates "
-            f"a tau for each of the backbone's {num_classes} classes"
-        )
-    held_out.check_splittable(labels, num_classes)
-
-
-def _labels(y) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D class ids [N], got shape {y.shape} (one-hot?)")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must hold integer class ids, got dtype {y.dtype}")
-    return y.astype(np.int64)
-
-
-class _Data:
-    """The training set as arrays or as an unbatched tf.data.Dataset, per subset."""
-
-    def __init__(self, x, y, *, batch_size: int, seed: int):
-        self.batch_size, self.seed = batch_size, seed
-        if isinstance(x, tf.data.Dataset):
-            if y is not None:
-                raise ValueError("pass y inside the dataset, as (x, y) pairs, not beside it")
-            spec = x.element_spec
-            if not isinstance(spec, tuple) or len(spec) != 2:
-                raise ValueError(f"the dataset must yield (x, y) pairs, got {spec}")
-            self.dataset = x.unbatch() if spec[1].shape.rank == 1 else x
-            ys = self.dataset.map(lambda _, label: label).batch(4096).as_numpy_iterator()
-            self.labels = _labels(np.concatenate(list(ys)))
-            self.x = None
-        else:
-            if y is None:
-                raise ValueError("y is required when x is an array (or pass a tf.data.Dataset)")
-            self.labels = _labels(y)
-            x = np.asarray(x) if isinstance(x, list) else x
-            if len(x) != len(self.labels):
-                raise ValueError(f"x and y have different lengths: {len(x)} and {len(self.labels)}")
-            self.x, self.dataset = x, None
-
-    def _subset(self, idx) -> tf.data.Dataset:
-        mask = np.zeros(len(self.labels), bool)
-        mask[idx] = True
-        keep = tf.constant(mask)
-        return (
-            self.dataset.enumerate()
-            .filter(lambda i, _: tf.gather(keep, i))
-            .map(lambda _, example: example)
-            # Known length: Keras shows progress and does not warn of running out.
-            .apply(tf.data.experimental.assert_cardinality(len(idx)))
-        )
-
-    def fit_inputs(self, idx) -> dict:
-        """keyword arguments of `keras.Model.fit` for the examples at `idx`, shuffled."""
-        if self.dataset is None:
-            return dict(x=self.x[idx], y=self.labels[idx], batch_size=self.batch_size, shuffle=True)
-        ds = self._subset(idx).shuffle(min(len(idx), 10_000), seed=self.seed)
-        return dict(x=ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE), shuffle=False)
-
-    def inputs(self, idx):
-        """The inputs at `idx` (in order) for `predict`."""
-        if self.dataset is None:
-            return self.x[idx]
-        return self._subset(idx).map(lambda x, _: x).batch(self.batch_size)
-
-    def predict(self, model, idx) -> np.ndarray:
-        """The model's logits for the examples at `idx`, in order."""
-        batching = {} if self.dataset is not None else {"batch_size": self.batch_size}
-        return model.predict(self.inputs(idx), verbose=0, **batching)

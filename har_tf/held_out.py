@@ -97,6 +97,8 @@ def class_tau(
     uncertainty_exponent: float = 0.6,
     density_exponent: float = 0.4,
     error_floor: float = 0.0,
+    train_weights=None,
+    held_out_weights=None,
 ) -> ClassTau:
     """tau from held-out predictions: the estimate_tau step of Algorithm 1.
 
@@ -112,9 +114,13 @@ def class_tau(
         not train on them.
       num_classes: C.
       uncertainty_exponent, density_exponent, error_floor: as `har_tf.tau.estimate_tau`.
+      train_weights, held_out_weights: optional float [N] and [M] example weights
+        (a classifier's `sample_weight`). Each class's count becomes the sum of its
+        examples' weights and its error the weighted share of wrong predictions,
+        so that an integer weight counts as that many copies of the example.
 
     Returns:
-      ClassTau.
+      ClassTau (`counts` and `held_out` float64 with weights).
 
     Raises:
       ValueError: as `per_class_error` and `estimate_tau` (a class without a
@@ -123,11 +129,45 @@ def class_tau(
     train_labels = checks.check_labels(train_labels, num_classes, name="train_labels")
     errors, support = tau_lib.per_class_error(held_out_labels, held_out_predictions, num_classes)
     counts = np.bincount(train_labels, minlength=num_classes)
+    density = counts
+    if train_weights is not None or held_out_weights is not None:
+        errors, support, counts = _weighted(
+            train_labels, train_weights, held_out_labels, held_out_predictions,
+            held_out_weights, num_classes,
+        )  # fmt: skip
+        # tau is normalized, so scaling the counts leaves it unchanged; estimate_tau
+        # wants counts >= 1, which weights below 1 would not give.
+        density = counts / counts.min()
     tau = tau_lib.estimate_tau(
         errors,
-        counts,
+        density,
         uncertainty_exponent=uncertainty_exponent,
         density_exponent=density_exponent,
         error_floor=error_floor,
     )
     return ClassTau(errors=errors, held_out=support, counts=counts, tau=tau)
+
+
+def _weighted(train_labels, train_weights, labels, predictions, weights, num_classes):
+    """(errors, support, counts) of `class_tau` with example weights; refuses a class
+    whose weights sum to 0 (it would have no count or no held-out error)."""
+    labels = np.asarray(labels, np.int64)
+    if train_weights is None or weights is None:
+        raise ValueError("pass both train_weights and held_out_weights, or neither")
+    train_weights = np.asarray(train_weights, np.float64)
+    weights = np.asarray(weights, np.float64)
+    if train_weights.shape != train_labels.shape or weights.shape != labels.shape:
+        raise ValueError("train_weights and held_out_weights need one weight per label")
+    counts = np.bincount(train_labels, weights=train_weights, minlength=num_classes)
+    support = np.bincount(labels, weights=weights, minlength=num_classes)
+    wrong = np.bincount(
+        labels, weights=weights * (labels != np.asarray(predictions)), minlength=num_classes
+    )
+    empty = np.flatnonzero((support <= 0) | (counts <= 0))
+    if empty.size:
+        c = int(empty[0])
+        raise ValueError(
+            f"class {c} has a total sample_weight of 0 among its held-out examples: "
+            "HAR cannot measure its error to set its tau"
+        )
+    return wrong / support, support, counts

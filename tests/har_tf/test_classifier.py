@@ -71,7 +71,7 @@ def classifier(logs=None, build_backbone=None, **kwargs):
         epochs=3,
         batch_size=32,
         optimizer=lambda: keras.optimizers.Adam(0.01),
-        seed=3,
+        random_state=3,
     )
     options.update(kwargs)
     return HARClassifier(build_backbone or make_backbone(logs), **options)
@@ -166,6 +166,29 @@ def test_sklearn_style_predict_proba_and_score(fitted):
     np.testing.assert_array_equal(clf.classes_, np.arange(C))
 
 
+@pytest.mark.slow
+def test_drop_label_issues_trains_the_final_model_on_the_unflagged_examples():
+    import cleanlab.filter
+
+    x, y, clean = toy_data()
+    logs = []
+    clf = classifier(logs, drop_label_issues=True).fit(x, y, verbose=0)
+    # The reference: cleanlab called directly on the same held-out probabilities.
+    flagged = cleanlab.filter.find_label_issues(y, clf.held_out_proba_)
+    np.testing.assert_array_equal(clf.dropped_mask_, flagged)
+    np.testing.assert_array_equal(clf.label_issues_["is_label_issue"], flagged)
+    assert clf.n_dropped_ == flagged.sum() > 0
+    trained = [np.unique(np.concatenate(log)) for log in logs if log]
+    assert len(trained) == 3
+    np.testing.assert_array_equal(trained[2], np.flatnonzero(~flagged))  # the final fit
+    # tau from every held-out example, flagged ones included.
+    pred = np.argmax(clf.held_out_proba_, axis=1)
+    errors = np.array([np.mean(pred[y == c] != c) for c in range(C)])
+    raw = errors**0.6 / np.bincount(y) ** 0.4
+    np.testing.assert_allclose(clf.tau_, raw / raw.max())
+    assert (y != clean)[flagged].mean() > 0.5  # most dropped labels were flipped
+
+
 class _Fail(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         raise RuntimeError("interrupted")
@@ -191,7 +214,7 @@ def test_get_params_set_params_round_trip():
     assert other.get_params() == params
     assert other.set_params(lam=2.0, epochs=7) is other
     assert other.get_params() == {**params, "lam": 2.0, "epochs": 7}
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter 'lamda'"):
         other.set_params(lamda=1.0)
 
 
@@ -200,11 +223,14 @@ def test_one_split_and_dataset_input():
     x, y, _ = toy_data()
     logs = []
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-    clf = classifier(logs, cross_fit=False, epochs=1).fit(ds, verbose=0)
+    clf = classifier(logs, cross_fit=False, epochs=1, drop_label_issues=True).fit(ds, verbose=0)
     half_a, half_b = clf.halves_
     trained = [np.unique(np.concatenate(log)) for log in logs if log]
     assert len(trained) == 2  # one pretraining (half A) and the final model
     np.testing.assert_array_equal(trained[0], half_a)
+    # Only half B is scored, so only half B can be dropped.
+    assert not clf.dropped_mask_[half_a].any() and clf.n_dropped_ > 0
+    np.testing.assert_array_equal(trained[1], np.flatnonzero(~clf.dropped_mask_))
     assert np.all(np.isnan(clf.held_out_proba_[half_a]))
     assert not np.any(np.isnan(clf.held_out_proba_[half_b]))
     np.testing.assert_array_equal(clf.label_issues_["id"], half_b)
@@ -225,16 +251,16 @@ def _bad(match, x=None, y=None, exc=ValueError, **kwargs):
         clf.fit(x0 if x is None else x, y0 if y is None else y, verbose=0)
 
 
-def test_label_outside_range():
+def test_a_fourth_label_for_a_backbone_of_three_logits():
     y = toy_data()[1].copy()
-    y[5] = C
-    _bad(rf"y\[5\] = {C} is outside \[0, {C}\)", y=y)
-    y[5] = -1
-    _bad(r"y\[5\] = -1 is outside", y=y)
+    y[5] = -1  # any value is a label: a fourth class, with one example
+    _bad("class -1 has 1 example; every class needs at least 2", y=y)
+    y[6] = -1
+    _bad(f"the backbone ends in {C} logits but y has {C + 1} classes", y=y)
 
 
 def test_x_and_y_of_different_lengths():
-    _bad("x and y have different lengths: 360 and 359", y=toy_data()[1][:-1])
+    _bad(r"inconsistent numbers of samples: \[360, 359\]", y=toy_data()[1][:-1])
 
 
 def test_class_with_fewer_than_two_examples():
@@ -244,15 +270,18 @@ def test_class_with_fewer_than_two_examples():
     _bad("class 2 has 1 example; every class needs at least 2", y=y)
 
 
-def test_class_without_examples():
+def test_classes_come_from_y_not_from_the_backbone():
     y = toy_data()[1].copy()
     y[y == 2] = 1
-    _bad("class 2 has no example in y", y=y)
+    _bad(f"the backbone ends in {C} logits but y has 2 classes", y=y)
 
 
 def test_backbone_that_does_not_end_in_c_logits():
-    _bad("the backbone ends in 3 logits but num_classes is 4", num_classes=4)
-    _bad(r"outside \[0, 2\)", build_backbone=make_backbone(num_classes=2))
+    _bad("y has 3 classes but num_classes is 4", num_classes=4)
+    _bad(
+        "the backbone ends in 2 logits but y has 3 classes",
+        build_backbone=make_backbone(num_classes=2),
+    )
 
     def sequence_output():
         inputs = keras.Input((FEATURES + 1,))
@@ -265,8 +294,8 @@ def test_backbone_that_does_not_end_in_c_logits():
 def test_labels_not_class_ids():
     y = toy_data()[1]
     _bad("one-hot", y=np.eye(C)[y])
-    _bad("integer class ids", y=y.astype(np.float32))
-    with pytest.raises(ValueError, match="y is required"):
+    _bad("Unknown label type: continuous", y=y + 0.5)
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
         classifier().fit(toy_data()[0])
     ds = tf.data.Dataset.from_tensor_slices((toy_data()[0], y))
     with pytest.raises(ValueError, match="pass y inside the dataset"):

@@ -147,7 +147,7 @@ def test_classifier_matches_the_pipeline_stages(cross_fitted):
         batch_size=section.batch_size,
         optimizer=lambda: keras.optimizers.SGD(section.learning_rate, momentum=section.momentum),
         weight_decay=section.weight_decay,
-        seed=config.seed,
+        random_state=config.seed,
         find_label_issues=False,
     ).fit(x, y, verbose=0)
     split = np.load(os.path.join(stage.stage_dir(workdir, "pretrain"), "split.npz"))
