@@ -15,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from configs.studies import smoke
@@ -856,3 +857,41 @@ def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, i
     with open(os.path.join(workdir, "study", "study.json")) as f:
         s = json.load(f)
     assert s["complete"] and s["runs_done"] == 6 and not s["runs_failed"]
+
+
+@pytest.mark.slow
+def test_smoke_study2_runs_every_new_method(tmp_path, idx_dir):
+    """configs/studies/smoke.py:study2 end to end: cleanlab's filter (with and without
+    HAR) drops exactly what label_issues.csv flags, the oracle filter exactly the
+    wrong labels, the clean-label ceiling trains; HAR's pick at its grid's edge grew
+    the grid; the study's analyses are written."""
+    workdir = str(tmp_path / "w")
+    argv = [a + ":study2" if a.startswith("--config=") else a for a in _argv(workdir, idx_dir)]
+    result = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
+                            timeout=1800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        s = json.load(f)
+    assert s["complete"] and not s["runs_failed"]
+    har = s["selection"]["har"]
+    # A two-value grid's pick is always at an edge: one value was added beyond it.
+    assert len(har["added"]) == 1 and har["added"][0] in (0.1, 100.0), har
+    assert har["grid"] == sorted([1.0, 10.0, *har["added"]]) and har["selected"] in har["grid"]
+    cell = os.path.join(workdir, "cells", "main", "seed0")
+    flags = pd.read_csv(os.path.join(cell, "estimate_tau", "label_issues.csv"))
+    fit = data.read_fit_labels(os.path.join(cell, "runs", "erm"))
+    wrong = fit["label"] != fit["clean_label"]
+    flagged = set(flags.loc[flags["is_label_issue"], "id"])
+    runs = s["runs"]
+    lam = study_config.lam_label(har["selected"])
+    for key in ("main/seed0/cl_filter", f"main/seed0/cl_filter_har_lam{lam}"):
+        chosen = runs[key]["training_set"]
+        assert chosen["dropped"] == len(flagged & set(fit["id"])), key
+        assert chosen["dropped_wrongly_labelled"] == len(flagged & set(fit["id"][wrong]))
+    oracle = runs["main/seed0/erm_oracle_filter"]["training_set"]
+    assert oracle["dropped"] == oracle["wrongly_labelled"] == int(wrong.sum())
+    assert runs["main/seed0/erm_clean"]["training_set"]["labels"] == "clean"
+    analysis = s["analysis"]
+    assert set(analysis["headroom"]["main"]) == {"erm_clean", "erm_oracle_filter"}
+    assert "cl_filter_har - cl_filter" in analysis["comparisons"]["main"]
+    assert analysis["tau_vs_noise"]["main/seed0"]["true_noise"] is not None
