@@ -810,18 +810,30 @@ def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_di
 
 
 @pytest.mark.slow
-def test_max_jobs_stops_with_exit_75_and_a_partial_aggregate(tmp_path, idx_dir):
+def test_max_jobs_stops_with_exit_75_and_a_rerun_gives_the_same_study(
+    tmp_path, idx_dir, smoke_study
+):
+    """Stopped after 4 runs (the 4th trains seed 1's pretrain in the process that ran
+    seed 0's jobs: the boundary where issue 29 found a different study.json), then
+    rerun: the study equals the uninterrupted one."""
     workdir = str(tmp_path / "w")
-    result = _study(workdir, idx_dir, "--max_jobs=1")
+    result = _study(workdir, idx_dir, "--max_jobs=4")
     assert result.returncode == 75, result.stderr[-3000:]
     assert (
-        result.stdout.count("finished in") == 1 and "1 runs (--max_jobs); 5 left" in result.stdout
+        result.stdout.count("finished in") == 4 and "4 runs (--max_jobs); 2 left" in result.stdout
     )
     with open(os.path.join(workdir, "study", "study.json")) as f:
         s = json.load(f)
-    assert not s["complete"] and s["runs_done"] == 1
+    assert not s["complete"] and s["runs_done"] == 4
     assert s["selection"]["har"]["pending"]
     assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()
+    rest = _study(workdir, idx_dir)
+    assert rest.returncode == 0 and rest.stdout.count("finished in") == 2, rest.stderr[-3000:]
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        got = json.load(f)
+    with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
+        want = json.load(f)
+    assert got == want
 
 
 @pytest.mark.slow
