@@ -78,6 +78,8 @@ def test_model_card_without_evaluate(workdirs):
         "lam": 10.0,
         "drw": False,
         "reg_every": 1,
+        "drop": "none",
+        "labels": "noisy",
     }
     assert card["signature"]["inputs"]["image"] == {
         "dtype": "uint8",

@@ -128,5 +128,5 @@ def test_verbose_shows_the_traceback(tmp_path):
     result = harness.run_module("pipeline.run", *args, "--verbose")
     assert result.returncode != 0
     assert "Traceback" in result.stderr
-    assert "config.train.epochs must be >= 1, got 0" in result.stderr
+    assert "config.train.epochs must be in [1, 10000], got 0" in result.stderr
     assert not workdir.exists()
