@@ -393,6 +393,7 @@ def build(study) -> dict:
     jobs, _ = planned(study, selection)
     states = [study.status(j) for j in jobs]
     failed = sorted(k for k, r in runs.items() if "failed" in r)
+    settings = aggregate(study, runs, selection)
     return {
         "study": study.config.name,
         "complete": all(s in ("done", "failed") for s in states),
@@ -404,27 +405,26 @@ def build(study) -> dict:
         "config": study.config.to_dict(),
         "code": code_version(study.root),
         "selection": selection,
-        "settings": aggregate(study, runs, selection),
+        "settings": settings,
         "regime_map": regime_map(study, runs, selection),
         "tau_by_cell": tau_by_cell(study, [j for j in jobs if j.lam is not None]),
         "runs": runs,
-        **analysis(study, runs),
+        **analysis(study, runs, settings, jobs),
     }
 
 
-def analysis(study, runs: dict) -> dict:
-    """Study 2's analyses (pipeline.study_analysis), for a study that registers
-    comparisons or ceilings; {} for the others (their study.json is unchanged)."""
+def analysis(study, runs: dict, settings: dict, jobs) -> dict:
+    """Study 2's analyses (pipeline.study_analysis) of build's runs, per-setting
+    aggregate and planned jobs, for a study that registers comparisons or ceilings;
+    {} for the others (their study.json is unchanged)."""
     c = study.config
     pairs = study_config.comparison_pairs(c)
     ceilings = list(study_config.optional(c, "ceilings"))
     if not pairs and not ceilings:
         return {}
-    aggregate_ = aggregate(study, runs, selections(study))
-    per_method = study_analysis.method_runs(runs, aggregate_)
+    per_method = study_analysis.method_runs(runs, settings)
     groups = list(_groups(study))
     cells = {}
-    jobs, _ = planned(study)
     for job in jobs:
         record = _done(study, job) if job.lam is not None else None
         if record is not None and record.get("tau") is not None:

@@ -757,6 +757,11 @@ def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
     assert not os.path.exists(tmp_path / "w")
 
 
+def _study_json(workdir: str) -> dict:
+    with open(os.path.join(workdir, "study", "study.json")) as f:
+        return json.load(f)
+
+
 def _without_last_run(smoke_study, workdir: str) -> str:
     """Copies the finished smoke study to workdir without its last run (seed 1, HAR
     lam 10): that run's train stage and record removed, everything else kept.
@@ -802,20 +807,16 @@ def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_di
     events = glob.glob(os.path.join(run, "train", "*", "tensorboard", "train", "events.*"))
     assert len(events) == 2, events
     assert {p: os.stat(p).st_mtime_ns for p in kept} == before
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        got = json.load(f)
-    with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
-        want = json.load(f)
-    assert got == want
+    assert _study_json(workdir) == _study_json(smoke_study[0])
 
 
 @pytest.mark.slow
 def test_max_jobs_stops_with_exit_75_and_a_rerun_gives_the_same_study(
     tmp_path, idx_dir, smoke_study
 ):
-    """Stopped after 4 runs (the 4th trains seed 1's pretrain in the process that ran
-    seed 0's jobs: the boundary where issue 29 found a different study.json), then
-    rerun: the study equals the uninterrupted one."""
+    """Stopped after 4 runs (seed 0's three and seed 1's ERM), then rerun: seed 1's
+    pretrain now runs in a fresh process, not after seed 0's jobs (the boundary where
+    issue 29 found a different study.json); the study equals the uninterrupted one."""
     workdir = str(tmp_path / "w")
     result = _study(workdir, idx_dir, "--max_jobs=4")
     assert result.returncode == 75, result.stderr[-3000:]
@@ -829,11 +830,7 @@ def test_max_jobs_stops_with_exit_75_and_a_rerun_gives_the_same_study(
     assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()
     rest = _study(workdir, idx_dir)
     assert rest.returncode == 0 and rest.stdout.count("finished in") == 2, rest.stderr[-3000:]
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        got = json.load(f)
-    with open(os.path.join(smoke_study[0], "study", "study.json")) as f:
-        want = json.load(f)
-    assert got == want
+    assert _study_json(workdir) == _study_json(smoke_study[0])
 
 
 @pytest.mark.slow
