@@ -64,3 +64,24 @@ def pytest_collection_modifyitems(config, items):
         first.setdefault(module(item), i)
         slow[module(item)] = slow.get(module(item), 0) + bool(item.get_closest_marker("slow"))
     items.sort(key=lambda item: (-slow[module(item)], first[module(item)]))
+
+
+# Seconds each test module took (setup + call + teardown of its tests), summed in the
+# process that prints the summary: with xdist that is the controller, which receives
+# every worker's reports. `make test` prints them (slowest first) at the end, so a CI
+# log shows where its time went (docs/DEVELOPMENT.md, "Test times").
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::", 1)[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _module_seconds or hasattr(config, "workerinput"):
+        return
+    total = sum(_module_seconds.values())
+    terminalreporter.section(f"seconds per test module (sum {total:.0f} s)")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {module}")
