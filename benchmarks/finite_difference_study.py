@@ -54,22 +54,22 @@ def shifted_logits(model: HARModel, x, shifts):
             return call
         return lambda *args, **kwargs: call(*args, **kwargs) + shifts[op.name]
 
-    return model._tap_model._run_through_graph(x, operation_fn=operation)[0]
+    return model.objective.tap_model._run_through_graph(x, operation_fn=operation)[0]
 
 
 def finite_difference_gradients(model: HARModel, x, y, epsilon: float):
     """The HAR step's weight gradients with the regularizer's by a forward difference."""
-    sample_weight = model._loss_weights(y, None)
+    sample_weight = model.objective.loss_weights(y, None)
     state = model.non_trainable_variables
     before = [tf.identity(v) for v in state]
     weights = model.trainable_weights
 
     def loss_of(logits):
-        ce = model._compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight)
-        return model._with_weight_decay(ce)
+        ce = model.objective.ce(x, y, logits, sample_weight, training=True)
+        return model.objective.with_weight_decay(ce)
 
     with tf.GradientTape() as tape:
-        outputs = model._tap_model(x, training=True)
+        outputs = model.objective.tap_model(x, training=True)
         taps = list(outputs[1:])
         tape.watch(taps)
         loss = loss_of(outputs[0])
@@ -77,7 +77,7 @@ def finite_difference_gradients(model: HARModel, x, y, epsilon: float):
     weight_grads, tap_grads = grads[: len(weights)], grads[len(weights) :]
     with tf.GradientTape() as penalty_tape:
         penalty_tape.watch(tap_grads)
-        _, _, reg_loss = model._penalty(tap_grads, y, None, model.lam, None)
+        _, _, reg_loss = model.objective.penalty(tap_grads, y, None, model.lam, None)
     direction = penalty_tape.gradient(reg_loss, tap_grads)
     v_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in direction]))
     h_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(h)) for h in taps]))
@@ -119,8 +119,8 @@ def study(dtype: str, epsilons, args) -> list[dict]:
     def flat(grads):
         return np.concatenate([np.ravel(g) for g in grads]).astype(np.float64)
 
-    exact = flat(fresh()._gradients(x, y, None, None, 10.0)[4])
-    erm = flat(fresh()._gradients(x, y, None, None, 0.0)[4])
+    exact = flat(fresh().step_gradients(x, y, lam=10.0)[4])
+    erm = flat(fresh().step_gradients(x, y, lam=0.0)[4])
     rows = []
     for eps in epsilons:
         fd = flat(finite_difference_gradients(fresh(), x, y, eps))

@@ -4,8 +4,8 @@
 tensor of the forward pass and of the inner backward pass until the outer pass
 reaches it, a step keeps only the tensors at the cuts and recomputes each segment
 when the outer pass needs it. `Segments` builds and checks the segments;
-`checkpointed_gradients` is the step, built from the same objective
-(`har_tf.objective`) as `HARModel`'s ordinary step.
+`checkpointed_gradients` is the step, built from the same objective pieces
+(`HARModel.objective`) as `HARModel`'s ordinary step.
 """
 
 from __future__ import annotations
@@ -122,8 +122,12 @@ class Segments:
 
 
 def checkpointed_gradients(model, x, y, sample_weight, tau, lam) -> StepGradients:
-    """`HARModel._gradients` of the HAR objective, recomputing segments instead of
-    keeping them (`model` is a HARModel with `checkpoint_layers`; `lam` > 0).
+    """`HARModel.step_gradients` of the HAR objective, recomputing segments instead
+    of keeping them (`model` is a HARModel with `checkpoint_layers`; `lam` > 0).
+
+    It reads the model through its public interface: `model.segments`,
+    `model.objective` (the pieces of the objective, shared with the ordinary step),
+    `model.trainable_weights` and `model.weight_decay`.
 
     With h_k the input of segment k (h_0 = x), g_k = dL/dh_k, and b_k, a_k the
     adjoints of g_k and h_k in the outer (second) differentiation:
@@ -155,13 +159,14 @@ class _CheckpointedStep:
 
     def __init__(self, model, x, y, sample_weight, tau, lam):
         self.model = model
-        self.segments = segments = model._segments
+        self.objective = model.objective
+        self.segments = segments = model.segments
         self.weights = model.trainable_weights
         self.slot = {id(v): i for i, v in enumerate(self.weights)}
         self.gradients = [None] * len(self.weights)
         self.x, self.y = x, y
-        self.sample_weight = model._loss_weights(y, sample_weight)
-        self.loss_scale = model._loss_scale()
+        self.sample_weight = self.objective.loss_weights(y, sample_weight)
+        self.loss_scale = self.objective.loss_scale()
         self.before = [[tf.identity(v.value) for v in vs] for vs in segments.state]
         self.last = len(segments.models) - 1
         self._forward(tau, lam)
@@ -173,14 +178,12 @@ class _CheckpointedStep:
                 self.gradients[i] = g if self.gradients[i] is None else self.gradients[i] + g
 
     def ce_and_scaled(self, y_pred):
-        ce = self.model._compute_loss(
-            x=self.x, y=self.y, y_pred=y_pred, sample_weight=self.sample_weight, training=True
-        )
+        ce = self.objective.ce(self.x, self.y, y_pred, self.sample_weight, training=True)
         return ce, times(ce, self.loss_scale)
 
     def _forward(self, tau, lam):
         """1. Forward and inner backward, kept only at the cuts."""
-        model, num_cuts = self.model, self.last
+        objective, num_cuts = self.objective, self.last
         with tf.GradientTape() as tape:
             outputs = self.segments.full(self.x, training=True)
             y_pred, cuts, taps = outputs[0], outputs[1 : num_cuts + 1], outputs[num_cuts + 1 :]
@@ -190,14 +193,14 @@ class _CheckpointedStep:
             scaled_ce, [*cuts, *taps], unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         self.cut_grads, tap_grads = inner[:num_cuts], inner[num_cuts:]
-        self.global_batch = model._global_batch(self.y)
-        squared = model._squared_norms(tap_grads, self.loss_scale, self.global_batch)
+        self.global_batch = objective.global_batch(self.y)
+        squared = objective.squared_norms(tap_grads, self.loss_scale, self.global_batch)
         with tf.GradientTape() as tape:
             tape.watch(squared)
-            _, reg, reg_loss = model._penalty_from_squared(
+            _, reg, reg_loss = objective.penalty_from_squared(
                 squared, self.y, tau, lam, self.global_batch
             )
-            scaled_reg = model._scale_loss(reg_loss)
+            scaled_reg = objective.scale_loss(reg_loss)
         self.tap_weights = tape.gradient(scaled_reg, squared)
         self.y_pred, self.ce, self.reg, self.reg_loss = y_pred, ce, reg, reg_loss
         self.inputs = [self.x, *cuts]
@@ -242,7 +245,6 @@ class _CheckpointedStep:
 
     def _outer_objective(self, k, h, seed, b):
         """What the outer tape differentiates for segment k (recorded on it)."""
-        model = self.model
         with tf.GradientTape() as inner_tape:
             inner_tape.watch(h)
             out, seg_taps = self.segments.run(k, h)
@@ -259,7 +261,7 @@ class _CheckpointedStep:
         )
         terms = []
         if seg_taps:
-            seg_sq = model._squared_norms(
+            seg_sq = self.objective.squared_norms(
                 grads[-len(seg_taps) :], self.loss_scale, self.global_batch
             )
             terms += [
@@ -289,10 +291,10 @@ class _CheckpointedStep:
     def finish(self) -> StepGradients:
         """The step's loss; this tape sees only the weight decay's share (ce and reg
         were computed before it), which is what the passes above left out."""
-        model = self.model
+        objective = self.objective
         with tf.GradientTape() as tape:
-            loss = model._with_weight_decay(tf.cast(self.ce, self.reg.dtype) + self.reg_loss)
-            scaled = model._scale_loss(loss)
-        if model.weight_decay:
+            loss = objective.with_weight_decay(tf.cast(self.ce, self.reg.dtype) + self.reg_loss)
+            scaled = objective.scale_loss(loss)
+        if self.model.weight_decay:
             self.accumulate(tape.gradient(scaled, self.weights))
         return StepGradients(self.y_pred, loss, self.ce, self.reg, self.gradients)

@@ -1,7 +1,11 @@
 """HARModel: a Keras model whose train step adds HAR's adaptive Jacobian regularizer.
 
-This module holds the model's validation, step dispatch and serialization; the
-objective is in `har_tf.objective`, the checkpointed step in `har_tf.checkpointing`.
+This module holds the model's step dispatch and serialization. Its objective is in
+`har_tf.model_objective` (bound to the model; the formulas in `har_tf.objective`),
+the checkpointed step in `har_tf.checkpointing`, the checks of its options, tables
+and batches in `har_tf.model_inputs`, its logged metrics in `har_tf.step_metrics`.
+A step of one's own (the checkpointed one, a test, a check) reads the model through
+`HARModel.objective`, `HARModel.segments` and `HARModel.step_gradients`.
 """
 
 from __future__ import annotations
@@ -13,28 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from har_tf import objective, regularizer
+from har_tf import model_inputs
 from har_tf.checkpointing import Segments, checkpointed_gradients
-from har_tf.objective import SCALES, Objective, StepGradients
+from har_tf.model_objective import ModelObjective
+from har_tf.objective import SCALES, Objective, StepGradients, replicas
+from har_tf.step_metrics import track_step
 from har_tf.taps import check_twice_differentiable, default_tap_layers, tap_model
 
 __all__ = ["SCALES", "HARModel", "default_tap_layers"]
-
-
-def _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every) -> None:
-    """ValueError for an option HARModel cannot use, naming it."""
-    if aggregation not in regularizer.AGGREGATIONS:
-        raise ValueError(
-            f"aggregation must be one of {regularizer.AGGREGATIONS}, got {aggregation!r}"
-        )
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if lam < 0 or weight_decay < 0:
-        raise ValueError(f"lam and weight_decay must be >= 0, got {lam} and {weight_decay}")
-    if not epsilon >= 0:  # also NaN: it sits under the norms' square roots
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if int(reg_every) != reg_every or reg_every < 1:
-        raise ValueError(f"reg_every must be an integer >= 1, got {reg_every}")
 
 
 @keras.saving.register_keras_serializable(package="har_tf")
@@ -134,7 +124,7 @@ class HARModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every)
+        model_inputs.check_options(lam, aggregation, scale, weight_decay, epsilon, reg_every)
         self.backbone = backbone
         self.lam = float(lam)
         self.aggregation = aggregation
@@ -152,21 +142,20 @@ class HARModel(keras.Model):
             )
         if self.lam > 0:
             check_twice_differentiable(backbone)
-        # A second view of the same layers that also returns the tapped tensors.
-        # Set past Keras's attribute tracking: it shares every variable of
-        # `backbone` and must not be saved or counted twice.
-        object.__setattr__(self, "_tap_model", tap_model(backbone, self.tap_layers))
+        # Views of the same layers (the taps' view, in the objective, and the segments
+        # of a checkpointed step), set past Keras's attribute tracking: they share every
+        # variable of `backbone` and must not be saved or counted twice. Keras's own
+        # step calls `_compute_loss`, which also serves overrides without `training`.
+        taps = tap_model(backbone, self.tap_layers)
+        object.__setattr__(self, "_objective", ModelObjective(self, taps, self._compute_loss))
         self.checkpoint_layers = None if checkpoint_layers is None else list(checkpoint_layers)
-        # Likewise views of the same layers (the segments of a checkpointed step).
-        object.__setattr__(
-            self,
-            "_segments",
-            None
-            if checkpoint_layers is None
-            else Segments(backbone, self.checkpoint_layers, self.tap_layers),
-        )
+        cuts = self.checkpoint_layers
+        segments = None if cuts is None else Segments(backbone, cuts, self.tap_layers)
+        object.__setattr__(self, "_segments", segments)
 
-        tau = self._tau_table(np.ones(self.num_classes) if tau is None else tau)
+        tau = model_inputs.tau_table(
+            np.ones(self.num_classes) if tau is None else tau, self.num_classes
+        )
         self.tau = self.add_weight(
             name="tau",
             shape=(self.num_classes,),
@@ -186,22 +175,24 @@ class HARModel(keras.Model):
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.reg_tracker = keras.metrics.Mean(name="reg")
 
+    @property
+    def objective(self) -> ModelObjective:
+        """This model's objective piece by piece (a `har_tf.model_objective.ModelObjective`:
+        loss weights, loss scale, weight decay, the taps' norms, the penalty, and
+        `tap_model`, the view of the backbone that also returns the tapped activations),
+        so that a step of one's own (the checkpointed step, a finite-difference check)
+        computes the objective of `regularized_loss` from the same pieces."""
+        return self._objective
+
+    @property
+    def segments(self) -> Segments | None:
+        """The backbone cut at `checkpoint_layers` (`har_tf.checkpointing.Segments`),
+        which the checkpointed step recomputes; None without checkpoint_layers."""
+        return self._segments
+
     def set_tau(self, tau: Sequence[float]) -> None:
         """Replaces the per-class tau table (no retracing needed)."""
-        self.tau.assign(self._tau_table(tau))
-
-    def _tau_table(self, tau):
-        """`tau` as a float32 [C] array, refusing a wrong shape, NaN, inf or tau < 0."""
-        tau = np.asarray(tau, dtype=np.float32)
-        if tau.shape != (self.num_classes,):
-            raise ValueError(f"tau must have {self.num_classes} entries, got shape {tau.shape}")
-        bad = np.flatnonzero(~np.isfinite(tau) | (tau < 0))
-        if bad.size:
-            raise ValueError(
-                f"tau must be finite and >= 0 (a negative tau rewards large gradients); "
-                f"class {int(bad[0])} has {tau[bad[0]]}"
-            )
-        return tau
+        self.tau.assign(model_inputs.tau_table(tau, self.num_classes))
 
     def set_class_weights(self, weights: Sequence[float] | None) -> None:
         """Weights the loss per class from now on (None: unweighted). No retracing.
@@ -209,107 +200,21 @@ class HARModel(keras.Model):
         The weighted loss is sum_i w[y_i] l_i / sum_i w[y_i], the semantics of
         `torch.nn.functional.cross_entropy(weight=w)` that the authors' DRW uses.
         """
-        weights = np.ones(self.num_classes) if weights is None else np.asarray(weights)
-        if weights.shape != (self.num_classes,) or np.any(weights < 0):
-            raise ValueError(
-                f"class weights must be {self.num_classes} non-negative values, got {weights}"
-            )
-        self.class_weights.assign(weights.astype(np.float32))
+        self.class_weights.assign(model_inputs.class_weight_table(weights, self.num_classes))
 
     def call(self, inputs, training=None):
         return self.backbone(inputs, training=training)
 
-    def _unpack(self, data):
-        """(x, y, sample_weight, tau) of a batch `(x, y[, w or {"tau", "sample_weight"}])`."""
-        x, y, extra = keras.utils.unpack_x_y_sample_weight(data)
-        tau = None
-        sample_weight = extra
-        if isinstance(extra, dict):
-            unknown = set(extra) - {"tau", "sample_weight"}
-            if unknown:
-                raise ValueError(
-                    f"unknown keys {sorted(unknown)} in the batch's third element; "
-                    "expected 'tau' and/or 'sample_weight'"
-                )
-            tau = extra.get("tau")
-            sample_weight = extra.get("sample_weight")
-        return x, y, sample_weight, tau
-
-    # -- the objective (har_tf.objective, bound to this model's settings) -----------
-
-    def _loss_weights(self, y, sample_weight):
-        return objective.loss_weights(self.class_weights, y, sample_weight, self.num_classes)
-
-    def _global_batch(self, y):
-        return objective.global_batch(y, self.num_classes)
-
-    def _loss_scale(self):
-        return objective.loss_scale(getattr(self, "optimizer", None))
-
-    def _scale_loss(self, value):
-        """`value` as the optimizer scales the loss (itself when not compiled)."""
-        return self.optimizer.scale_loss(value) if self.optimizer is not None else value
-
-    def _with_weight_decay(self, loss):
-        return objective.with_weight_decay(loss, self.trainable_weights, self.weight_decay)
-
-    def _squared_norms(self, grads, loss_scale, global_batch):
-        return objective.squared_norms(
-            grads, loss_scale=loss_scale, global_batch=global_batch, scale=self.scale
-        )
-
-    def _penalty_from_squared(self, sq, y, tau, lam, global_batch) -> objective.Penalty:
-        example_tau = objective.example_tau(self.tau, y, tau, self.num_classes)
-        return objective.penalty(
-            sq,
-            example_tau,
-            lam=lam,
-            global_batch=global_batch,
-            aggregation=self.aggregation,
-            epsilon=self.epsilon,
-        )
-
-    def _penalty(self, grads, y, tau, lam, loss_scale) -> objective.Penalty:
-        """The penalty from the taps' gradients of the loss times `loss_scale`."""
-        global_batch = self._global_batch(y)
-        sq = self._squared_norms(grads, loss_scale, global_batch)
-        return self._penalty_from_squared(sq, y, tau, lam, global_batch)
-
-    def _ce(self, x, y, y_pred, sample_weight, training):
-        # Keras's own train_step calls `_compute_loss`, its wrapper of the public
-        # `compute_loss` that also serves overrides without a `training` argument.
-        return self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
-
-    def regularized_loss(self, x, y, sample_weight=None, tau=None, training=True, lam=None):
+    def regularized_loss(
+        self, x, y, sample_weight=None, tau=None, training=True, lam=None
+    ) -> Objective:
         """The pieces of the HAR objective on one (per-replica) batch: an `Objective`.
 
         `lam` overrides `self.lam` (a Python float; 0 gives the ERM objective, with
         `reg` and `r` None). The result unpacks as (y_pred, loss, ce, reg, r).
         """
         lam = self.lam if lam is None else float(lam)
-        sample_weight = self._loss_weights(y, sample_weight)
-        if lam == 0.0:
-            y_pred = self(x, training=training)
-            ce = self._ce(x, y, y_pred, sample_weight, training)
-            return Objective(y_pred, self._with_weight_decay(ce), ce, None, None)
-        with tf.GradientTape() as inner:
-            outputs = self._tap_model(x, training=training)
-            y_pred, taps = outputs[0], list(outputs[1:])
-            # Watch the tapped tensors themselves: their producers may not depend
-            # on any variable (e.g. a BN right after a parameter-free layer).
-            inner.watch(taps)
-            ce = self._ce(x, y, y_pred, sample_weight, training)
-            # Mixed precision: gradients w.r.t. float16 taps are small (1/B and
-            # below) and underflow; differentiate the loss scaled as the outer step
-            # scales it, and unscale in at least float32 (objective.squared_norms).
-            loss_scale = self._loss_scale()
-            inner_ce = objective.times(ce, loss_scale)
-        grads = inner.gradient(inner_ce, taps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        r, reg, reg_loss = self._penalty(grads, y, tau, lam, loss_scale)
-        loss = tf.cast(ce, reg.dtype) + reg_loss
-        return Objective(y_pred, self._with_weight_decay(loss), ce, reg, r)
+        return self._objective.regularized_loss(x, y, sample_weight, tau, training, lam)
 
     # -- training --------------------------------------------------------------------
 
@@ -325,10 +230,14 @@ class HARModel(keras.Model):
         the kind follows from the step count.
         """
         self._check_step_options(regularized)
-        x, y, sample_weight, tau = self._unpack(data)
+        x, y, sample_weight, tau = model_inputs.unpack_batch(data)
         step, reg_weight = self._step(x, y, sample_weight, tau, regularized)
         self.optimizer.apply_gradients(zip(step.gradients, self.trainable_weights, strict=True))
-        self._track(step, reg_weight)
+        # `_loss_tracker` is the "loss" Mean that `compile` creates and `fit` resets;
+        # Keras exposes it only through `metrics`, and its own train_step updates it so.
+        track_step(
+            step, reg_weight, loss=self._loss_tracker, ce=self.ce_tracker, reg=self.reg_tracker
+        )
         return self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
 
     @property
@@ -358,7 +267,7 @@ class HARModel(keras.Model):
                     "train_step(regularized=False) asks for an ERM step, but reg_every=1 "
                     "regularizes every step; set reg_every > 1 or leave regularized=None"
                 )
-        if self.jit_compile and objective.replicas() > 1:
+        if self.jit_compile and replicas() > 1:
             raise ValueError(
                 "jit_compile=True fails under a multi-replica tf.distribute strategy in "
                 "TensorFlow 2.21 (the XLA step reads a variable of one replica from another "
@@ -375,17 +284,17 @@ class HARModel(keras.Model):
         step's `reg` in the logged mean.
         """
         if not self.alternates_steps:
-            step = self._gradients(x, y, sample_weight, tau, self.lam)
+            step = self.step_gradients(x, y, sample_weight, tau, self.lam)
             return step, tf.constant(1.0)
         if regularized is not None:
             # The kind is chosen in Python, by `make_train_function` under several
             # replicas (a cross-replica sum cannot sit inside tf.cond) or by the
             # caller; traced once per kind.
             lam = self.lam * self.reg_every if regularized else 0.0
-            step = self._gradients(x, y, sample_weight, tau, lam)
+            step = self.step_gradients(x, y, sample_weight, tau, lam)
             reg = tf.zeros(()) if step.reg is None else step.reg
             return step._replace(reg=reg), tf.constant(1.0 if regularized else 0.0)
-        if objective.replicas() > 1:
+        if replicas() > 1:
             raise ValueError(
                 "reg_every > 1 under a multi-replica strategy needs each step's kind "
                 "chosen outside the step (a cross-replica sum cannot sit inside "
@@ -398,39 +307,16 @@ class HARModel(keras.Model):
         reg_weight = tf.cast(self.is_regularized_step(self.optimizer.iterations), tf.float32)
 
         def har_step():
-            y_pred, loss, ce, reg, grads = self._gradients(
+            y_pred, loss, ce, reg, grads = self.step_gradients(
                 x, y, sample_weight, tau, self.lam * self.reg_every
             )
             return y_pred, loss, ce, tf.cast(reg, tf.float32), grads
 
         def erm_step():
-            y_pred, loss, ce, _, grads = self._gradients(x, y, sample_weight, tau, 0.0)
+            y_pred, loss, ce, _, grads = self.step_gradients(x, y, sample_weight, tau, 0.0)
             return y_pred, loss, ce, tf.zeros(()), grads
 
         return StepGradients(*tf.cond(reg_weight > 0, har_step, erm_step)), reg_weight
-
-    def _track(self, step: StepGradients, reg_weight) -> None:
-        """Updates the loss, ce and reg trackers with one step's global-batch values.
-
-        Under a strategy Keras logs the mean over replicas of each replica's own
-        metric results. Each replica tracks its share of the global-batch value
-        times the replica count, all with the same weight, so that the logs are the
-        global values even when a batch splits unevenly (an epoch's end).
-        """
-        batch = tf.cast(tf.shape(step.y_pred)[0], tf.float32)
-        (global_batch,) = objective.sum_over_replicas(batch)
-        replica_weight = global_batch / float(objective.replicas())
-        unscale = objective.unscale_loss_for_distribution
-        # `_loss_tracker` is the "loss" Mean that `compile` creates and `fit` resets;
-        # Keras exposes it only through `metrics`, and its own train_step updates it so.
-        self._loss_tracker.update_state(unscale(step.loss), sample_weight=replica_weight)
-        self.ce_tracker.update_state(unscale(step.ce), sample_weight=replica_weight)
-        reg = step.reg
-        reg_share = tf.zeros(()) if reg is None else reg * tf.cast(batch / global_batch, reg.dtype)
-        self.reg_tracker.update_state(
-            unscale(reg_share),
-            sample_weight=replica_weight * tf.cast(reg_weight, replica_weight.dtype),
-        )
 
     def make_train_function(self, force=False):
         """Keras's train function; with reg_every > 1 on several replicas, two of them.
@@ -466,21 +352,25 @@ class HARModel(keras.Model):
         self.train_function = train_function
         return train_function
 
-    def _gradients(self, x, y, sample_weight, tau, lam) -> StepGradients:
-        """One step's objective and the gradients of its loss w.r.t. the weights."""
+    def step_gradients(self, x, y, sample_weight=None, tau=None, lam=None) -> StepGradients:
+        """One step's objective with strength `lam` (None: `self.lam`) and the
+        gradients of its loss, as the optimizer scales it, w.r.t. the trainable
+        weights: what `train_step` applies, for a test or a custom loop to inspect.
+        With `checkpoint_layers` and `lam` > 0 the checkpointed step computes it."""
+        lam = self.lam if lam is None else float(lam)
         if self._segments is not None and lam > 0:
             return checkpointed_gradients(self, x, y, sample_weight, tau, lam)
         with tf.GradientTape() as tape:
             y_pred, loss, ce, reg, _ = self.regularized_loss(x, y, sample_weight, tau, lam=lam)
-            scaled = self._scale_loss(loss)
+            scaled = self._objective.scale_loss(loss)
         return StepGradients(y_pred, loss, ce, reg, tape.gradient(scaled, self.trainable_weights))
 
     def test_step(self, data):
-        x, y, sample_weight, _ = self._unpack(data)
+        x, y, sample_weight, _ = model_inputs.unpack_batch(data)
         return super().test_step((x, y, sample_weight))
 
     def predict_step(self, data):
-        x, _, _, _ = self._unpack(data)
+        x, _, _, _ = model_inputs.unpack_batch(data)
         return self(x, training=False)
 
     # -- serialization ---------------------------------------------------------------

@@ -56,7 +56,7 @@ def _step(model, x, y, state, *, eager=False):
         v.assign(value)
 
     def gradients(x, y):
-        _, loss, ce, reg, grads = model._gradients(x, y, None, None, model.lam)
+        _, loss, ce, reg, grads = model.step_gradients(x, y)
         return loss, ce, reg, grads
 
     loss, ce, reg, grads = (gradients if eager else tf.function(gradients))(x, y)
@@ -213,7 +213,7 @@ def test_block_output_layers_cut_keras_applications_resnet50():
     cuts = block_output_layers(backbone)
     assert len(cuts) == 15 and cuts[0] == "conv2_block1_out"
     model = HARModel(backbone, lam=1.0, tap_layers=bn_tap_layers(backbone), checkpoint_layers=cuts)
-    segments = model._segments
+    segments = model.segments
     assert len(segments.models) == 16
     # Every tap in exactly one segment, in the segment that computes it.
     assert sorted(t for taps in segments.taps for t in taps) == list(range(53))
