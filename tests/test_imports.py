@@ -23,7 +23,7 @@ PACKAGES = ("har_tf", "pipeline", "configs")
 # (importing module, imported module): why the import sits inside a function. The
 # source line carries the reason too, as a "# deferred: ..." comment.
 DEFERRED = {
-    ("pipeline.stage", "har_tf"): "importing har_tf imports TensorFlow; stage stays light",
+    ("pipeline.core.stage", "har_tf"): "importing har_tf imports TensorFlow; stage stays light",
 }
 
 
