@@ -84,7 +84,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         # The same `pipeline` package as this process, wherever the cwd is.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(

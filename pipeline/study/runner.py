@@ -44,7 +44,7 @@ CELL_STAGES = {
 FAILED = "FAILED.json"
 MORE_TO_DO = 75  # exit status when --max_jobs stopped the study with runs left
 POLL_SECONDS = 30.0  # how often a process whose runs are all held by others looks again
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cell_dir(workdir: str, job: Job) -> str:
