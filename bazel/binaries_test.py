@@ -14,7 +14,7 @@ STAGES = ["preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export
 
 
 def _help(stage: str) -> str:
-    binary = os.path.join("pipeline", stage)
+    binary = os.path.join("pipeline", *stage.split("/"))
     if not os.path.exists(binary):
         pytest.skip(f"{binary} not built: run under bazel test //bazel:binaries_test")
     # absl prints the help text and exits 1 for --helpshort.
@@ -25,6 +25,13 @@ def _help(stage: str) -> str:
 def test_run_binary_runs_pipeline_run_as_main():
     text = _help("run")
     assert "pipeline/run.py:" in text and "--from_stage" in text, text[-2000:]
+
+
+@pytest.mark.slow
+def test_study_binary_runs_the_study_runner_as_main():
+    # python -m pipeline.study runs pipeline/study/__main__.py, which runs the runner.
+    text = _help("study/run_study")
+    assert "pipeline/study/runner.py:" in text and "--max_jobs" in text, text[-2000:]
 
 
 @pytest.mark.slow

@@ -30,14 +30,18 @@ def modules_from_elsewhere(modules, root: str) -> list[str]:
     return stray
 
 
+def scratch_under(tmp: str) -> None:
+    """Keras and Matplotlib write under ~ unless told otherwise; the sandbox forbids it."""
+    os.environ.setdefault("KERAS_HOME", os.path.join(tmp, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, "matplotlib"))
+
+
 def main(argv: list[str]) -> int:
     tmp = os.environ.get("TEST_TMPDIR")
     if not tmp:
         print("pytest_runner.py runs under `bazel test` (no TEST_TMPDIR)", file=sys.stderr)
         return 2
-    # Keras and Matplotlib write under ~ unless told otherwise; the sandbox forbids it.
-    os.environ.setdefault("KERAS_HOME", os.path.join(tmp, "keras"))
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, "matplotlib"))
+    scratch_under(tmp)
     args = ["-c", "pyproject.toml", "--rootdir=.", "-p", "no:cacheprovider", "-q"]
     args += ["--basetemp", os.path.join(tmp, "pytest")]
     if os.environ.get("XML_OUTPUT_FILE"):

@@ -1,6 +1,6 @@
 r"""Examples/s of the tf.data training input, against what a HAR step consumes.
 
-Iterates one epoch of `pipeline.data.make_dataset` (parse, batch, pad-crop-flip
+Iterates one epoch of `pipeline.data.datasets.make_dataset` (parse, batch, pad-crop-flip
 augmentation, cast) over the train records of a preprocessed workdir, `--runs`
 times, and reports the median. With `--har_step` it also times ResNet-32 HAR train
 steps at the same batch size on 32x32x3 inputs (benchmarks/step_time.py's model)
@@ -23,11 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pipeline import data  # noqa: E402
+from pipeline.data import datasets  # noqa: E402
 
 
 def epoch_rate(workdir: str, batch_size: int, augment: bool) -> float:
-    ds = data.make_dataset(workdir, "train", batch_size=batch_size, training=True, augment=augment)
+    ds = datasets.make_dataset(
+        workdir, "train", batch_size=batch_size, training=True, augment=augment
+    )
     start, n = time.perf_counter(), 0
     for images, _ in ds:
         n += int(images.shape[0])

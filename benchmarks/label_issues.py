@@ -41,13 +41,13 @@ from scipy import stats  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from har_tf import HARClassifier, label_issues, layers, tau  # noqa: E402
-from pipeline import data, detection  # noqa: E402
+from pipeline.data import datasets, detection  # noqa: E402
 from pipeline.evaluate import true_noise_rates  # noqa: E402
 
 
 def load_train(workdir: str):
     """Images float32 [N, 28, 28, 1], given labels, clean labels of the train split."""
-    ds = data.make_dataset(workdir, "train", batch_size=4096, training=False, with_meta=True)
+    ds = datasets.make_dataset(workdir, "train", batch_size=4096, training=False, with_meta=True)
     xs, ys, cs = [], [], []
     for x, y, meta in ds.as_numpy_iterator():
         xs.append(x)
@@ -144,7 +144,7 @@ def main():
     args = parser.parse_args()
 
     x, y, clean = load_train(args.workdir)
-    true_rate = np.asarray(true_noise_rates(data.load_manifest(args.workdir)))
+    true_rate = np.asarray(true_noise_rates(datasets.load_manifest(args.workdir)))
     keep = stratified_subset(y, args.fraction, args.subset_seed)
     x, y, clean = x[keep], y[keep], clean[keep]
     print(

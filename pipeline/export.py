@@ -5,9 +5,9 @@ Writes <workdir>/export/<model_name>/<version>/ (saved_model.pb, variables/). Th
 (float32 [batch, C]) and `class_id` (int64 [batch]). The input is, for images,
 `image`: uint8 [batch, H, W, C] (normalization happens inside the model); for text,
 `text`: string [batch], raw UTF-8 (the preprocess stage's standardization and
-vocabulary are inside the SavedModel, see pipeline/text.py).
+vocabulary are inside the SavedModel, see pipeline/data/text.py).
 
-Before it completes, the export is infra-validated (pipeline/infra_validation.py,
+Before it completes, the export is infra-validated (pipeline/serving/infra_validation.py,
 TFX's InfraValidator): the project's REST server, started on it in a subprocess,
 must answer real test examples as the Keras model does; the record is
 <workdir>/export/infra_blessing.json. A model that fails to load or answers
@@ -26,9 +26,12 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from pipeline import data, infra_validation, modeling, stage
 from pipeline.config_check import check_export
-from pipeline.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
+from pipeline.core import stage
+from pipeline.data import datasets
+from pipeline.serving import infra_validation
+from pipeline.serving.signature import CLASS_ID, IMAGE_INPUT, PROBABILITIES, SIGNATURE, TEXT_INPUT
+from pipeline.training import modeling
 
 NAME = "export"
 # The config.data.noise fields each noise kind uses (the model card shows only these).
@@ -176,7 +179,7 @@ def export_saved_model(model: keras.Model, path: str, image_shape=None, *, vecto
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
     Images: `image` uint8 [batch, *image_shape]. Text (`vectorizer` given, a
-    `pipeline.text.vectorizer` layer): `text` string [batch], vectorized inside.
+    `pipeline.data.text.vectorizer` layer): `text` string [batch], vectorized inside.
     """
     backbone = model.backbone if hasattr(model, "backbone") else model
 
@@ -234,12 +237,12 @@ def evaluate_metrics(config, workdir: str) -> dict | None:
 
 
 def infra_validate(workdir: str, model, base_path: str, section, modality: str) -> dict:
-    """pipeline/infra_validation on real test examples: the raw stored input through
+    """pipeline/serving/infra_validation on real test examples: the raw stored input through
     the REST server against the Keras model fed what training feeds it."""
     n = infra_validation.NUM_EXAMPLES
-    inputs, _ = next(iter(data.make_dataset(workdir, "test", batch_size=n, training=False)))
+    inputs, _ = next(iter(datasets.make_dataset(workdir, "test", batch_size=n, training=False)))
     if modality == "text":
-        batch = data.raw_texts(workdir, "test", n)
+        batch = datasets.raw_texts(workdir, "test", n)
     else:
         batch = tf.cast(inputs, tf.uint8).numpy()
     expected = tf.nn.softmax(model.predict_on_batch(inputs), axis=-1).numpy()
@@ -261,12 +264,12 @@ def run(config, workdir: str) -> None:
         )
     check_export(config)
     model = modeling.load_model(model_path)
-    manifest = data.load_manifest(workdir)
+    manifest = datasets.load_manifest(workdir)
     image_shape = manifest["image_shape"]
     modality = manifest.get("modality", "image")
     with stage.stage_output(workdir, NAME, config) as out:
         card_dir = os.path.join(out, section.model_name)
-        vectorizer = data.text_vectorizer(workdir, manifest) if modality == "text" else None
+        vectorizer = datasets.text_vectorizer(workdir, manifest) if modality == "text" else None
         path = os.path.join(card_dir, str(int(section.version)))
         export_saved_model(model, path, image_shape, vectorizer=vectorizer)
         # Raises (and the stage does not complete) unless the served model answers as

@@ -23,17 +23,17 @@ and processed as numpy arrays:
       -> counts before the cut (C x C transition counts, summed)  -> targets
       -> per cut class c, the `bound[c]` smallest (key, id) (a vectorized top-k
          combiner; `bound[c]` >= any target c can get, `Plan.candidate_bounds`,
-         pipeline/preprocess_plan.py)
+         pipeline/data/plan.py)
       -> the target-th smallest = the class's keep threshold     -> side input
   chunk ranges -> write pass (images + labels, threshold side input): noisy labels,
       keep mask, encoded records batched by shard (id % num_shards)
       -> GroupByKey(shard) -> sort by id, write the shard file; kept C x C counts (summed);
-         a summary of the kept records (merged, pipeline/data_statistics.py)
+         a summary of the kept records (merged, pipeline/data_validation/statistics.py)
   counts, targets, summary -> a small JSON per split, folded into manifest.json
-  afterwards, and into the statistics that pipeline/data_validation.py checks
+  afterwards, and into the statistics that pipeline/data_validation/validate.py checks
   against the schema (docs/DATA_VALIDATION.md): a hard anomaly fails the stage.
 
-The combiners live in pipeline/preprocess_combiners.py.
+The combiners live in pipeline/data_validation/combiners.py.
 
 Runner: `--runner=FnApiRunner` by default, Beam's in-process batch runner. Beam's
 plain "DirectRunner" first tries the Prism runner, which downloads a binary (no
@@ -41,7 +41,7 @@ network here, and a surprise anywhere; offline it falls back to the FnApiRunner)
 Anything in `--beam_args` overrides it: `--direct_num_workers=2
 --direct_running_mode=multi_processing` runs the FnApiRunner with 2 worker
 processes; `--runner=DaskRunner --dask_client_address=tcp://HOST:PORT` runs on a
-dask.distributed cluster (`pipeline.dask_runner`). docs/DATA.md, "Runners", has
+dask.distributed cluster (`pipeline.data.dask_runner`). docs/DATA.md, "Runners", has
 these and the Dataflow, Flink and Spark options.
 """
 
@@ -61,34 +61,33 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.combiners import TupleCombineFn
 
 from har_tf import corruption
-from pipeline import (
-    cli,
-    data,
-    data_statistics,
-    data_validation,
-    preprocess_manifest,
-    preprocess_plan,
-    records,
-    stage,
-    text,
-    validation,
-)
-from pipeline.preprocess_combiners import MergeSummaries, SmallestByKey, SumCounts, SumTokenCounts
+from pipeline import cli
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
+from pipeline.data import datasets, records, text, validation
+from pipeline.data import manifest as preprocess_manifest
+from pipeline.data import plan as preprocess_plan
 
 # make_plan and the config vocabularies are re-exported: `preprocess.make_plan` etc.
-from pipeline.preprocess_plan import (  # noqa: F401
+from pipeline.data.plan import (  # noqa: F401
     IMBALANCE_KINDS,
     NOISE_KINDS,
     Plan,
     make_plan,
     noise_matrix,
 )
-from pipeline.stage import PipelineError
+from pipeline.data_validation import statistics, validate
+from pipeline.data_validation.combiners import (
+    MergeSummaries,
+    SmallestByKey,
+    SumCounts,
+    SumTokenCounts,
+)
 
 STAGE = "preprocess"
 MANIFEST = "manifest.json"
 DEFAULT_BEAM_ARGS = ("--runner=FnApiRunner",)
-_DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+_DASK_RUNNER = "pipeline.data.dask_runner.DaskRunner"
 _DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
 
 
@@ -126,13 +125,11 @@ class _EncodeChunk(beam.DoFn):
             if self._split == "train":
                 counts = text.count_tokens(kept_texts) if kept_texts else {}
                 yield beam.pvalue.TaggedOutput(self.TOKENS, dict(counts))
-            summary = data_statistics.summarize_texts(
-                ids, kept_texts, text.token_lengths(kept_texts)
-            )
+            summary = statistics.summarize_texts(ids, kept_texts, text.token_lengths(kept_texts))
         else:
             flat = inputs.reshape(inputs.shape[0], -1)
             payloads = [{"image": row.tobytes()} for row in flat]
-            summary = data_statistics.summarize_images(ids, inputs[kept])
+            summary = statistics.summarize_images(ids, inputs[kept])
         encoded = [
             records.encode(example_id, label, clean_label, **payloads[i])
             for i, example_id, label, clean_label in zip(
@@ -288,7 +285,7 @@ def pipeline_options(beam_args=()) -> PipelineOptions:
     """Default options (the in-process FnApiRunner) overridden by `beam_args`.
 
     `--runner=DaskRunner` (or Beam's class path for it) becomes
-    `pipeline.dask_runner.DaskRunner`, which fixes two faults of Beam 2.77's that
+    `pipeline.data.dask_runner.DaskRunner`, which fixes two faults of Beam 2.77's that
     lose this job's outputs (see that module). A runner given by its class path has
     its module imported first: that defines the runner's own options
     (`--dask_client_address`), which Beam would otherwise only learn of when it
@@ -381,17 +378,15 @@ def run(config, workdir: str, beam_args=()) -> None:
         config.data.noise.kind,
         config.data.imbalance.kind,
     )
-    schema = data_validation.load_schema(config, workdir)
+    schema = validate.load_schema(config, workdir)
     with stage.stage_output(workdir, STAGE, config) as out_dir:
         _run_beam(plan, out_dir, list(beam_args))
         split_stats = preprocess_manifest.read_split_stats(out_dir)
         manifest = preprocess_manifest.manifest(config, plan, out_dir, split_stats)
         # Statistics, schema, anomalies: raises on a hard anomaly (nothing completes).
-        manifest["data_validation"] = data_validation.validate_output(
-            plan, schema, out_dir, split_stats
-        )
+        manifest["data_validation"] = validate.validate_output(plan, schema, out_dir, split_stats)
         if val_fraction:
-            train = data.read_shard_labels(out_dir, "train")
+            train = datasets.read_shard_labels(out_dir, "train")
             manifest["validation"] = validation.manifest_entry(
                 train["id"], train["label"], fraction=val_fraction, seed=plan.seed,
                 num_classes=plan.num_classes,

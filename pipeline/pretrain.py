@@ -14,7 +14,9 @@ import numpy as np
 from absl import logging
 
 from har_tf.held_out import split_halves
-from pipeline import data, modeling, multi_worker, stage
+from pipeline.core import stage
+from pipeline.data import datasets
+from pipeline.training import modeling, multi_worker
 
 NAME = "pretrain"
 # With config.tau.cross_fit: the model of half B (it predicts half A in estimate_tau).
@@ -23,7 +25,7 @@ HALF_B = "half_b"
 
 def run(config, workdir: str) -> None:
     section = config.pretrain
-    train = data.read_fit_labels(workdir)  # never the validation split
+    train = datasets.read_fit_labels(workdir)  # never the validation split
     half_a, half_b = split_halves(
         train["id"], train["label"], seed=config.seed, stratified=section.stratified
     )
@@ -48,7 +50,7 @@ def _fit_half(config, workdir: str, out: str, keep_ids, *, writes: bool) -> None
         os.makedirs(out, exist_ok=True)
     if modeling.is_fitted(out):
         return
-    ds = data.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)
+    ds = datasets.training_dataset(workdir, section, seed=config.seed, keep_ids=keep_ids)
     model = modeling.build_har_model(config, section, lam=0.0, seed=config.seed)
     modeling.compile_model(
         model, section, steps_per_epoch=modeling.steps_for(len(keep_ids), section.batch_size)

@@ -40,7 +40,10 @@ import shutil
 
 from absl import logging
 
-from pipeline import blessing, cli, infra_validation, stage
+from pipeline import cli
+from pipeline.core import stage
+from pipeline.evaluation import blessing
+from pipeline.serving import infra_validation
 
 NAME = "push"
 FILE = "push.json"

@@ -26,20 +26,10 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import (
-    cli,
-    estimate_tau,
-    evaluate,
-    export,
-    multi_worker,
-    preprocess,
-    pretrain,
-    push,
-    stage,
-    train,
-    workdir_lock,
-)
+from pipeline import cli, estimate_tau, evaluate, export, preprocess, pretrain, push, train
 from pipeline.config_check import check_config
+from pipeline.core import stage, workdir_lock
+from pipeline.training import multi_worker
 
 STAGE_RUNS = {
     "preprocess": preprocess.run,

@@ -32,7 +32,7 @@ base path is polled (--poll_seconds), so a new version directory is picked up (a
 removed one dropped) without a restart. Write a new version atomically (write it
 elsewhere, then rename it into place), as the export stage's rename does.
 
-The HTTP layer is waitress, a production WSGI server (pipeline/serving_http.py says
+The HTTP layer is waitress, a production WSGI server (pipeline/serving/http_server.py says
 why): it binds 127.0.0.1 unless --host says otherwise (--host=0.0.0.0 exposes it on
 every interface), closes connections idle for --read_timeout seconds and those whose
 request is not wholly received --request_timeout seconds after it began, serves at most
@@ -61,9 +61,9 @@ from absl import app, flags, logging
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from pipeline import serving_http, serving_requests
-from pipeline.serving_requests import ServingError
-from pipeline.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
+from pipeline.serving import http_server, request_body
+from pipeline.serving.request_body import ServingError
+from pipeline.serving.signature import IMAGE_INPUT, SIGNATURE, TEXT_INPUT
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Instances per request (TF Serving's max_batch_size), and in inference at once over
@@ -342,21 +342,21 @@ class App:
                 413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}"
             )
         body = request.get_data(cache=False)  # raises 413 past max_content_length
-        depth, items = serving_http.json_nesting(body)
-        if depth > serving_http.MAX_JSON_DEPTH:
+        depth, items = http_server.json_nesting(body)
+        if depth > http_server.MAX_JSON_DEPTH:
             raise ServingError(
                 400,
-                f"JSON nested {depth} levels deep; the limit is {serving_http.MAX_JSON_DEPTH}",
+                f"JSON nested {depth} levels deep; the limit is {http_server.MAX_JSON_DEPTH}",
             )
         # Refused before parsing when the instances can be counted unparsed: parsing
         # takes several times the body's size.
-        serving_requests.check_batch_size(items, self.max_batch_size)
+        request_body.check_batch_size(items, self.max_batch_size)
         with self.budget.hold(max(1, items)):
             payload = self._parse(body)
         has_rows = "instances" in payload
         servable = self.store.get(version)
         value = payload["instances"] if has_rows else payload["inputs"]
-        to_batch = serving_requests.row_batch if has_rows else serving_requests.columnar_batch
+        to_batch = request_body.row_batch if has_rows else request_body.columnar_batch
         with self.budget.hold(_instances(value)):
             out = servable.predict(to_batch(value, servable, max_batch_size=self.max_batch_size))
             if has_rows:
@@ -397,16 +397,16 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_inflight_instances: int = DEFAULT_MAX_INFLIGHT_INSTANCES,
-        read_timeout: float = serving_http.DEFAULT_READ_TIMEOUT_S,
-        request_timeout: float = serving_http.DEFAULT_REQUEST_TIMEOUT_S,
-        max_connections: int = serving_http.DEFAULT_CONNECTION_LIMIT,
-        threads: int = serving_http.DEFAULT_THREADS,
+        read_timeout: float = http_server.DEFAULT_READ_TIMEOUT_S,
+        request_timeout: float = http_server.DEFAULT_REQUEST_TIMEOUT_S,
+        max_connections: int = http_server.DEFAULT_CONNECTION_LIMIT,
+        threads: int = http_server.DEFAULT_THREADS,
         auth_token: str | None = None,
     ):
         base = os.path.abspath(model_base_path)
         self.store = ModelStore(model_name or os.path.basename(base.rstrip("/")), base)
         self.store.refresh()
-        self.http = serving_http.HTTPServer(
+        self.http = http_server.HTTPServer(
             App(
                 self.store,
                 max_body_bytes=max_body_bytes,
@@ -492,7 +492,7 @@ def main(argv):
     token = None
     if FLAGS.auth_token_file:
         try:
-            token = serving_http.read_token_file(FLAGS.auth_token_file)
+            token = http_server.read_token_file(FLAGS.auth_token_file)
         except ValueError as e:
             _fail(str(e))
     try:
@@ -552,19 +552,19 @@ def define_flags() -> None:
     )
     flags.DEFINE_float(
         "read_timeout",
-        serving_http.DEFAULT_READ_TIMEOUT_S,
+        http_server.DEFAULT_READ_TIMEOUT_S,
         "Seconds a connection may stay idle (e.g. a stalled request) before it is closed.",
     )
     flags.DEFINE_float(
         "request_timeout",
-        serving_http.DEFAULT_REQUEST_TIMEOUT_S,
+        http_server.DEFAULT_REQUEST_TIMEOUT_S,
         "Seconds a client has to send a whole request (headers and body) from its first "
         "byte; a slower one is disconnected, however steadily it sends.",
     )
     flags.DEFINE_integer(
-        "max_connections", serving_http.DEFAULT_CONNECTION_LIMIT, "Connections served at once."
+        "max_connections", http_server.DEFAULT_CONNECTION_LIMIT, "Connections served at once."
     )
-    flags.DEFINE_integer("threads", serving_http.DEFAULT_THREADS, "Request worker threads.")
+    flags.DEFINE_integer("threads", http_server.DEFAULT_THREADS, "Request worker threads.")
     flags.DEFINE_string(
         "auth_token_file",
         None,

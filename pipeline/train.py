@@ -2,7 +2,7 @@
 
 Writes <workdir>/train/<run>/model.keras, history.json and tensorboard/ for each run
 of config.train.runs. With config.eval.per_epoch_test, every epoch also evaluates on
-the test split (pipeline.epoch_eval: test_accuracy, test_top5, test_class_<c>_accuracy
+the test split (pipeline.training.epoch_eval: test_accuracy, test_top5, test_class_<c>_accuracy
 in history.json), for the evaluate stage's best-epoch figure. With a validation split
 (config.data.val_fraction) runs train without its records and log val_* metrics
 against its noisy labels per epoch; config.eval.per_epoch_memorization adds fit_*
@@ -13,7 +13,7 @@ keeps the runs it finished and resumes the one it was in from its last completed
 "none" runs are ERM with lambda 0 (no double backprop);
 "uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
 gets class-balanced loss weights from config.train.drw_start_epoch (HAR-DRW).
-A run's `drop` and `labels` fields choose its training set (pipeline.training_set:
+A run's `drop` and `labels` fields choose its training set (pipeline.training.training_set:
 cleanlab's filter, and a benchmark's ceilings); such a run writes what it dropped to
 <run>/training_set.json. HAR's tau is estimate_tau's whatever a run drops.
 """
@@ -26,10 +26,12 @@ import numpy as np
 from absl import logging
 
 from har_tf.callbacks import DeferredReweighting
-from pipeline import data, epoch_eval, modeling, multi_worker, stage, training_set
 
 # REGULARIZERS: study_config reads it from here.
 from pipeline.config_check import REGULARIZERS, validate_runs  # noqa: F401
+from pipeline.core import stage
+from pipeline.data import datasets
+from pipeline.training import epoch_eval, modeling, multi_worker, training_set
 
 NAME = "train"
 
@@ -42,9 +44,9 @@ def run(config, workdir: str) -> None:
         tau = stage.read_json(os.path.join(stage.require(workdir, "estimate_tau"), "tau.json"))[
             "tau"
         ]
-    # Without the validation split's records (pipeline.validation), if there is one.
-    fit = data.read_fit_labels(workdir)
-    keep_ids = data.fit_keep_ids(workdir)
+    # Without the validation split's records (pipeline.data.validation), if there is one.
+    fit = datasets.read_fit_labels(workdir)
+    keep_ids = datasets.fit_keep_ids(workdir)
     flagged = (
         training_set.flagged_ids(workdir) if training_set.needs_label_issues(section.runs) else ()
     )
@@ -85,7 +87,7 @@ def run(config, workdir: str) -> None:
                 reg_every=int(run_cfg.get("reg_every", 1)),
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
-            ds = data.training_dataset(
+            ds = datasets.training_dataset(
                 workdir, section, seed=config.seed, keep_ids=run_ids, label_key=label_key
             )
             callbacks = []

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Keeps the issue-19 studies' run records (pipeline/study_records.py) in the repository,
+# Keeps the issue-19 studies' run records (pipeline/study/records.py) in the repository,
 # so that a study's progress survives the loss of the machine or disk that runs it.
 #
 #   scripts/study_records.sh save ROOT [STUDY ...]     # ROOT/<study>/study/records -> docs/results/<study>/records

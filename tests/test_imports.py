@@ -23,8 +23,49 @@ PACKAGES = ("har_tf", "pipeline", "configs")
 # (importing module, imported module): why the import sits inside a function. The
 # source line carries the reason too, as a "# deferred: ..." comment.
 DEFERRED = {
-    ("pipeline.stage", "har_tf"): "importing har_tf imports TensorFlow; stage stays light",
+    ("pipeline.core.stage", "har_tf"): "importing har_tf imports TensorFlow; stage stays light",
 }
+
+# pipeline/'s layers, lowest first: layer -> the layers its modules may import (besides
+# its own). "pipeline" is the application layer, the package's own modules (cli,
+# config_check and the stages users run); pipeline/__init__.py itself imports nothing
+# of pipeline and belongs to no layer. docs/PIPELINE.md has the table; the BUILD files
+# give each layer a py_library with the same deps.
+LAYERS = {
+    "pipeline.core": set(),
+    "pipeline.data": {"pipeline.core"},
+    "pipeline.data_validation": {"pipeline.core", "pipeline.data"},
+    "pipeline.training": {"pipeline.core", "pipeline.data"},
+    "pipeline.evaluation": {"pipeline.core", "pipeline.data"},
+    "pipeline.serving": {"pipeline.core", "pipeline.data"},
+    "pipeline": {
+        "pipeline.core",
+        "pipeline.data",
+        "pipeline.data_validation",
+        "pipeline.training",
+        "pipeline.evaluation",
+        "pipeline.serving",
+    },
+}
+LAYERS["pipeline.study"] = {"pipeline", *LAYERS["pipeline"]}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a pipeline module (None for pipeline/__init__.py and other packages)."""
+    if module == "pipeline" or not module.startswith("pipeline."):
+        return None
+    package = ".".join(module.split(".")[:2])
+    return package if package in LAYERS else "pipeline"
+
+
+def upward_imports(edges) -> list[str]:
+    """One line per import of a layer that the importer's layer may not import."""
+    found = []
+    for a, b, line, _ in edges:
+        la, lb = layer_of(a), layer_of(b)
+        if la is not None and lb is not None and la != lb and lb not in LAYERS[la]:
+            found.append(f"{a}:{line} imports {b} ({la} may import only {sorted(LAYERS[la])})")
+    return found
 
 
 def project_modules(root: str = harness.REPO, packages=PACKAGES) -> dict[str, str]:
@@ -172,6 +213,36 @@ def test_imports_inside_functions_are_deferred_on_purpose(project):
         with open(modules[a]) as f:
             line = f.read().splitlines()[deferred[a, b] - 1]
         assert "# deferred:" in line, f"{a}:{deferred[a, b]}: say why with '# deferred: ...'"
+
+
+def test_every_pipeline_module_is_in_a_layer_and_imports_only_lower_ones(project):
+    modules, edges = project
+    # Each sub-package of pipeline/ is a layer (a new one must be added to LAYERS).
+    packages = {".".join(m.split(".")[:2]) for m in modules if m.count(".") >= 2}
+    unlayered = sorted(p for p in packages if p.startswith("pipeline.") and p not in LAYERS)
+    assert not unlayered, f"pipeline sub-packages missing from LAYERS: {unlayered}"
+    upward = upward_imports(edges)
+    assert not upward, "imports across the layers upward or sideways:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_upward_and_a_sideways_import():
+    edges = [
+        ("pipeline.core.stage", "pipeline.data.records", 3, False),  # up
+        ("pipeline.training.modeling", "pipeline.serving.signature", 4, True),  # sideways
+        ("pipeline.serving.http_server", "pipeline.train", 5, False),  # up to the stages
+        ("pipeline.data.records", "pipeline.core.stage", 6, False),  # down: allowed
+        ("pipeline.study.runner", "pipeline.train", 7, False),  # down: allowed
+        ("pipeline.train", "pipeline.cli", 8, False),  # within a layer
+        ("pipeline.core.stage", "har_tf", 9, True),  # outside pipeline
+    ]
+    found = upward_imports(edges)
+    assert [line.split(" ")[0] for line in found] == [
+        "pipeline.core.stage:3",
+        "pipeline.training.modeling:4",
+        "pipeline.serving.http_server:5",
+    ]
+    assert layer_of("pipeline.cli") == "pipeline" and layer_of("pipeline") is None
+    assert layer_of("pipeline.data.sources.idx") == "pipeline.data"
 
 
 def test_the_checks_find_a_circle_and_an_import_in_a_function(tmp_path):

@@ -1,4 +1,4 @@
-"""Blocks of study configs (pipeline.study_config documents every field)."""
+"""Blocks of study configs (pipeline.study.config documents every field)."""
 
 import ml_collections
 
@@ -22,7 +22,7 @@ def method(
     the study's grid_seeds); lam_from: the name of a grid method whose selected lambda
     this one uses. ERM (regularizer "none") takes none of them. seeds: where its
     result runs. tier: order among the selection setting's non-grid runs (lower first).
-    drop, labels: the run's training set (pipeline.training_set): cleanlab's filter
+    drop, labels: the run's training set (pipeline.training.training_set): cleanlab's filter
     ("label_issues"), the oracle filter ("wrong_labels"), the clean labels ("clean").
     """
     return ml_collections.ConfigDict(
@@ -56,7 +56,7 @@ def ordered(**items):
 def study(*, name, base, overrides, settings, selection_setting, grid_seeds, methods,
           reference="erm", primary_group="noisy_rare", grid_extensions=0, comparisons=(),
           ceilings=()):  # fmt: skip
-    """A study config (pipeline.study_config documents every field)."""
+    """A study config (pipeline.study.config documents every field)."""
     return ml_collections.ConfigDict(
         dict(
             grid_extensions=int(grid_extensions),

@@ -1,6 +1,6 @@
 """Schemas written by hand for tests: a user's curated schema (config.data.schema).
 
-Built field by field with `schema_pb2` (not through pipeline/data_schema.py), so a
+Built field by field with `schema_pb2` (not through pipeline/data_validation/schema.py), so a
 test of inference compares against an independent statement of the contract.
 
 from tests.pipeline import schema_fixtures
@@ -26,7 +26,7 @@ def schema(
     min_examples: int = 1,
     skew_threshold: float | None = 0.05,
 ) -> schema_pb2.Schema:
-    """The records' schema (pipeline/records.py); label domains [0, label_max]."""
+    """The records' schema (pipeline/data/records.py); label domains [0, label_max]."""
     label_max = num_classes - 1 if label_max is None else label_max
     out = schema_pb2.Schema()
     out.dataset_constraints.min_examples_count = min_examples

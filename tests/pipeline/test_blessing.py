@@ -1,4 +1,4 @@
-"""config.eval.thresholds and the blessing (pipeline/blessing.py), against hand-computed
+"""config.eval.thresholds and the blessing (pipeline/evaluation/blessing.py), against hand-computed
 outcomes. Values are binary fractions (0.5, 0.625, ...), so every difference below is
 exact and the boundary cases test `>=` / `<=` themselves."""
 
@@ -9,8 +9,9 @@ import ml_collections
 import pytest
 
 from configs import cifar10_hetero, fashion_mnist_hetero, imdb_hetero
-from pipeline import blessing, stage
 from pipeline import run as run_lib
+from pipeline.core import stage
+from pipeline.evaluation import blessing
 
 # report.json `test` entries of three runs (only the fields the blessing reads).
 TESTS = {

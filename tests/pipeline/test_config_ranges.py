@@ -7,8 +7,9 @@ import os
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import cli, config_check, config_ranges, stage
+from pipeline import cli, config_check
 from pipeline import run as run_lib
+from pipeline.core import config_ranges, stage
 from tests import harness
 
 CONFIG = harness.config()

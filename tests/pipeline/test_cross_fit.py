@@ -11,17 +11,11 @@ import pytest
 
 from configs import fashion_mnist_hetero
 from har_tf import HARClassifier
-from pipeline import (
-    data,
-    detection,
-    estimate_tau,
-    evaluate,
-    evaluate_report,
-    modeling,
-    preprocess,
-    pretrain,
-    stage,
-)
+from pipeline import estimate_tau, evaluate, preprocess, pretrain
+from pipeline.core import stage
+from pipeline.data import datasets, detection
+from pipeline.evaluation import report as evaluate_report
+from pipeline.training import modeling
 from tests.pipeline import idx_fixtures, workdir_fixtures
 
 # ----------------------------------------------------------------------------------
@@ -106,7 +100,7 @@ def test_cross_fit_pretrains_both_halves_and_writes_label_issues(cross_fitted):
     config, workdir = cross_fitted
     pre = stage.stage_dir(workdir, "pretrain")
     assert modeling.is_fitted(pre) and modeling.is_fitted(os.path.join(pre, pretrain.HALF_B))
-    train = data.read_labels(workdir, "train")
+    train = datasets.read_labels(workdir, "train")
     out = stage.stage_dir(workdir, "estimate_tau")
     tau = stage.read_json(os.path.join(out, "tau.json"))
     assert tau["cross_fit"] is True
@@ -128,7 +122,7 @@ def test_cross_fit_pretrains_both_halves_and_writes_label_issues(cross_fitted):
 @pytest.mark.slow
 def test_classifier_matches_the_pipeline_stages(cross_fitted):
     config, workdir = cross_fitted
-    ds = data.make_dataset(workdir, "train", batch_size=4096, training=False, with_meta=True)
+    ds = datasets.make_dataset(workdir, "train", batch_size=4096, training=False, with_meta=True)
     xs, ys, ids = [], [], []
     for x, y, meta in ds.as_numpy_iterator():
         xs.append(x)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import data
+from pipeline.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_augment_batch_is_a_padded_crop_possibly_flipped():
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, size=(64, 6, 5, 2)).astype(np.uint8)
-    out = data.augment_batch(tf.constant(images), tf.constant([3, 4], tf.int64)).numpy()
+    out = datasets.augment_batch(tf.constant(images), tf.constant([3, 4], tf.int64)).numpy()
     assert out.shape == images.shape and out.dtype == np.uint8
     padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
     offsets, flips = set(), 0
@@ -36,9 +36,9 @@ def test_augment_batch_is_a_padded_crop_possibly_flipped():
 
 def test_augment_batch_is_deterministic_given_the_seed():
     images = tf.constant(np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype(np.float32))
-    a = data.augment_batch(images, tf.constant([1, 2], tf.int64))
-    b = data.augment_batch(images, tf.constant([1, 2], tf.int64))
-    c = data.augment_batch(images, tf.constant([1, 3], tf.int64))
+    a = datasets.augment_batch(images, tf.constant([1, 2], tf.int64))
+    b = datasets.augment_batch(images, tf.constant([1, 2], tf.int64))
+    c = datasets.augment_batch(images, tf.constant([1, 3], tf.int64))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -61,11 +61,12 @@ def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
 
     import pytest
 
-    from pipeline import records, stage
+    from pipeline.core import stage
+    from pipeline.data import records
 
     workdir = _preprocessed(tmp_path)
-    labels = data.read_labels(workdir, "train")
-    manifest = data.load_manifest(workdir)
+    labels = datasets.read_labels(workdir, "train")
+    manifest = datasets.load_manifest(workdir)
     assert len(labels["id"]) == manifest["splits"]["train"]["num_examples"]
 
     shard = records.shard_paths(os.path.join(workdir, "preprocess"), "train")[1]
@@ -80,7 +81,7 @@ def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
         match=f"stage preprocess is incomplete: {name} has {len(content) - 7} bytes, "
         f"metadata.json records {len(content)}",
     ):
-        data.read_labels(workdir, "train")
+        datasets.read_labels(workdir, "train")
     # Without recorded sizes (a workdir from before they were recorded), the reader's
     # own check names the shard.
     metadata_path = os.path.join(workdir, "preprocess", "metadata.json")
@@ -88,12 +89,12 @@ def test_read_labels_names_a_truncated_or_missing_shard(tmp_path):
     del metadata["files"]
     stage.write_json(metadata_path, metadata)
     with pytest.raises(stage.PipelineError, match=f"{shard}: corrupt or truncated"):
-        data.read_labels(workdir, "train")
+        datasets.read_labels(workdir, "train")
 
     with open(shard, "wb") as f:
         f.write(b"")  # a whole shard's records gone: only the count can tell
     with pytest.raises(stage.PipelineError, match="manifest.json says"):
-        data.read_labels(workdir, "train")
+        datasets.read_labels(workdir, "train")
 
 
 def _first_epoch_ids(workdir, *, seed, augment):
@@ -102,7 +103,7 @@ def _first_epoch_ids(workdir, *, seed, augment):
     section = SimpleNamespace(
         batch_size=32, augment=augment, shuffle_buffer=1000, strategy="default"
     )
-    ds = data.training_dataset(workdir, section, seed=seed)
+    ds = datasets.training_dataset(workdir, section, seed=seed)
     return np.concatenate([x.numpy().reshape(len(x), -1)[:, :8] for x, _ in ds])
 
 

@@ -18,8 +18,12 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from har_tf import corruption
-from pipeline import data_anomalies, data_schema, data_statistics, preprocess, stage
-from pipeline.stage import PipelineError
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
+from pipeline.data_validation import anomalies as data_anomalies
+from pipeline.data_validation import schema as data_schema
+from pipeline.data_validation import statistics
 from tests.pipeline import idx_fixtures, schema_fixtures, text_fixtures
 from tests.pipeline.test_preprocess import read_split, smoke_config
 from tests.pipeline.test_text import read_text_split, reference_tokens, text_config
@@ -70,10 +74,8 @@ def image_statistics(seed=0, n=(120, 40), num_classes=4):
         noisy = noisy if split == "train" else clean
         ids = np.arange(size) * 3
         counts = corruption.transition_counts(clean, noisy, num_classes)
-        summary = data_statistics.summarize_images(ids, images)
-        out.datasets.append(
-            data_statistics.split_statistics(split, summary, counts, counts, "image")
-        )
+        summary = statistics.summarize_images(ids, images)
+        out.datasets.append(statistics.split_statistics(split, summary, counts, counts, "image"))
         made[split] = {"images": images, "clean": clean, "noisy": noisy, "ids": ids}
     return out, made
 
@@ -82,14 +84,14 @@ def test_summaries_merge_exactly_whatever_the_chunking():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(50, 3, 3, 2), dtype=np.uint8)
     ids = rng.permutation(1000)[:50]
-    whole = data_statistics.summarize_images(ids, images)
-    parts = [data_statistics.Summary()]
+    whole = statistics.summarize_images(ids, images)
+    parts = [statistics.Summary()]
     for start, stop in ((0, 7), (7, 7), (7, 31), (31, 50)):
-        parts.append(data_statistics.summarize_images(ids[start:stop], images[start:stop]))
+        parts.append(statistics.summarize_images(ids[start:stop], images[start:stop]))
     merged = parts[0]
     for part in reversed(parts[1:]):  # any order
-        merged = data_statistics.merge(part, merged)
-    for got in (merged, data_statistics.Summary.from_json(merged.to_json())):
+        merged = statistics.merge(part, merged)
+    for got in (merged, statistics.Summary.from_json(merged.to_json())):
         np.testing.assert_array_equal(got.pixel_counts, np.bincount(images.ravel(), minlength=256))
         assert (got.num_examples, got.id_min, got.id_max) == (50, ids.min(), ids.max())
         assert got.shapes == ("3,3,2",) and got.dtypes == ("uint8",)
@@ -127,9 +129,9 @@ def test_image_statistics_equal_numpy():
 def test_text_statistics_equal_a_plain_python_tokenizer():
     texts = ["Good film!", "", "a<br />b c, d e", "Élan café", "x " * 30, "one"]
     lengths = np.array([len(reference_tokens(t)) for t in texts])
-    summary = data_statistics.summarize_texts(np.arange(6), texts, lengths)
+    summary = statistics.summarize_texts(np.arange(6), texts, lengths)
     counts = np.diag([3, 3])
-    dataset = data_statistics.split_statistics("train", summary, counts, counts, "text")
+    dataset = statistics.split_statistics("train", summary, counts, counts, "text")
     text = by_name(dataset)["text"]
     assert text.type == statistics_pb2.FeatureNameStatistics.STRING
     assert text.string_stats.avg_length == pytest.approx(np.mean([len(t.encode()) for t in texts]))
@@ -181,8 +183,8 @@ def test_inferred_schema_is_the_hand_written_one():
 
 
 def _empty_test_split(stats):
-    empty = data_statistics.split_statistics(
-        "test", data_statistics.Summary(), np.zeros((4, 4)), np.zeros((4, 4)), "image"
+    empty = statistics.split_statistics(
+        "test", statistics.Summary(), np.zeros((4, 4)), np.zeros((4, 4)), "image"
     )
     stats.datasets[1].CopyFrom(empty)
 

@@ -9,7 +9,7 @@ import pytest
 
 from configs import fashion_mnist_hetero
 from pipeline import run as run_lib
-from pipeline import stage
+from pipeline.core import stage
 from tests import harness
 from tests.pipeline import idx_fixtures
 

@@ -5,7 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import data, epoch_eval, evaluate, modeling, stage
+from pipeline import evaluate
+from pipeline.core import stage
+from pipeline.data import datasets
+from pipeline.training import epoch_eval, modeling
 from tests.pipeline import workdir_fixtures
 
 
@@ -20,7 +23,7 @@ def prepared(tmp_path_factory):
 def _expected(model, config, workdir) -> dict:
     """The monitor's metrics computed independently: model.predict over the test split
     (batched as the monitor and evaluate batch it), then numpy."""
-    ds = data.make_dataset(workdir, "test", batch_size=config.eval.batch_size, training=False)
+    ds = datasets.make_dataset(workdir, "test", batch_size=config.eval.batch_size, training=False)
     logits = model.predict(ds, verbose=0)
     labels = np.concatenate([y.numpy() for _, y in ds])
     correct = np.argmax(logits, axis=-1) == labels
@@ -54,7 +57,7 @@ def test_monitor_metrics_equal_an_independent_computation(prepared):
 def _fit(config, workdir, out_dir, *, monitor: bool, resume: bool = True) -> tuple:
     model = _model(config)
     callbacks = [epoch_eval.monitor_for(config, workdir)] if monitor else []
-    ds = data.training_dataset(workdir, config.train, seed=config.seed)
+    ds = datasets.training_dataset(workdir, config.train, seed=config.seed)
     os.makedirs(out_dir)
     hist = modeling.fit(
         model,

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import blessing, data, epoch_eval, evaluate, evaluate_report, modeling, plots, stage
+from pipeline import evaluate
+from pipeline.core import stage
+from pipeline.data import datasets
+from pipeline.evaluation import blessing, plots
+from pipeline.evaluation import report as evaluate_report
+from pipeline.training import epoch_eval, modeling
 from tests.pipeline import workdir_fixtures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -248,7 +253,7 @@ def test_stage_best_epoch_from_the_history(evaluated):
     config, workdir, out = evaluated
     report = stage.read_json(os.path.join(out, "report.json"))
     assert report["per_epoch_test"] is True
-    test = data.make_dataset(workdir, "test", batch_size=100, training=False)
+    test = datasets.make_dataset(workdir, "test", batch_size=100, training=False)
     counts = np.bincount(np.concatenate([y.numpy() for _, y in test]), minlength=10)
     assert counts.sum() == 100
     per_class = np.arange(10) / 10

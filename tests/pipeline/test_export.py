@@ -11,7 +11,10 @@ import pytest
 import tensorflow as tf
 from absl import logging
 
-from pipeline import evaluate, export, infra_validation, modeling, stage
+from pipeline import evaluate, export
+from pipeline.core import stage
+from pipeline.serving import infra_validation
+from pipeline.training import modeling
 from tests.pipeline import workdir_fixtures
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

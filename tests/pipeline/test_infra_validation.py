@@ -1,4 +1,4 @@
-"""Infra validation (pipeline/infra_validation.py): `python -m pipeline.serve` in a
+"""Infra validation (pipeline/serving/infra_validation.py): `python -m pipeline.serve` in a
 subprocess on an export, real requests, answers compared with the Keras model's."""
 
 import os
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import export, infra_validation, stage
+from pipeline import export
+from pipeline.core import stage
+from pipeline.serving import infra_validation
 from tests.pipeline.test_serve import SHAPE, tiny_model
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(6, *SHAPE), dtype=np.uint8)

@@ -38,8 +38,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import modeling, multi_worker
-from pipeline.stage import PipelineError
+from pipeline.core.stage import PipelineError
+from pipeline.training import modeling, multi_worker
 from tests import harness
 
 CONFIG = harness.config()

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import epoch_eval, modeling, stage, workdir_lock
 from pipeline import run as run_lib
+from pipeline.core import stage, workdir_lock
+from pipeline.training import epoch_eval, modeling
 from tests import harness
 from tests.pipeline import idx_fixtures
 

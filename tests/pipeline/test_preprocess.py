@@ -19,8 +19,10 @@ import tensorflow as tf
 
 from configs import fashion_mnist_hetero
 from har_tf import corruption
-from pipeline import preprocess, records, sources, stage
-from pipeline.stage import PipelineError
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
+from pipeline.data import records, sources
 from tests import harness
 from tests.pipeline import idx_fixtures, schema_fixtures
 

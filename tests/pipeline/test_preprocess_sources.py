@@ -15,8 +15,9 @@ import pytest
 
 from configs import cifar10_hetero, fashion_mnist_hetero
 from har_tf import corruption
-from pipeline import preprocess, stage
-from pipeline.stage import PipelineError
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
 from tests.pipeline import source_fixtures, tfds_fixtures
 from tests.pipeline import test_preprocess as tp
 

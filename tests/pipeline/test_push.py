@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import blessing, export, infra_validation, push, serve, stage
+from pipeline import export, push, serve
+from pipeline.core import stage
+from pipeline.evaluation import blessing
+from pipeline.serving import infra_validation
 from tests.pipeline.test_serve import SHAPE, call, reference, tiny_model
 
 # report.json `test` entries: HAR loses 10 points on noisy_rare against ERM.

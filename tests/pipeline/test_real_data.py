@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import data, preprocess, stage
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.data import datasets
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -38,7 +40,7 @@ def test_real_fashion_mnist_counts_and_noise(workdir):
     assert [noisy_after[c] for c in range(10) if c not in rare] == [6000] * 6
     assert manifest["splits"]["test"]["num_examples"] == 10_000
 
-    labels = data.read_labels(workdir, "train")
+    labels = datasets.read_labels(workdir, "train")
     assert len(labels["id"]) == sum(noisy_after) == 38_400
     np.testing.assert_array_equal(np.bincount(labels["label"], minlength=10), noisy_after)
     # Before the cut every class has 6000 clean examples, and the pairs swap at 0.4:

@@ -16,7 +16,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from pipeline import preprocess, records, stage
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.data import records
 from tests import harness
 from tests.pipeline import idx_fixtures
 from tests.pipeline.test_preprocess import smoke_config

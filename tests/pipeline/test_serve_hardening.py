@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import export, serve, serving_http
+from pipeline import export, serve
+from pipeline.serving import http_server
 from tests.pipeline.test_serve import SHAPE, export_version, images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +85,7 @@ def test_deeply_nested_json_is_a_400_and_the_server_keeps_serving(running):
     ],
 )
 def test_json_depth_against_hand_counts(text, depth):
-    assert serving_http.json_depth(text) == depth
+    assert http_server.json_depth(text) == depth
     json.loads(text)  # the cases are valid JSON
 
 
@@ -252,7 +253,7 @@ def test_the_exported_signature_checks_rank_and_shape(base):
 def test_the_exported_text_signature_checks_rank(tmp_path):
     import keras
 
-    from pipeline import text
+    from pipeline.data import text
 
     vectorizer = text.vectorizer(["the", "movie", "good"], sequence_length=4)
     inputs = keras.Input((4,), dtype="int64")
@@ -271,7 +272,7 @@ def test_the_exported_text_signature_checks_rank(tmp_path):
 def test_json_depth_is_linear_on_a_large_image_body():
     body = json.dumps({"instances": np.zeros((64, 28, 28, 1), np.uint8).tolist()}).encode()
     start = time.monotonic()
-    assert serving_http.json_depth(body) == 5
+    assert http_server.json_depth(body) == 5
     assert time.monotonic() - start < 5
 
 
@@ -508,4 +509,4 @@ def test_too_many_instances_are_refused_before_the_body_is_parsed(running, monke
     ],
 )
 def test_json_nesting_counts_the_instances_unparsed(text, items):
-    assert serving_http.json_nesting(text)[1] == items
+    assert http_server.json_nesting(text)[1] == items

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import export, serve, text
+from pipeline import export, serve
+from pipeline.data import text
 from tests.pipeline.test_serve import SHAPE, call, export_version
 
 VOCABULARY = ["good", "bad", "movie"]

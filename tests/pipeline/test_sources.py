@@ -1,4 +1,4 @@
-"""Tests of pipeline.sources: the IDX, .npz, image-list and TFDS readers, and where
+"""Tests of pipeline.data.sources: the IDX, .npz, image-list and TFDS readers, and where
 data is looked for. Full preprocess runs on each source are in
 test_preprocess_sources.py."""
 
@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from configs import fashion_mnist_hetero
-from pipeline import sources
-from pipeline.stage import PipelineError
+from pipeline.core.stage import PipelineError
+from pipeline.data import sources
 from tests.pipeline import idx_fixtures, source_fixtures, tfds_fixtures
 
 

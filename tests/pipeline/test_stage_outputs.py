@@ -11,8 +11,10 @@ import os
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import cli, data, stage
+from pipeline import cli
 from pipeline import run as run_lib
+from pipeline.core import stage
+from pipeline.data import datasets
 
 
 def _fake(name, calls):
@@ -117,7 +119,7 @@ def test_a_truncated_manifest_names_the_file_and_its_stage(pipeline):
         match=r"^stage preprocess is incomplete: manifest.json has \d+ bytes, metadata.json "
         r"records \d+; rerun with --from_stage=preprocess",
     ):
-        data.load_manifest(workdir)
+        datasets.load_manifest(workdir)
     assert rerun() == list(stage.STAGES)
 
 
@@ -132,7 +134,7 @@ def test_a_truncated_manifest_without_recorded_sizes_is_invalid_json(pipeline):
         stage.PipelineError,
         match=r"^stage preprocess is incomplete: manifest.json is not valid JSON \(",
     ):
-        data.load_manifest(workdir)
+        datasets.load_manifest(workdir)
 
 
 def test_a_truncated_metadata_json_makes_the_stage_incomplete(pipeline):

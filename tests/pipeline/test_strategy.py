@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from configs import fashion_mnist_hetero
-from pipeline import modeling
-from pipeline.stage import PipelineError
+from pipeline.core.stage import PipelineError
+from pipeline.training import modeling
 from tests import harness
 
 

@@ -19,21 +19,17 @@ import pandas as pd
 import pytest
 
 from configs.studies import smoke
-from pipeline import (
-    data,
-    epoch_eval,
-    preprocess,
-    pretrain,
-    stage,
-    study_config,
-    study_plots,
-    study_records,
-    study_report,
-    validation,
-)
-from pipeline import study_stats as st
-from pipeline.study import Study, run_study
-from pipeline.study_config import Job, StudyConfigError
+from pipeline import preprocess, pretrain
+from pipeline.core import stage
+from pipeline.data import datasets, validation
+from pipeline.study import config as study_config
+from pipeline.study import plots as study_plots
+from pipeline.study import records as study_records
+from pipeline.study import report
+from pipeline.study import stats as st
+from pipeline.study.config import Job, StudyConfigError
+from pipeline.study.runner import Study, run_study
+from pipeline.training import epoch_eval
 from tests.pipeline import idx_fixtures
 from tests.pipeline.workdir_fixtures import tiny_config
 
@@ -196,7 +192,7 @@ def test_regime_map_pairs_each_setting_on_the_seeds_every_setting_runs(tmp_path)
     }
     runs[study.run_key(Job("noaug", 1, "har", 10.0))] = {"failed": "diverged"}
     selection = {"har": {"selected": 10.0}}
-    regime = study_report.regime_map(study, runs, selection)
+    regime = report.regime_map(study, runs, selection)
     assert list(regime) == ["har"] and regime["har"]["seeds"] == [0, 1]
     main, noaug = regime["har"]["settings"]["main"], regime["har"]["settings"]["noaug"]
     # main: differences 0.10 and 0.05 on seeds 0, 1 (seed 2 left out).
@@ -216,12 +212,9 @@ def test_regime_map_pairs_each_setting_on_the_seeds_every_setting_runs(tmp_path)
     assert f"| main | 7.5 [{100 * (0.075 - half):.1f}, {100 * (0.075 + half):.1f}] (n=2) | " in text
     assert "| noaug | -5.0 (n=1) | 97.5 [91.1, 103.9] (n=2) | 25.0 [" in text
     # Before HAR's lambda is selected there is nothing to pair; with one setting, no map.
-    pending = study_report.regime_map(study, runs, {"har": {"selected": None}})
+    pending = report.regime_map(study, runs, {"har": {"selected": None}})
     assert pending["har"]["settings"]["main"]["paired"]["mean"] is None
-    assert (
-        study_report.regime_map(Study(smoke.get_config(), str(tmp_path / "v")), runs, selection)
-        == {}
-    )
+    assert report.regime_map(Study(smoke.get_config(), str(tmp_path / "v")), runs, selection) == {}
 
 
 def test_selection_uses_validation_not_test(tmp_path):
@@ -231,11 +224,11 @@ def test_selection_uses_validation_not_test(tmp_path):
         _fake_done(study, Job("main", seed, "har", 1.0), val=0.8, test_primary=0.3)
         _fake_done(study, Job("main", seed, "har", 10.0), val=0.6, test_primary=0.7)
         _fake_done(study, Job("main", seed, "erm", 0.0), val=0.5, test_primary=0.2)
-    sel = study_report.selections(study)["har"]
+    sel = report.selections(study)["har"]
     assert sel["selected"] == 1.0
     assert sel["table"]["1"]["mean"] == pytest.approx(0.8)
     assert sel["oracle_on_test"]["lam"] == 10.0  # reported beside it, labelled
-    result = study_report.build(study)
+    result = report.build(study)
     har = result["settings"]["main"]["methods"]["har"]
     assert har["lam"] == 1.0 and har["groups"]["noisy_rare"]["mean"] == pytest.approx(0.3)
     diff = result["settings"]["main"]["paired_minus_erm"]["har"]["noisy_rare"]
@@ -280,7 +273,7 @@ def test_tau_by_cell_shows_runs_of_one_cell_that_trained_with_different_taus(tmp
     erm = Job("main", 0, "erm", 0.0)  # no tau: not counted
     _fake_done(study, erm, val=0.5, test_primary=0.5)
     jobs = [Job("main", s, "har", lam) for s, lam in taus] + [erm, Job("main", 1, "har", 10.0)]
-    got = study_report.tau_by_cell(study, jobs)
+    got = report.tau_by_cell(study, jobs)
     assert got == {
         "main/seed0": {"runs": 2, "max_abs_difference": 0.25},
         "main/seed1": {"runs": 1, "max_abs_difference": 0.0},
@@ -295,7 +288,7 @@ def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
     study = Study(smoke.get_config(), str(tmp_path))
     _fake_done(study, Job("main", 0, "har", 1.0), val=0.8, test_primary=0.3)
     assert study.selection()["har"] is None
-    result = study_report.build(study)
+    result = report.build(study)
     assert not result["complete"] and result["runs_done"] == 1
 
 
@@ -320,7 +313,7 @@ def test_a_selection_at_the_grid_edge_runs_one_more_lambda_then_selects(tmp_path
         _fake_done(study, Job("main", seed, "har", 1.0), val=0.5, test_primary=0.3)
         _fake_done(study, Job("main", seed, "har", 10.0), val=0.7, test_primary=0.3)
         _fake_done(study, Job("main", seed, "erm", 0.0), val=0.5, test_primary=0.2)
-    sel = study_report.selections(study)["har"]
+    sel = report.selections(study)["har"]
     # 10 is the grid's top: 100 (ratio 10) is added, and the selection waits for it.
     assert sel["grid"] == [1.0, 10.0, 100.0] and sel["added"] == [100.0]
     assert sel["pending"] and sel["selected"] is None
@@ -328,10 +321,10 @@ def test_a_selection_at_the_grid_edge_runs_one_more_lambda_then_selects(tmp_path
     assert todo == [Job("main", 0, "har", 100.0), Job("main", 1, "har", 100.0)]
     for seed in (0, 1):
         _fake_done(study, Job("main", seed, "har", 100.0), val=0.8, test_primary=0.3)
-    sel = study_report.selections(study)["har"]
+    sel = report.selections(study)["har"]
     # 100 wins and is the top again, but one value per side was the limit.
     assert sel["selected"] == 100.0 and sel["grid"] == [1.0, 10.0, 100.0]
-    assert study_report.build(study)["complete"]
+    assert report.build(study)["complete"]
 
 
 # ----------------------------------------------------------------------------------
@@ -363,23 +356,23 @@ def test_validation_split_in_manifest_and_never_trained_on(tmp_path):
     config.data.val_fraction = 0.2
     workdir = str(tmp_path / "w")
     preprocess.run(config, workdir)
-    manifest = data.load_manifest(workdir)
+    manifest = datasets.load_manifest(workdir)
     entry = manifest["validation"]
-    train = data.read_labels(workdir, "train")
+    train = datasets.read_labels(workdir, "train")
     val = np.asarray(entry["ids"])
     assert entry["num_examples"] == len(val) > 0 and entry["fraction"] == 0.2
     assert sum(entry["counts_noisy"]) == len(val)
     np.testing.assert_array_equal(
         val, validation.split_validation(train["id"], train["label"], fraction=0.2, seed=0)
     )
-    fit = data.read_fit_labels(workdir)
+    fit = datasets.read_fit_labels(workdir)
     assert not np.isin(fit["id"], val).any()
     assert len(fit["id"]) + len(val) == len(train["id"]) == entry["num_fit_examples"] + len(val)
-    keep = data.fit_keep_ids(workdir)
+    keep = datasets.fit_keep_ids(workdir)
     seen = np.concatenate(
         [
             b[2]["id"].numpy()
-            for b in data.make_dataset(
+            for b in datasets.make_dataset(
                 workdir, "train", batch_size=64, training=True, keep_ids=keep, with_meta=True
             )
         ]
@@ -390,8 +383,8 @@ def test_validation_split_in_manifest_and_never_trained_on(tmp_path):
     # The default (0) carves nothing: no manifest entry, every record trains.
     config.data.val_fraction = 0.0
     preprocess.run(config, str(tmp_path / "w0"))
-    assert "validation" not in data.load_manifest(str(tmp_path / "w0"))
-    assert data.fit_keep_ids(str(tmp_path / "w0")) is None
+    assert "validation" not in datasets.load_manifest(str(tmp_path / "w0"))
+    assert datasets.fit_keep_ids(str(tmp_path / "w0")) is None
 
 
 # ----------------------------------------------------------------------------------
@@ -506,8 +499,8 @@ def _fake_runner(monkeypatch, selected):
     monkeypatch.setattr(Study, "status", status)
     monkeypatch.setattr(Study, "run_job", run_job)
     monkeypatch.setattr(Study, "selections", selections)
-    monkeypatch.setattr(study_report, "write", lambda study: None)
-    monkeypatch.setattr(study_report, "estimate_remaining", lambda study, jobs: None)
+    monkeypatch.setattr(report, "write", lambda study: None)
+    monkeypatch.setattr(report, "estimate_remaining", lambda study, jobs: None)
     return ran
 
 
@@ -538,8 +531,8 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
     """Study.run_job takes the run directory's lock, and the cell's while the cell's
     stages run: a lock another open file holds (another process) makes it raise
     WorkdirInUse before any stage runs, and nothing is recorded as failed."""
-    from pipeline import study as study_module
-    from pipeline import workdir_lock
+    from pipeline.core import workdir_lock
+    from pipeline.study import runner as study_module
 
     calls = []
     for name in study_module.CELL_STAGES:
@@ -574,8 +567,8 @@ def test_a_process_waits_while_another_holds_the_last_runs(tmp_path, monkeypatch
     """With every run done but one that another open file's lock holds (another
     process trains it), the runner reports "held" (it waits) instead of training it
     or calling the study stuck; run_study polls until the run is finished."""
-    from pipeline import study as study_module
-    from pipeline import workdir_lock
+    from pipeline.core import workdir_lock
+    from pipeline.study import runner as study_module
 
     study = Study(smoke.get_config(), str(tmp_path / "w"))
     last = Job("main", 1, "har", 10.0)
@@ -594,7 +587,7 @@ def test_a_process_waits_while_another_holds_the_last_runs(tmp_path, monkeypatch
             _fake_done(study, last, val=0.5, test_primary=0.3)
 
         monkeypatch.setattr(study_module.time, "sleep", other_process_finishes)
-        monkeypatch.setattr(study_report, "write", lambda study: None)
+        monkeypatch.setattr(report, "write", lambda study: None)
         assert run_study(study.config, study.workdir, poll_seconds=7.0)
     assert polls == [7.0]
 
@@ -603,15 +596,15 @@ def test_aggregations_of_one_study_take_turns(tmp_path, monkeypatch):
     """study_report.write holds the study's lock file while it writes (two processes
     may run one study side by side on disjoint settings)."""
     result = {"code": {"commit": "abc", "dirty": False}}
-    monkeypatch.setattr(study_report, "build", lambda study: result)
-    monkeypatch.setattr(study_report, "runtime_table", lambda study: {})
+    monkeypatch.setattr(report, "build", lambda study: result)
+    monkeypatch.setattr(report, "runtime_table", lambda study: {})
     monkeypatch.setattr(study_plots, "write_all", lambda result, out: {})
     monkeypatch.setattr(study_plots, "markdown", lambda result, plots, runtimes: "# s\n")
     study = Study(smoke.get_config(), str(tmp_path / "w"))
     out = tmp_path / "w" / "study"
     out.mkdir(parents=True)
-    writer = threading.Thread(target=study_report.write, args=(study,))
-    with open(out / study_report.LOCK, "a") as held:
+    writer = threading.Thread(target=report.write, args=(study,))
+    with open(out / report.LOCK, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another process aggregating
         writer.start()
         writer.join(timeout=1.0)
@@ -888,7 +881,7 @@ def test_smoke_study2_runs_every_new_method(tmp_path, idx_dir):
     assert har["grid"] == sorted([1.0, 10.0, *har["added"]]) and har["selected"] in har["grid"]
     cell = os.path.join(workdir, "cells", "main", "seed0")
     flags = pd.read_csv(os.path.join(cell, "estimate_tau", "label_issues.csv"))
-    fit = data.read_fit_labels(os.path.join(cell, "runs", "erm"))
+    fit = datasets.read_fit_labels(os.path.join(cell, "runs", "erm"))
     wrong = fit["label"] != fit["clean_label"]
     flagged = set(flags.loc[flags["is_label_issue"], "id"])
     runs = s["runs"]

@@ -1,11 +1,11 @@
-"""Study 2's analyses (pipeline.study_analysis) against hand-computed values and scipy."""
+"""Study 2's analyses (pipeline.study.analysis) against hand-computed values and scipy."""
 
 import math
 
 import numpy as np
 import pytest
 
-from pipeline import study_analysis as sa
+from pipeline.study import analysis as sa
 
 
 def _run(setting, method, seed, lam, primary, memorized=None, overall=None, training_set=None):

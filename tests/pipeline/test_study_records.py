@@ -1,4 +1,4 @@
-"""Run records (pipeline.study_records) that are records in name only stop the study
+"""Run records (pipeline.study.records) that are records in name only stop the study
 and its report with the file's name, not a KeyError (issue 29 item 4)."""
 
 import json
@@ -6,9 +6,10 @@ import json
 import pytest
 
 from configs.studies import smoke
-from pipeline import stage, study_records, study_report
-from pipeline.study import Study
-from pipeline.study_config import Job
+from pipeline.core import stage
+from pipeline.study import records, report
+from pipeline.study.config import Job
+from pipeline.study.runner import Study
 from tests.pipeline.test_study import _fake_done
 
 
@@ -27,7 +28,7 @@ def test_a_done_record_without_what_the_report_reads_names_the_file(tmp_path, ed
     job = Job("main", 0, "har", 1.0)
     _fake_done(study, job, val=0.8, test_primary=0.3)
     assert study.status(job) == "done"  # writes the record
-    path = study_records.path(str(tmp_path), study.run_key(job))
+    path = records.path(str(tmp_path), study.run_key(job))
     with open(path) as f:
         record = json.load(f)
     edit(record)
@@ -37,15 +38,15 @@ def test_a_done_record_without_what_the_report_reads_names_the_file(tmp_path, ed
     with pytest.raises(stage.PipelineError, match="^" + message.replace(".", r"\.")):
         study.status(job)
     with pytest.raises(stage.PipelineError, match="delete it to rerun that run$"):
-        study_report.build(study)  # what --aggregate_only runs
+        report.build(study)  # what --aggregate_only runs
 
 
 def test_a_failed_record_needs_its_error(tmp_path):
     study = Study(smoke.get_config(), str(tmp_path))
     job = Job("main", 0, "har", 1.0)
     key, fp = study.run_key(job), study.fingerprints(job)["train"]
-    study_records.write(str(tmp_path), key, {"fingerprint": fp, "state": "failed"})
+    records.write(str(tmp_path), key, {"fingerprint": fp, "state": "failed"})
     with pytest.raises(stage.PipelineError, match="not a failed run record: error missing"):
         study.status(job)
-    study_records.write(str(tmp_path), key, study_records.failed_record(fp, "boom"))
+    records.write(str(tmp_path), key, records.failed_record(fp, "boom"))
     assert study.status(job) == "failed"

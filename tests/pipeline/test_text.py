@@ -23,9 +23,12 @@ import tensorflow as tf
 
 from configs import imdb_hetero
 from har_tf import corruption
-from pipeline import data, preprocess, records, sources, stage, text
-from pipeline.sources import resolve
-from pipeline.stage import PipelineError
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
+from pipeline.data import datasets as data
+from pipeline.data import records, sources, text
+from pipeline.data.sources import resolve
 from tests import harness
 from tests.pipeline import text_fixtures, tfds_fixtures
 
@@ -33,7 +36,7 @@ PUNCTUATION = set("!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'")
 
 
 def reference_tokens(raw: str) -> list[str]:
-    """The standardization of pipeline/text.py, in plain Python."""
+    """The standardization of pipeline/data/text.py, in plain Python."""
     lowered = re.sub(r"<br\s*/?>", " ", raw.lower())
     return "".join(ch for ch in lowered if ch not in PUNCTUATION).split()
 
@@ -424,7 +427,7 @@ def test_a_label_outside_the_classes_names_the_file(tmp_path):
 
 
 def test_model_must_match_the_modality(csv_data):
-    from pipeline import modeling
+    from pipeline.training import modeling
 
     config = text_config(csv_data.path)
     config.model.name = "resnet"

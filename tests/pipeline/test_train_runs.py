@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from configs import common, fashion_mnist_hetero
-from pipeline import data, epoch_eval, modeling, preprocess, stage, train
-from pipeline.stage import PipelineError
+from pipeline import preprocess, train
+from pipeline.core import stage
+from pipeline.core.stage import PipelineError
+from pipeline.data import datasets
+from pipeline.training import epoch_eval, modeling
 from tests.pipeline import idx_fixtures
 
 
@@ -67,9 +70,9 @@ def test_each_run_trains_a_model_with_its_own_lam_tau_and_reg_every(tmp_path, mo
     tau = np.linspace(0.1, 1.0, 10)
     with stage.stage_output(workdir, "estimate_tau") as out:
         stage.write_json(os.path.join(out, "tau.json"), {"tau": tau.tolist()})
-    monkeypatch.setattr(data, "read_fit_labels", lambda wd: {"label": np.arange(100) % 10})
-    monkeypatch.setattr(data, "fit_keep_ids", lambda wd: None)
-    monkeypatch.setattr(data, "training_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "read_fit_labels", lambda wd: {"label": np.arange(100) % 10})
+    monkeypatch.setattr(datasets, "fit_keep_ids", lambda wd: None)
+    monkeypatch.setattr(datasets, "training_dataset", lambda *a, **k: None)
     monkeypatch.setattr(epoch_eval, "label_set_monitors", lambda *a: [])
     fitted = {}
     monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""Which records a run trains on (pipeline.training_set): the rule against hand-built
+"""Which records a run trains on (pipeline.training.training_set): the rule against hand-built
 cases, and the train stage's wiring against the records themselves."""
 
 import os
@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 
 from har_tf.callbacks import DeferredReweighting
-from pipeline import data, detection, modeling, preprocess, stage, train, training_set
+from pipeline import preprocess, train
+from pipeline.core import stage
+from pipeline.data import datasets, detection
+from pipeline.training import modeling, training_set
 from tests.pipeline import idx_fixtures
 from tests.pipeline.workdir_fixtures import tiny_config
 
@@ -59,7 +62,7 @@ def test_check_run_names_the_bad_field():
 
 def test_make_dataset_refuses_an_unknown_label_key(tmp_path):
     with pytest.raises(ValueError, match="label_key must be"):
-        data.make_dataset(str(tmp_path), "train", batch_size=4, training=False, label_key="y")
+        datasets.make_dataset(str(tmp_path), "train", batch_size=4, training=False, label_key="y")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def workdir(tmp_path_factory):
     config.tau.cross_fit = True
     workdir = str(root / "w")
     preprocess.run(config, workdir)
-    fit = data.read_fit_labels(workdir)
+    fit = datasets.read_fit_labels(workdir)
     flagged = fit["id"][::7]
     with stage.stage_output(workdir, "estimate_tau") as out:
         stage.write_json(os.path.join(out, "tau.json"), {"tau": [1.0] * 10})

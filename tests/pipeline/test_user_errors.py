@@ -6,8 +6,9 @@ import os
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import cli, stage, workdir_lock
+from pipeline import cli
 from pipeline import run as run_lib
+from pipeline.core import stage, workdir_lock
 from tests import harness
 
 CONFIG = harness.config()

@@ -1,4 +1,4 @@
-"""The workdir lock (pipeline.workdir_lock): a second process is refused at once,
+"""The workdir lock (pipeline.core.workdir_lock): a second process is refused at once,
 touching nothing, and a killed holder never leaves a stale lock."""
 
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import stage, workdir_lock
+from pipeline.core import stage, workdir_lock
 from tests import harness
 
 CONFIG = harness.config()

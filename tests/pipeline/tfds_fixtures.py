@@ -9,7 +9,7 @@ examples as "train") and, with no metadata files offline (tensorflow_datasets
 example i of a split the same content in every read, whatever the slice:
 
   with tfds_fixtures.mock_tfds({"train": 1200, "test": 200}) as fake:
-      ...  # pipeline.sources.TfdsSource("cifar10") reads fake data
+      ...  # pipeline.data.sources.TfdsSource("cifar10") reads fake data
       fake.example("cifar10", "train", 7)  # {"image": ..., "label": ..., ...}
 """
 
@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
-from pipeline import sources
+from pipeline.data import sources
 
 _SLICE = re.compile(r"(\w+)(?:\[(\d*):(\d*)\])?")
 # Per-split seeds of the fake generator, so train and test differ.
@@ -75,7 +75,7 @@ class FakeTfds:
 def mock_tfds(sizes: dict[str, int]):
     """Mocks TFDS (no network, no files) with splits of the given sizes.
 
-    Clears `pipeline.sources`' per-process builder cache on entry and exit, so no
+    Clears `pipeline.data.sources`' per-process builder cache on entry and exit, so no
     mocked builder outlives the mock. The in-process Beam runner (FnApiRunner, the
     preprocess default) sees the mock; a multi-process runner would not.
     """

@@ -9,7 +9,9 @@ import os
 import numpy as np
 
 from configs import fashion_mnist_hetero
-from pipeline import epoch_eval, modeling, preprocess, stage
+from pipeline import preprocess
+from pipeline.core import stage
+from pipeline.training import epoch_eval, modeling
 from tests.pipeline import idx_fixtures
 
 TAU = np.linspace(0.1, 1.0, 10)

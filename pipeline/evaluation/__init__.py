@@ -1,0 +1,3 @@
+"""The blessing, the evaluate stage's report and its plots. Imports
+pipeline.core and pipeline.data.
+"""

@@ -1,0 +1,385 @@
+"""study.md and the PNG figures of a study, from the study.json dict alone."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.evaluation.plots import epoch_points  # noqa: E402
+
+FIT_ACC, FIT_MEM, VAL = "fit_accuracy", "fit_memorized", "val_mean_class_accuracy"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _ci(s: dict) -> str:
+    """ "mean [low, high] (n)" in percent points."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    ci = s.get("ci95")
+    band = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * s['mean']:.1f}{band} (n={s['n']})"
+
+
+def write_all(result: dict, out: str) -> dict:
+    """Writes the figures of every setting; returns {title: file name}."""
+    files = {}
+    primary = result["primary_group"]
+    for setting, agg in result["settings"].items():
+        methods = {m: r for m, r in agg["methods"].items() if r["seeds_done"]}
+        if not methods:
+            continue
+        name = f"accuracy_{setting}.png"
+        _accuracy(
+            methods,
+            f"{setting}: final-epoch test accuracy, mean and 95% t-interval",
+            f"{out}/{name}",
+        )
+        files[f"{setting}: accuracy per method"] = name
+        curves = {m: r["curves"] for m, r in methods.items()}
+        name = f"curves_{setting}.png"
+        _curves(
+            {m: c.get(f"test_{primary}") for m, c in curves.items()},
+            f"{setting}: {primary} test accuracy per epoch (mean over seeds)",
+            "test accuracy",
+            f"{out}/{name}",
+        )
+        files[f"{setting}: {primary} test accuracy per epoch"] = name
+        if any(c.get(FIT_ACC) for c in curves.values()):
+            name = f"memorization_{setting}.png"
+            _memorization(curves, setting, f"{out}/{name}")
+            files[f"{setting}: memorization per epoch"] = name
+    for method, regime in result.get("regime_map", {}).items():
+        if any(r["paired"].get("mean") is not None for r in regime["settings"].values()):
+            name = f"regime_map_{method}.png"
+            _regime(method, regime, result["reference"], primary, f"{out}/{name}")
+            files[f"regime map: {method} - {result['reference']}"] = name
+    return files
+
+
+def _regime(method: str, regime: dict, ref: str, primary: str, path: str) -> None:
+    """The paired difference against how much the reference memorized, per setting."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting, row in regime["settings"].items():
+        d, mem = row["paired"], row["memorization"][ref][FIT_MEM]
+        if d.get("mean") is None or mem.get("mean") is None:
+            continue
+        x, y = 100 * mem["mean"], 100 * d["mean"]
+        err = [[y - 100 * d["ci95"][0]], [100 * d["ci95"][1] - y]] if d.get("ci95") else None
+        ax.errorbar([x], [y], yerr=err, fmt="o", capsize=4)
+        ax.annotate(setting, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(f"{ref}: wrongly-labelled training examples memorized (%)")
+    ax.set_ylabel(f"{method} - {ref} on {primary} (points)")
+    ax.set_title(f"regime map, seeds {regime['seeds']}: mean and 95% t-interval", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _accuracy(methods: dict, title: str, path: str) -> None:
+    groups = [*next(iter(methods.values()))["groups"], "overall"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(methods)
+    for i, (m, r) in enumerate(methods.items()):
+        stats = [r["groups"].get(g) or r["overall"] for g in groups[:-1]] + [r["overall"]]
+        means = np.array([100 * (s["mean"] or 0) for s in stats])
+        err = np.array([[100 * (s["mean"] - s["ci95"][0]) if s["ci95"] else 0 for s in stats]] * 2)
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=err, capsize=3, label=m)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _curves(curves: dict, title: str, ylabel: str, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, c in curves.items():
+        if c:
+            ax.plot(*epoch_points(c), label=m)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _memorization(curves: dict, setting: str, path: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in (
+        (axes[0], FIT_ACC, "training accuracy vs noisy labels (un-augmented)"),
+        (axes[1], FIT_MEM, "wrongly-labelled examples predicted as their wrong label"),
+    ):
+        for m, c in curves.items():
+            if c.get(key):
+                ax.plot(*epoch_points(c[key]), label=m)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{setting}: {label}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _tau_lines(cells: dict) -> list[str]:
+    """Whether the runs of each cell trained with one tau (study_report.tau_by_cell)."""
+    if not cells:
+        return []
+    differ = {c: v for c, v in cells.items() if v["max_abs_difference"] > 0}
+    if not differ:
+        return ["", f"Every cell's runs trained with the same tau ({len(cells)} cells)."]
+    lines = ["", "**tau differs between runs of one cell** (their pairing is weaker):", ""]
+    lines += [
+        f"- {c}: {v['runs']} runs, max |difference| {v['max_abs_difference']:.3g}"
+        for c, v in differ.items()
+    ]
+    return lines
+
+
+def markdown(result: dict, plots: dict, runtimes: dict) -> str:
+    """study.md: the state, each lambda selection, each setting's tables, failures,
+    figures and runtimes."""
+    primary, ref = result["primary_group"], result["reference"]
+    state = "COMPLETE" if result["complete"] else "PARTIAL (runs still to come; figures may change)"
+    code = result["code"]
+    lines = [
+        f"# Study `{result['study']}`: {state}",
+        "",
+        f"Runs finished: {result['runs_done']} of {result['runs_planned']} planned; "
+        f"failed: {len(result['runs_failed'])}. Code: {code['commit']}"
+        + (" (uncommitted changes)" if code["dirty"] else ""),
+        "",
+        "All accuracies (%) are on the clean test set at each run's final epoch: mean "
+        "[95% t-interval] (n seeds).",
+    ]
+    lines += _tau_lines(result.get("tau_by_cell", {}))
+    for method, sel in result["selection"].items():
+        lines += _selection_lines(method, sel, primary)
+    for setting, agg in result["settings"].items():
+        lines += _setting_lines(setting, agg, primary, ref)
+    for method, regime in result.get("regime_map", {}).items():
+        lines += _regime_lines(method, regime, primary, ref)
+    if result.get("analysis"):
+        lines += _analysis_lines(result["analysis"], primary, ref)
+    if result["runs_failed"]:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
+    if plots:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{title}]({name})" for title, name in plots.items()]
+    if runtimes:
+        lines += _runtime_lines(runtimes)
+    return "\n".join(lines) + "\n"
+
+
+def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
+    """The validation table that selected a method's lambda, and the oracle beside it."""
+    lines = [
+        "",
+        f"## lambda selection for `{method}` (validation split, noisy labels)",
+        "",
+        f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
+        "",
+        "| lam | validation mean per-class accuracy per seed (%) | mean (%) | "
+        "standard error (%) | status |",
+        "|---|---|---|---|---|",
+    ]
+    for lam, row in sel["table"].items():
+        vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
+        lines.append(
+            f"| {lam} | {vals} | {_pct(row['mean'])} | {_pct(row.get('se'))} | {row['status']} |"
+        )
+    if sel.get("extension_rule"):
+        added = ", ".join(f"{x:g}" for x in sel["added"]) or "none"
+        lines += ["", f"Grid extension: {sel['extension_rule']}. Added: {added}."]
+    chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
+    oracle = sel["oracle_on_test"]
+    lines += [
+        "",
+        f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
+        f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
+        "",
+        f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
+        "|---|---|",
+    ]
+    for lam, s in oracle[f"test_{primary}"].items():
+        lines.append(f"| {lam} | {_ci(s)} |")
+    return lines
+
+
+def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]:
+    """A setting's accuracy and memorization per method, paired differences, per class."""
+    methods = agg["methods"]
+    groups = next((list(r["groups"]) for r in methods.values() if r["groups"]), [primary])
+    lines = [
+        "",
+        f"## Setting `{setting}`",
+        "",
+        "| method | lam | seeds done / planned | "
+        + " | ".join(groups)
+        + " | overall | train acc. vs noisy labels | wrong labels memorized |",
+        "|---" * (len(groups) + 6) + "|",
+    ]
+    for m, r in methods.items():
+        lam = "pending" if r["lam"] is None else f"{r['lam']:g}"
+        mem = r["memorization"]
+        lines.append(
+            f"| {m} | {lam} | {len(r['seeds_done'])} / {len(r['seeds_planned'])} | "
+            + " | ".join(_ci(r["groups"].get(g)) for g in groups)
+            + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
+        )
+    lines += [
+        "",
+        f"Paired difference against `{ref}` on the same seeds (percent points):",
+        "",
+        "| method | " + " | ".join(groups) + " | overall |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for m, d in agg[f"paired_minus_{ref}"].items():
+        lines.append(
+            f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
+        )
+    num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
+    if num_classes:
+        lines += [
+            "",
+            "Per class (mean over seeds, %):",
+            "",
+            "| method | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+            "|---" * (num_classes + 1) + "|",
+        ]
+        for m, r in methods.items():
+            if r["per_class"]:
+                lines.append(
+                    f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
+                )
+    return lines
+
+
+def _regime_lines(method: str, regime: dict, primary: str, ref: str) -> list[str]:
+    """The regime map's table: one row per setting."""
+    lines = [
+        "",
+        f"## Regime map: `{method}` - `{ref}` on {primary}",
+        "",
+        f"Per setting, on the seeds every setting runs ({regime['seeds']}): the paired "
+        f"difference on {primary} (percent points), and each method's memorization at "
+        "its last epoch (training accuracy against the noisy labels; wrongly-labelled "
+        "training examples predicted as their wrong label).",
+        "",
+        f"| setting | {method} - {ref} | {ref}: train acc. | {ref}: memorized | "
+        f"{method}: train acc. | {method}: memorized |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, row in regime["settings"].items():
+        mem = row["memorization"]
+        lines.append(
+            f"| {setting} | {_ci(row['paired'])} | {_ci(mem[ref][FIT_ACC])} | "
+            f"{_ci(mem[ref][FIT_MEM])} | {_ci(mem[method][FIT_ACC])} | "
+            f"{_ci(mem[method][FIT_MEM])} |"
+        )
+    return lines
+
+
+def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
+    """Study 2's tables (pipeline.study.analysis): comparisons, headroom, drops,
+    memorization against gain, tau against the true noise."""
+    lines = []
+    for setting, rows in analysis["comparisons"].items():
+        if not rows:
+            continue
+        groups = list(next(iter(rows.values())))
+        lines += ["", f"## Pre-registered comparisons, setting `{setting}` (paired, points)", ""]
+        lines += ["| comparison | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
+    for setting, ceilings in analysis["headroom"].items():
+        for ceiling, row in ceilings.items():
+            lines += [
+                "",
+                f"## Headroom on {primary}, setting `{setting}`: `{ceiling}` - `{ref}` = "
+                f"{_ci(row['headroom'])}",
+                "",
+                "| method | gain over the reference (points) | share of the headroom | seeds |",
+                "|---|---|---|---|",
+            ]
+            for method, share in row["share"].items():
+                frac = share["share"]
+                lines.append(
+                    f"| {method} | {_pct(share['gain'])} | "
+                    f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
+                )
+    for setting, rows in analysis["training_sets"].items():
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## Examples dropped, setting `{setting}` (mean over seeds; precision and "
+            "recall against the known flips, %)",
+            "",
+            "| method | dropped | kept | wrongly labelled | precision | recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, r in rows.items():
+
+            def num(s):
+                return "n/a" if s["mean"] is None else f"{s['mean']:.0f}"
+
+            lines.append(
+                f"| {method} | {num(r['dropped'])} | {num(r['kept'])} | "
+                f"{num(r['wrongly_labelled'])} | {_ci(r['precision'])} | {_ci(r['recall'])} |"
+            )
+    mem = analysis["memorization_vs_gain"]
+    rho = "n/a" if mem["rho"] is None else f"{mem['rho']:+.2f}"
+    p = "n/a" if mem["p_value"] is None else f"{mem['p_value']:.3f}"
+    lines += [
+        "",
+        f"## Gain against memorization, setting `{mem['setting']}`",
+        "",
+        f"Over {len(mem['points'])} (method, seed) pairs: gain on {primary} against the "
+        f"change in wrong labels memorized (both against `{ref}`). {mem['test']}: "
+        f"rho = {rho}, p = {p} (negative: gains go with less memorization). Per method "
+        "(descriptive): "
+        + ", ".join(
+            f"{m} {'n/a' if r is None else f'{r:+.2f}'}"
+            for m, r in mem.get("rho_per_method", {}).items()
+        )
+        + ".",
+    ]
+    cells = analysis["tau_vs_noise"]
+    if cells:
+        lines += ["", "## tau against the true noise per class (noisy label)", ""]
+        for cell, row in cells.items():
+            for key in ("tau", "err", "true_noise"):
+                vals = row.get(key) or []
+                shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
+                lines.append(f"- {cell} {key}: {shown}")
+    return lines
+
+
+def _runtime_lines(runtimes: dict) -> list[str]:
+    lines = [
+        "",
+        "## Runtime (train stage, wall clock)",
+        "",
+        "| setting, kind | runs | mean s | total s |",
+        "|---|---|---|---|",
+    ]
+    for key, runs in runtimes.items():
+        v = list(runs.values())
+        lines.append(f"| {key} | {len(v)} | {np.mean(v):.0f} | {np.sum(v):.0f} |")
+    return lines
