@@ -10,16 +10,12 @@ it, so the two steps read each setting in one place.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
 from har_tf import objective
 from har_tf.objective import Objective, Penalty
-
-if TYPE_CHECKING:
-    from har_tf.har_model import HARModel
 
 
 class ModelObjective:
@@ -43,7 +39,7 @@ class ModelObjective:
       tap_model: as given; it shares every variable of the backbone.
     """
 
-    def __init__(self, model: HARModel, tap_model: keras.Model, compute_loss: Callable):
+    def __init__(self, model: keras.Model, tap_model: keras.Model, compute_loss: Callable):
         self._model = model
         self.tap_model = tap_model
         self._compute_loss = compute_loss
