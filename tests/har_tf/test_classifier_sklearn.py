@@ -5,6 +5,7 @@ cross_val_score, GridSearchCV and check_estimator."""
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 
 import keras
@@ -429,3 +430,46 @@ def test_bad_predict_inputs(fitted):
         clf.predict_proba(np.where(x == x[0, 0], np.nan, x))
     with pytest.raises(NotFittedError, match="not fitted yet"):
         tiny().predict_proba(x)
+
+
+# -- docs/CLASSIFIER.md's tabular example -------------------------------------------------
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "CLASSIFIER.md")
+
+
+def _doc_example() -> str:
+    """The python block under "A table: CSV to GridSearchCV to label issues"."""
+    with open(DOCS) as f:
+        text = f.read()
+    section = text[text.index("## A table: CSV to GridSearchCV to label issues") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+@pytest.mark.slow  # 10 fits of 3 trainings (3 lambdas x 3 folds, the refit), eager
+def test_the_docs_tabular_example_runs_as_written(tmp_path, monkeypatch, eager, capsys):
+    """docs/CLASSIFIER.md's CSV -> GridSearchCV -> label issues block, line for line,
+    except its 20 + 20 epochs (13 minutes) become 1 + 1 on one full batch."""
+    code = _doc_example()
+    epochs = "HARClassifier(pretrain_epochs=20, epochs=20)"
+    assert code.count(epochs) == 1, "the doc's example changed: update this test"
+    code = code.replace(epochs, "HARClassifier(pretrain_epochs=1, epochs=1, batch_size=2048)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, DOCS, "exec"), namespace)  # noqa: S102 (our own documentation)
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "digits.csv")
+    assert table.shape == (1797, 65)
+    assert set(table["target"]) == {f"digit {d}" for d in range(10)}
+    search, clf, issues = namespace["search"], namespace["clf"], namespace["issues"]
+    lams = [p["harclassifier__lam"] for p in search.cv_results_["params"]]
+    assert lams == [0.0, 1.0, 10.0]
+    assert clf is search.best_estimator_[-1]
+    assert clf.lam == search.best_params_["harclassifier__lam"]
+    y_train = namespace["y_train"].to_numpy()
+    given = np.full(len(y_train), None, object)
+    given[issues["id"].to_numpy()] = issues["given_label"].to_numpy()
+    np.testing.assert_array_equal(given, y_train)  # every training row, by position
+    flagged, wrong = namespace["flagged"], namespace["wrong"]
+    assert f"flagged {flagged.sum()}; of the {wrong.sum()} wrong labels" in out
+    assert "test balanced accuracy:" in out
