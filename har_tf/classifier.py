@@ -29,9 +29,9 @@ EXPECTED_FAILED_CHECKS = {
         "split into halves (the losses and tau do weight as copies)"
     ),
     "check_methods_sample_order_invariance": (
-        "float32 predictions of a row change in the last bits (about 4e-8) with its "
-        "position in a batch (oneDNN/Eigen kernels); the check's tolerance is 1e-7 "
-        "relative with an atol of 1e-9"
+        "float32 predictions of a row change in the last bits (4e-8 to 1.2e-7 measured) "
+        "with its position in a batch (oneDNN/Eigen kernels); the check's tolerance is "
+        "1e-7 relative with an atol of 1e-9, and it draws one permutation, which may pass"
     ),
 }
 

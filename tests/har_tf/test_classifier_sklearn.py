@@ -321,7 +321,6 @@ def for_checks() -> HARClassifier:
     )
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:every held-out prediction is right")
 @parametrize_with_checks([for_checks()], expected_failed_checks=lambda _: EXPECTED_FAILED_CHECKS)
 def test_sklearn_check(estimator, check, eager):
