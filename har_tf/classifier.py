@@ -29,9 +29,9 @@ EXPECTED_FAILED_CHECKS = {
         "split into halves (the losses and tau do weight as copies)"
     ),
     "check_methods_sample_order_invariance": (
-        "float32 predictions of a row change in the last bits (about 4e-8) with its "
-        "position in a batch (oneDNN/Eigen kernels); the check's tolerance is 1e-7 "
-        "relative with an atol of 1e-9"
+        "float32 predictions of a row change in the last bits (4e-8 to 1.2e-7 measured) "
+        "with its position in a batch (oneDNN/Eigen kernels); the check's tolerance is "
+        "1e-7 relative with an atol of 1e-9, and it draws one permutation, which may pass"
     ),
 }
 
@@ -323,8 +323,9 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y has {num_classes} classes but num_classes is {self.num_classes}")
         inputs.check_splittable(ids, classes, weights)
         build, taps = self._builder(data.example_shape, num_classes)
+        # The first model is built (and its backbone checked) before any training, so
+        # a wrong backbone fails early without a build of its own.
         new_model = lambda **kw: self._new_model(build, taps, num_classes, seed, **kw)
-        self._backbone(build, num_classes)  # a wrong backbone fails before any training
         held = self._held_out(data, new_model, seed, callbacks=pretrain_callbacks, verbose=verbose)
         scored = held.scored
         wrong = np.argmax(held.proba[scored], axis=1) != ids[scored]
@@ -450,8 +451,9 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
         """float64 [N, C] class probabilities (softmax of the model's logits);
         column c is `classes_[c]`."""
         x = self._inputs(x)
-        batching = {} if isinstance(x, tf.data.Dataset) else {"batch_size": self.batch_size}
-        return held_out.softmax(self.model_.predict(x, verbose=0, **batching))
+        if isinstance(x, tf.data.Dataset):
+            return held_out.softmax(self.model_.predict(x, verbose=0))
+        return held_out.softmax(inputs.predict_arrays(self.model_, x, self.batch_size))
 
     def predict(self, x) -> np.ndarray:
         """[N] predicted labels (values of `classes_`)."""

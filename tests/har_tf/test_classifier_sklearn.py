@@ -5,6 +5,7 @@ cross_val_score, GridSearchCV and check_estimator."""
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 
 import keras
@@ -20,8 +21,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from har_tf import HARClassifier
+from har_tf import classifier_inputs as inputs
 from har_tf.classifier import EXPECTED_FAILED_CHECKS, NotFittedError
 from har_tf.har_model import HARModel
+from har_tf.models import defaults
 
 C, N, F = 3, 90, 4
 
@@ -111,9 +114,14 @@ def test_default_backbone_of_a_table_is_an_mlp_with_its_hidden_activations_tappe
         init(self, backbone, **kwargs)
 
     monkeypatch.setattr(HARModel, "__init__", spy)
+    builds = []
+    mlp = defaults.mlp
+    monkeypatch.setattr(defaults, "mlp", lambda **kw: builds.append(mlp(**kw)) or builds[-1])
     x, y = table()
     tiny(hidden_layer_sizes=(6, 5), pretrain_epochs=1, epochs=1).fit(x, y)
     assert len(built) == 3  # pretrain A, pretrain B, final
+    # One build per model trained: none is built only to be checked.
+    assert [id(b) for b in builds] == [id(b) for b, _ in built]
     for backbone, _ in built:
         dense = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Dense)]
         assert [layer.units for layer in dense] == [6, 5, C]
@@ -134,6 +142,20 @@ def test_default_backbone_of_images_is_a_small_resnet():
     assert clf.predict(x).shape == (24,)
     with pytest.raises(ValueError, match=r"fitted on examples of shape \(8, 8, 1\)"):
         clf.predict(x[:, :, :4])
+
+
+def test_a_wrong_backbone_fails_before_any_training(monkeypatch):
+    monkeypatch.setattr(HARModel, "fit", lambda *a, **k: pytest.fail("trained"))
+    build = functools.partial(defaults.mlp, num_features=F, num_classes=C - 1)
+    with pytest.raises(ValueError, match=f"the backbone ends in {C - 1} logits but y has {C}"):
+        tiny(build_backbone=build).fit(*table())
+
+
+def test_predictions_of_arrays_are_those_of_keras_predict_in_the_same_batches():
+    model = HARModel(defaults.mlp(num_features=F, num_classes=C), lam=0.0, tap_layers=[])
+    x = table(n=70)[0]  # 2 full batches of 32 and one of 6
+    got = inputs.predict_arrays(model, x, 32)
+    np.testing.assert_array_equal(got, model.predict(x, batch_size=32, verbose=0))
 
 
 def test_no_default_backbone_for_other_ranks():
@@ -274,21 +296,33 @@ def test_grid_search_over_lam_and_pretrain_epochs_picks_the_best_of_a_loop():
 
 @pytest.fixture
 def eager():
-    """TensorFlow functions run eagerly: on the checks' tiny datasets (tens of rows, a
-    few steps per training) tracing each new model's step costs more than the steps
-    (measured: a 3-training fit 14 s traced, 3.7 s eager). The checks test the
-    estimator's contract; the traced path is what every other test runs."""
+    """TensorFlow functions run eagerly. The checks fit many fresh models on tiny
+    datasets for a few steps each; tracing each new model's train step (HAR's
+    gradient of a gradient) and predict step costs more than running them eagerly
+    (docs/CLASSIFIER.md has the figures). The checks test the estimator's contract;
+    the traced path is what every other test runs."""
     tf.config.run_functions_eagerly(True)
     yield
     tf.config.run_functions_eagerly(False)
 
 
-@pytest.mark.slow
+def for_checks() -> HARClassifier:
+    """The tiny configuration of the checks: one full batch per epoch (the checks'
+    datasets have at most 300 rows), one pretraining epoch, two final ones at a
+    learning rate high enough for check_classifiers_train's training accuracy
+    (> 0.83 on its blobs; measured 0.97 binary, 0.90 with 3 classes). lam > 0 and
+    cross-fitting: every check runs the full HAR path, three trainings per fit."""
+    return tiny(
+        hidden_layer_sizes=(16,),
+        pretrain_epochs=1,
+        epochs=2,
+        batch_size=512,
+        optimizer=functools.partial(keras.optimizers.Adam, 0.2),
+    )
+
+
 @pytest.mark.filterwarnings("ignore:every held-out prediction is right")
-@parametrize_with_checks(
-    [tiny(hidden_layer_sizes=(16,), epochs=5)],
-    expected_failed_checks=lambda _: EXPECTED_FAILED_CHECKS,
-)
+@parametrize_with_checks([for_checks()], expected_failed_checks=lambda _: EXPECTED_FAILED_CHECKS)
 def test_sklearn_check(estimator, check, eager):
     """scikit-learn's check_estimator, one test per check; the expected failures are
     marked xfail with their reasons (har_tf.classifier.EXPECTED_FAILED_CHECKS)."""
@@ -365,7 +399,7 @@ def test_a_nan_inside_a_dataset_is_named_before_training(monkeypatch):
 def test_a_diverged_pretraining_is_named(monkeypatch):
     x, y = table()
     monkeypatch.setattr(
-        HARModel, "predict", lambda self, x, **k: np.full((len(x), C), np.nan, np.float32)
+        HARModel, "predict_on_batch", lambda self, x: np.full((len(x), C), np.nan, np.float32)
     )
     with pytest.raises(FloatingPointError, match="half A predicts non-finite probabilities"):
         tiny(pretrain_epochs=1).fit(x, y)
@@ -395,3 +429,46 @@ def test_bad_predict_inputs(fitted):
         clf.predict_proba(np.where(x == x[0, 0], np.nan, x))
     with pytest.raises(NotFittedError, match="not fitted yet"):
         tiny().predict_proba(x)
+
+
+# -- docs/CLASSIFIER.md's tabular example -------------------------------------------------
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "CLASSIFIER.md")
+
+
+def _doc_example() -> str:
+    """The python block under "A table: CSV to GridSearchCV to label issues"."""
+    with open(DOCS) as f:
+        text = f.read()
+    section = text[text.index("## A table: CSV to GridSearchCV to label issues") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+@pytest.mark.slow  # 10 fits of 3 trainings (3 lambdas x 3 folds, the refit), eager
+def test_the_docs_tabular_example_runs_as_written(tmp_path, monkeypatch, eager, capsys):
+    """docs/CLASSIFIER.md's CSV -> GridSearchCV -> label issues block, line for line,
+    except its 20 + 20 epochs (13 minutes) become 1 + 1 on one full batch."""
+    code = _doc_example()
+    epochs = "HARClassifier(pretrain_epochs=20, epochs=20)"
+    assert code.count(epochs) == 1, "the doc's example changed: update this test"
+    code = code.replace(epochs, "HARClassifier(pretrain_epochs=1, epochs=1, batch_size=2048)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, DOCS, "exec"), namespace)  # noqa: S102 (our own documentation)
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "digits.csv")
+    assert table.shape == (1797, 65)
+    assert set(table["target"]) == {f"digit {d}" for d in range(10)}
+    search, clf, issues = namespace["search"], namespace["clf"], namespace["issues"]
+    lams = [p["harclassifier__lam"] for p in search.cv_results_["params"]]
+    assert lams == [0.0, 1.0, 10.0]
+    assert clf is search.best_estimator_[-1]
+    assert clf.lam == search.best_params_["harclassifier__lam"]
+    y_train = namespace["y_train"].to_numpy()
+    given = np.full(len(y_train), None, object)
+    given[issues["id"].to_numpy()] = issues["given_label"].to_numpy()
+    np.testing.assert_array_equal(given, y_train)  # every training row, by position
+    flagged, wrong = namespace["flagged"], namespace["wrong"]
+    assert f"flagged {flagged.sum()}; of the {wrong.sum()} wrong labels" in out
+    assert "test balanced accuracy:" in out
