@@ -72,7 +72,10 @@ def find_label_issues(labels, pred_probs, *, ids=None):
     ids = np.arange(len(labels)) if ids is None else np.asarray(ids)
     if ids.shape != labels.shape:
         raise ValueError(f"ids must have one entry per example, got {ids.shape}")
-    flags = cleanlab.filter.find_label_issues(labels, pred_probs)
+    # n_jobs=1: cleanlab would otherwise fork a pool of processes (one per core) on
+    # every call, from a process that has TensorFlow loaded; its flags are the same
+    # for any n_jobs (its docstring), and one process is faster at these sizes.
+    flags = cleanlab.filter.find_label_issues(labels, pred_probs, n_jobs=1)
     quality = cleanlab.rank.get_label_quality_scores(labels, pred_probs)
     return pd.DataFrame(
         {
