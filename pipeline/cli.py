@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Iterator
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pipeline import config_check, multi_worker, stage, workdir_lock
@@ -184,21 +184,16 @@ def _run_if_needed(name: str, run_fn, config, workdir: str, *, force: bool, work
                 f"input stage '{dep}' in {workdir!r} is stale (made with another "
                 "config); rerun it first, or run `python -m pipeline.run`"
             )
-    current = stage.state(workdir, name, fps[name])
-    if current == "current" and not force:
-        logging.info("Stage '%s' already complete in %s; skipping.", name, workdir)
-        return
-    if current == "stale" and not force:
-        raise stage.PipelineError(
-            f"stage '{name}' in {workdir!r} is complete but stale (made with "
-            "another config or input); rerun it with --force (later stages then "
-            "become stale too), or run `python -m pipeline.run`, which reruns it "
-            "and every later stage"
-        )
-    if worker is not None and not worker.chief:
-        run_fn(config, workdir)
-    else:
-        stage.run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
+    stage.ensure(
+        workdir,
+        name,
+        fps[name],
+        lambda: run_fn(config, workdir),
+        force=force,
+        fresh=force,
+        refuse_stale=True,
+        writer=worker is None or worker.chief,
+    )
 
 
 @contextlib.contextmanager

@@ -38,7 +38,6 @@ def pipeline(tmp_path, monkeypatch):
     calls = []
     fakes = {name: _fake(name, calls) for name in stage.STAGES}
     monkeypatch.setattr(run_lib, "STAGE_RUNS", fakes)
-    monkeypatch.setattr(run_lib.preprocess, "run", fakes["preprocess"])
     config = fashion_mnist_hetero.get_config("smoke")
     workdir = str(tmp_path / "work")
     run_lib.run_pipeline(config, workdir)
