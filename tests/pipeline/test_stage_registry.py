@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 
 import pytest
 
@@ -72,3 +74,53 @@ def test_fingerprints_unchanged_for_every_smoke_study_job(variant, version_010):
     }
     digest = hashlib.sha256(json.dumps(fps, sort_keys=True).encode()).hexdigest()
     assert (len(jobs), digest) == SMOKE_STUDY[variant]
+
+
+def test_every_input_is_an_earlier_stage():
+    # The order of REGISTRY is the order stages run: a stage reads only stages before it.
+    for i, record in enumerate(stage.REGISTRY):
+        for dep in record.inputs + record.tau_inputs:
+            assert dep in stage.STAGES[:i], f"{record.name} reads {dep}, not an earlier stage"
+    assert stage.upstream("train") == ("preprocess", "pretrain", "estimate_tau")
+    assert stage.upstream("push") == stage.STAGES[:-1]
+
+
+# The programs besides the stages that users run with `bazel run //pipeline:<name>`.
+ENTRY_POINTS = ("run", "serve", "study")
+
+
+def _build_binaries() -> list[str]:
+    """The names in pipeline/BUILD's `for stage in [...]` list of module binaries."""
+    with open(os.path.join(harness.REPO, "pipeline", "BUILD")) as f:
+        text = f.read()
+    found = re.search(r"for stage in \[(.*?)\]", text, re.DOTALL)
+    assert found, "pipeline/BUILD has no `for stage in [...]` list of binaries"
+    return re.findall(r'"(\w+)"', found.group(1))
+
+
+def test_build_has_a_binary_for_every_stage_and_entry_point():
+    binaries = _build_binaries()
+    assert len(binaries) == len(set(binaries)), f"duplicate binaries: {binaries}"
+    assert set(binaries) == {*stage.STAGES, *ENTRY_POINTS}
+    for name in binaries:  # each is a program: `python -m pipeline.<name>`
+        with open(os.path.join(harness.REPO, "pipeline", f"{name}.py")) as f:
+            assert 'if __name__ == "__main__":' in f.read(), f"pipeline/{name}.py has no main"
+
+
+def _docs_table() -> list[list[str]]:
+    """The rows (stage, reads, writes) of docs/PIPELINE.md's table of stages."""
+    with open(os.path.join(harness.REPO, "docs", "PIPELINE.md")) as f:
+        text = f.read()
+    section = text.split("## What each stage reads and writes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row] for row in rows[2:]]  # after header and rule
+
+
+def test_the_docs_table_of_stages_matches_the_registry():
+    rows = _docs_table()
+    assert [row[0].split()[0] for row in rows] == list(stage.STAGES)
+    for (_, reads, writes), record in zip(rows, stage.REGISTRY, strict=True):
+        named = {s for s in stage.STAGES if re.search(rf"\b{s}\b", reads)}
+        assert named == {*record.inputs, *record.tau_inputs}, f"{record.name} reads"
+        for output in record.outputs:
+            assert f"`{output}`" in writes, f"{record.name} writes {output}"
