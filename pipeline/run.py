@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import shlex
 import sys
 import time
 
@@ -120,10 +119,9 @@ def main(argv):
         run_pipeline(
             cli.config_from_flags(),
             FLAGS.workdir,
-            beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,
             from_stage=FLAGS.from_stage,
-            force_push=FLAGS.force_push,
+            **cli.option_values(stage.STAGES),
         )
     except stage.PipelineError as e:
         cli.fail(e)
@@ -138,11 +136,10 @@ def main(argv):
 
 if __name__ == "__main__":
     cli.define_common_flags()
-    flags.DEFINE_string("beam_args", "", "Extra Beam pipeline options for preprocess.")
+    cli.define_option_flags(stage.STAGES)
     flags.DEFINE_string(
         "from_stage",
         "",
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
-    push.define_flags()
     app.run(main, flags_parser=cli.parse_flags)

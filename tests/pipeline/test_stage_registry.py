@@ -5,6 +5,7 @@ agree with it."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -14,7 +15,8 @@ import pytest
 import har_tf
 from configs import fashion_mnist_hetero
 from configs.studies import smoke
-from pipeline import stage, study_config
+from pipeline import cli, stage, study_config
+from pipeline import run as run_lib
 from tests import harness
 
 # Fingerprints computed at commit 0fb6071, before the registry (har_tf 0.1.0): the
@@ -124,3 +126,12 @@ def test_the_docs_table_of_stages_matches_the_registry():
         assert named == {*record.inputs, *record.tau_inputs}, f"{record.name} reads"
         for output in record.outputs:
             assert f"`{output}`" in writes, f"{record.name} writes {output}"
+
+
+def test_every_stage_run_takes_its_options_and_each_option_has_a_flag():
+    for record in stage.REGISTRY:
+        params = inspect.signature(run_lib.STAGE_RUNS[record.name]).parameters
+        assert list(params)[:2] == ["config", "workdir"], record.name
+        assert set(params) - {"config", "workdir"} == set(record.options), record.name
+        assert all(o in cli.OPTION_FLAGS for o in record.options), record.name
+        assert record.forcing_option in ("", *record.options), record.name
