@@ -7,10 +7,11 @@ stages (as `pipeline.run` does) never defines a flag twice.
 import contextlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pipeline import config_check
@@ -42,6 +43,42 @@ def define_common_flags() -> None:
         "unwritable workdir, a missing stage output); without it, one line.",
     )
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+# How each stage option (stage.Stage.options) is given on the command line: its
+# flag's define function, default and help, and how the flag's value becomes the
+# argument of the stage's `run`.
+OPTION_FLAGS = {
+    "beam_args": (
+        flags.DEFINE_string,
+        "",
+        "Extra Beam pipeline options for preprocess, e.g. '--direct_num_workers=2'.",
+        shlex.split,
+    ),
+    "force_push": (
+        flags.DEFINE_bool,
+        False,
+        "Push even if the model is not blessed or not infra-blessed (the reasons are "
+        "recorded); reruns the push stage.",
+        bool,
+    ),
+}
+
+
+def _options(names) -> list[str]:
+    return list(dict.fromkeys(o for n in names for o in stage.BY_NAME[n].options))
+
+
+def define_option_flags(names) -> None:
+    """Defines the flags of the options of stages `names` (each once)."""
+    for option in _options(names):
+        define, default, help_text, _ = OPTION_FLAGS[option]
+        define(option, default, help_text)
+
+
+def option_values(names) -> dict:
+    """The parsed option flags of stages `names`, as their `run` takes them."""
+    return {o: OPTION_FLAGS[o][3](flags.FLAGS[o].value) for o in _options(names)}
 
 
 def config_from_flags():
@@ -125,12 +162,16 @@ def run_main(name: str, run_fn) -> None:
         config = config_from_flags()
     except stage.PipelineError as e:
         fail(e, f"{name}: ")
+    options = option_values([name])
+    # A forcing option (push's --force_push: a refused push is complete) reruns the
+    # stage as --force does.
+    forcing = stage.BY_NAME[name].forcing_option
     run_stage_main(
         name,
-        run_fn,
+        lambda config, workdir: run_fn(config, workdir, **options),
         config,
         flags.FLAGS.workdir,
-        force=flags.FLAGS.force,
+        force=flags.FLAGS.force or bool(forcing and options[forcing]),
         check=config_check.check_config,
         verbose=flags.FLAGS.verbose,
     )
@@ -186,21 +227,16 @@ def _run_if_needed(name: str, run_fn, config, workdir: str, *, force: bool, work
                 f"input stage '{dep}' in {workdir!r} is stale (made with another "
                 "config); rerun it first, or run `python -m pipeline.run`"
             )
-    current = stage.state(workdir, name, fps[name])
-    if current == "current" and not force:
-        logging.info("Stage '%s' already complete in %s; skipping.", name, workdir)
-        return
-    if current == "stale" and not force:
-        raise stage.PipelineError(
-            f"stage '{name}' in {workdir!r} is complete but stale (made with "
-            "another config or input); rerun it with --force (later stages then "
-            "become stale too), or run `python -m pipeline.run`, which reruns it "
-            "and every later stage"
-        )
-    if worker is not None and not worker.chief:
-        run_fn(config, workdir)
-    else:
-        stage.run_replacing(workdir, name, lambda: run_fn(config, workdir), fresh=force)
+    stage.ensure(
+        workdir,
+        name,
+        fps[name],
+        lambda: run_fn(config, workdir),
+        force=force,
+        fresh=force,
+        refuse_stale=True,
+        writer=worker is None or worker.chief,
+    )
 
 
 @contextlib.contextmanager
@@ -211,8 +247,10 @@ def _no_lock(workdir: str) -> Iterator[None]:
 
 
 def run_stage(name: str, run_fn) -> None:
-    """The whole `__main__` of a stage: define flags, parse them, run (or skip)."""
+    """The whole `__main__` of a stage: define flags (the common ones and its
+    options'), parse them, run (or skip)."""
     define_common_flags()
+    define_option_flags([name])
 
     def main(argv):
         if len(argv) > 1:

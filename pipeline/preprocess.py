@@ -52,11 +52,10 @@ import json
 import logging as py_logging
 import os
 import re
-import shlex
 
 import apache_beam as beam
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.combiners import TupleCombineFn
 
@@ -401,23 +400,11 @@ def run(config, workdir: str, beam_args=()) -> None:
         )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    FLAGS = flags.FLAGS
+if __name__ == "__main__":
+    # Run the importable module's `run`, not this __main__ copy's, so Beam pickles the
+    # DoFns by reference to `pipeline.preprocess` (workers import it by that name).
+    from pipeline import preprocess
+
     # Beam's INFO log names every fused stage; keep warnings and errors only.
     py_logging.getLogger("apache_beam").setLevel(py_logging.WARNING)
-    beam_args = shlex.split(FLAGS.beam_args)
-    cli.run_main(STAGE, lambda config, workdir: run(config, workdir, beam_args))
-
-
-if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy, so Beam pickles the
-    # DoFns by reference to `pipeline.preprocess` (workers import it by that name).
-    from pipeline import cli, preprocess
-
-    cli.define_common_flags()
-    flags.DEFINE_string(
-        "beam_args", "", "Extra Beam pipeline options, e.g. '--direct_num_workers=2'."
-    )
-    app.run(preprocess.main, flags_parser=cli.parse_flags)
+    cli.run_stage(STAGE, preprocess.run)

@@ -243,33 +243,5 @@ def read(workdir: str) -> dict | None:
     return stage.read_json(os.path.join(stage.stage_dir(workdir, NAME), FILE))
 
 
-def main(argv):
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    force_push = flags.FLAGS.force_push
-    if force_push:  # a push refused earlier is complete: rerun it
-        flags.FLAGS.force = True
-    cli.run_main(NAME, lambda config, workdir: run(config, workdir, force_push=force_push))
-
-
-def define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_bool(
-        "force_push",
-        False,
-        "Push even if the model is not blessed or not infra-blessed (the reasons are "
-        "recorded); reruns the push stage.",
-    )
-
-
 if __name__ == "__main__":
-    from absl import app
-
-    from pipeline import cli
-
-    cli.define_common_flags()
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_stage(NAME, run)

@@ -19,34 +19,21 @@ unreadable (stage.why_incomplete) is reported and rerun, with every later stage.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
-import shlex
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from pipeline import cli, estimate_tau, evaluate, export, preprocess, pretrain, push, train
+from pipeline import cli, push
 from pipeline.config_check import check_config
 from pipeline.core import stage, workdir_lock
 from pipeline.training import multi_worker
 
-STAGE_RUNS = {
-    "preprocess": preprocess.run,
-    "pretrain": pretrain.run,
-    "estimate_tau": estimate_tau.run,
-    "train": train.run,
-    "evaluate": evaluate.run,
-    "export": export.run,
-    "push": push.run,
-}
-assert tuple(STAGE_RUNS) == stage.STAGES
-
-
-def needed_stages(config) -> list[str]:
-    """Stages this config needs: estimate_tau (and pretrain) only if a run uses HAR."""
-    needs_tau = stage.uses_tau(config)
-    return [s for s in stage.STAGES if needs_tau or s not in ("pretrain", "estimate_tau")]
+# The function that makes each stage (stage.REGISTRY names its module): importing
+# them here, in the application layer, keeps pipeline.core.stage free of upward imports.
+STAGE_RUNS = {s.name: importlib.import_module(s.module).run for s in stage.REGISTRY}
 
 
 def run_pipeline(
@@ -81,41 +68,50 @@ def run_pipeline(
                 f"in one process; run the stages alone instead, `python -m pipeline.{section}` "
                 "on every worker (docs/DISTRIBUTED.md)"
             )
-    names = needed_stages(config)
+    names = stage.needed_stages(config)
+    options = {"beam_args": beam_args, "force_push": force_push}
     # One process at a time in a workdir (refuses at once if another holds it).
     fps = stage.fingerprints(config)
     with workdir_lock.held(workdir):
         rerun = force
         for name in names:
+            record = stage.BY_NAME[name]
             forced = (
                 force
-                or (name == "push" and force_push)
+                or bool(record.forcing_option and options[record.forcing_option])
                 or (bool(from_stage) and stage.STAGES.index(name) >= stage.STAGES.index(from_stage))
             )
             rerun = rerun or forced
-            state = stage.state(workdir, name, fps[name])
-            if state == "current" and not rerun:
-                logging.info("Stage %s: already complete, skipping.", name)
+            start = time.time()
+            run = functools.partial(
+                STAGE_RUNS[name], config, workdir, **{o: options[o] for o in record.options}
+            )
+            # forced: start afresh rather than resume an interrupted attempt.
+            ran = stage.ensure(
+                workdir,
+                name,
+                fps[name],
+                run,
+                force=rerun,
+                fresh=forced,
+                on_run=functools.partial(_announce, workdir, name),
+            )
+            if not ran:
                 print(f"== {name}: complete, skipped")
                 continue
             # Everything after a stage that runs depends on its new output.
             rerun = True
-            if state == "incomplete":
-                # metadata.json is there, but an output is missing or unreadable.
-                why = stage.why_incomplete(workdir, name)
-                print(f"stage {name} is incomplete: {why}; rerunning it", file=sys.stderr)
-            why = {"missing": "running", "stale": "stale, rerunning"}.get(state, "rerunning")
-            print(f"== {name}: {why}")
-            start = time.time()
-            if name == "preprocess":
-                run = functools.partial(preprocess.run, config, workdir, beam_args=beam_args)
-            elif name == "push":
-                run = functools.partial(STAGE_RUNS[name], config, workdir, force_push=force_push)
-            else:
-                run = functools.partial(STAGE_RUNS[name], config, workdir)
-            # forced: start afresh rather than resume an interrupted attempt.
-            stage.run_replacing(workdir, name, run, fresh=forced)
             print(f"== {name}: done in {time.time() - start:.0f} s")
+
+
+def _announce(workdir: str, name: str, found: str) -> None:
+    """What run_pipeline prints before a stage runs, given its state (stage.state)."""
+    if found == "incomplete":
+        # metadata.json is there, but an output is missing or unreadable.
+        why = stage.why_incomplete(workdir, name)
+        print(f"stage {name} is incomplete: {why}; rerunning it", file=sys.stderr)
+    why = {"missing": "running", "stale": "stale, rerunning"}.get(found, "rerunning")
+    print(f"== {name}: {why}")
 
 
 def main(argv):
@@ -125,10 +121,9 @@ def main(argv):
         run_pipeline(
             cli.config_from_flags(),
             FLAGS.workdir,
-            beam_args=shlex.split(FLAGS.beam_args),
             force=FLAGS.force,
             from_stage=FLAGS.from_stage,
-            force_push=FLAGS.force_push,
+            **cli.option_values(stage.STAGES),
         )
     except stage.PipelineError as e:
         cli.fail(e)
@@ -143,11 +138,10 @@ def main(argv):
 
 if __name__ == "__main__":
     cli.define_common_flags()
-    flags.DEFINE_string("beam_args", "", "Extra Beam pipeline options for preprocess.")
+    cli.define_option_flags(stage.STAGES)
     flags.DEFINE_string(
         "from_stage",
         "",
         f"Rerun this stage and every later one (one of {', '.join(stage.STAGES)}).",
     )
-    push.define_flags()
     app.run(main, flags_parser=cli.parse_flags)

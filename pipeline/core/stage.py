@@ -13,11 +13,22 @@ har_tf.__version__. A complete stage whose fingerprint differs from the one the
 current config gives is *stale*: `pipeline.run` reruns it and every later stage; a
 stage run as a program refuses it unless given --force. A stage whose metadata has
 no fingerprint (made before fingerprints, or by hand) counts as stale.
+
+The stage graph: `REGISTRY` holds one `Stage` record per stage (the config fields its
+fingerprint reads, its inputs, its declared outputs, when a config needs it, its
+extra options) and is the only place the graph is written; STAGES, SECTIONS,
+DECLARED_OUTPUTS, inputs() and needed_stages() are views of it. The records hold
+pure data because this module is the bottom layer and imports nothing from the
+pipeline: the function that makes stage `s` is `pipeline.<s>.run` (`Stage.module`),
+bound where stages are run (pipeline.run.STAGE_RUNS), which imports the stage
+modules the records name. `ensure` is the one "make this stage current" step that
+pipeline.run, the stage programs (pipeline.cli) and the study share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import glob
 import hashlib
@@ -37,45 +48,127 @@ METADATA = "metadata.json"
 # attempt never continues from checkpoints made under another config.
 PARTIAL_FINGERPRINT = "fingerprint.partial"
 
-STAGES = ("preprocess", "pretrain", "estimate_tau", "train", "evaluate", "export", "push")
 
-# Config fields each stage reads itself ("a.b" = field b of section a); what its
-# inputs read enters through their fingerprints. Fields that change only what is
-# printed (`verbose`) are left out, so --quiet never makes a stage stale.
-SECTIONS = {
-    "preprocess": ("seed", "data"),
-    # build_har_model also reads train.aggregation and train.scale.
-    # tau.cross_fit: whether it also fits ERM on half B.
-    "pretrain": ("seed", "model", "pretrain", "train.aggregation", "train.scale", "tau.cross_fit"),
-    "estimate_tau": ("tau", "eval.batch_size"),
-    # The train stage's per-epoch passes (pipeline.training.epoch_eval) read these eval fields.
-    "train": (
-        "seed",
-        "model",
-        "train",
-        "eval.per_epoch_test",
-        "eval.per_epoch_memorization",
-        "eval.per_epoch_every",
-        "eval.batch_size",
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline: the only place the stage graph is written.
+
+    Attributes:
+      name: the stage's directory in a workdir, and its program: `python -m
+        pipeline.<name>` (`module`), whose `run(config, workdir, **options)` makes it.
+      sections: the config fields it reads itself ("a.b" = field b of section a);
+        what its inputs read enters through their fingerprints. Fields that change
+        only what is printed (`verbose`) are left out, so --quiet never makes a
+        stage stale.
+      inputs: the stages whose outputs it reads under every config.
+      tau_inputs: the stages it also reads when the config `uses_tau`.
+      outputs: files every complete stage has whatever the config (checked by
+        why_incomplete, also in stages made before metadata.json recorded every
+        file's size). The rest of its files (one directory per run, the
+        SavedModel) are checked by their sizes.
+      only_with_tau: needed only by a config that `uses_tau`.
+      options: keyword arguments of its `run` beyond (config, workdir), given on
+        the command line (flags of the same name).
+      forcing_option: an option that, when set, reruns the stage even if current
+        (a refused push is complete: --force_push pushes it anew).
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tau_inputs: tuple[str, ...] = ()
+    only_with_tau: bool = False
+    options: tuple[str, ...] = ()
+    forcing_option: str = ""
+
+    @property
+    def module(self) -> str:
+        """The stage's program, `python -m <module>`; its `run` makes the stage."""
+        return f"pipeline.{self.name}"
+
+
+# In the order they run; a stage reads only stages before it. Every file a stage
+# reads from another stage's directory is covered by its inputs, so that a rerun
+# input makes the reader stale: export reads evaluate's report.json (the metrics of
+# its model card), evaluate reads tau.json for its report, push reads evaluate's
+# blessing and export's infra blessing and version directory.
+REGISTRY = (
+    Stage(
+        "preprocess",
+        sections=("seed", "data"),
+        inputs=(),
+        outputs=("manifest.json",),
+        options=("beam_args",),
     ),
-    "evaluate": ("eval",),
-    # Where the export is pushed does not change the export itself.
-    "export": ("export.run", "export.model_name", "export.version"),
-    "push": ("export.push_destination",),
-}
+    Stage(
+        "pretrain",
+        # build_har_model also reads train.aggregation and train.scale.
+        # tau.cross_fit: whether it also fits ERM on half B.
+        sections=(
+            "seed",
+            "model",
+            "pretrain",
+            "train.aggregation",
+            "train.scale",
+            "tau.cross_fit",
+        ),  # fmt: skip
+        inputs=("preprocess",),
+        outputs=("model.keras",),
+        only_with_tau=True,
+    ),
+    Stage(
+        "estimate_tau",
+        sections=("tau", "eval.batch_size"),
+        inputs=("preprocess", "pretrain"),
+        outputs=("tau.json",),
+        only_with_tau=True,
+    ),
+    Stage(
+        "train",
+        # The train stage's per-epoch passes (pipeline.training.epoch_eval) read these eval fields.
+        sections=(
+            "seed",
+            "model",
+            "train",
+            "eval.per_epoch_test",
+            "eval.per_epoch_memorization",
+            "eval.per_epoch_every",
+            "eval.batch_size",
+        ),
+        inputs=("preprocess",),
+        tau_inputs=("estimate_tau",),
+        outputs=(),
+    ),
+    Stage(
+        "evaluate",
+        sections=("eval",),
+        inputs=("preprocess", "train"),
+        tau_inputs=("estimate_tau",),
+        outputs=("report.json", "report.md"),
+    ),
+    Stage(
+        "export",
+        # Where the export is pushed does not change the export itself.
+        sections=("export.run", "export.model_name", "export.version"),
+        inputs=("preprocess", "train", "evaluate"),
+        outputs=("infra_blessing.json",),
+    ),
+    Stage(
+        "push",
+        sections=("export.push_destination",),
+        inputs=("evaluate", "export"),
+        outputs=("push.json",),
+        options=("force_push",),
+        forcing_option="force_push",
+    ),
+)
+BY_NAME = {s.name: s for s in REGISTRY}
+# Views of the registry that the rest of the code (and tests) read.
+STAGES = tuple(BY_NAME)
+SECTIONS = {s.name: s.sections for s in REGISTRY}
+DECLARED_OUTPUTS = {s.name: s.outputs for s in REGISTRY}
 IGNORED_FIELDS = ("verbose",)
-# Files every complete stage has whatever the config (checked by why_incomplete, also
-# in stages made before metadata.json recorded every file's size). The rest of a
-# stage's files (one directory per run, the SavedModel) are checked by their sizes.
-DECLARED_OUTPUTS = {
-    "preprocess": ("manifest.json",),
-    "pretrain": ("model.keras",),
-    "estimate_tau": ("tau.json",),
-    "train": (),
-    "evaluate": ("report.json", "report.md"),
-    "export": ("infra_blessing.json",),
-    "push": ("push.json",),
-}
 # Fields added after workdirs existed whose default reproduces the earlier outputs:
 # they enter a fingerprint only when set otherwise, so those workdirs stay valid.
 NEUTRAL_DEFAULTS = {
@@ -124,23 +217,30 @@ def uses_tau(config) -> bool:
 
 
 def inputs(config, name: str) -> tuple[str, ...]:
-    """The stages whose outputs stage `name` reads, under this config.
+    """The stages whose outputs stage `name` reads, under this config (REGISTRY)."""
+    record = BY_NAME[name]
+    return record.inputs + (record.tau_inputs if uses_tau(config) else ())
 
-    Every file a stage reads from another stage's directory is covered here, so
-    that a rerun input makes the reader stale: export reads evaluate's report.json
-    (the metrics of its model card), evaluate reads tau.json for its report, push
-    reads evaluate's blessing and export's infra blessing and version directory.
-    """
-    tau = ("estimate_tau",) if uses_tau(config) else ()
-    return {
-        "preprocess": (),
-        "pretrain": ("preprocess",),
-        "estimate_tau": ("preprocess", "pretrain"),
-        "train": ("preprocess", *tau),
-        "evaluate": ("preprocess", "train", *tau),
-        "export": ("preprocess", "train", "evaluate"),
-        "push": ("evaluate", "export"),
-    }[name]
+
+def needed_stages(config) -> list[str]:
+    """The stages this config needs, in order: pretrain and estimate_tau only if a
+    run uses tau (`uses_tau`)."""
+    tau = uses_tau(config)
+    return [s.name for s in REGISTRY if tau or not s.only_with_tau]
+
+
+def upstream(name: str) -> tuple[str, ...]:
+    """Every stage `name` reads under some config, directly or through its inputs,
+    in the order they run."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        record = BY_NAME[todo.pop()]
+        for dep in record.inputs + record.tau_inputs:
+            if dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return tuple(s for s in STAGES if s in found)
 
 
 def _field(config, dotted: str) -> Any:
@@ -301,6 +401,55 @@ def run_replacing(workdir: str, name: str, run, *, fresh: bool) -> None:
     except BaseException:
         restore(workdir, name, aside)
         raise
+
+
+def ensure(
+    workdir: str,
+    name: str,
+    fingerprint: str,
+    run,
+    *,
+    force: bool = False,
+    fresh: bool = False,
+    refuse_stale: bool = False,
+    writer: bool = True,
+    on_run=None,
+) -> bool:
+    """Makes stage `name` in `workdir` current; returns whether `run()` ran.
+
+    A stage complete with `fingerprint` is skipped unless `force`. Any other (missing,
+    incomplete, stale, or forced) is made by `run()` through `run_replacing`: the old
+    output is set aside and put back if `run` fails. The callers' differences are
+    arguments: pipeline.run forces every stage after one that ran, the stage
+    programs refuse a stale output without --force (rerunning one stage alone would
+    leave later stages inconsistent), the study does neither.
+
+    Args:
+      fresh: clear what an interrupted attempt left in `.partial` (nothing resumes).
+      refuse_stale: raise PipelineError on a stale output (unless `force`).
+      writer: False for a multi-worker stage's non-chief worker, which only runs
+        (the chief sets aside, restores and writes).
+      on_run: called with the state found (`state`) just before `run`, for the
+        caller's messages.
+    """
+    found = state(workdir, name, fingerprint)
+    if found == "current" and not force:
+        logging.info("Stage '%s' already complete in %s; skipping.", name, workdir)
+        return False
+    if found == "stale" and refuse_stale and not force:
+        raise PipelineError(
+            f"stage '{name}' in {workdir!r} is complete but stale (made with "
+            "another config or input); rerun it with --force (later stages then "
+            "become stale too), or run `python -m pipeline.run`, which reruns it "
+            "and every later stage"
+        )
+    if on_run is not None:
+        on_run(found)
+    if writer:
+        run_replacing(workdir, name, run, fresh=fresh)
+    else:
+        run()
+    return True
 
 
 def discard_stale(workdir: str, name: str) -> None:

@@ -30,17 +30,14 @@ import time
 
 from absl import app, flags, logging
 
-from pipeline import estimate_tau, preprocess, pretrain, train
 from pipeline.core import stage, workdir_lock
+from pipeline.run import STAGE_RUNS
 from pipeline.study import config as study_config
 from pipeline.study import records, report
 from pipeline.study.config import Job
 
-CELL_STAGES = {
-    "preprocess": preprocess.run,
-    "pretrain": pretrain.run,
-    "estimate_tau": estimate_tau.run,
-}
+# The stages a cell holds, shared by its runs: every stage train reads.
+CELL_STAGES = stage.upstream("train")
 FAILED = "FAILED.json"
 MORE_TO_DO = 75  # exit status when --max_jobs stopped the study with runs left
 POLL_SECONDS = 30.0  # how often a process whose runs are all held by others looks again
@@ -145,7 +142,7 @@ class Study:
         config = self.job_config(job)
         cdir, rdir = self.paths(job)
         fps = stage.fingerprints(config)
-        needed = ["preprocess"] + (["pretrain", "estimate_tau"] if stage.uses_tau(config) else [])
+        needed = [s for s in stage.needed_stages(config) if s in CELL_STAGES]
         with workdir_lock.held(rdir):
             if self.record(job) is not None:
                 return False
@@ -153,11 +150,11 @@ class Study:
                 if on_start is not None:  # both locks held: this process trains it
                     on_start()
                 for name in needed:
-                    _ensure(config, cdir, name, fps[name], CELL_STAGES[name])
+                    _ensure(config, cdir, name, fps[name])
             for name in needed:
                 _link(os.path.join("..", "..", name), os.path.join(rdir, name))
             try:
-                _ensure(config, rdir, "train", fps["train"], train.run)
+                _ensure(config, rdir, "train", fps["train"])
             except stage.PipelineError as e:
                 stage.write_json(
                     os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
@@ -178,17 +175,10 @@ def _link(target: str, path: str) -> None:
     os.symlink(target, path)
 
 
-def _ensure(config, workdir: str, name: str, fingerprint: str, run_fn) -> None:
-    """Runs stage `name` in workdir unless it is complete and current (as pipeline.run)."""
-    current = stage.state(workdir, name, fingerprint)
-    if current == "current":
-        return
-    aside = stage.set_aside(workdir, name) if current == "stale" else None
-    try:
-        run_fn(config, workdir)
-    except BaseException:
-        stage.restore(workdir, name, aside)
-        raise
+def _ensure(config, workdir: str, name: str, fingerprint: str) -> None:
+    """Runs stage `name` in workdir unless it is complete and current (stage.ensure):
+    a stale one is rerun, an interrupted one resumes."""
+    stage.ensure(workdir, name, fingerprint, lambda: STAGE_RUNS[name](config, workdir))
 
 
 def _aggregate(study) -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_hetero
-from pipeline import run as run_lib
 from pipeline.core import stage
 from tests import harness
 from tests.pipeline import idx_fixtures
@@ -181,10 +180,10 @@ def test_label_out_of_range_in_source(tmp_path):
 
 def test_needed_stages_skip_tau_when_no_run_uses_it():
     config = fashion_mnist_hetero.get_config("smoke")
-    assert run_lib.needed_stages(config) == list(stage.STAGES)
+    assert stage.needed_stages(config) == list(stage.STAGES)
     with config.unlocked():
         del config.train.runs["har"]
-    assert run_lib.needed_stages(config) == ["preprocess", "train", "evaluate", "export", "push"]
+    assert stage.needed_stages(config) == ["preprocess", "train", "evaluate", "export", "push"]
 
 
 def test_unknown_variant_is_an_error():

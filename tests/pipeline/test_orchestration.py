@@ -263,7 +263,6 @@ def _fake_stages(monkeypatch):
 
     for name in stage.STAGES:
         monkeypatch.setitem(run_lib.STAGE_RUNS, name, fake(name))
-    monkeypatch.setattr(run_lib.preprocess, "run", fake("preprocess"))
     return calls
 
 

@@ -40,7 +40,6 @@ def pipeline(tmp_path, monkeypatch):
     calls = []
     fakes = {name: _fake(name, calls) for name in stage.STAGES}
     monkeypatch.setattr(run_lib, "STAGE_RUNS", fakes)
-    monkeypatch.setattr(run_lib.preprocess, "run", fakes["preprocess"])
     config = fashion_mnist_hetero.get_config("smoke")
     workdir = str(tmp_path / "work")
     run_lib.run_pipeline(config, workdir)
@@ -174,3 +173,47 @@ def test_a_stage_run_alone_refuses_an_incomplete_input(pipeline, capsys):
     assert e.value.code == 1
     assert "stage estimate_tau is incomplete: tau.json is missing" in capsys.readouterr().err
     assert calls == []
+
+
+def test_ensure_skips_current_refuses_or_replaces_stale_and_restores_on_failure(tmp_path):
+    workdir = str(tmp_path)
+    config = fashion_mnist_hetero.get_config("smoke")
+    other = fashion_mnist_hetero.get_config("smoke")
+    other.export.push_destination = "elsewhere"  # push's only section: push is stale
+    fp, other_fp = stage.fingerprints(config)["push"], stage.fingerprints(other)["push"]
+    found, calls = [], []
+
+    def make(cfg, text):
+        def run():
+            calls.append(text)
+            with stage.stage_output(workdir, "push", cfg) as out:
+                stage.write_json(os.path.join(out, "push.json"), {"made": text})
+
+        return run
+
+    def made():
+        return stage.read_json(os.path.join(workdir, "push", "push.json"))["made"]
+
+    assert stage.ensure(workdir, "push", fp, make(config, "first"), on_run=found.append)
+    assert not stage.ensure(workdir, "push", fp, make(config, "again"), on_run=found.append)
+    assert (found, calls, made()) == (["missing"], ["first"], "first")
+    with pytest.raises(stage.PipelineError, match="'push' .* is complete but stale"):
+        stage.ensure(workdir, "push", other_fp, make(other, "x"), refuse_stale=True)
+
+    def fails():
+        raise stage.PipelineError("boom")
+
+    with pytest.raises(stage.PipelineError, match="boom"):
+        stage.ensure(workdir, "push", other_fp, fails)
+    assert made() == "first" and stage.state(workdir, "push", fp) == "current"  # restored
+    assert stage.ensure(workdir, "push", other_fp, make(other, "second"), on_run=found.append)
+    assert (found[-1], made(), stage.state(workdir, "push", other_fp)) == (
+        "stale",
+        "second",
+        "current",
+    )
+    assert not [d for d in os.listdir(workdir) if ".stale-" in d]
+    # An incomplete stage (an output deleted) is set aside and made anew, too.
+    os.remove(os.path.join(workdir, "push", "push.json"))
+    assert stage.ensure(workdir, "push", other_fp, make(other, "third"), on_run=found.append)
+    assert (found[-1], made()) == ("incomplete", "third")

@@ -537,7 +537,7 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
     calls = []
     for name in study_module.CELL_STAGES:
         monkeypatch.setitem(
-            study_module.CELL_STAGES, name, lambda config, workdir, n=name: calls.append(n)
+            study_module.STAGE_RUNS, name, lambda config, workdir, n=name: calls.append(n)
         )
     study = Study(smoke.get_config(), str(tmp_path / "w"))
     job = Job("main", 0, "har", 1.0)
@@ -547,7 +547,7 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
     def trains(config, workdir):
         calls.append("train")
 
-    monkeypatch.setattr(study_module.train, "run", trains)
+    monkeypatch.setitem(study_module.STAGE_RUNS, "train", trains)
     for held_dir in (rdir, cdir):
         with workdir_lock.held(held_dir):
             with pytest.raises(workdir_lock.WorkdirInUse, match="in use by PID"):
@@ -557,7 +557,7 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
     def diverged(config, workdir):
         raise stage.PipelineError("the loss is NaN")
 
-    monkeypatch.setattr(study_module.train, "run", diverged)
+    monkeypatch.setitem(study_module.STAGE_RUNS, "train", diverged)
     assert study.run_job(job)  # recorded, not raised
     assert calls == ["preprocess", "pretrain", "estimate_tau"]
     assert stage.read_json(failed)["error"] == "the loss is NaN"
