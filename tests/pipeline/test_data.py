@@ -128,7 +128,8 @@ PRETRAIN_IN_ONE_PROCESS = """
 import hashlib, sys
 import numpy as np
 from configs import fashion_mnist_hetero
-from pipeline import modeling, pretrain
+from pipeline import pretrain
+from pipeline.training import modeling
 for seed, workdir in zip(sys.argv[2::2], sys.argv[3::2]):
     config = fashion_mnist_hetero.get_config("smoke")
     config.data.data_dir, config.seed = sys.argv[1], int(seed)

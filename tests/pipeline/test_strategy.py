@@ -57,7 +57,7 @@ _SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
     from configs import fashion_mnist_hetero
-    from pipeline import modeling
+    from pipeline.training import modeling
 
     modeling._strategies["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     config = fashion_mnist_hetero.get_config("smoke")

@@ -17,7 +17,7 @@ CONFIG = harness.config()
 # Holds the lock of argv[1] until killed (a second, real process).
 HOLDER = (
     "import sys, time\n"
-    "from pipeline import workdir_lock\n"
+    "from pipeline.core import workdir_lock\n"
     "with workdir_lock.held(sys.argv[1]):\n"
     "    print('locked', flush=True)\n"
     "    time.sleep(600)\n"
