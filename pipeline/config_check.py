@@ -80,8 +80,8 @@ def check_model_name(name) -> None:
 
 
 def check_export(config) -> None:
-    """config.export names a configured run, a valid model name and a version >= 1
-    (else PipelineError)."""
+    """config.export names a configured run and a valid model name (else
+    PipelineError); its version's range is config_ranges' (export.version)."""
     section = config.export
     check_model_name(section.model_name)
     runs = config.train.runs
@@ -89,5 +89,3 @@ def check_export(config) -> None:
         raise PipelineError(
             f"export.run={section.run!r} names no run of config.train.runs; runs: {sorted(runs)}"
         )
-    if int(section.version) < 1:
-        raise PipelineError(f"export.version must be >= 1, got {section.version}")

@@ -35,7 +35,7 @@ import tensorflow as tf
 from har_tf.models import cifar_resnet
 from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = harness.REPO
 NUM_CLASSES = 10
 LAM = 10.0
 # A per-class tau, so that tau enters the objective per example.

@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline.data import datasets
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = harness.REPO
 
 
 def test_augment_batch_is_a_padded_crop_possibly_flipped():

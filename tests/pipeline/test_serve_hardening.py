@@ -19,9 +19,10 @@ import tensorflow as tf
 
 from pipeline import export, serve
 from pipeline.serving import http_server
+from tests import harness
 from tests.pipeline.test_serve import SHAPE, export_version, images
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = harness.REPO
 
 
 @pytest.fixture(scope="module")

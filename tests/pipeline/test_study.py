@@ -30,10 +30,11 @@ from pipeline.study import stats as st
 from pipeline.study.config import Job, StudyConfigError
 from pipeline.study.runner import Study, run_study
 from pipeline.training import epoch_eval
+from tests import harness
 from tests.pipeline import idx_fixtures
 from tests.pipeline.workdir_fixtures import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = harness.REPO
 
 # ----------------------------------------------------------------------------------
 # Statistics against hand-computed values
