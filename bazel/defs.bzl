@@ -1,6 +1,6 @@
 """Macros for the project's BUILD files: pytest files as py_test, stages as py_binary."""
 
-load("@rules_python//python:defs.bzl", "py_binary", "py_test")
+load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")
 
 def pytest_file(src, deps = [], data = [], fast = True, slow = False, size = "medium", slow_size = "large"):
     """py_test targets for one pytest file.
@@ -59,3 +59,29 @@ def module_binary(name, module, deps, **kwargs):
     main = "%s_main.py" % name
     _module_main(name = name + "_main", module = module, out = main)
     py_binary(name = name, srcs = [main], main = main, deps = deps, python_version = "PY3", **kwargs)
+
+def pipeline_middle_layer(name, deps = []):
+    """The py_library of one middle layer of pipeline/ (docs/PIPELINE.md, "Layers").
+
+    It may import pipeline.core and pipeline.data and no other layer (its deps), and
+    only the layers above it (the stages, the study) and the tests may depend on it,
+    so an upward or sideways import fails the build (//bazel:layer_<name>).
+
+    Args:
+      name: the sub-package, e.g. "training".
+      deps: what it needs besides core and data, e.g. "//har_tf".
+    """
+    py_library(
+        name = name,
+        srcs = native.glob(["*.py"]),
+        visibility = [
+            "//pipeline:__pkg__",
+            "//pipeline/study:__pkg__",
+            "//bazel:__pkg__",
+            "//tests:__subpackages__",
+        ],
+        deps = deps + [
+            "//pipeline/core",
+            "//pipeline/data",
+        ],
+    )
