@@ -220,9 +220,10 @@ def _run_if_needed(name: str, run_fn, config, workdir: str, *, force: bool, work
     without `force`, a stale output. Called with the workdir's lock held."""
     fps = stage.fingerprints(config)
     for dep in stage.inputs(config, name):
-        if stage.state(workdir, dep, fps[dep]) == "incomplete":
+        state = stage.state(workdir, dep, fps[dep])
+        if state == "incomplete":
             raise stage.incomplete_error(workdir, dep, stage.why_incomplete(workdir, dep))
-        if stage.state(workdir, dep, fps[dep]) == "stale":
+        if state == "stale":
             raise stage.PipelineError(
                 f"input stage '{dep}' in {workdir!r} is stale (made with another "
                 "config); rerun it first, or run `python -m pipeline.run`"
