@@ -36,7 +36,7 @@ def check_config(config) -> None:
 
 def validate_runs(runs, *, cross_fit: bool = False) -> None:
     """config.train.runs: at least one run, each with a known regularizer, lam > 0
-    unless it is "none", reg_every >= 1, and a training set it can have
+    unless it is "none", and a training set it can have
     (pipeline.training.training_set; `cross_fit`: config.tau.cross_fit, which a run dropping
     label issues needs); else PipelineError."""
     if not runs:
@@ -48,8 +48,6 @@ def validate_runs(runs, *, cross_fit: bool = False) -> None:
             )
         if run_cfg.regularizer != "none" and run_cfg.lam <= 0:
             raise PipelineError(f"run {name!r}: a {run_cfg.regularizer} run needs lam > 0")
-        if int(run_cfg.get("reg_every", 1)) < 1:
-            raise PipelineError(f"run {name!r}: reg_every must be >= 1")
         training_set.check_run(name, run_cfg, cross_fit=cross_fit)
 
 

@@ -47,7 +47,7 @@ import re
 import ml_collections
 
 from pipeline import train
-from pipeline.core import stage
+from pipeline.core import config_ranges, stage
 from pipeline.training import training_set
 
 TOP_FIELDS = (
@@ -187,6 +187,7 @@ def validate(study, root: str = "") -> None:
             for lam in tuple(study.methods[method].lam_grid) or (1.0,):
                 config = pipeline_config(study, Job(setting, 0, method, float(lam)), root)
                 try:
+                    config_ranges.check(config)
                     train.validate_runs(
                         config.train.runs, cross_fit=bool(config.tau.get("cross_fit", False))
                     )

@@ -418,6 +418,10 @@ BAD = [
         lambda c: c.methods.erm.update(dict(drop="label_issues")),
         "methods.erm: run 'erm': drop 'label_issues' needs the label issues of cross-fitted",
     ),
+    (
+        lambda c: c.methods.har.update(dict(reg_every=0)),
+        "methods.har: config.train.runs.har_lam1.reg_every must be >= 1, got 0",
+    ),
     (lambda c: c.update(dict(grid_extensions=-1)), "grid_extensions must be an integer >= 0"),
     (lambda c: c.update(dict(comparisons=(("har", "hra"),))), "comparisons: "),
     (lambda c: c.update(dict(ceilings=("erm",))), "ceilings: 'erm' is not a method"),
