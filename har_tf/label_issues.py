@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from har_tf import checks
+
 EXTRA_HINT = (
     'install the label-issues extra: pip install "har-tf[label-issues]" (cleanlab and pandas)'
 )
@@ -34,18 +36,12 @@ def _check(labels, pred_probs):
         raise ValueError(
             f"labels must be [N] and pred_probs [N, C], got {labels.shape} and {pred_probs.shape}"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    num_classes = pred_probs.shape[1]
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"labels[{i}] = {labels[i]} is outside [0, {num_classes})")
+    labels = checks.check_labels(labels, pred_probs.shape[1])
     if not np.all(np.isfinite(pred_probs)) or np.any(pred_probs < 0):
         raise ValueError("pred_probs must be finite and >= 0")
     if not np.allclose(pred_probs.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError("each row of pred_probs must sum to 1 (probabilities, not logits)")
-    return labels.astype(np.int64), pred_probs
+    return labels, pred_probs
 
 
 def find_label_issues(labels, pred_probs, *, ids=None):
