@@ -13,6 +13,7 @@ from pipeline import export, push, serve
 from pipeline.core import stage
 from pipeline.evaluation import blessing
 from pipeline.serving import infra_validation
+from tests import harness
 from tests.pipeline.test_serve import SHAPE, call, reference, tiny_model
 
 # report.json `test` entries: HAR loses 10 points on noisy_rare against ERM.
@@ -28,13 +29,14 @@ def _config(destination="serving/har"):
     return config
 
 
-def _workdir(root, *, har_noisy_rare=0.4, infra=infra_validation.INFRA_BLESSED) -> str:
+def _workdir(root, *, har_noisy_rare=0.4, infra=infra_validation.INFRA_BLESSED, config=None) -> str:
     """evaluate (blessings judged by the default thresholds) and export (a tiny
-    SavedModel as har version 1, and its infra blessing) stages, written by hand."""
+    SavedModel as har version 1, and its infra blessing) stages, written by hand
+    (with `config`'s fingerprints, so that a stage program accepts them as inputs)."""
     workdir = str(root / "work")
     tests = {**TESTS, "har": {**TESTS["har"], "groups": {"noisy_rare": har_noisy_rare}}}
     specs = blessing.thresholds(_config())
-    with stage.stage_output(workdir, "evaluate") as out:
+    with stage.stage_output(workdir, "evaluate", config) as out:
         report = {"runs": {n: {"test": t} for n, t in tests.items()}}
         stage.write_json(os.path.join(out, "report.json"), report)
         with open(os.path.join(out, "report.md"), "w") as f:
@@ -42,7 +44,7 @@ def _workdir(root, *, har_noisy_rare=0.4, infra=infra_validation.INFRA_BLESSED) 
         for run in tests:
             os.makedirs(os.path.join(out, run))
             stage.write_json(blessing.path(out, run), blessing.judge(run, tests, specs))
-    with stage.stage_output(workdir, "export") as out:
+    with stage.stage_output(workdir, "export", config) as out:
         export.export_saved_model(tiny_model(seed=1), os.path.join(out, "har", "1"), SHAPE)
         stage.write_json(os.path.join(out, infra_validation.FILE), {"status": infra})
     return workdir
@@ -74,6 +76,26 @@ def test_force_push_pushes_and_records_what_it_overrode(tmp_path):
     record = _record(workdir)
     assert record["pushed"] is True and record["forced"] is True
     assert record["reasons"][0] == "run 'har' is NOT_BLESSED"
+    assert os.path.isfile(os.path.join(workdir, "serving", "har", "1", "saved_model.pb"))
+
+
+@pytest.mark.slow
+def test_force_push_flag_of_the_push_program(tmp_path):
+    """`python -m pipeline.push` refuses the unblessed model (exit 0, a record of
+    the refusal), then with --force_push pushes it: the flag reaches `run`."""
+    config = _config()
+    workdir = _workdir(tmp_path, config=config)
+    argv = (
+        f"--config={harness.config()}",
+        f"--workdir={workdir}",
+        "--config.export.push_destination=serving/har",
+    )
+    refused = harness.run_module("pipeline.push", *argv)
+    assert refused.returncode == 0, refused.stderr[-2000:]
+    assert _record(workdir)["pushed"] is False and "REFUSED" in refused.stdout
+    forced = harness.run_module("pipeline.push", *argv, "--force_push")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert _record(workdir)["pushed"] is True and _record(workdir)["forced"] is True
     assert os.path.isfile(os.path.join(workdir, "serving", "har", "1", "saved_model.pb"))
 
 
