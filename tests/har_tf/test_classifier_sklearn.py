@@ -59,6 +59,21 @@ def fitted():
     return tiny().fit(frame, names[ids]), frame, names[ids]
 
 
+@pytest.fixture
+def eager():
+    """TensorFlow functions run eagerly. A test that fits many fresh models on tiny
+    datasets for a few steps each pays more for tracing each new model's train step
+    (HAR's gradient of a gradient) and predict step than for running them eagerly
+    (docs/CLASSIFIER.md has the figures). The tests that use it check scikit-learn's
+    wiring (check_estimator, Pipeline, cross_val_score, GridSearchCV, the verbose
+    parameter, the choice of default backbone), which does not depend on tracing;
+    the tests of what a fit computes (labels, repeatability, sample_weight, tau,
+    predictions) run traced, the path users run."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
 # -- labels and tables -----------------------------------------------------------------
 
 
@@ -130,7 +145,7 @@ def test_default_backbone_of_a_table_is_an_mlp_with_its_hidden_activations_tappe
 
 
 @pytest.mark.slow
-def test_default_backbone_of_images_is_a_small_resnet():
+def test_default_backbone_of_images_is_a_small_resnet(eager):
     rng = np.random.default_rng(0)
     y = np.arange(24) % 2
     x = rng.normal(size=(24, 8, 8, 1)).astype(np.float32) + y[:, None, None, None]
@@ -167,7 +182,7 @@ def test_no_default_backbone_for_other_ranks():
 
 
 @pytest.mark.slow  # two or three fits besides the fixture's
-def test_verbose_is_silent_by_default_and_prints_keras_progress_when_asked(capfd):
+def test_verbose_is_silent_by_default_and_prints_keras_progress_when_asked(capfd, eager):
     x, y = table()
     tiny(pretrain_epochs=1, epochs=1).fit(x, y)
     assert " - accuracy: " not in capfd.readouterr().out
@@ -250,7 +265,7 @@ def test_pickle_round_trip_predicts_the_same(fitted):
 
 
 @pytest.mark.slow
-def test_pipeline_and_cross_val_score_equal_a_loop_over_the_folds():
+def test_pipeline_and_cross_val_score_equal_a_loop_over_the_folds(eager):
     x, ids = table(n=60)
     y = np.array(["a", "b", "c"])[ids]
     pipe = make_pipeline(StandardScaler(), tiny(pretrain_epochs=1, epochs=2))
@@ -265,7 +280,7 @@ def test_pipeline_and_cross_val_score_equal_a_loop_over_the_folds():
 
 
 @pytest.mark.slow
-def test_grid_search_over_lam_and_pretrain_epochs_picks_the_best_of_a_loop():
+def test_grid_search_over_lam_and_pretrain_epochs_picks_the_best_of_a_loop(eager):
     x, y = table(n=60)
     grid = {"lam": [0.0, 1.0], "pretrain_epochs": [1, 2]}
     cv = StratifiedKFold(2, shuffle=True, random_state=0)
@@ -292,18 +307,6 @@ def test_grid_search_over_lam_and_pretrain_epochs_picks_the_best_of_a_loop():
     best = max(by_hand, key=lambda k: (by_hand[k], -list(by_hand).index(k)))
     assert (search.best_params_["lam"], search.best_params_["pretrain_epochs"]) == best
     assert search.best_estimator_.model_.lam == best[0]
-
-
-@pytest.fixture
-def eager():
-    """TensorFlow functions run eagerly. The checks fit many fresh models on tiny
-    datasets for a few steps each; tracing each new model's train step (HAR's
-    gradient of a gradient) and predict step costs more than running them eagerly
-    (docs/CLASSIFIER.md has the figures). The checks test the estimator's contract;
-    the traced path is what every other test runs."""
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
 
 
 def for_checks() -> HARClassifier:
