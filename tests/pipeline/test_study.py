@@ -760,17 +760,25 @@ def _study_json(workdir: str) -> dict:
         return json.load(f)
 
 
-def _without_last_run(smoke_study, workdir: str) -> str:
-    """Copies the finished smoke study to workdir without its last run (seed 1, HAR
-    lam 10): that run's train stage and record removed, everything else kept.
-    Returns the run's directory."""
+def _without(smoke_study, workdir: str, runs=(), cell_stages=()) -> None:
+    """Copies the finished smoke study to workdir without some of seed 1's work: the
+    train stage and record of each run in `runs`, and the cell stages `cell_stages`;
+    everything else kept."""
     shutil.copytree(smoke_study[0], workdir, symlinks=True)
-    run = os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10")
-    shutil.rmtree(os.path.join(run, "train"))
-    os.remove(
-        os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1", "har_lam10.json")
-    )
-    return run
+    cell = os.path.join(workdir, "cells", "main", "seed1")
+    for name in runs:
+        shutil.rmtree(os.path.join(cell, "runs", name, "train"))
+        os.remove(os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1",
+                               f"{name}.json"))  # fmt: skip
+    for name in cell_stages:
+        shutil.rmtree(os.path.join(cell, name))
+
+
+def _without_last_run(smoke_study, workdir: str) -> str:
+    """The smoke study in workdir without its last run (seed 1, HAR lam 10), whose
+    directory it returns."""
+    _without(smoke_study, workdir, runs=["har_lam10"])
+    return os.path.join(workdir, "cells", "main", "seed1", "runs", "har_lam10")
 
 
 @pytest.mark.slow
@@ -812,31 +820,39 @@ def test_sigkill_mid_study_then_rerun_gives_the_same_study_json(tmp_path, idx_di
 def test_max_jobs_stops_with_exit_75_and_a_rerun_gives_the_same_study(
     tmp_path, idx_dir, smoke_study
 ):
-    """Stopped after 4 runs (seed 0's three and seed 1's ERM), then rerun: seed 1's
-    pretrain now runs in a fresh process, not after seed 0's jobs (the boundary where
-    issue 29 found a different study.json); the study equals the uninterrupted one."""
+    """The smoke study without seed 1's HAR runs and its cell's pretrain and tau, run
+    with --max_jobs=1: it trains seed 1's HAR at lambda 1 (its cell's pretrain first, in
+    a fresh process, not after seed 0's jobs as in the uninterrupted study: the
+    boundary where issue 29 found a different study.json) and stops with exit 75; the
+    rerun trains the last run, and the study equals the uninterrupted one."""
     workdir = str(tmp_path / "w")
-    result = _study(workdir, idx_dir, "--max_jobs=4")
+    _without(smoke_study, workdir, runs=["har_lam1", "har_lam10"],
+             cell_stages=["pretrain", "estimate_tau"])  # fmt: skip
+    result = _study(workdir, idx_dir, "--max_jobs=1")
     assert result.returncode == 75, result.stderr[-3000:]
     assert (
-        result.stdout.count("finished in") == 4 and "4 runs (--max_jobs); 2 left" in result.stdout
+        result.stdout.count("finished in") == 1 and "1 runs (--max_jobs); 1 left" in result.stdout
     )
+    assert "main seed 1 har_lam1: finished in" in result.stdout
     with open(os.path.join(workdir, "study", "study.json")) as f:
         s = json.load(f)
-    assert not s["complete"] and s["runs_done"] == 4
+    assert not s["complete"] and s["runs_done"] == 5
     assert s["selection"]["har"]["pending"]
     assert "PARTIAL" in open(os.path.join(workdir, "study", "study.md")).read()
     rest = _study(workdir, idx_dir)
-    assert rest.returncode == 0 and rest.stdout.count("finished in") == 2, rest.stderr[-3000:]
+    assert rest.returncode == 0 and rest.stdout.count("finished in") == 1, rest.stderr[-3000:]
+    assert "main seed 1 har_lam10: finished in" in rest.stdout
     assert _study_json(workdir) == _study_json(smoke_study[0])
 
 
 @pytest.mark.slow
 def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, idx_dir):
     """Two real processes started together on one study: each run is trained by
-    exactly one of them (its run lock), and both finish with the study complete."""
+    exactly one of them (its run lock), and both finish with the study complete.
+    HAR's grid is one lambda: 4 runs in 2 cells, each cell with a run that needs only
+    its preprocess (ERM) and one that needs its pretrain and tau (HAR)."""
     workdir = str(tmp_path / "w")
-    argv = _argv(workdir, idx_dir)
+    argv = _argv(workdir, idx_dir, "--config.methods.har.lam_grid=(1.0,)")
     procs = [
         subprocess.Popen(
             argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -852,7 +868,7 @@ def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, i
         for line in out.splitlines()
         if line.endswith(": running")
     ]
-    assert sorted(started) == sorted(set(started)) and len(started) == 6, started
+    assert sorted(started) == sorted(set(started)) and len(started) == 4, started
     finished = [
         line.split(": finished in")[0].split("] ", 1)[1]
         for out, _ in outs
@@ -863,7 +879,7 @@ def test_two_study_processes_on_one_workdir_never_train_the_same_run(tmp_path, i
     assert all(out.count("finished in") >= 1 for out, _ in outs)  # both did work
     with open(os.path.join(workdir, "study", "study.json")) as f:
         s = json.load(f)
-    assert s["complete"] and s["runs_done"] == 6 and not s["runs_failed"]
+    assert s["complete"] and s["runs_done"] == 4 and not s["runs_failed"]
 
 
 @pytest.mark.slow
