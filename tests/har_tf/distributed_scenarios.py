@@ -4,13 +4,14 @@ A strategy's devices must be configured before TensorFlow initializes its runtim
 which the pytest process has long done, so each scenario runs in a fresh
 interpreter and writes what it measured to an .npz file for the test to compare:
 
-    python -m tests.har_tf.distributed_scenarios mirrored OUT.npz
+    python -m tests.har_tf.distributed_scenarios mirrored scales|variants OUT.npz
     python -m tests.har_tf.distributed_scenarios worker INDEX PORT0,PORT1 OUT.npz
 
 `mirrored` trains the same HARModel from the same weights on the same batches
 three ways: on one device (the reference), on two replicas (two logical CPUs)
 with synchronized BatchNorm, and on two replicas without; for both `scale`
-options; then variants (reg_every, checkpoint_layers) on two replicas. `worker`
+options ("scales"); and variants (reg_every, checkpoint_layers) on two replicas
+("variants"): two halves, so that two processes run them side by side. `worker`
 is one of two MultiWorkerMirroredStrategy workers (the exact step, the checkpointed
 step, and reg_every=2 with the kind of step picked by the loop).
 """
@@ -45,6 +46,8 @@ TAU = (1.0, 0.5, 0.25)
 # over the global batch.
 CLASS_WEIGHTS = (1.0, 2.0, 0.5)
 WEIGHT_DECAY = 1e-3
+# The halves of the `mirrored` scenario, two processes that run side by side.
+MIRRORED_PARTS = ("scales", "variants")
 
 
 def data():
@@ -116,7 +119,12 @@ def replica_values(model: HARModel) -> list[np.ndarray]:
     return out
 
 
-def mirrored(out_path: str) -> None:
+def mirrored(part: str, out_path: str) -> None:
+    """One of the two halves of the MirroredStrategy scenarios (MIRRORED_PARTS), which
+    the test runs side by side: "scales" trains on one device and on two replicas,
+    with and without synchronized BN, for both `scale` options; "variants" trains
+    reg_every=2 and checkpoint_layers, and records the errors of a custom loop
+    without the kind of step and of jit_compile."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS
@@ -124,50 +132,56 @@ def mirrored(out_path: str) -> None:
     x, y = data()
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
     assert strategy.num_replicas_in_sync == REPLICAS
-    results, logs = {}, {}
-    for scale in ("official", "per_example"):
-        # Reference: one device, ordinary (unsynchronized, exact-moments) BN.
-        ref = build(synchronized_bn=False, scale=scale)
-        initial = ref.get_weights()
-        results["initial"] = [w[None] for w in initial]
-        logs[f"single_{scale}"] = train(ref, x, y)
-        results[f"single_{scale}"] = replica_values(ref)
-        runs = [("sync", True)] + ([("nosync", False)] if scale == "official" else [])
-        for tag, sync in runs:
-            with strategy.scope():
-                model = build(synchronized_bn=sync, scale=scale)
-            logs[f"{tag}_{scale}"] = train(model, x, y, initial)
-            results[f"{tag}_{scale}"] = replica_values(model)
-    # reg_every=2 (steps 0 and 2 regularized with 2 lam, step 1 ERM): the two kinds
-    # of step are two train functions under replicas, tf.cond on one device.
-    ref = build(synchronized_bn=False, reg_every=2)
-    logs["single_every2"] = train(ref, x, y, initial)
-    results["single_every2"] = replica_values(ref)
-    with strategy.scope():
-        model = build(synchronized_bn=True, reg_every=2)
-    logs["sync_every2"] = train(model, x, y, initial)
-    results["sync_every2"] = replica_values(model)
-    # A custom strategy.run loop cannot alternate inside the step: a clear error.
-    try:
-        strategy.run(tf.function(model.train_step), args=((x[:GLOBAL_BATCH], y[:GLOBAL_BATCH]),))
-        loop_error = ""
-    except ValueError as e:
-        loop_error = str(e)
-    # The checkpointed step (segments recomputed) under replicas: exact HAR still.
-    with strategy.scope():
-        model = build(synchronized_bn=True, checkpoint=True)
-    logs["sync_ckpt"] = train(model, x, y, initial)
-    results["sync_ckpt"] = replica_values(model)
-    # XLA fails under MirroredStrategy in TF 2.21; HARModel refuses it with a clear error.
-    with strategy.scope():
-        model = build(synchronized_bn=True)
-        model.compile(loss="sparse_categorical_crossentropy", jit_compile=True)
-    try:
-        model.fit(x[:GLOBAL_BATCH], y[:GLOBAL_BATCH], batch_size=GLOBAL_BATCH, verbose=0)
-        jit_error = ""
-    except ValueError as e:
-        jit_error = str(e)
+    # Every run starts from the seeded build's weights (the same in both halves).
+    ref = build(synchronized_bn=False)
+    initial = ref.get_weights()
     names = [w.path for w in ref.weights]
+    results, logs = {"initial": [w[None] for w in initial]}, {}
+    jit_error = loop_error = ""
+    if part == "scales":
+        for scale in ("official", "per_example"):
+            # Reference: one device, ordinary (unsynchronized, exact-moments) BN.
+            ref = build(synchronized_bn=False, scale=scale)
+            logs[f"single_{scale}"] = train(ref, x, y, initial)
+            results[f"single_{scale}"] = replica_values(ref)
+            runs = [("sync", True)] + ([("nosync", False)] if scale == "official" else [])
+            for tag, sync in runs:
+                with strategy.scope():
+                    model = build(synchronized_bn=sync, scale=scale)
+                logs[f"{tag}_{scale}"] = train(model, x, y, initial)
+                results[f"{tag}_{scale}"] = replica_values(model)
+    elif part == "variants":
+        # reg_every=2 (steps 0 and 2 regularized with 2 lam, step 1 ERM): the two
+        # kinds of step are two train functions under replicas, tf.cond on one device.
+        ref = build(synchronized_bn=False, reg_every=2)
+        logs["single_every2"] = train(ref, x, y, initial)
+        results["single_every2"] = replica_values(ref)
+        with strategy.scope():
+            model = build(synchronized_bn=True, reg_every=2)
+        logs["sync_every2"] = train(model, x, y, initial)
+        results["sync_every2"] = replica_values(model)
+        # A custom strategy.run loop cannot alternate inside the step: a clear error.
+        try:
+            batch = (x[:GLOBAL_BATCH], y[:GLOBAL_BATCH])
+            strategy.run(tf.function(model.train_step), args=(batch,))
+        except ValueError as e:
+            loop_error = str(e)
+        # The checkpointed step (segments recomputed) under replicas: exact HAR still.
+        with strategy.scope():
+            model = build(synchronized_bn=True, checkpoint=True)
+        logs["sync_ckpt"] = train(model, x, y, initial)
+        results["sync_ckpt"] = replica_values(model)
+        # XLA fails under MirroredStrategy in TF 2.21; HARModel refuses it with a
+        # clear error.
+        with strategy.scope():
+            model = build(synchronized_bn=True)
+            model.compile(loss="sparse_categorical_crossentropy", jit_compile=True)
+        try:
+            model.fit(x[:GLOBAL_BATCH], y[:GLOBAL_BATCH], batch_size=GLOBAL_BATCH, verbose=0)
+        except ValueError as e:
+            jit_error = str(e)
+    else:
+        raise SystemExit(f"unknown mirrored part {part!r}: expected one of {MIRRORED_PARTS}")
     arrays = {f"{key}/{i}": v for key, vals in results.items() for i, v in enumerate(vals)}
     np.savez(
         out_path,
@@ -199,6 +213,7 @@ def worker(index: int, ports: str, out_path: str) -> None:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).with_options(options)
+    dist_ds = strategy.experimental_distribute_dataset(ds)
 
     def train_loop(model):
         @tf.function
@@ -208,8 +223,13 @@ def worker(index: int, ports: str, out_path: str) -> None:
                 model.train_step, args=(batch,), kwargs={"regularized": regularized}
             )
 
+        # Traced on the dataset's batch spec (batch size None), which the last,
+        # smaller batch reuses: traced on the first batch's shape, the step would be
+        # traced again for it (a double-backprop step each time).
+        for regularized in (None,) if model.reg_every == 1 else (True, False):
+            step.get_concrete_function(dist_ds.element_spec, regularized)
         logs = []
-        for batch in strategy.experimental_distribute_dataset(ds):
+        for batch in dist_ds:
             regularized = None
             if model.reg_every > 1:
                 regularized = bool(model.optimizer.iterations.numpy() % model.reg_every == 0)
@@ -243,7 +263,7 @@ def worker(index: int, ports: str, out_path: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "mirrored":
-        mirrored(sys.argv[2])
+        mirrored(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "worker":
         worker(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     else:

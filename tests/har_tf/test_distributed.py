@@ -85,17 +85,32 @@ def _assert_moved(initial, final):
 
 @pytest.fixture(scope="module")
 def mirrored_run(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("mirrored") / "run.npz")
-    _wait_all([_start("mirrored", path)])
-    run = _load(path)
-    names = [str(n) for n in run["names"]]
+    """The `mirrored` scenario's weights (by run, then name), per-step logs and errors;
+    its two halves run side by side."""
+    tmp = tmp_path_factory.mktemp("mirrored")
+    paths = [str(tmp / f"{part}.npz") for part in scenarios.MIRRORED_PARTS]
+    parts = zip(scenarios.MIRRORED_PARTS, paths, strict=True)
+    _wait_all([_start("mirrored", part, path) for part, path in parts])
+    scales, variants = (_load(path) for path in paths)
+    names = [str(n) for n in scales["names"]]
+    assert [str(n) for n in variants["names"]] == names
+    # Both halves start every run from the same weights.
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(
+            variants[f"initial/{i}"], scales[f"initial/{i}"], err_msg=name
+        )
+    keys = {
+        "initial": scales,
+        **dict.fromkeys(("single_official", "sync_official", "nosync_official"), scales),
+        **dict.fromkeys(("single_per_example", "sync_per_example"), scales),
+        **dict.fromkeys(("single_every2", "sync_every2", "sync_ckpt"), variants),
+    }
     results = {
         key: dict(zip(names, _weights(run, key, len(names)), strict=True))
-        for key in ("initial", "single_official", "sync_official", "nosync_official")
-        + ("single_per_example", "sync_per_example", "single_every2", "sync_every2")
-        + ("sync_ckpt",)
+        for key, run in keys.items()
     }
-    return results, json.loads(str(run["logs"])), str(run["jit_error"]), str(run["loop_error"])
+    logs = {**json.loads(str(scales["logs"])), **json.loads(str(variants["logs"]))}
+    return results, logs, str(variants["jit_error"]), str(variants["loop_error"])
 
 
 @pytest.mark.slow
@@ -216,7 +231,7 @@ def test_jit_compile_is_allowed_on_one_device():
 
 
 @pytest.mark.slow
-def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
+def test_multi_worker_mirrored_workers_agree_and_match_one_device(mirrored_run, tmp_path):
     ports = ",".join(str(p) for p in harness.free_ports(2))
     paths = [str(tmp_path / f"worker{i}.npz") for i in range(2)]
     _wait_all([_start("worker", str(i), ports, paths[i]) for i in range(2)])
@@ -224,18 +239,22 @@ def test_multi_worker_mirrored_workers_agree_and_match_one_device(tmp_path):
     n = sum(1 for k in workers[0] if k.startswith("final/"))
     initial = _weights(workers[0], "initial", n)
 
-    # The references: one device, `fit`, from worker 0's initial weights; exact HAR
-    # and reg_every=2 (where `fit` picks each step's kind).
-    x, y = scenarios.data()
-    ref = scenarios.build(synchronized_bn=False)
-    names = [w.path for w in ref.weights]
-    ref_logs = scenarios.train(ref, x, y, initial)
-    expected = ref.get_weights()
-    ref_every2 = scenarios.build(synchronized_bn=False, reg_every=2)
+    # The references: one device, `fit`, from the same initial weights (the seeded
+    # build of every scenario): the `mirrored` scenario's exact HAR and reg_every=2
+    # (where `fit` picks each step's kind).
+    results, one_device_logs, _, _ = mirrored_run
+    names = list(results["initial"])
+    for name, got, (want,) in zip(names, initial, results["initial"].values(), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=f"initial {name}")
+    expected = [ref for (ref,) in results["single_official"].values()]
+    ref_logs = one_device_logs["single_official"]
     references = {
         "": (ref_logs, expected),
         "_ckpt": (ref_logs, expected),  # checkpoint_layers: the same objective
-        "_every2": (scenarios.train(ref_every2, x, y, initial), ref_every2.get_weights()),
+        "_every2": (
+            one_device_logs["single_every2"],
+            [ref for (ref,) in results["single_every2"].values()],
+        ),
     }
 
     _assert_moved(dict(zip(names, initial, strict=True)), dict(zip(names, expected, strict=True)))

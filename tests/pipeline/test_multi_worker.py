@@ -52,23 +52,45 @@ TRAIN = [
 ]
 SYNC_BN = "--config.model.synchronized_bn=True"
 WORKERS = [*TRAIN, "--config.train.strategy=multi_worker", SYNC_BN]
-PRETRAIN = [
-    *DATA,
-    "--config.pretrain.epochs=2",
-    "--config.pretrain.batch_size=26",
-]
-PRETRAIN_WORKERS = [*PRETRAIN, "--config.pretrain.strategy=multi_worker", SYNC_BN]
+PRETRAIN = ["--config.pretrain.epochs=2", "--config.pretrain.batch_size=26"]
+PRETRAIN_WORKERS = [*DATA, *PRETRAIN, "--config.pretrain.strategy=multi_worker", SYNC_BN]
 RUNS = ("erm", "har")
 RTOL, ATOL = 1e-4, 1e-6  # tests/har_tf/test_distributed.py's
 TIMEOUT = 600
-# `python -m <stage>` in float64, one thread per TensorFlow pool (two workers share
-# this machine's cores).
-FLOAT64_MAIN = (
-    "import runpy, keras, tensorflow as tf;"
+# Keras in float64, one thread per TensorFlow pool (two workers share this
+# machine's cores); then `python -m <stage>` (STAGE_MAIN % stage).
+FLOAT64 = (
+    "import keras, tensorflow as tf;"
     "tf.config.threading.set_intra_op_parallelism_threads(1);"
     "tf.config.threading.set_inter_op_parallelism_threads(1);"
     "keras.config.set_dtype_policy('float64');"
-    "runpy.run_module('%s', run_name='__main__', alter_sys=True)"
+)
+STAGE_MAIN = FLOAT64 + "import runpy; runpy.run_module('%s', run_name='__main__', alter_sys=True)"
+# The one-device references, with the workers' inputs: preprocess, pretrain and
+# train as their programs run them, in one process (one start-up, not three).
+ONE_DEVICE_MAIN = (
+    FLOAT64
+    + """
+import logging
+from absl import app
+from pipeline import cli, preprocess, pretrain, train
+
+logging.getLogger("apache_beam").setLevel(logging.WARNING)  # as preprocess's main
+
+
+def main(argv):
+    for name, stage in (("preprocess", preprocess), ("pretrain", pretrain), ("train", train)):
+        # As in a fresh program: Keras's global state (layer names, and with them the
+        # weights' paths) anew, and float64 set again after it.
+        keras.utils.clear_session()
+        keras.config.set_dtype_policy("float64")
+        cli.run_main(name, stage.run)
+
+
+cli.define_common_flags()
+cli.define_option_flags(["preprocess"])
+app.run(main, flags_parser=cli.parse_flags)
+"""
 )
 
 
@@ -80,13 +102,10 @@ def _env(tf_config=None) -> dict:
     return env
 
 
-def _start(
-    workdir, *args, module=None, float64="pipeline.train", tf_config=None
-) -> subprocess.Popen:
-    """`python -m module`, or (no module) the stage `float64` in float64."""
-    main = ["-m", module] if module else ["-c", FLOAT64_MAIN % float64]
+def _start(workdir, *args, main: str, tf_config=None) -> subprocess.Popen:
+    """`python -c main` with the smoke config, `workdir` and `args`."""
     return subprocess.Popen(
-        [sys.executable, *main, f"--config={CONFIG}", f"--workdir={workdir}", *args],
+        [sys.executable, "-c", main, f"--config={CONFIG}", f"--workdir={workdir}", *args],
         cwd=harness.REPO,
         env=_env(tf_config),
         stdout=subprocess.PIPE,
@@ -118,7 +137,7 @@ def _two_workers(workdir, args=WORKERS, stage="pipeline.train") -> list[subproce
         _start(
             workdir,
             *args,
-            float64=stage,
+            main=STAGE_MAIN % stage,
             tf_config={"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}},
         )
         for i in range(2)
@@ -155,24 +174,30 @@ def _files(directory) -> list[str]:
     )
 
 
+def _copy_inputs(one_device, workdir) -> None:
+    """The workdir `one_device` as its preprocess stage left it (no training stages)."""
+    shutil.copytree(one_device, workdir, ignore=shutil.ignore_patterns("pretrain", "train"))
+
+
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """A workdir holding the cut smoke config's preprocess stage."""
-    workdir = tmp_path_factory.mktemp("multi_worker") / "inputs"
-    _wait([_start(workdir, *DATA, module="pipeline.preprocess")])
+def one_device(tmp_path_factory):
+    """A workdir holding the cut smoke config's preprocess stage (the workers' inputs)
+    and the one-device references: its pretrain and train stages (float64)."""
+    workdir = tmp_path_factory.mktemp("multi_worker") / "one_device"
+    _wait([_start(workdir, *TRAIN, *PRETRAIN, main=ONE_DEVICE_MAIN)])
     return workdir
 
 
 @pytest.fixture(scope="module")
-def two(inputs, tmp_path_factory):
+def two(one_device, tmp_path_factory):
     """A workdir whose train stage ran on two workers, uninterrupted; their outputs."""
     workdir = tmp_path_factory.mktemp("two") / "w"
-    shutil.copytree(inputs, workdir)
+    _copy_inputs(one_device, workdir)
     return workdir, _wait(_two_workers(workdir))
 
 
 @pytest.mark.slow
-def test_two_workers_write_once_agree_and_train_as_one_device(inputs, two, tmp_path):
+def test_two_workers_write_once_agree_and_train_as_one_device(one_device, two):
     workdir, outputs = two
     # Written once, by the chief: what a one-device train stage writes, no .partial.
     for run in RUNS:
@@ -189,22 +214,18 @@ def test_two_workers_write_once_agree_and_train_as_one_device(inputs, two, tmp_p
     for out in outputs:
         assert out.count("Weights identical to the chief's") == len(RUNS), out[-3000:]
 
-    one = tmp_path / "one"
-    shutil.copytree(inputs, one)
-    _wait([_start(one, *TRAIN)])
     for run in RUNS:
-        _assert_trained_alike(workdir, one, run, "train")
+        _assert_trained_alike(workdir, one_device, run, "train")
     # The runs trained: the loss moved far beyond that tolerance.
-    assert abs(_history(one, "erm")["loss"][1] - _history(one, "erm")["loss"][0]) > 1e-2
+    loss = _history(one_device, "erm")["loss"]
+    assert abs(loss[1] - loss[0]) > 1e-2
 
 
 @pytest.mark.slow
-def test_pretrain_on_two_workers_writes_once_and_trains_as_one_device(inputs, tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    shutil.copytree(inputs, two)
-    shutil.copytree(inputs, one)
-    procs = _two_workers(two, PRETRAIN_WORKERS, "pipeline.pretrain")
-    outputs = _wait([*procs, _start(one, *PRETRAIN, float64="pipeline.pretrain")])[:2]
+def test_pretrain_on_two_workers_writes_once_and_trains_as_one_device(one_device, tmp_path):
+    two, one = tmp_path / "two", one_device
+    _copy_inputs(one_device, two)
+    outputs = _wait(_two_workers(two, PRETRAIN_WORKERS, "pipeline.pretrain"))
 
     # Written once, by the chief: the one-device stage's files, no .partial left.
     def written(w):
@@ -227,9 +248,9 @@ def test_pretrain_on_two_workers_writes_once_and_trains_as_one_device(inputs, tm
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(inputs, two, tmp_path):
+def test_a_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(one_device, two, tmp_path):
     killed = tmp_path / "killed"
-    shutil.copytree(inputs, killed)
+    _copy_inputs(one_device, killed)
     procs = _two_workers(killed)
     ckpt = killed / "train.partial" / RUNS[0] / "checkpoints" / "epoch-0001.weights.h5"
     deadline = time.time() + TIMEOUT
@@ -252,12 +273,30 @@ def test_a_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(inputs, t
 
 
 @pytest.mark.slow
-def test_multi_worker_without_tf_config_is_a_one_line_error(inputs, tmp_path):
+def test_multi_worker_without_tf_config_is_a_one_line_error(
+    one_device, tmp_path, monkeypatch, capsys
+):
+    # In this process: the error comes before any TensorFlow op, from the shared
+    # body of every stage's main (a stage program adds only its flag parsing).
+    from configs import fashion_mnist_hetero
+    from pipeline import cli, config_check, train
+
     workdir = tmp_path / "w"
-    shutil.copytree(inputs, workdir)
-    out = _wait([_start(workdir, *WORKERS, module="pipeline.train")], returncode=1)[0]
-    assert "error: train: strategy 'multi_worker' needs TF_CONFIG, which is not set" in out
-    assert "Traceback" not in out
+    _copy_inputs(one_device, workdir)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = fashion_mnist_hetero.get_config("smoke")
+    config.train.strategy = "multi_worker"
+    config.model.synchronized_bn = True
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_stage_main(
+            "train", train.run, config, str(workdir), check=config_check.check_config
+        )
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: train: strategy 'multi_worker' needs TF_CONFIG, which is not set; set it "
+        "on every worker as docs/DISTRIBUTED.md shows"
+    ], err
     assert sorted(os.listdir(workdir)) == ["pipeline.lock", "preprocess", "schema"]
 
 
