@@ -29,7 +29,9 @@ import sys
 import time
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
+from pipeline import cli
 from pipeline.core import stage, workdir_lock
 from pipeline.run import STAGE_RUNS
 from pipeline.study import config as study_config
@@ -328,15 +330,12 @@ def main(argv):
             FLAGS.config, FLAGS.workdir, max_jobs=FLAGS.max_jobs, settings=FLAGS.settings
         )
     except stage.PipelineError as e:
-        print(f"error: study: {e}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(e, "study: ", verbose=False)
     if not complete:
         sys.exit(MORE_TO_DO)
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file(
         "config", None, "Study config: configs/studies/<name>.py[:variant].", lock_config=True
     )
@@ -350,6 +349,4 @@ if __name__ == "__main__":
         "a second process beside one that runs the others.",
     )
     flags.mark_flags_as_required(["config", "workdir"])
-    from pipeline import cli
-
     app.run(main, flags_parser=cli.parse_flags)
