@@ -102,8 +102,7 @@ def mirrored_run(tmp_path_factory):
             variants[f"initial/{i}"], scales[f"initial/{i}"], err_msg=name
         )
     keys = {
-        "initial": scales,
-        **dict.fromkeys(("single_official", "sync_official", "nosync_official"), scales),
+        **dict.fromkeys(("initial", "single_official", "sync_official", "nosync_official"), scales),
         **dict.fromkeys(("single_per_example", "sync_per_example"), scales),
         **dict.fromkeys(("single_every2", "sync_every2", "sync_ckpt"), variants),
     }

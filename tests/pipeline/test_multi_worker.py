@@ -38,6 +38,8 @@ import time
 import numpy as np
 import pytest
 
+from configs import fashion_mnist_hetero
+from pipeline import cli, config_check, train
 from pipeline.core.stage import PipelineError
 from pipeline.training import modeling, multi_worker
 from tests import harness
@@ -175,8 +177,14 @@ def _files(directory) -> list[str]:
 
 
 def _copy_inputs(one_device, workdir) -> None:
-    """The workdir `one_device` as its preprocess stage left it (no training stages)."""
-    shutil.copytree(one_device, workdir, ignore=shutil.ignore_patterns("pretrain", "train"))
+    """The workdir `one_device` as its preprocess stage left it: its top-level
+    training stages left out (a deeper entry of the same name is copied)."""
+    top = os.path.abspath(one_device)
+
+    def training_stages(directory, names):
+        return {"pretrain", "train"} & set(names) if os.path.abspath(directory) == top else set()
+
+    shutil.copytree(one_device, workdir, ignore=training_stages)
 
 
 @pytest.fixture(scope="module")
@@ -278,9 +286,6 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(
 ):
     # In this process: the error comes before any TensorFlow op, from the shared
     # body of every stage's main (a stage program adds only its flag parsing).
-    from configs import fashion_mnist_hetero
-    from pipeline import cli, config_check, train
-
     workdir = tmp_path / "w"
     _copy_inputs(one_device, workdir)
     monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -768,8 +768,8 @@ def _without(smoke_study, workdir: str, runs=(), cell_stages=()) -> None:
     cell = os.path.join(workdir, "cells", "main", "seed1")
     for name in runs:
         shutil.rmtree(os.path.join(cell, "runs", name, "train"))
-        os.remove(os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1",
-                               f"{name}.json"))  # fmt: skip
+        records = os.path.join(workdir, "study", study_records.RECORDS, "main", "seed1")
+        os.remove(os.path.join(records, f"{name}.json"))
     for name in cell_stages:
         shutil.rmtree(os.path.join(cell, name))
 
@@ -826,8 +826,8 @@ def test_max_jobs_stops_with_exit_75_and_a_rerun_gives_the_same_study(
     boundary where issue 29 found a different study.json) and stops with exit 75; the
     rerun trains the last run, and the study equals the uninterrupted one."""
     workdir = str(tmp_path / "w")
-    _without(smoke_study, workdir, runs=["har_lam1", "har_lam10"],
-             cell_stages=["pretrain", "estimate_tau"])  # fmt: skip
+    seed1_har = ["har_lam1", "har_lam10"]
+    _without(smoke_study, workdir, runs=seed1_har, cell_stages=["pretrain", "estimate_tau"])
     result = _study(workdir, idx_dir, "--max_jobs=1")
     assert result.returncode == 75, result.stderr[-3000:]
     assert (
