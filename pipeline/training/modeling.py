@@ -196,7 +196,7 @@ def steps_for(num_examples: int, batch_size: int) -> int:
 
 CHECKPOINTS = "checkpoints"
 _CKPT = "epoch-{:04d}.weights.h5"
-_CKPT_HISTORY = "history.partial.json"
+CHECKPOINT_HISTORY = "history.partial.json"
 
 
 class EpochLogs(keras.callbacks.Callback):
@@ -227,7 +227,7 @@ class EpochCheckpoint(EpochLogs):
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
-        stage.write_json(os.path.join(self.directory, _CKPT_HISTORY), self.history)
+        stage.write_json(os.path.join(self.directory, CHECKPOINT_HISTORY), self.history)
         tmp = os.path.join(self.directory, "tmp-" + _CKPT.format(epoch + 1))
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.directory, _CKPT.format(epoch + 1)))
@@ -254,7 +254,7 @@ def restore_checkpoint(model: HARModel, directory: str) -> tuple[int, list[dict]
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(directory, _CKPT.format(epoch)))
-    history = stage.read_json(os.path.join(directory, _CKPT_HISTORY))[:epoch]
+    history = stage.read_json(os.path.join(directory, CHECKPOINT_HISTORY))[:epoch]
     if len(history) != epoch:
         raise PipelineError(
             f"checkpoint {directory} holds {epoch} epochs but its history "
