@@ -6,7 +6,9 @@ the test split (pipeline.training.epoch_eval: test_accuracy, test_top5, test_cla
 in history.json), for the evaluate stage's best-epoch figure. With a validation split
 (config.data.val_fraction) runs train without its records and log val_* metrics
 against its noisy labels per epoch; config.eval.per_epoch_memorization adds fit_*
-(the memorization diagnostic on the run's own records, un-augmented). An interrupted attempt
+(the memorization diagnostic, un-augmented, on the stage's training records: every
+run's, including the examples a run drops, so that every run is scored on the same
+examples). An interrupted attempt
 keeps the runs it finished and resumes the one it was in from its last completed epoch
 (<run>/checkpoints/ in train.partial).
 
@@ -94,8 +96,10 @@ def run(config, workdir: str) -> None:
             if config.eval.per_epoch_test:
                 # Before fit's EpochCheckpoint, so that the checkpointed history has it.
                 callbacks.append(epoch_eval.monitor_for(config, workdir))
-            # Validation (val_*) and memorization (fit_*) metrics, when configured.
-            callbacks += epoch_eval.label_set_monitors(config, workdir, run_ids)
+            # Validation (val_*) and memorization (fit_*) metrics, when configured. fit_*
+            # covers keep_ids, not run_ids: a run that drops examples is scored on the
+            # whole training set, the wrong labels it dropped included, as every run is.
+            callbacks += epoch_eval.label_set_monitors(config, workdir, keep_ids)
             if run_cfg.drw:
                 # Class-balanced weights from the labels this run trains on.
                 counts = np.bincount(labels, minlength=config.data.num_classes)

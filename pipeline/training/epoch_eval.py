@@ -153,8 +153,9 @@ class LabelSetMonitor(_PeriodicPass):
     """Per-epoch metrics of a labelled train-split subset against its NOISY labels.
 
     Two uses (pipeline.train adds them): the validation split (`val_`: what model
-    selection reads, since a user only has noisy labels) and the records the run
-    trains on, un-augmented (`fit_`: the memorization diagnostic). After every epoch
+    selection reads, since a user only has noisy labels) and the train stage's
+    training records, un-augmented (`fit_`: the memorization diagnostic; the same
+    records for every run, those a run drops included). After every epoch
     (or every `every`-th and the last, as TestSetMonitor), in inference mode, it adds
     to the logs:
       <prefix>accuracy              top-1 accuracy against the training (noisy) labels
@@ -234,8 +235,8 @@ def label_set_metrics(counts, prefix: str) -> dict[str, float]:
 
 def label_set_monitors(config, workdir: str, fit_ids) -> list[LabelSetMonitor]:
     """The train stage's LabelSetMonitors: on the validation split if the manifest has
-    one, and on the run's own (un-augmented) records with
-    config.eval.per_epoch_memorization."""
+    one, and on `fit_ids` (un-augmented; pipeline.train passes the stage's training
+    records, not only those a run keeps) with config.eval.per_epoch_memorization."""
     manifest = datasets.load_manifest(workdir)
     monitors = []
     held = validation.validation_ids(manifest)

@@ -95,6 +95,59 @@ def test_each_run_trains_a_model_with_its_own_lam_tau_and_reg_every(tmp_path, mo
     }
 
 
+def test_memorization_is_scored_on_every_training_record_whatever_a_run_drops(
+    tmp_path, monkeypatch
+):
+    """A run that drops examples trains on the rest but its fit_* pass covers the
+    whole training set (the wrong labels it dropped included), as every other run's:
+    the memorization of two methods is then a share of the same examples. The data
+    readers and the fit are stand-ins: this is which ids go where."""
+    config = fashion_mnist_hetero.get_config("smoke")
+    config.eval.per_epoch_test = False
+    with config.unlocked():
+        config.train.runs = ml_collections.ConfigDict(
+            dict(
+                erm=common.run(regularizer="none", lam=0.0),
+                oracle=common.run(regularizer="none", lam=0.0, drop="wrong_labels"),
+                clean=common.run(regularizer="none", lam=0.0, labels="clean"),
+            ),
+            sort_keys=False,
+        )
+    ids = np.arange(100, 120)  # the training records (the validation split is apart)
+    label = np.arange(20) % 10
+    clean = label.copy()
+    wrong = [3, 7, 8, 15]
+    clean[wrong] = (label[wrong] + 1) % 10
+    fit = {"id": ids, "label": label, "clean_label": clean}
+    monkeypatch.setattr(datasets, "read_fit_labels", lambda wd: fit)
+    monkeypatch.setattr(datasets, "fit_keep_ids", lambda wd: ids)
+    trained_on, scored_on = {}, {}
+
+    def training_dataset(workdir, section, *, seed, keep_ids, label_key):
+        return ("ds", tuple(keep_ids), label_key)
+
+    def label_set_monitors(config, workdir, fit_ids):
+        return [("monitor", tuple(fit_ids))]
+
+    def fake_fit(model, ds, section, out_dir, callbacks):
+        name = os.path.basename(out_dir)
+        trained_on[name] = (ds[1], ds[2])
+        scored_on[name] = [c[1] for c in callbacks if c[0] == "monitor"]
+
+    monkeypatch.setattr(datasets, "training_dataset", training_dataset)
+    monkeypatch.setattr(epoch_eval, "label_set_monitors", label_set_monitors)
+    monkeypatch.setattr(modeling, "fit", fake_fit)
+    train.run(config, str(tmp_path))
+    everything = tuple(ids)
+    right = tuple(i for k, i in enumerate(ids) if k not in wrong)
+    assert trained_on == {
+        "erm": (everything, "label"),
+        "oracle": (right, "label"),
+        "clean": (everything, "clean_label"),
+    }
+    assert scored_on == {name: [everything] for name in ("erm", "oracle", "clean")}
+
+
 def test_checkpoint_blocks_reaches_regularized_models_only():
     config = fashion_mnist_hetero.get_config("smoke")
     assert config.train.checkpoint_blocks is False
