@@ -16,7 +16,8 @@
   a fixed seed: the same runs give the same number); a negative rho means the gains
   go with less memorization.
 - `tau_vs_noise`: per cell, tau and its inputs beside each class's true noise (the
-  share of the training examples with that noisy label whose clean label differs).
+  share of the training examples with that noisy label whose clean label differs;
+  also over the train split with its validation examples, as the records hold it).
 """
 
 from __future__ import annotations
@@ -229,18 +230,44 @@ def true_noise(transition_counts) -> list[float | None]:
     return [None if col[c] == 0 else float(1 - t[c, c] / col[c]) for c in range(len(col))]
 
 
-def tau_vs_noise(records: dict) -> dict:
-    """cell -> {"tau", "err", "held_out", "true_noise"} from one HAR run record of the
-    cell (every run of a cell trains with the cell's tau: tau_by_cell checks that)."""
+def training_noise(training_set: dict, num_classes: int) -> list[float | None]:
+    """Per noisy label c, the share of the training examples labelled c whose clean
+    label differs, from a run's training_set summary (its per_noisy_label counts cover
+    the cell's whole training set, before that run's drop); None for a label no
+    training example has."""
+    rows = training_set.get("per_noisy_label", {})
+    out = []
+    for c in range(num_classes):
+        row = rows.get(str(c))
+        out.append(row["wrongly_labelled"] / row["records"] if row and row["records"] else None)
+    return out
+
+
+def tau_vs_noise(records: dict, training_sets: dict | None = None) -> dict:
+    """cell -> {"tau", "err", "held_out", "true_noise", "true_noise_train_split"}.
+
+    tau and its inputs come from one HAR run record of the cell (every run of a cell
+    trains with the cell's tau: tau_by_cell checks that). "true_noise" is over the
+    examples tau and the runs use, the training examples, from `training_sets` (cell
+    -> a training_set summary of any run of the cell: cl_filter's, a ceiling's); None
+    until one is there. "true_noise_train_split" is over the train split as the
+    record has it, the validation examples included.
+    """
+    training_sets = training_sets or {}
     out = {}
     for cell, record in sorted(records.items()):
         inputs = record.get("tau_inputs") or {}
         counts = record.get("train_transition_counts")
+        tau = record.get("tau")
+        chosen = training_sets.get(cell)
         out[cell] = {
-            "tau": record.get("tau"),
+            "tau": tau,
             "err": inputs.get("err"),
             "held_out": inputs.get("held_out"),
-            "true_noise": None if counts is None else true_noise(counts),
+            "true_noise": None
+            if chosen is None or tau is None
+            else training_noise(chosen, len(tau)),
+            "true_noise_train_split": None if counts is None else true_noise(counts),
         }
     return out
 
@@ -256,8 +283,9 @@ def class_mean_se(per_class, counts) -> float | None:
 
 
 def mean_se(values) -> float | None:
-    """The standard error of a mean over seeds of independent estimates."""
-    values = [v for v in values if v is not None]
-    if not values:
+    """The standard error of a mean over seeds of independent estimates; None if any
+    seed's is unknown (the mean is over every seed, so its error needs each)."""
+    values = list(values)
+    if not values or any(v is None for v in values):
         return None
     return math.sqrt(sum(v * v for v in values)) / len(values)

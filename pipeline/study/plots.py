@@ -362,9 +362,16 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
     ]
     cells = analysis["tau_vs_noise"]
     if cells:
-        lines += ["", "## tau against the true noise per class (noisy label)", ""]
+        lines += [
+            "",
+            "## tau against the true noise per class (noisy label)",
+            "",
+            "true_noise: over the training examples (those tau and the runs use); "
+            "true_noise_train_split: over the train split, its validation examples included.",
+            "",
+        ]
         for cell, row in cells.items():
-            for key in ("tau", "err", "true_noise"):
+            for key in ("tau", "err", "true_noise", "true_noise_train_split"):
                 vals = row.get(key) or []
                 shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
                 lines.append(f"- {cell} {key}: {shown}")

@@ -428,11 +428,16 @@ def analysis(study, runs: dict, settings: dict, jobs) -> dict:
         return {}
     per_method = study_analysis.method_runs(runs, settings)
     groups = list(_groups(study))
-    cells = {}
+    cells, training_sets = {}, {}
     for job in jobs:
-        record = _done(study, job) if job.lam is not None else None
-        if record is not None and record.get("tau") is not None:
-            cells.setdefault(f"{job.setting}/seed{job.seed}", record)
+        record = _done(study, job)
+        if record is None:
+            continue
+        cell = f"{job.setting}/seed{job.seed}"
+        if job.lam is not None and record.get("tau") is not None:
+            cells.setdefault(cell, record)
+        if record.get("training_set"):  # counts over the cell's whole training set
+            training_sets.setdefault(cell, record["training_set"])
     return {
         "analysis": {
             "comparisons": study_analysis.comparisons(per_method, pairs, groups),
@@ -441,7 +446,7 @@ def analysis(study, runs: dict, settings: dict, jobs) -> dict:
             "memorization_vs_gain": study_analysis.memorization_vs_gain(
                 per_method, c.selection_setting, c.reference, ceilings, c.primary_group
             ),
-            "tau_vs_noise": study_analysis.tau_vs_noise(cells),
+            "tau_vs_noise": study_analysis.tau_vs_noise(cells, training_sets),
         }
     }
 

@@ -20,11 +20,18 @@ _T975 = (
 )  # fmt: skip
 _Z975 = 1.959963984540054
 
+# Means closer than this are a tie: two lambdas whose scores are the same fraction
+# (e.g. per-class hits over 15 and 150 examples, summed in another order) can differ
+# in their last bits as floats, and rounding must not decide the selection.
+TIE = 1e-9
+
+
 SELECTION_RULE = (
     "per method: the lam with the highest mean, over the grid seeds, of the final-epoch "
     "mean per-class accuracy on the validation split against its noisy labels "
-    "(val_mean_class_accuracy); ties go to the smaller lam; a lam missing a grid seed "
-    "(not run yet) makes the selection pending; a lam whose run failed is not eligible"
+    f"(val_mean_class_accuracy); ties (means within {TIE:g}: equal up to float rounding) "
+    "go to the smaller lam; a lam missing a grid seed (not run yet) makes the selection "
+    "pending; a lam whose run failed is not eligible"
 )
 
 
@@ -84,6 +91,11 @@ def group_accuracy(per_class, counts, classes) -> float | None:
     return float(acc @ counts[idx] / counts[idx].sum())
 
 
+def _beats(mean: float, best: float | None) -> bool:
+    """Whether `mean` is higher than `best` by more than a tie (None: no best yet)."""
+    return best is None or mean > best + TIE
+
+
 def select_lam(val_scores: dict) -> dict:
     """The lam SELECTION_RULE picks.
 
@@ -109,8 +121,8 @@ def select_lam(val_scores: dict) -> dict:
     selected = None
     if not pending:
         best = None
-        for lam, row in table.items():  # ascending lam: strict > keeps the smaller on ties
-            if row["mean"] is not None and (best is None or row["mean"] > best[1]):
+        for lam, row in table.items():  # ascending lam: a tie keeps the smaller
+            if row["mean"] is not None and _beats(row["mean"], best and best[1]):
                 best = (lam, row["mean"])
         selected = None if best is None else best[0]
     return {"selected": selected, "pending": pending, "table": table}
@@ -155,7 +167,7 @@ def oracle_lam(test_scores: dict) -> float | None:
         if not vals or any(not isinstance(v, float) for v in vals):
             return None
         m = float(np.mean(vals))
-        if best is None or m > best[1]:
+        if _beats(m, best and best[1]):
             best = (lam, m)
     return None if best is None else best[0]
 

@@ -134,6 +134,25 @@ def test_select_lam_ties_pending_and_failed():
     assert st.oracle_lam({"1": [0.5, 0.5], "10": [0.9, 0.8]}) == "10"
 
 
+def test_select_lam_breaks_an_exact_tie_to_the_smaller_whatever_the_float_rounding():
+    # Study 2's validation split: 15 examples of each noisy & rare class, 150 of the
+    # others. Two lambdas with the same total of per-class fractions (a hit moved from
+    # class 4 to class 2: +1/15 - 1/15), summed as the monitor sums them.
+    n = [15, 150, 15, 150, 15, 150, 15, 150, 150, 150]
+    hits = [12, 131, 14, 148, 8, 136, 7, 129, 124, 144]
+    moved = list(hits)
+    moved[2], moved[4] = moved[2] + 1, moved[4] - 1
+    a, b = (float(np.mean([h / k for h, k in zip(x, n, strict=True)])) for x in (hits, moved))
+    assert a != b and abs(a - b) < 1e-12  # the same fraction, two floats
+    low, high = sorted([a, b])
+    for small, large in ((low, high), (high, low)):
+        sel = st.select_lam({"1": [small, 0.8], "4": [large, 0.8]})
+        assert sel["selected"] == "1"
+        assert st.oracle_lam({"1": [small, 0.8], "4": [large, 0.8]}) == "1"
+    # A real difference (one hit of 150 on one seed: 1/3000 in the mean) still decides.
+    assert st.select_lam({"1": [a, 0.8], "4": [a + 1 / 1500, 0.8]})["selected"] == "4"
+
+
 # ----------------------------------------------------------------------------------
 # Selection reads validation, not test: fixture histories in a study workdir
 
@@ -917,4 +936,13 @@ def test_smoke_study2_runs_every_new_method(tmp_path, idx_dir):
     analysis = s["analysis"]
     assert set(analysis["headroom"]["main"]) == {"erm_clean", "erm_oracle_filter"}
     assert "cl_filter_har - cl_filter" in analysis["comparisons"]["main"]
-    assert analysis["tau_vs_noise"]["main/seed0"]["true_noise"] is not None
+    # True noise over the training examples (not the train split with its validation).
+    labels = np.asarray(fit["label"])
+    expected = [
+        float(np.mean(wrong[labels == c])) if (labels == c).any() else None for c in range(10)
+    ]
+    assert analysis["tau_vs_noise"]["main/seed0"]["true_noise"] == pytest.approx(expected)
+    # The oracle dropped every wrong label, yet its memorization pass covers them (the
+    # whole training set, as ERM's): a share of the same examples, not a missing value.
+    for key in ("main/seed0/erm_oracle_filter", "main/seed0/cl_filter", "main/seed0/erm"):
+        assert runs[key]["fit_memorized"] is not None, key

@@ -66,11 +66,34 @@ def test_true_noise_from_transition_counts():
     assert noise[:2] == pytest.approx([0.3, 0.1]) and noise[2] is None
 
 
+def test_tau_vs_noise_takes_the_training_examples_noise_from_a_drop_summary():
+    record = {
+        "tau": [0.5, 0.1, 1.0],
+        "tau_inputs": {"err": [0.4, 0.1, 0.0], "held_out": [5, 10, 0]},
+        # The train split, validation included: label 0 has 12 examples, 4 wrong.
+        "train_transition_counts": [[8, 1, 0], [4, 20, 0], [0, 0, 0]],
+    }
+    # The training examples only (a run's training_set summary): 10 labelled 0, 3 wrong.
+    chosen = {
+        "per_noisy_label": {
+            "0": {"records": 10, "wrongly_labelled": 3, "dropped": 2},
+            "1": {"records": 19, "wrongly_labelled": 1, "dropped": 0},
+        }
+    }
+    got = sa.tau_vs_noise({"main/seed0": record, "main/seed1": record}, {"main/seed0": chosen})
+    row = got["main/seed0"]
+    assert row["true_noise"] == pytest.approx([0.3, 1 / 19, None])
+    assert row["true_noise_train_split"] == pytest.approx([4 / 12, 1 / 21, None])
+    assert row["tau"] == [0.5, 0.1, 1.0] and row["held_out"] == [5, 10, 0]
+    assert got["main/seed1"]["true_noise"] is None  # no summary for that cell yet
+
+
 def test_class_mean_se_and_mean_se():
     # Two classes: p 0.5 on 100, 0.9 on 10: var = .25/100 + .09/10 = .0115
     assert sa.class_mean_se([0.5, 0.9, None], [100, 10, 0]) == pytest.approx(math.sqrt(0.0115) / 2)
     assert sa.class_mean_se([None], [5]) is None
     assert sa.mean_se([0.03, 0.04]) == pytest.approx(0.025)  # sqrt(.0009 + .0016) / 2
+    assert sa.mean_se([0.03, None]) is None and sa.mean_se([]) is None
 
 
 def _study_runs():
