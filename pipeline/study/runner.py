@@ -13,11 +13,13 @@ DIR/cells/<setting>/seed<k>/, shared by its runs; each training run is a train s
 DIR/cells/<setting>/seed<k>/runs/<run>/ (its input stages are symlinks to the cell's).
 Completed stages are skipped through their fingerprints, and an interrupted train stage
 resumes from its last epoch, so SIGKILL anywhere and rerun the same command: it goes on
-where it stopped. A run whose training fails (diverges) is recorded in FAILED.json
-beside it, reported as failed and not retried. After every run the results so far are
-aggregated into DIR/study/ (pipeline.study.report): study.json, study.md, PNG plots and
-the commit of the code. lambda is selected on the validation split (never the test set):
-pipeline.study.stats.SELECTION_RULE. The job order is in pipeline.study.config.
+where it stopped. A run whose training diverges (modeling.TrainingDiverged) is recorded
+in FAILED.json beside it, reported as failed and not retried; any other error stops
+the study with its message (a bad config or input is not a result). After every run
+the results so far are aggregated into DIR/study/ (pipeline.study.report): study.json,
+study.md, PNG plots and the commit of the code. lambda is selected on the validation
+split (never the test set): pipeline.study.stats.SELECTION_RULE. The job order is in
+pipeline.study.config.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.run import STAGE_RUNS
 from pipeline.study import config as study_config
 from pipeline.study import records, report
 from pipeline.study.config import Job
+from pipeline.training import modeling
 
 # The stages a cell holds, shared by its runs: every stage train reads.
 CELL_STAGES = stage.upstream("train")
@@ -157,7 +160,7 @@ class Study:
                 _link(os.path.join("..", "..", name), os.path.join(rdir, name))
             try:
                 _ensure(config, rdir, "train", fps["train"])
-            except stage.PipelineError as e:
+            except modeling.TrainingDiverged as e:  # any other error stops the study
                 stage.write_json(
                     os.path.join(rdir, FAILED), {"fingerprint": fps["train"], "error": str(e)}
                 )

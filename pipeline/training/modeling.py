@@ -338,6 +338,11 @@ def fit(
     return hist
 
 
+class TrainingDiverged(PipelineError):
+    """A fit whose logged metrics stopped being finite (NaN or inf): a property of the
+    run's settings (a study records it as the run's result), not of its inputs."""
+
+
 def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool) -> dict:
     """The end of a fit: every epoch's logs as history.json (refused if not finite),
     model.keras, and the checkpoints (`resume`) deleted. Returns the history.
@@ -350,7 +355,7 @@ def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool)
     for k, vals in hist.items():
         logged = [v for v in vals if v is not None]
         if not np.all(np.isfinite(logged)):
-            raise PipelineError(f"training diverged: {k} became {vals[-1]} (history {vals})")
+            raise TrainingDiverged(f"training diverged: {k} became {vals[-1]} (history {vals})")
     tmp = os.path.join(out_dir, "tmp-model.keras")
     model.save(tmp)
     os.replace(tmp, os.path.join(out_dir, "model.keras"))

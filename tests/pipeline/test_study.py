@@ -29,7 +29,7 @@ from pipeline.study import report
 from pipeline.study import stats as st
 from pipeline.study.config import Job, StudyConfigError
 from pipeline.study.runner import Study, run_study
-from pipeline.training import epoch_eval
+from pipeline.training import epoch_eval, modeling
 from tests import harness
 from tests.pipeline import idx_fixtures
 from tests.pipeline.workdir_fixtures import tiny_config
@@ -578,12 +578,21 @@ def test_a_run_or_cell_another_process_holds_is_skipped_not_failed(tmp_path, mon
                 study.run_job(job)
         assert calls == [] and not os.path.exists(failed)
 
+    def bad_input(config, workdir):
+        raise stage.PipelineError("run 'har': drop 'label_issues' left no example")
+
+    # An error that is not a divergence is no result: it stops the study, unrecorded.
+    monkeypatch.setitem(study_module.STAGE_RUNS, "train", bad_input)
+    with pytest.raises(stage.PipelineError, match="left no example"):
+        study.run_job(job)
+    assert not os.path.exists(failed)
+
     def diverged(config, workdir):
-        raise stage.PipelineError("the loss is NaN")
+        raise modeling.TrainingDiverged("the loss is NaN")
 
     monkeypatch.setitem(study_module.STAGE_RUNS, "train", diverged)
     assert study.run_job(job)  # recorded, not raised
-    assert calls == ["preprocess", "pretrain", "estimate_tau"]
+    assert calls == ["preprocess", "pretrain", "estimate_tau"] * 2
     assert stage.read_json(failed)["error"] == "the loss is NaN"
 
 

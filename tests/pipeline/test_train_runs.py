@@ -175,3 +175,15 @@ def test_checkpoint_blocks_reaches_regularized_models_only():
 def test_bad_runs_are_named(run, match):
     with pytest.raises(PipelineError, match=f"run 'x': {match}"):
         train.validate_runs({"x": run})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_fit_whose_logs_stop_being_finite_is_a_divergence(tmp_path, bad):
+    """finish_fit refuses a history with a NaN or inf in any logged key (an epoch that
+    did not log a key is not one) as TrainingDiverged, which a study records as the
+    run's result, and writes no model."""
+    logs = [{"loss": 2.0, "fit_accuracy": None}, {"loss": 1.0, "reg": bad}]
+    with pytest.raises(modeling.TrainingDiverged, match=r"training diverged: reg became"):
+        modeling.finish_fit(None, logs, str(tmp_path), resume=False)
+    assert not os.listdir(tmp_path)
+    assert issubclass(modeling.TrainingDiverged, PipelineError)  # stage mains: one line
