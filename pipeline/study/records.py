@@ -95,6 +95,20 @@ def read(workdir: str, key: str, fingerprint: str) -> dict | None:
     return record
 
 
+def is_stale(workdir: str, key: str, fingerprint: str) -> bool:
+    """Whether run `key` has a record file of another fingerprint (another config or
+    code version): `read` ignores it and the run trains again."""
+    p = path(workdir, key)
+    if not os.path.isfile(p):
+        return False
+    try:
+        with open(p) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False  # `read` names an unreadable record
+    return isinstance(record, dict) and record.get("fingerprint") != fingerprint
+
+
 def write(workdir: str, key: str, record: dict) -> None:
     """Writes a record atomically (a reader never sees half of one)."""
     p = path(workdir, key)

@@ -225,6 +225,13 @@ def run_study(
     study = Study(config, workdir, root)
     settings = check_settings(config, settings)
     os.makedirs(workdir, exist_ok=True)
+    stale = stale_records(study, study.plan())
+    if stale:
+        print(
+            f"== note: {len(stale)} run record(s) of another fingerprint (another config "
+            f"or code version) are ignored and those runs train again, e.g. {stale[0]}",
+            flush=True,
+        )
     started, ran, waiting = time.time(), 0, False
     while True:
         jobs = [j for j in study.plan() if not settings or j.setting in settings]
@@ -260,6 +267,18 @@ def run_study(
     which = f"settings {', '.join(settings)}" if settings else "study"
     print(f"== {which} complete: {os.path.join(workdir, 'study')}", flush=True)
     return True
+
+
+def stale_records(study, jobs) -> list[str]:
+    """The run keys of `jobs` (lambda known) whose record was left by another config or
+    code version: ignored, so a changed library version or base config that was not
+    meant to change the runs shows here instead of as a study that starts over."""
+    return [
+        study.run_key(j)
+        for j in jobs
+        if j.lam is not None
+        and records.is_stale(study.workdir, study.run_key(j), study.fingerprints(j)["train"])
+    ]
 
 
 def _run_next(study, jobs, todo, started) -> str:

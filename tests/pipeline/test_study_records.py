@@ -2,12 +2,13 @@
 and its report with the file's name, not a KeyError (issue 29 item 4)."""
 
 import json
+import os
 
 import pytest
 
 from configs.studies import smoke
 from pipeline.core import stage
-from pipeline.study import records, report
+from pipeline.study import records, report, runner
 from pipeline.study.config import Job
 from pipeline.study.runner import Study
 from tests.pipeline.test_study import _fake_done
@@ -50,3 +51,35 @@ def test_a_failed_record_needs_its_error(tmp_path):
         study.status(job)
     records.write(str(tmp_path), key, records.failed_record(fp, "boom"))
     assert study.status(job) == "failed"
+
+
+def test_a_record_of_another_fingerprint_is_named_as_ignored(tmp_path, capsys, monkeypatch):
+    """A record left by another config or code version is ignored (the run trains
+    again), and the runner says so before it starts, naming one."""
+
+    study = Study(smoke.get_config(), str(tmp_path))
+    job = Job("main", 0, "har", 1.0)
+    _fake_done(study, job, val=0.8, test_primary=0.3)
+    assert study.status(job) == "done"  # writes the record
+    assert runner.stale_records(study, study.plan()) == []
+    path = records.path(str(tmp_path), study.run_key(job))
+    with open(path) as f:
+        record = json.load(f)
+    record["fingerprint"] = "0" * 64  # as another har_tf version would have made it
+    records.write(str(tmp_path), study.run_key(job), record)
+    os.remove(os.path.join(study.paths(job)[1], "train", stage.METADATA))  # no stage
+    assert study.status(job) == "todo"
+    assert runner.stale_records(study, study.plan()) == ["main/seed0/har_lam1"]
+
+    class Trains(Exception):
+        pass
+
+    def trains(*args):
+        raise Trains
+
+    monkeypatch.setattr(runner, "_run_next", trains)
+    with pytest.raises(Trains):  # said before the first run
+        runner.run_study(smoke.get_config(), str(tmp_path))
+    out = capsys.readouterr().out
+    assert out.startswith("== note: 1 run record(s) of another fingerprint ")
+    assert "are ignored and those runs train again, e.g. main/seed0/har_lam1\n" in out
