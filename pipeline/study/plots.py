@@ -303,7 +303,13 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
         if not rows:
             continue
         groups = list(next(iter(rows.values())))
-        lines += ["", f"## Pre-registered comparisons, setting `{setting}` (paired, points)", ""]
+        lines += [
+            "",
+            f"## Pre-registered comparisons, setting `{setting}` (paired, points)",
+            "",
+            "Beside these, each method minus the reference is in the setting's table above.",
+            "",
+        ]
         lines += ["| comparison | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
         for name, row in rows.items():
             lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
