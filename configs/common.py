@@ -42,7 +42,7 @@ def optimizer_block(*, epochs, batch_size, lr, lr_drop_epochs):
     )
 
 
-def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"):
+def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy", reweight="none"):
     """One training run of the train stage (a fresh model).
 
     reg_every > 1: the opt-in approximation of `HARModel(reg_every=...)`, the
@@ -50,7 +50,9 @@ def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"
     drop: "none"; "label_issues" trains without the examples cleanlab flags (needs
     tau.cross_fit: cleanlab's recipe, combinable with HAR); "wrong_labels" without
     every wrongly-labelled one (a benchmark's oracle). labels: "noisy", or "clean"
-    (a benchmark's ceiling). pipeline/training/training_set.py has the details.
+    (a benchmark's ceiling). reweight: "none", or "noise_rate" (CleanLearning's
+    class weights after its drop; needs tau.cross_fit). pipeline/training/
+    training_set.py has the details.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -60,6 +62,7 @@ def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"
             reg_every=reg_every,
             drop=drop,
             labels=labels,
+            reweight=reweight,
         )
     )
 

@@ -98,7 +98,8 @@ class HARClassifier(ClassifierMixin, BaseEstimator):
         `label-issues` extra: cleanlab and pandas; checked before any training).
       drop_label_issues: train the final model only on the examples cleanlab does
         not flag (`cleanlab.filter.find_label_issues` on the held-out
-        probabilities, as cleanlab's CleanLearning), so cleaning and HAR combine.
+        probabilities, CleanLearning's drop without its reweighting of the kept
+        examples by 1 / (1 - noise rate)), so cleaning and HAR combine.
         Without cross-fitting only half B is scored, so only half B can be dropped.
         tau is still computed from the held-out errors of all scored examples,
         flagged ones included: it measures how noisy each class's labels are, which

@@ -15,9 +15,10 @@ keeps the runs it finished and resumes the one it was in from its last completed
 "none" runs are ERM with lambda 0 (no double backprop);
 "uniform" uses tau = 1; "har" uses estimate_tau's tau.json. A run with drw=True
 gets class-balanced loss weights from config.train.drw_start_epoch (HAR-DRW).
-A run's `drop` and `labels` fields choose its training set (pipeline.training.training_set:
-cleanlab's filter, and a benchmark's ceilings); such a run writes what it dropped to
-<run>/training_set.json. HAR's tau is estimate_tau's whatever a run drops.
+A run's `drop`, `labels` and `reweight` fields choose its training set and its class
+weights (pipeline.training.training_set: cleanlab's filter and CleanLearning's
+weights, and a benchmark's ceilings); such a run writes what it dropped (and the
+weights) to <run>/training_set.json. HAR's tau is estimate_tau's whatever a run drops.
 """
 
 from __future__ import annotations
@@ -67,16 +68,18 @@ def run(config, workdir: str) -> None:
                 os.makedirs(run_dir, exist_ok=True)
             lam = 0.0 if run_cfg.regularizer == "none" else run_cfg.lam
             run_ids, labels, label_key = keep_ids, fit["label"], "label"
+            weights = None  # class weights from the first step (reweight)
             if not training_set.is_default(run_cfg):
                 drop, kind = run_cfg.get("drop", "none"), run_cfg.get("labels", "noisy")
                 chosen = training_set.select(fit, drop=drop, labels=kind, flagged_ids=flagged)
                 run_ids, labels = chosen["id"], chosen["label"]
                 label_key = "clean_label" if kind == "clean" else "label"
+                summary = training_set.summary(fit, chosen["dropped"], drop=drop, labels=kind)
+                if run_cfg.get("reweight", "none") == "noise_rate":
+                    weights = _noise_rate_weights(workdir)
+                    summary["class_weights"] = weights.tolist()
                 if worker is None or worker.chief:
-                    stage.write_json(
-                        os.path.join(run_dir, training_set.SUMMARY),
-                        training_set.summary(fit, chosen["dropped"], drop=drop, labels=kind),
-                    )
+                    stage.write_json(os.path.join(run_dir, training_set.SUMMARY), summary)
                 if not len(run_ids):
                     raise stage.PipelineError(f"run {name!r}: drop {drop!r} left no example")
             steps = modeling.steps_for(len(labels), section.batch_size)
@@ -89,6 +92,8 @@ def run(config, workdir: str) -> None:
                 reg_every=int(run_cfg.get("reg_every", 1)),
             )
             modeling.compile_model(model, section, steps_per_epoch=steps)
+            if weights is not None:
+                model.set_class_weights(weights.tolist())  # from the first step on
             ds = datasets.training_dataset(
                 workdir, section, seed=config.seed, keep_ids=run_ids, label_key=label_key
             )
@@ -114,6 +119,18 @@ def run(config, workdir: str) -> None:
                     )
                 )
             modeling.fit(model, ds, section, out_dir=run_dir, callbacks=callbacks)
+
+
+def _noise_rate_weights(workdir: str) -> np.ndarray:
+    """CleanLearning's class weights from estimate_tau's cleanlab noise rates."""
+    path = os.path.join(stage.require(workdir, "estimate_tau"), "tau.json")
+    rates = stage.read_json(path).get("cleanlab_noise_rate")
+    if rates is None:
+        raise stage.PipelineError(
+            f"{path} has no cleanlab_noise_rate: a run with reweight 'noise_rate' needs "
+            "estimate_tau run with config.tau.cross_fit=True (rerun it with --force)"
+        )
+    return training_set.noise_rate_weights(rates)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ def method(
     reg_every=1,
     drop="none",
     labels="noisy",
+    reweight="none",
     seeds,
     tier=0,
 ):
@@ -24,6 +25,7 @@ def method(
     result runs. tier: order among the selection setting's non-grid runs (lower first).
     drop, labels: the run's training set (pipeline.training.training_set): cleanlab's filter
     ("label_issues"), the oracle filter ("wrong_labels"), the clean labels ("clean").
+    reweight: "noise_rate" weighs the kept examples as cleanlab's CleanLearning does.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -35,6 +37,7 @@ def method(
             reg_every=reg_every,
             drop=drop,
             labels=labels,
+            reweight=reweight,
             seeds=tuple(seeds),
             tier=tier,
         )

@@ -90,9 +90,16 @@ def study_config():
         unif=m(regularizer="uniform", lam_grid=LAM_GRID, seeds=FIVE),
         drw=m(regularizer="none", drw=True, seeds=FIVE),
         har_drw=m(regularizer="har", lam_from="har", drw=True, seeds=FIVE),
-        cl_filter=m(regularizer="none", drop="label_issues", seeds=FIVE),
+        # cleanlab's CleanLearning: drop the flagged examples, weigh the rest by
+        # 1 / (1 - noise rate) of their label (Deviation 2, docs/RESULTS.md).
+        cl_filter=m(regularizer="none", drop="label_issues", reweight="noise_rate", seeds=FIVE),
         cl_filter_har=m(
-            regularizer="har", lam_from="har", drop="label_issues", seeds=THREE, tier=1
+            regularizer="har",
+            lam_from="har",
+            drop="label_issues",
+            reweight="noise_rate",
+            seeds=THREE,
+            tier=1,
         ),
         erm_clean=m(regularizer="none", labels="clean", seeds=THREE, tier=1),
         erm_oracle_filter=m(regularizer="none", drop="wrong_labels", seeds=THREE, tier=1),

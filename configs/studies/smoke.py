@@ -54,9 +54,16 @@ def _study2(overrides):
         erm=c.method(regularizer="none", seeds=seeds),
         har=c.method(regularizer="har", lam_grid=(1.0, 10.0), seeds=seeds),
         drw=c.method(regularizer="none", drw=True, seeds=seeds, tier=1),
-        cl_filter=c.method(regularizer="none", drop="label_issues", seeds=seeds, tier=1),
+        cl_filter=c.method(
+            regularizer="none", drop="label_issues", reweight="noise_rate", seeds=seeds, tier=1
+        ),
         cl_filter_har=c.method(
-            regularizer="har", lam_from="har", drop="label_issues", seeds=seeds, tier=2
+            regularizer="har",
+            lam_from="har",
+            drop="label_issues",
+            reweight="noise_rate",
+            seeds=seeds,
+            tier=2,
         ),
         erm_clean=c.method(regularizer="none", labels="clean", seeds=seeds, tier=2),
         erm_oracle_filter=c.method(regularizer="none", drop="wrong_labels", seeds=seeds, tier=2),

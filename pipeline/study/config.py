@@ -11,9 +11,9 @@ A study config (configs/studies/*.py, `get_config(arg)` -> ConfigDict) holds:
   selection_setting  the setting where lambda grids run and are selected
   grid_seeds       the seeds every grid lambda runs on
   methods          ordered name -> dict(regularizer, lam, lam_grid, lam_from, drw,
-                   reg_every, drop, labels, seeds, tier) (configs/studies/common.py:
-                   method(); drop and labels choose the training set:
-                   pipeline.training.training_set);
+                   reg_every, drop, labels, reweight, seeds, tier)
+                   (configs/studies/common.py: method(); drop, labels and reweight
+                   choose the training set: pipeline.training.training_set);
                    lambda comes from exactly one of: lam (fixed), lam_grid (selected
                    on validation, pipeline.study.stats.SELECTION_RULE), lam_from
                    (another grid method's selected lambda)
@@ -57,9 +57,9 @@ TOP_FIELDS = (
 OPTIONAL_FIELDS = {"grid_extensions": 0, "comparisons": (), "ceilings": ()}
 METHOD_FIELDS = (
     "regularizer", "lam", "lam_grid", "lam_from", "drw", "reg_every", "drop", "labels",
-    "seeds", "tier",
+    "reweight", "seeds", "tier",
 )  # fmt: skip
-METHOD_DEFAULTS = {"drop": "none", "labels": "noisy"}
+METHOD_DEFAULTS = {"drop": "none", "labels": "noisy", "reweight": "none"}
 SETTING_FIELDS = ("overrides", "seeds", "methods")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a directory name; ConfigDict keys take no dots
 

@@ -16,6 +16,13 @@ labels) can measure:
                           clean labels, which only a benchmark has)
   labels  "noisy"         the given labels
           "clean"         the clean labels of the same records (a ceiling)
+  reweight "none"         every kept example weighs the same
+          "noise_rate"    CleanLearning's final fit: each kept example weighs
+                          1 / max(1 - r_k, 1e-3), r_k cleanlab's noise rate of its
+                          given label k (estimate_tau's tau.json, from the same
+                          cross-fitted probabilities), so that a class keeps its apparent
+                          number of examples after the drop; applied as class weights
+                          with the weighted-mean semantics of DRW (HARModel.set_class_weights)
 
 `select` is the pure rule; `summary` counts what a drop removed against the known
 flips (precision and recall of the drop), written beside each run.
@@ -32,6 +39,8 @@ from pipeline.data import detection
 
 DROPS = ("none", "label_issues", "wrong_labels")
 LABELS = ("noisy", "clean")
+REWEIGHTS = ("none", "noise_rate")
+WEIGHT_FLOOR = 1e-3  # cleanlab's clip of 1 - r_k (CleanLearning.fit)
 SUMMARY = "training_set.json"
 
 
@@ -47,11 +56,35 @@ def check_run(name: str, run_cfg, *, cross_fit: bool) -> None:
             f"run {name!r}: drop 'label_issues' needs the label issues of cross-fitted "
             "pretraining: set config.tau.cross_fit=True"
         )
+    reweight = run_cfg.get("reweight", "none")
+    if reweight not in REWEIGHTS:
+        raise stage.PipelineError(f"run {name!r}: reweight {reweight!r} is not one of {REWEIGHTS}")
+    if reweight == "noise_rate" and not cross_fit:
+        raise stage.PipelineError(
+            f"run {name!r}: reweight 'noise_rate' needs cleanlab's noise rates of "
+            "cross-fitted pretraining: set config.tau.cross_fit=True"
+        )
+    if reweight != "none" and run_cfg.get("drw", False):
+        raise stage.PipelineError(
+            f"run {name!r}: reweight {reweight!r} and drw both set the class weights; choose one"
+        )
 
 
 def is_default(run_cfg) -> bool:
-    """Whether the run trains on every fit record against its noisy labels."""
-    return run_cfg.get("drop", "none") == "none" and run_cfg.get("labels", "noisy") == "noisy"
+    """Whether the run trains on every fit record against its noisy labels, unweighted."""
+    return (
+        run_cfg.get("drop", "none") == "none"
+        and run_cfg.get("labels", "noisy") == "noisy"
+        and run_cfg.get("reweight", "none") == "none"
+    )
+
+
+def noise_rate_weights(noise_rates) -> np.ndarray:
+    """CleanLearning's per-class weights for the final fit: 1 / max(1 - r_k, 1e-3)."""
+    rates = np.asarray(noise_rates, np.float64)
+    if rates.ndim != 1 or not np.all(np.isfinite(rates)):
+        raise stage.PipelineError(f"noise rates must be a finite [C] list, got {noise_rates!r}")
+    return 1.0 / np.maximum(1.0 - rates, WEIGHT_FLOOR)
 
 
 def needs_label_issues(runs) -> bool:

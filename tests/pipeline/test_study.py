@@ -935,10 +935,15 @@ def test_smoke_study2_runs_every_new_method(tmp_path, idx_dir):
     flagged = set(flags.loc[flags["is_label_issue"], "id"])
     runs = s["runs"]
     lam = study_config.lam_label(har["selected"])
+    rates = np.asarray(
+        stage.read_json(os.path.join(cell, "estimate_tau", "tau.json"))["cleanlab_noise_rate"]
+    )
     for key in ("main/seed0/cl_filter", f"main/seed0/cl_filter_har_lam{lam}"):
         chosen = runs[key]["training_set"]
         assert chosen["dropped"] == len(flagged & set(fit["id"])), key
         assert chosen["dropped_wrongly_labelled"] == len(flagged & set(fit["id"][wrong]))
+        # CleanLearning's weights after its drop: 1 / max(1 - noise rate, 1e-3).
+        assert chosen["class_weights"] == pytest.approx(1 / np.maximum(1 - rates, 1e-3))
     oracle = runs["main/seed0/erm_oracle_filter"]["training_set"]
     assert oracle["dropped"] == oracle["wrongly_labelled"] == int(wrong.sum())
     assert runs["main/seed0/erm_clean"]["training_set"]["labels"] == "clean"

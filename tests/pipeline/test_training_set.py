@@ -58,11 +58,30 @@ def test_check_run_names_the_bad_field():
     with pytest.raises(stage.PipelineError, match="set config.tau.cross_fit=True"):
         training_set.check_run("a", {"drop": "label_issues"}, cross_fit=False)
     training_set.check_run("a", {"drop": "label_issues"}, cross_fit=True)
+    with pytest.raises(stage.PipelineError, match="run 'a': reweight 'class' is not one of"):
+        training_set.check_run("a", {"reweight": "class"}, cross_fit=True)
+    with pytest.raises(stage.PipelineError, match="noise rates of cross-fitted pretraining"):
+        training_set.check_run("a", {"reweight": "noise_rate"}, cross_fit=False)
+    with pytest.raises(stage.PipelineError, match="reweight 'noise_rate' and drw both"):
+        training_set.check_run("a", {"reweight": "noise_rate", "drw": True}, cross_fit=True)
+    assert not training_set.is_default({"reweight": "noise_rate"})
+    assert training_set.is_default({"reweight": "none", "drop": "none"})
+
+
+def test_noise_rate_weights_are_cleanlabs_clipped_inverse_diagonal():
+    # 1 / max(1 - r, 1e-3): r = 0.4 -> 1/0.6; 0 -> 1; 1 (every label wrong) -> the clip.
+    got = training_set.noise_rate_weights([0.4, 0.0, 0.75, 1.0])
+    assert got == pytest.approx([1 / 0.6, 1.0, 4.0, 1000.0])
+    with pytest.raises(stage.PipelineError, match="noise rates must be a finite"):
+        training_set.noise_rate_weights([0.1, float("nan")])
 
 
 def test_make_dataset_refuses_an_unknown_label_key(tmp_path):
     with pytest.raises(ValueError, match="label_key must be"):
         datasets.make_dataset(str(tmp_path), "train", batch_size=4, training=False, label_key="y")
+
+
+RATES = [0.4, 0.0, 0.5, 0.1, 0.75, 0.0, 0.2, 0.0, 0.0, 0.0]  # estimate_tau's, by hand
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +98,9 @@ def workdir(tmp_path_factory):
     fit = datasets.read_fit_labels(workdir)
     flagged = fit["id"][::7]
     with stage.stage_output(workdir, "estimate_tau") as out:
-        stage.write_json(os.path.join(out, "tau.json"), {"tau": [1.0] * 10})
+        stage.write_json(
+            os.path.join(out, "tau.json"), {"tau": [1.0] * 10, "cleanlab_noise_rate": RATES}
+        )
         pd.DataFrame(
             {
                 "id": fit["id"],
@@ -103,13 +124,22 @@ def test_train_stage_trains_each_run_on_its_own_records_and_labels(workdir, monk
         "clean": dict(regularizer="none", lam=0.0, drw=False, reg_every=1, labels="clean"),
         "oracle": dict(regularizer="none", lam=0.0, drw=False, reg_every=1, drop="wrong_labels"),
         "cl": dict(regularizer="none", lam=0.0, drw=True, reg_every=1, drop="label_issues"),
+        "cl_weighted": dict(
+            regularizer="har",
+            lam=1.0,
+            drw=False,
+            reg_every=1,
+            drop="label_issues",
+            reweight="noise_rate",
+        ),
     }
-    seen = {}
+    seen, class_weights = {}, {}
 
     def fake_fit(model, ds, section, *, out_dir, callbacks):
         labels = np.concatenate([y.numpy() for _, y in ds])
         drw = [c for c in callbacks if isinstance(c, DeferredReweighting)]
         seen[os.path.basename(out_dir)] = (labels, drw)
+        class_weights[os.path.basename(out_dir)] = model.class_weights.numpy()
         modeling.finish_fit(model, [{"loss": 1.0}], out_dir, resume=False)
 
     monkeypatch.setattr(modeling, "fit", fake_fit)
@@ -121,6 +151,7 @@ def test_train_stage_trains_each_run_on_its_own_records_and_labels(workdir, monk
         "clean": fit["clean_label"],
         "oracle": fit["label"][~wrong],
         "cl": fit["label"][~np.isin(fit["id"], flagged)],
+        "cl_weighted": fit["label"][~np.isin(fit["id"], flagged)],
     }
     for name, labels in expected.items():
         got, drw = seen[name]
@@ -138,3 +169,11 @@ def test_train_stage_trains_each_run_on_its_own_records_and_labels(workdir, monk
     assert cl["dropped_wrongly_labelled"] == int((wrong & np.isin(fit["id"], flagged)).sum())
     oracle = stage.read_json(os.path.join(out, "oracle", training_set.SUMMARY))
     assert oracle["precision"] == 1.0 and oracle["recall"] == 1.0
+    # CleanLearning's weights, 1 / (1 - r_k), set before the first step; the others none.
+    by_hand = [1 / 0.6, 1.0, 2.0, 1 / 0.9, 4.0, 1.0, 1.25, 1.0, 1.0, 1.0]
+    assert class_weights["cl_weighted"] == pytest.approx(by_hand, rel=1e-6)
+    for name in ("clean", "oracle", "cl"):  # DRW's weights come later, from its callback
+        assert np.all(class_weights[name] == 1.0), name
+    weighted = stage.read_json(os.path.join(out, "cl_weighted", training_set.SUMMARY))
+    assert weighted["class_weights"] == pytest.approx(by_hand)
+    assert weighted["dropped"] == cl["dropped"] and "class_weights" not in cl
