@@ -366,6 +366,16 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
         )
         + ".",
     ]
+    rest = mem.get("without_drops")
+    if rest and rest["methods_left_out"]:
+        r_rho = "n/a" if rest["rho"] is None else f"{rest['rho']:+.2f}"
+        r_p = "n/a" if rest["p_value"] is None else f"{rest['p_value']:.3f}"
+        lines += [
+            "",
+            f"Without {', '.join(rest['methods_left_out'])} (descriptive, not "
+            f"pre-registered: a run that drops examples never trains on the wrong labels "
+            f"it dropped), over {rest['points']} pairs: rho = {r_rho}, p = {r_p}.",
+        ]
     cells = analysis["tau_vs_noise"]
     if cells:
         lines += [

@@ -950,6 +950,10 @@ def test_smoke_study2_runs_every_new_method(tmp_path, idx_dir):
     analysis = s["analysis"]
     assert set(analysis["headroom"]["main"]) == {"erm_clean", "erm_oracle_filter"}
     assert "cl_filter_har - cl_filter" in analysis["comparisons"]["main"]
+    mem = analysis["memorization_vs_gain"]["without_drops"]
+    assert mem["methods_left_out"] == ["cl_filter", "cl_filter_har"]  # not the ceilings
+    with open(os.path.join(workdir, "study", "study.md")) as f:
+        assert "Without cl_filter, cl_filter_har (descriptive, not pre-registered" in f.read()
     # True noise over the training examples (not the train split with its validation).
     labels = np.asarray(fit["label"])
     expected = [

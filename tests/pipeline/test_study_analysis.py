@@ -133,6 +133,28 @@ def test_comparisons_headroom_and_memorization_on_a_fixture_study():
     assert mem["rho"] == pytest.approx(-1.0)
     assert mem["rho_per_method"]["har"] == pytest.approx(-1.0)
     assert mem["p_value"] is not None
+    assert mem["without_drops"]["methods_left_out"] == []  # none drops: the same test
+    assert mem["without_drops"]["rho"] == pytest.approx(-1.0)
+    assert mem["without_drops"]["points"] == 3
+
+
+def test_the_descriptive_correlation_leaves_out_the_methods_that_drop():
+    dropped = {"drop": "label_issues", "labels": "noisy"}
+    per_method = {"m": {"erm": {}, "har": {}, "cl": {}}}
+    # har: gains rise as memorization falls (rho -1); cl: gains rise with it (rho +1).
+    for seed, (gain, change) in enumerate([(0.01, -0.1), (0.02, -0.2), (0.03, -0.3)]):
+        per_method["m"]["erm"][seed] = _run("m", "erm", seed, 0.0, 0.3, memorized=1.0)
+        per_method["m"]["har"][seed] = _run("m", "har", seed, 1.0, 0.3 + gain, 1.0 + change)
+        per_method["m"]["cl"][seed] = _run(
+            "m", "cl", seed, 0.0, 0.3 + 10 * gain, 0.8 + 0.1 * seed, training_set=dropped
+        )
+    mem = sa.memorization_vs_gain(per_method, "m", "erm", [], "noisy_rare", permutations=100)
+    assert len(mem["points"]) == 6  # the pre-registered test keeps every method
+    assert mem["rho_per_method"] == pytest.approx({"har": -1.0, "cl": 1.0})
+    assert mem["rho"] > -0.5  # pooled, cl's points pull it away from har's -1
+    rest = mem["without_drops"]
+    assert rest["methods_left_out"] == ["cl"] and rest["points"] == 3
+    assert rest["rho"] == pytest.approx(-1.0)
 
 
 def test_training_sets_summarize_only_runs_that_dropped():
