@@ -62,7 +62,8 @@ def run(*, regularizer, lam, drw=False, reg_every=1, drop="none", labels="noisy"
             reg_every=reg_every,
             drop=drop,
             labels=labels,
-            reweight=reweight,
+            # Only when set: a run without it keeps the fingerprint it had before.
+            **({} if reweight == "none" else {"reweight": reweight}),
         )
     )
 

@@ -48,7 +48,9 @@ FASHION_MNIST = {
 SMOKE_STUDY = {
     "": (6, "04acec4bd0d07fc1792bf23b31240b269b5f2a64acc92bf8e250927b24ece279"),
     "all": (9, "ef2a94559b9937f2c8855999475d24bac2d0258d101705354ef75f7456432aa1"),
-    "study2": (8, "94c841cd523949555412fd6321c2777e7b46ff690570e4b8458194f90074817c"),
+    # 2026-12-05: its cl_filter and cl_filter_har gained reweight="noise_rate" (on
+    # purpose); with that field set back to "none" the digest is the former 94c841cd...
+    "study2": (8, "10d900530699e4d24bab90c30eb5b2f4b0700decd4d864a037ba987a3913107f"),
 }
 
 
