@@ -98,8 +98,12 @@ def _natural(key: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
+def _at(values: list, epoch: int):
+    return values[epoch] if epoch < len(values) else None
+
+
 def _cell(history: dict[str, list], epoch: int) -> str:
-    values = [history.get(k, [])[epoch] if epoch < len(history.get(k, [])) else None for k in SHOWN]
+    values = [_at(history.get(k, []), epoch) for k in SHOWN]
     if all(v is None for v in values):
         return ""
     return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in values)

@@ -70,9 +70,8 @@ def path(workdir: str, key: str) -> str:
     return os.path.join(workdir, "study", RECORDS, *key.split("/")) + ".json"
 
 
-def read(workdir: str, key: str, fingerprint: str) -> dict | None:
-    """Run `key`'s record if it has this fingerprint (None if absent or stale)."""
-    p = path(workdir, key)
+def _load(p: str) -> dict | None:
+    """The record file at `p` (None if absent); PipelineError if it is no run record."""
     if not os.path.isfile(p):
         return None
     try:
@@ -84,7 +83,14 @@ def read(workdir: str, key: str, fingerprint: str) -> dict | None:
         ) from e
     if not isinstance(record, dict) or record.get("state") not in ("done", "failed"):
         raise stage.PipelineError(f"run record {p} is not a run record; delete it to rerun")
-    if record.get("fingerprint") != fingerprint:
+    return record
+
+
+def read(workdir: str, key: str, fingerprint: str) -> dict | None:
+    """Run `key`'s record if it has this fingerprint (None if absent or stale)."""
+    p = path(workdir, key)
+    record = _load(p)
+    if record is None or record.get("fingerprint") != fingerprint:
         return None
     missing = [k for k, ok in FIELDS[record["state"]].items() if not ok(record.get(k))]
     if missing:
@@ -98,15 +104,11 @@ def read(workdir: str, key: str, fingerprint: str) -> dict | None:
 def is_stale(workdir: str, key: str, fingerprint: str) -> bool:
     """Whether run `key` has a record file of another fingerprint (another config or
     code version): `read` ignores it and the run trains again."""
-    p = path(workdir, key)
-    if not os.path.isfile(p):
-        return False
     try:
-        with open(p) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return False  # `read` names an unreadable record
-    return isinstance(record, dict) and record.get("fingerprint") != fingerprint
+        record = _load(path(workdir, key))
+    except stage.PipelineError:
+        return False  # `read` names it when the run's turn comes
+    return record is not None and record.get("fingerprint") != fingerprint
 
 
 def write(workdir: str, key: str, record: dict) -> None:

@@ -51,19 +51,17 @@ def check_run(name: str, run_cfg, *, cross_fit: bool) -> None:
         raise stage.PipelineError(f"run {name!r}: drop {drop!r} is not one of {DROPS}")
     if labels not in LABELS:
         raise stage.PipelineError(f"run {name!r}: labels {labels!r} is not one of {LABELS}")
-    if drop == "label_issues" and not cross_fit:
-        raise stage.PipelineError(
-            f"run {name!r}: drop 'label_issues' needs the label issues of cross-fitted "
-            "pretraining: set config.tau.cross_fit=True"
-        )
     reweight = run_cfg.get("reweight", "none")
     if reweight not in REWEIGHTS:
         raise stage.PipelineError(f"run {name!r}: reweight {reweight!r} is not one of {REWEIGHTS}")
-    if reweight == "noise_rate" and not cross_fit:
-        raise stage.PipelineError(
-            f"run {name!r}: reweight 'noise_rate' needs cleanlab's noise rates of "
-            "cross-fitted pretraining: set config.tau.cross_fit=True"
-        )
+    # What each value reads from estimate_tau's cross-fitted pretraining.
+    needs = {"label_issues": "the label issues", "noise_rate": "cleanlab's noise rates"}
+    for field, value in (("drop", drop), ("reweight", reweight)):
+        if value in needs and not cross_fit:
+            raise stage.PipelineError(
+                f"run {name!r}: {field} {value!r} needs {needs[value]} of cross-fitted "
+                "pretraining: set config.tau.cross_fit=True"
+            )
     if reweight != "none" and run_cfg.get("drw", False):
         raise stage.PipelineError(
             f"run {name!r}: reweight {reweight!r} and drw both set the class weights; choose one"
