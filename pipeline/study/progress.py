@@ -3,8 +3,10 @@ r"""A study's progress without its results, to watch a running study blind.
   python -m pipeline.study.progress --workdir=DIR       # records and runs in training
   python -m pipeline.study.progress --records=RECORDS   # saved records only
 
-Prints one markdown table: each run that has a record (done or failed) or is training
-now (a checkpointed train stage, or a cell's pretraining), its epochs, and after each
+Prints one markdown table: each run that has a record (done or failed) or is under way
+(a checkpointed train stage, or a cell's pretraining: "training" while the process
+that last took its lock is alive, "paused" when none is, e.g. after the study's
+processes were stopped; it resumes from the checkpoint), its epochs, and after each
 evaluated epoch only its training-side metrics, `fit_accuracy / fit_memorized` in %
 (training accuracy against the noisy labels, and the wrongly-labelled training examples
 predicted as their wrong label: the regime a run is in). No validation or test figure
@@ -24,7 +26,7 @@ import re
 from absl import app, flags
 
 from pipeline import cli
-from pipeline.core import stage
+from pipeline.core import stage, workdir_lock
 from pipeline.study import records
 from pipeline.training import epoch_eval, modeling
 
@@ -67,10 +69,30 @@ def finished(records_dir: str) -> dict[str, dict]:
     return out
 
 
+def _holder_alive(directory: str) -> bool:
+    """Whether the process that last took `directory`'s lock (pipeline.core.workdir_lock,
+    whose file keeps the holder's PID) is alive. Read only: probing the lock itself would
+    make a study process that reaches for it at that moment skip the run. A PID reused
+    by an unrelated process after the holder died reads as alive."""
+    try:
+        with open(os.path.join(directory, workdir_lock.LOCK_FILE)) as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
 def training(workdir: str) -> dict[str, dict]:
-    """Key -> {"state": "training", "epochs", "history"} of every checkpointed stage in
-    progress: a run's train stage ("<setting>/seed<k>/<run>") and a cell's pretraining
-    ("<setting>/seed<k>/pretrain", one entry per cross-fitted half)."""
+    """Key -> {"state": "training" | "paused", "epochs", "history"} of every checkpointed
+    stage in progress: a run's train stage ("<setting>/seed<k>/<run>") and a cell's
+    pretraining ("<setting>/seed<k>/pretrain", one entry per cross-fitted half). A run's
+    lock is its run directory's, pretraining's its cell's."""
     ckpt = os.path.join(modeling.CHECKPOINTS, modeling.CHECKPOINT_HISTORY)
     cells = os.path.join(workdir, "cells", "*", "seed*")
     patterns = {
@@ -85,8 +107,11 @@ def training(workdir: str) -> dict[str, dict]:
             cell = "/".join(parts[:2])
             name = {"run": parts[3], "pretrain": "pretrain"}.get(kind, f"pretrain {parts[3]}")
             epoch_logs = _read(path)
+            locked = os.path.join(workdir, "cells", *parts[:2])
+            if kind == "run":
+                locked = os.path.join(locked, "runs", parts[3])
             out[f"{cell}/{name}"] = {
-                "state": "training",
+                "state": "training" if _holder_alive(locked) else "paused",
                 "epochs": len(epoch_logs),
                 "history": _columns(epoch_logs),
             }
@@ -147,7 +172,8 @@ def progress(*, workdir: str | None = None, records_dir: str | None = None) -> s
     else:
         rows = finished(records_dir)
     counts = {
-        s: sum(r["state"] == s for r in rows.values()) for s in ("done", "failed", "training")
+        s: sum(r["state"] == s for r in rows.values())
+        for s in ("done", "failed", "training", "paused")
     }
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     note = "fit_accuracy / fit_memorized, % (training side only; no validation or test figure)"

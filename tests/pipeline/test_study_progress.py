@@ -84,8 +84,8 @@ EXPECTED = """\
 | main/seed0/har_lam4 | done | 6 | 90.0 / 30.0 | 100.0 / 99.4 |
 | main/seed0/har_lam16 | done | 6 | 90.0 / 25.0 | 98.1 / 50.0 |
 | main/seed2/har_lam64 | failed | 0 |  |  |
-| main/seed2/pretrain half_b | training | 2 |  |  |
-| main/seed2/unif_lam4 | training | 4 | 80.0 / 10.0 |  |
+| main/seed2/pretrain half_b | paused | 2 |  |  |
+| main/seed2/unif_lam4 | paused | 4 | 80.0 / 10.0 |  |
 | main/seed10/erm | done | 6 | 50.0 / 12.5 | 75.0 / 25.0 |
 """
 
@@ -93,7 +93,7 @@ EXPECTED = """\
 def test_the_table_holds_each_run_and_only_training_side_figures(workdir):
     out = progress.progress(workdir=workdir)
     head, table = out.split("\n\n", 1)
-    assert head.startswith("4 done, 1 failed, 2 training; ")
+    assert head.startswith("4 done, 1 failed, 0 training, 2 paused; ")
     assert table == EXPECTED
     for sentinel in (VAL, TEST):  # in any rendering: fraction or percent
         assert str(sentinel) not in out and f"{100 * sentinel:.1f}" not in out
@@ -101,7 +101,7 @@ def test_the_table_holds_each_run_and_only_training_side_figures(workdir):
 
 def test_a_records_directory_alone_lists_its_records(workdir):
     out = progress.progress(records_dir=os.path.join(workdir, "study", "records"))
-    assert out.startswith("4 done, 1 failed, 0 training; ")
+    assert out.startswith("4 done, 1 failed, 0 training, 0 paused; ")
     rows = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines()[4:]]
     assert rows == [
         "main/seed0/erm",
@@ -110,6 +110,41 @@ def test_a_records_directory_alone_lists_its_records(workdir):
         "main/seed2/har_lam64",
         "main/seed10/erm",
     ]
+
+
+def _states(workdir) -> dict[str, str]:
+    rows = [line.split(" | ") for line in progress.progress(workdir=workdir).splitlines()[4:]]
+    return {r[0].lstrip("| "): r[1] for r in rows}
+
+
+def test_under_way_is_training_while_its_lock_holder_lives_and_paused_after(workdir):
+    """A real process holds the run's lock (pipeline.core.workdir_lock) and the cell's
+    (pretraining's); once it has exited, both runs read as paused. Holding the lock is
+    not probed, so the table never takes a lock a study process may reach for."""
+    run = os.path.join(workdir, "cells", "main", "seed2", "runs", "unif_lam4")
+    cell = os.path.join(workdir, "cells", "main", "seed2")
+    hold = (
+        "import sys, time\n"
+        "from pipeline.core import workdir_lock\n"
+        "with workdir_lock.held(sys.argv[1]), workdir_lock.held(sys.argv[2]):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, run, cell], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        states = _states(workdir)
+        assert states["main/seed2/unif_lam4"] == "training"
+        assert states["main/seed2/pretrain half_b"] == "training"
+        assert progress.progress(workdir=workdir).startswith(
+            "4 done, 1 failed, 2 training, 0 paused"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    states = _states(workdir)  # its PID is still in the lock files; the process is gone
+    assert states["main/seed2/unif_lam4"] == states["main/seed2/pretrain half_b"] == "paused"
 
 
 def test_bad_input_names_the_problem(workdir, tmp_path):
