@@ -253,6 +253,7 @@ def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]
         lines.append(
             f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
         )
+    lines += _memorization_lines(methods)
     num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
     if num_classes:
         lines += [
@@ -267,6 +268,31 @@ def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]
                 lines.append(
                     f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
                 )
+    return lines
+
+
+def _memorization_lines(methods: dict) -> list[str]:
+    """Per method and evaluated epoch (1-based; those where any method has a value):
+    training accuracy against the noisy labels / wrong labels memorized, mean over the
+    seeds done, % (the curves of the memorization figure, as numbers)."""
+    curves = {m: r["curves"] for m, r in methods.items() if r["curves"].get(FIT_MEM)}
+    epochs = sorted({e for c in curves.values() for e, v in enumerate(c[FIT_MEM]) if v is not None})
+    if not epochs:
+        return []
+    lines = [
+        "",
+        "Memorization per evaluated epoch (training accuracy vs noisy labels / wrong "
+        "labels memorized, mean over the seeds done, %):",
+        "",
+        "| method | " + " | ".join(f"epoch {e + 1}" for e in epochs) + " |",
+        "|---" * (len(epochs) + 1) + "|",
+    ]
+    for m, c in curves.items():
+        cells = []
+        for e in epochs:
+            pair = [c.get(k)[e] if c.get(k) and e < len(c[k]) else None for k in (FIT_ACC, FIT_MEM)]
+            cells.append("" if pair == [None, None] else " / ".join(_pct(v) for v in pair))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -304,6 +304,25 @@ def test_tau_by_cell_shows_runs_of_one_cell_that_trained_with_different_taus(tmp
     assert same[-1] == "Every cell's runs trained with the same tau (1 cells)."
 
 
+def test_memorization_per_epoch_table_holds_the_mean_curves_at_evaluated_epochs():
+    """study.md's per-epoch memorization table, cells by hand from the mean curves: only
+    the epochs where some method has a value (1-based), a blank where a method has none,
+    a method without the pass left out."""
+    acc, mem = study_plots.FIT_ACC, study_plots.FIT_MEM
+    methods = {
+        "erm": {"curves": {acc: [None, 0.9, None, 1.0], mem: [None, 0.25, None, 1.0]}},
+        "har": {"curves": {acc: [None, 0.875, None, 0.98], mem: [None, None, None, 0.5]}},
+        "old": {"curves": {acc: None, mem: None}},
+    }
+    assert study_plots._memorization_lines(methods)[3:] == [
+        "| method | epoch 2 | epoch 4 |",
+        "|---|---|---|",
+        "| erm | 90.0 / 25.0 | 100.0 / 100.0 |",
+        "| har | 87.5 / n/a | 98.0 / 50.0 |",
+    ]
+    assert study_plots._memorization_lines({"erm": {"curves": {mem: [None, None]}}}) == []
+
+
 def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
     study = Study(smoke.get_config(), str(tmp_path))
     _fake_done(study, Job("main", 0, "har", 1.0), val=0.8, test_primary=0.3)
