@@ -148,7 +148,7 @@ def grid_jobs(study, selection: dict | None = None) -> list[Job]:
 
 def _grid_scores(study, name: str, lams) -> tuple[dict, dict]:
     """lam label -> per grid seed: the final-epoch validation score (None: not run,
-    "failed"), the primary group's test accuracy (None unless done) and the
+    "failed"), the primary group's test accuracy (the same markers) and the
     validation score's standard error."""
     c = study.config
     groups = None
@@ -174,7 +174,7 @@ def _grid_scores(study, name: str, lams) -> tuple[dict, dict]:
                 test[key].append(float(metrics["test"]["groups"][c.primary_group]))
             else:
                 val[key].append("failed" if state == "failed" else None)
-                test[key].append(None)
+                test[key].append("failed" if state == "failed" else None)
                 se[key].append(None)
     return val, test, se
 
@@ -226,7 +226,9 @@ def selections(study) -> dict:
                 "note": "selected on the TEST set (the authors' practice): optimistic",
                 "lam": None if oracle is None else float(oracle),
                 "test_" + c.primary_group: {
-                    k: st.summary(v) for k, v in test.items() if None not in v
+                    k: st.summary(v)
+                    for k, v in test.items()
+                    if not any(x is None or isinstance(x, str) for x in v)
                 },
             },
         }

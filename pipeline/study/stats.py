@@ -160,12 +160,16 @@ def extend_grid(registered, grid, selected, max_per_side: int) -> float | None:
 def oracle_lam(test_scores: dict) -> float | None:
     """The lam of the best mean TEST score (the authors' practice: selected on the test
     set, reported only beside the validation choice, labelled as such); ties to the
-    smaller lam; None unless every lam has a score on every seed."""
+    smaller lam. test_scores is shaped as select_lam's val_scores: None (not run yet)
+    anywhere makes it None; a lam with a "failed" run is not eligible, as in the
+    selection."""
     best = None
     for lam in sorted(test_scores, key=float):
         vals = test_scores[lam]
-        if not vals or any(not isinstance(v, float) for v in vals):
+        if not vals or any(v is None for v in vals):
             return None
+        if any(isinstance(v, str) for v in vals):
+            continue
         m = float(np.mean(vals))
         if _beats(m, best and best[1]):
             best = (lam, m)

@@ -132,6 +132,10 @@ def test_select_lam_ties_pending_and_failed():
     assert st.select_lam({"1": [0.5, None], "10": [0.9, 0.9]})["pending"]
     assert st.select_lam({"1": [0.5, 0.5], "10": [0.9, "failed"]})["selected"] == "1"
     assert st.oracle_lam({"1": [0.5, 0.5], "10": [0.9, 0.8]}) == "10"
+    # As in the selection: a failed lam is not eligible; one not run yet leaves it open.
+    assert st.oracle_lam({"1": [0.5, 0.5], "10": [0.9, "failed"]}) == "1"
+    assert st.oracle_lam({"1": [0.5, 0.5], "10": [0.9, None]}) is None
+    assert st.oracle_lam({"1": ["failed", 0.5], "10": [0.9, "failed"]}) is None
 
 
 def test_select_lam_breaks_an_exact_tie_to_the_smaller_whatever_the_float_rounding():
@@ -329,6 +333,24 @@ def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
     assert study.selection()["har"] is None
     result = report.build(study)
     assert not result["complete"] and result["runs_done"] == 1
+
+
+def test_a_failed_grid_run_leaves_its_lambda_out_of_the_test_oracle_too(tmp_path):
+    """smoke's har grid (1, 10) on seeds 0 and 1: lam 10 has the better test score on
+    seed 0 but failed on seed 1, so neither the selection nor the oracle can pick it."""
+    study = Study(smoke.get_config(), str(tmp_path))
+    for seed in (0, 1):
+        _fake_done(study, Job("main", seed, "har", 1.0), val=0.5, test_primary=0.3)
+    _fake_done(study, Job("main", 0, "har", 10.0), val=0.9, test_primary=0.9)
+    failed = Job("main", 1, "har", 10.0)
+    fp = study.fingerprints(failed)["train"]
+    study_records.write(
+        study.workdir, study.run_key(failed), study_records.failed_record(fp, "NaN")
+    )
+    assert study.status(failed) == "failed"
+    har = report.selections(study)["har"]
+    assert har["selected"] == 1.0 and har["oracle_on_test"]["lam"] == 1.0
+    assert set(har["oracle_on_test"]["test_noisy_rare"]) == {"1"}
 
 
 def test_extend_grid_adds_the_next_value_at_the_registered_ratio():
