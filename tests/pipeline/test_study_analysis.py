@@ -38,6 +38,22 @@ def test_spearman_matches_scipy_with_ties():
     assert sa.spearman([1, 1, 1], [1, 2, 3]) is None  # a constant: undefined
 
 
+def test_spearman_ties_what_float_rounding_splits():
+    """The same 23 test examples gained on two seeds, as two different sums of
+    fractions (the review's example): a tie, as scipy ranks the integer counts."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b = 0.005749999999999977, 0.005750000000000033
+    assert a != b and abs(a - b) < 1e-15
+    x = [a, b, 0.01, 0.02, -0.01]
+    y = [-0.1, -0.2, -0.3, -0.4, 0.0]
+    expected = scipy_stats.spearmanr([23, 23, 40, 80, -40], y).statistic
+    assert scipy_stats.spearmanr(x, y).statistic == pytest.approx(-1.0)  # split apart
+    assert sa.spearman(x, y) == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx(-0.9747, abs=1e-4)
+    # Values further apart than the tolerance keep their own ranks.
+    assert sa.spearman([0.0, 1e-6, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+
+
 def test_permutation_p_value():
     # A perfect monotone relation among 7 points: only the 2 of 5040 orderings that are
     # exactly monotone (either way) reach |rho| = 1, so p is about 2/5040 + noise.
