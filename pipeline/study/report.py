@@ -1,8 +1,9 @@
 """Aggregation of a study (pipeline.study) into <workdir>/study/.
 
 Writes study.json (every number; deterministic: the same runs give the same file),
-study.md (tables), COMMIT (the code that ran) and PNG plots: per-method accuracy with
-95% intervals, noisy & rare test accuracy per epoch, memorization per epoch. Anything
+study.md (tables; study_md), COMMIT (the code that aggregated) and PNG plots (plots):
+per-method accuracy with 95% intervals, noisy & rare test accuracy per epoch,
+memorization per epoch. Anything
 not finished yet is left out and the outputs say "partial". All figures are at each
 run's final epoch; the statistics are pipeline.study.stats.
 """
@@ -22,6 +23,7 @@ from pipeline.study import analysis as study_analysis
 from pipeline.study import config as study_config
 from pipeline.study import plots as study_plots
 from pipeline.study import stats as st
+from pipeline.study import study_md
 from pipeline.study.config import Job
 from pipeline.training import epoch_eval
 
@@ -482,7 +484,7 @@ def _write(study, out: str) -> dict:
     os.replace(os.path.join(out, "COMMIT.tmp"), os.path.join(out, "COMMIT"))
     plots = study_plots.write_all(result, out)
     runtimes = runtime_table(study)
-    text = study_plots.markdown(result, plots, runtimes)
+    text = study_md.markdown(result, plots, runtimes)
     with open(os.path.join(out, "study.md.tmp"), "w") as f:
         f.write(text)
     os.replace(os.path.join(out, "study.md.tmp"), os.path.join(out, "study.md"))

@@ -25,7 +25,7 @@ from pipeline.data import datasets, validation
 from pipeline.study import config as study_config
 from pipeline.study import plots as study_plots
 from pipeline.study import records as study_records
-from pipeline.study import report
+from pipeline.study import report, study_md
 from pipeline.study import stats as st
 from pipeline.study.config import Job, StudyConfigError
 from pipeline.study.runner import Study, run_study
@@ -232,7 +232,7 @@ def test_regime_map_pairs_each_setting_on_the_seeds_every_setting_runs(tmp_path)
     result = {"primary_group": g, "reference": "erm", "settings": {}, "regime_map": regime}
     plots = study_plots.write_all(result, str(tmp_path))
     assert os.path.isfile(tmp_path / plots["regime map: har - erm"])
-    text = "\n".join(study_plots._regime_lines("har", regime["har"], g, "erm"))
+    text = "\n".join(study_md._regime_lines("har", regime["har"], g, "erm"))
     assert f"| main | 7.5 [{100 * (0.075 - half):.1f}, {100 * (0.075 + half):.1f}] (n=2) | " in text
     assert "| noaug | -5.0 (n=1) | 97.5 [91.1, 103.9] (n=2) | 25.0 [" in text
     # Before HAR's lambda is selected there is nothing to pair; with one setting, no map.
@@ -302,9 +302,9 @@ def test_tau_by_cell_shows_runs_of_one_cell_that_trained_with_different_taus(tmp
         "main/seed0": {"runs": 2, "max_abs_difference": 0.25},
         "main/seed1": {"runs": 1, "max_abs_difference": 0.0},
     }
-    text = "\n".join(study_plots._tau_lines(got))
+    text = "\n".join(study_md._tau_lines(got))
     assert "main/seed0: 2 runs, max |difference| 0.25" in text and "seed1" not in text
-    same = study_plots._tau_lines({"main/seed1": got["main/seed1"]})
+    same = study_md._tau_lines({"main/seed1": got["main/seed1"]})
     assert same[-1] == "Every cell's runs trained with the same tau (1 cells)."
 
 
@@ -318,13 +318,13 @@ def test_memorization_per_epoch_table_holds_the_mean_curves_at_evaluated_epochs(
         "har": {"curves": {acc: [None, 0.875, None, 0.98], mem: [None, None, None, 0.5]}},
         "old": {"curves": {acc: None, mem: None}},
     }
-    assert study_plots._memorization_lines(methods)[3:] == [
+    assert study_md._memorization_lines(methods)[3:] == [
         "| method | epoch 2 | epoch 4 |",
         "|---|---|---|",
         "| erm | 90.0 / 25.0 | 100.0 / 100.0 |",
         "| har | 87.5 / n/a | 98.0 / 50.0 |",
     ]
-    assert study_plots._memorization_lines({"erm": {"curves": {mem: [None, None]}}}) == []
+    assert study_md._memorization_lines({"erm": {"curves": {mem: [None, None]}}}) == []
 
 
 def test_selection_is_pending_until_every_grid_run_is_done(tmp_path):
@@ -673,7 +673,7 @@ def test_aggregations_of_one_study_take_turns(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "build", lambda study: result)
     monkeypatch.setattr(report, "runtime_table", lambda study: {})
     monkeypatch.setattr(study_plots, "write_all", lambda result, out: {})
-    monkeypatch.setattr(study_plots, "markdown", lambda result, plots, runtimes: "# s\n")
+    monkeypatch.setattr(study_md, "markdown", lambda result, plots, runtimes: "# s\n")
     study = Study(smoke.get_config(), str(tmp_path / "w"))
     out = tmp_path / "w" / "study"
     out.mkdir(parents=True)

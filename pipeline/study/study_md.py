@@ -1,0 +1,319 @@
+"""study.md, a study's tables, from the study.json dict alone (figures: plots)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.study.plots import FIT_ACC, FIT_MEM
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _ci(s: dict) -> str:
+    """ "mean [low, high] (n)" in percent points."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    ci = s.get("ci95")
+    band = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * s['mean']:.1f}{band} (n={s['n']})"
+
+
+def _tau_lines(cells: dict) -> list[str]:
+    """Whether the runs of each cell trained with one tau (study_report.tau_by_cell)."""
+    if not cells:
+        return []
+    differ = {c: v for c, v in cells.items() if v["max_abs_difference"] > 0}
+    if not differ:
+        return ["", f"Every cell's runs trained with the same tau ({len(cells)} cells)."]
+    lines = ["", "**tau differs between runs of one cell** (their pairing is weaker):", ""]
+    lines += [
+        f"- {c}: {v['runs']} runs, max |difference| {v['max_abs_difference']:.3g}"
+        for c, v in differ.items()
+    ]
+    return lines
+
+
+def markdown(result: dict, plots: dict, runtimes: dict) -> str:
+    """study.md: the state, each lambda selection, each setting's tables, failures,
+    figures and runtimes."""
+    primary, ref = result["primary_group"], result["reference"]
+    state = "COMPLETE" if result["complete"] else "PARTIAL (runs still to come; figures may change)"
+    code = result["code"]
+    lines = [
+        f"# Study `{result['study']}`: {state}",
+        "",
+        f"Runs finished: {result['runs_done']} of {result['runs_planned']} planned; "
+        f"failed: {len(result['runs_failed'])}. Code: {code['commit']}"
+        + (" (uncommitted changes)" if code["dirty"] else ""),
+        "",
+        "All accuracies (%) are on the clean test set at each run's final epoch: mean "
+        "[95% t-interval] (n seeds).",
+    ]
+    lines += _tau_lines(result.get("tau_by_cell", {}))
+    for method, sel in result["selection"].items():
+        lines += _selection_lines(method, sel, primary)
+    for setting, agg in result["settings"].items():
+        lines += _setting_lines(setting, agg, primary, ref)
+    for method, regime in result.get("regime_map", {}).items():
+        lines += _regime_lines(method, regime, primary, ref)
+    if result.get("analysis"):
+        lines += _analysis_lines(result["analysis"], primary, ref)
+    if result["runs_failed"]:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {k}: {result['runs'][k]['failed']}" for k in result["runs_failed"]]
+    if plots:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{title}]({name})" for title, name in plots.items()]
+    if runtimes:
+        lines += _runtime_lines(runtimes)
+    return "\n".join(lines) + "\n"
+
+
+def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
+    """The validation table that selected a method's lambda, and the oracle beside it."""
+    lines = [
+        "",
+        f"## lambda selection for `{method}` (validation split, noisy labels)",
+        "",
+        f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
+        "",
+        "| lam | validation mean per-class accuracy per seed (%) | mean (%) | "
+        "standard error (%) | status |",
+        "|---|---|---|---|---|",
+    ]
+    for lam, row in sel["table"].items():
+        vals = ", ".join(v if isinstance(v, str) else _pct(v) for v in row["values"])
+        lines.append(
+            f"| {lam} | {vals} | {_pct(row['mean'])} | {_pct(row.get('se'))} | {row['status']} |"
+        )
+    if sel.get("extension_rule"):
+        added = ", ".join(f"{x:g}" for x in sel["added"]) or "none"
+        lines += ["", f"Grid extension: {sel['extension_rule']}. Added: {added}."]
+    chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
+    oracle = sel["oracle_on_test"]
+    lines += [
+        "",
+        f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
+        f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
+        "",
+        f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
+        "|---|---|",
+    ]
+    for lam, s in oracle[f"test_{primary}"].items():
+        lines.append(f"| {lam} | {_ci(s)} |")
+    return lines
+
+
+def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]:
+    """A setting's accuracy and memorization per method, paired differences, per class."""
+    methods = agg["methods"]
+    groups = next((list(r["groups"]) for r in methods.values() if r["groups"]), [primary])
+    lines = [
+        "",
+        f"## Setting `{setting}`",
+        "",
+        "| method | lam | seeds done / planned | "
+        + " | ".join(groups)
+        + " | overall | train acc. vs noisy labels | wrong labels memorized |",
+        "|---" * (len(groups) + 6) + "|",
+    ]
+    for m, r in methods.items():
+        lam = "pending" if r["lam"] is None else f"{r['lam']:g}"
+        mem = r["memorization"]
+        lines.append(
+            f"| {m} | {lam} | {len(r['seeds_done'])} / {len(r['seeds_planned'])} | "
+            + " | ".join(_ci(r["groups"].get(g)) for g in groups)
+            + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
+        )
+    lines += [
+        "",
+        f"Paired difference against `{ref}` on the same seeds (percent points):",
+        "",
+        "| method | " + " | ".join(groups) + " | overall |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for m, d in agg[f"paired_minus_{ref}"].items():
+        lines.append(
+            f"| {m} - {ref} | " + " | ".join(_ci(d.get(g)) for g in [*groups, "overall"]) + " |"
+        )
+    lines += _memorization_lines(methods)
+    num_classes = max((len(r["per_class"]) for r in methods.values()), default=0)
+    if num_classes:
+        lines += [
+            "",
+            "Per class (mean over seeds, %):",
+            "",
+            "| method | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+            "|---" * (num_classes + 1) + "|",
+        ]
+        for m, r in methods.items():
+            if r["per_class"]:
+                lines.append(
+                    f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
+                )
+    return lines
+
+
+def _memorization_lines(methods: dict) -> list[str]:
+    """Per method and evaluated epoch (1-based; those where any method has a value):
+    training accuracy against the noisy labels / wrong labels memorized, mean over the
+    seeds done, % (the curves of the memorization figure, as numbers)."""
+    curves = {m: r["curves"] for m, r in methods.items() if r["curves"].get(FIT_MEM)}
+    epochs = sorted({e for c in curves.values() for e, v in enumerate(c[FIT_MEM]) if v is not None})
+    if not epochs:
+        return []
+    lines = [
+        "",
+        "Memorization per evaluated epoch (training accuracy vs noisy labels / wrong "
+        "labels memorized, mean over the seeds done, %):",
+        "",
+        "| method | " + " | ".join(f"epoch {e + 1}" for e in epochs) + " |",
+        "|---" * (len(epochs) + 1) + "|",
+    ]
+    for m, c in curves.items():
+        cells = []
+        for e in epochs:
+            pair = [c.get(k)[e] if c.get(k) and e < len(c[k]) else None for k in (FIT_ACC, FIT_MEM)]
+            cells.append("" if pair == [None, None] else " / ".join(_pct(v) for v in pair))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _regime_lines(method: str, regime: dict, primary: str, ref: str) -> list[str]:
+    """The regime map's table: one row per setting."""
+    lines = [
+        "",
+        f"## Regime map: `{method}` - `{ref}` on {primary}",
+        "",
+        f"Per setting, on the seeds every setting runs ({regime['seeds']}): the paired "
+        f"difference on {primary} (percent points), and each method's memorization at "
+        "its last epoch (training accuracy against the noisy labels; wrongly-labelled "
+        "training examples predicted as their wrong label).",
+        "",
+        f"| setting | {method} - {ref} | {ref}: train acc. | {ref}: memorized | "
+        f"{method}: train acc. | {method}: memorized |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, row in regime["settings"].items():
+        mem = row["memorization"]
+        lines.append(
+            f"| {setting} | {_ci(row['paired'])} | {_ci(mem[ref][FIT_ACC])} | "
+            f"{_ci(mem[ref][FIT_MEM])} | {_ci(mem[method][FIT_ACC])} | "
+            f"{_ci(mem[method][FIT_MEM])} |"
+        )
+    return lines
+
+
+def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
+    """Study 2's tables (pipeline.study.analysis): comparisons, headroom, drops,
+    memorization against gain, tau against the true noise."""
+    lines = []
+    for setting, rows in analysis["comparisons"].items():
+        if not rows:
+            continue
+        groups = list(next(iter(rows.values())))
+        lines += [
+            "",
+            f"## Pre-registered comparisons, setting `{setting}` (paired, points)",
+            "",
+            "Beside these, each method minus the reference is in the setting's table above.",
+            "",
+        ]
+        lines += ["| comparison | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
+    for setting, ceilings in analysis["headroom"].items():
+        for ceiling, row in ceilings.items():
+            lines += [
+                "",
+                f"## Headroom on {primary}, setting `{setting}`: `{ceiling}` - `{ref}` = "
+                f"{_ci(row['headroom'])}",
+                "",
+                "| method | gain over the reference (points) | share of the headroom | seeds |",
+                "|---|---|---|---|",
+            ]
+            for method, share in row["share"].items():
+                frac = share["share"]
+                lines.append(
+                    f"| {method} | {_pct(share['gain'])} | "
+                    f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
+                )
+    for setting, rows in analysis["training_sets"].items():
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## Examples dropped, setting `{setting}` (mean over seeds; precision and "
+            "recall against the known flips, %)",
+            "",
+            "| method | dropped | kept | wrongly labelled | precision | recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, r in rows.items():
+
+            def num(s):
+                return "n/a" if s["mean"] is None else f"{s['mean']:.0f}"
+
+            lines.append(
+                f"| {method} | {num(r['dropped'])} | {num(r['kept'])} | "
+                f"{num(r['wrongly_labelled'])} | {_ci(r['precision'])} | {_ci(r['recall'])} |"
+            )
+    mem = analysis["memorization_vs_gain"]
+    rho = "n/a" if mem["rho"] is None else f"{mem['rho']:+.2f}"
+    p = "n/a" if mem["p_value"] is None else f"{mem['p_value']:.3f}"
+    lines += [
+        "",
+        f"## Gain against memorization, setting `{mem['setting']}`",
+        "",
+        f"Over {len(mem['points'])} (method, seed) pairs: gain on {primary} against the "
+        f"change in wrong labels memorized (both against `{ref}`). {mem['test']}: "
+        f"rho = {rho}, p = {p} (negative: gains go with less memorization). Per method "
+        "(descriptive): "
+        + ", ".join(
+            f"{m} {'n/a' if r is None else f'{r:+.2f}'}"
+            for m, r in mem.get("rho_per_method", {}).items()
+        )
+        + ".",
+    ]
+    rest = mem.get("without_drops")
+    if rest and rest["methods_left_out"]:
+        r_rho = "n/a" if rest["rho"] is None else f"{rest['rho']:+.2f}"
+        r_p = "n/a" if rest["p_value"] is None else f"{rest['p_value']:.3f}"
+        lines += [
+            "",
+            f"Without {', '.join(rest['methods_left_out'])} (descriptive, not "
+            f"pre-registered: a run that drops examples never trains on the wrong labels "
+            f"it dropped), over {rest['points']} pairs: rho = {r_rho}, p = {r_p}.",
+        ]
+    cells = analysis["tau_vs_noise"]
+    if cells:
+        lines += [
+            "",
+            "## tau against the true noise per class (noisy label)",
+            "",
+            "true_noise: over the training examples (those tau and the runs use); "
+            "true_noise_train_split: over the train split, its validation examples included.",
+            "",
+        ]
+        for cell, row in cells.items():
+            for key in ("tau", "err", "true_noise", "true_noise_train_split"):
+                vals = row.get(key) or []
+                shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
+                lines.append(f"- {cell} {key}: {shown}")
+    return lines
+
+
+def _runtime_lines(runtimes: dict) -> list[str]:
+    lines = [
+        "",
+        "## Runtime (train stage, wall clock)",
+        "",
+        "| setting, kind | runs | mean s | total s |",
+        "|---|---|---|---|",
+    ]
+    for key, runs in runtimes.items():
+        v = list(runs.values())
+        lines.append(f"| {key} | {len(v)} | {np.mean(v):.0f} | {np.sum(v):.0f} |")
+    return lines
