@@ -130,18 +130,25 @@ def share_of_headroom(method, ceiling, reference) -> dict:
     return {"share": gain / room if room > 0 else None, "gain": gain, "headroom": room}
 
 
+DROP_FIGURES = ("dropped", "kept", "wrongly_labelled", "precision", "recall")
+
+
 def training_sets(per_method: dict) -> dict:
-    """setting -> method -> summaries over seeds of what the runs dropped."""
+    """setting -> method -> summaries over seeds of what the runs dropped, and
+    "per_seed": seed -> the same figures of that seed's run."""
     out = {}
     for setting, methods in per_method.items():
         rows = {}
         for method, seeds in methods.items():
-            sets = [r["training_set"] for r in seeds.values() if r.get("training_set")]
-            if not sets or all(t["drop"] == "none" for t in sets):
+            sets = {s: r["training_set"] for s, r in seeds.items() if r.get("training_set")}
+            if not sets or all(t["drop"] == "none" for t in sets.values()):
                 continue
             rows[method] = {
-                key: st.summary([t[key] for t in sets if t[key] is not None])
-                for key in ("dropped", "kept", "wrongly_labelled", "precision", "recall")
+                key: st.summary([t[key] for t in sets.values() if t[key] is not None])
+                for key in DROP_FIGURES
+            }
+            rows[method]["per_seed"] = {
+                s: {key: t[key] for key in DROP_FIGURES} for s, t in sorted(sets.items())
             }
         out[setting] = rows
     return out

@@ -34,7 +34,7 @@ def write_all(result: dict, out: str) -> dict:
         _curves(
             {m: c.get(f"test_{primary}") for m, c in curves.items()},
             f"{setting}: {primary} test accuracy per epoch (mean over seeds)",
-            "test accuracy",
+            "test accuracy (fraction)",
             f"{out}/{name}",
         )
         files[f"{setting}: {primary} test accuracy per epoch"] = name
@@ -114,6 +114,7 @@ def _memorization(curves: dict, setting: str, path: str) -> None:
             if c.get(key):
                 ax.plot(*epoch_points(c[key]), label=m)
         ax.set_xlabel("epoch")
+        ax.set_ylabel("fraction")
         ax.set_title(f"{setting}: {label}", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

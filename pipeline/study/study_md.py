@@ -80,7 +80,7 @@ def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
         f"Rule: {sel['rule']}. Grid seeds: {sel['grid_seeds']}.",
         "",
         "| lam | validation mean per-class accuracy per seed (%) | mean (%) | "
-        "standard error (%) | status |",
+        "standard error of the mean, validation sampling only (%) | status |",
         "|---|---|---|---|---|",
     ]
     for lam, row in sel["table"].items():
@@ -91,17 +91,30 @@ def _selection_lines(method: str, sel: dict, primary: str) -> list[str]:
     if sel.get("extension_rule"):
         added = ", ".join(f"{x:g}" for x in sel["added"]) or "none"
         lines += ["", f"Grid extension: {sel['extension_rule']}. Added: {added}."]
+    lines += [
+        "",
+        "The standard error is the binomial one of the validation examples (each class's "
+        "accuracy, then the mean over classes and seeds); it leaves out the seed-to-seed "
+        "variation of training, and lambdas compared on the same examples differ by less "
+        "noise than it suggests.",
+    ]
     chosen = "pending" if sel["selected"] is None else f"{sel['selected']:g}"
     oracle = sel["oracle_on_test"]
+    best = "n/a" if oracle["lam"] is None else f"{oracle['lam']:g}"
     lines += [
         "",
         f"Selected lam: **{chosen}**. Oracle (selected on the TEST set, optimistic, "
-        f"for comparison only): {oracle['lam'] if oracle['lam'] is not None else 'n/a'}.",
-        "",
-        f"| lam | {primary} test accuracy, grid seeds (oracle view) |",
-        "|---|---|",
+        f"for comparison only): {best}.",
     ]
-    for lam, s in oracle[f"test_{primary}"].items():
+    grid = sel.get("grid") or []
+    if sel["selected"] is not None and len(grid) > 1 and sel["selected"] in (min(grid), max(grid)):
+        lines += [
+            "",
+            "**The selection is at the grid's edge** and the grid may grow no further on "
+            "that side: the best lambda may lie beyond the values tried.",
+        ]
+    lines += ["", f"| lam | {primary} test accuracy, grid seeds (oracle view) |", "|---|---|"]
+    for lam, s in sorted(oracle[f"test_{primary}"].items(), key=lambda kv: float(kv[0])):
         lines.append(f"| {lam} | {_ci(s)} |")
     return lines
 
@@ -211,66 +224,113 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
     memorization against gain, tau against the true noise."""
     lines = []
     for setting, rows in analysis["comparisons"].items():
-        if not rows:
-            continue
-        groups = list(next(iter(rows.values())))
-        lines += [
-            "",
-            f"## Pre-registered comparisons, setting `{setting}` (paired, points)",
-            "",
-            "Beside these, each method minus the reference is in the setting's table above.",
-            "",
-        ]
-        lines += ["| comparison | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
-        for name, row in rows.items():
-            lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
+        lines += _comparison_lines(setting, rows)
     for setting, ceilings in analysis["headroom"].items():
         for ceiling, row in ceilings.items():
-            lines += [
-                "",
-                f"## Headroom on {primary}, setting `{setting}`: `{ceiling}` - `{ref}` = "
-                f"{_ci(row['headroom'])}",
-                "",
-                "| method | gain over the reference (points) | share of the headroom | seeds |",
-                "|---|---|---|---|",
-            ]
-            for method, share in row["share"].items():
-                frac = share["share"]
-                lines.append(
-                    f"| {method} | {_pct(share['gain'])} | "
-                    f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
-                )
+            lines += _headroom_lines(setting, ceiling, row, set(ceilings), primary, ref)
     for setting, rows in analysis["training_sets"].items():
-        if not rows:
-            continue
+        lines += _drop_lines(setting, rows)
+    lines += _memorization_gain_lines(analysis["memorization_vs_gain"], primary, ref)
+    lines += _tau_noise_lines(analysis["tau_vs_noise"])
+    return lines
+
+
+def _p(p) -> str:
+    """A permutation p-value: its floor is 1 / (relabellings + 1), so 4 decimals."""
+    return "n/a" if p is None else f"{p:.4f}"
+
+
+def _comparison_lines(setting: str, rows: dict) -> list[str]:
+    if not rows:
+        return []
+    groups = list(next(iter(rows.values())))
+    lines = [
+        "",
+        f"## Pre-registered comparisons, setting `{setting}` (paired, points)",
+        "",
+        "Beside these, each method minus the reference is in the setting's table above.",
+        "",
+        "| comparison | " + " | ".join(groups) + " |",
+        "|---" * (len(groups) + 1) + "|",
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_ci(row[g]) for g in groups) + " |")
+    return lines
+
+
+def _headroom_lines(setting, ceiling, row, ceilings, primary, ref) -> list[str]:
+    """One ceiling's headroom and each method's share of it, with what makes a share
+    unreadable: a headroom that is not positive, or whose interval includes 0."""
+    room = row["headroom"]
+    lines = [
+        "",
+        f"## Headroom on {primary}, setting `{setting}`: `{ceiling}` - `{ref}` = "
+        f"{_ci(room)} points",
+        "",
+    ]
+    mean, ci = room.get("mean") if room else None, room.get("ci95") if room else None
+    if mean is not None and mean <= 0:
+        lines += ["The headroom is not positive: no share of it is defined.", ""]
+    elif ci is not None and ci[0] <= 0:
         lines += [
+            "The headroom's interval includes 0: the shares divide by a difference the "
+            "seeds do not resolve, and are unstable.",
             "",
-            f"## Examples dropped, setting `{setting}` (mean over seeds; precision and "
-            "recall against the known flips, %)",
-            "",
-            "| method | dropped | kept | wrongly labelled | precision | recall |",
-            "|---|---|---|---|---|---|",
         ]
-        for method, r in rows.items():
-
-            def num(s):
-                return "n/a" if s["mean"] is None else f"{s['mean']:.0f}"
-
-            lines.append(
-                f"| {method} | {num(r['dropped'])} | {num(r['kept'])} | "
-                f"{num(r['wrongly_labelled'])} | {_ci(r['precision'])} | {_ci(r['recall'])} |"
-            )
-    mem = analysis["memorization_vs_gain"]
-    rho = "n/a" if mem["rho"] is None else f"{mem['rho']:+.2f}"
-    p = "n/a" if mem["p_value"] is None else f"{mem['p_value']:.3f}"
     lines += [
+        f"| method | gain over `{ref}` on these seeds (points) | share of the headroom | seeds |",
+        "|---|---|---|---|",
+    ]
+    for method, share in row["share"].items():
+        frac = share["share"]
+        name = f"{method} (the other ceiling)" if method in ceilings else method
+        lines.append(
+            f"| {name} | {_pct(share['gain'])} | "
+            f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
+        )
+    return lines
+
+
+def _drop_lines(setting: str, rows: dict) -> list[str]:
+    """What each dropping method dropped: the mean over seeds, then each seed's run."""
+    if not rows:
+        return []
+
+    def num(v):
+        return "n/a" if v is None else f"{v:.0f}"
+
+    lines = [
+        "",
+        f"## Examples dropped, setting `{setting}` (precision and recall against the "
+        "known flips, %)",
+        "",
+        "| method | seed | dropped | kept | wrongly labelled | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, r in rows.items():
+        lines.append(
+            f"| {method} | mean | {num(r['dropped']['mean'])} | {num(r['kept']['mean'])} | "
+            f"{num(r['wrongly_labelled']['mean'])} | {_ci(r['precision'])} | "
+            f"{_ci(r['recall'])} |"
+        )
+        for seed, t in r.get("per_seed", {}).items():
+            lines.append(
+                f"| {method} | {seed} | {num(t['dropped'])} | {num(t['kept'])} | "
+                f"{num(t['wrongly_labelled'])} | {_pct(t['precision'])} | {_pct(t['recall'])} |"
+            )
+    return lines
+
+
+def _memorization_gain_lines(mem: dict, primary: str, ref: str) -> list[str]:
+    rho = "n/a" if mem["rho"] is None else f"{mem['rho']:+.2f}"
+    lines = [
         "",
         f"## Gain against memorization, setting `{mem['setting']}`",
         "",
         f"Over {len(mem['points'])} (method, seed) pairs: gain on {primary} against the "
         f"change in wrong labels memorized (both against `{ref}`). {mem['test']}: "
-        f"rho = {rho}, p = {p} (negative: gains go with less memorization). Per method "
-        "(descriptive): "
+        f"rho = {rho}, p = {_p(mem['p_value'])} (negative: gains go with less "
+        "memorization). Per method (descriptive): "
         + ", ".join(
             f"{m} {'n/a' if r is None else f'{r:+.2f}'}"
             for m, r in mem.get("rho_per_method", {}).items()
@@ -280,28 +340,32 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
     rest = mem.get("without_drops")
     if rest and rest["methods_left_out"]:
         r_rho = "n/a" if rest["rho"] is None else f"{rest['rho']:+.2f}"
-        r_p = "n/a" if rest["p_value"] is None else f"{rest['p_value']:.3f}"
         lines += [
             "",
             f"Without {', '.join(rest['methods_left_out'])} (descriptive, not "
             f"pre-registered: a run that drops examples never trains on the wrong labels "
-            f"it dropped), over {rest['points']} pairs: rho = {r_rho}, p = {r_p}.",
+            f"it dropped), over {rest['points']} pairs: rho = {r_rho}, "
+            f"p = {_p(rest['p_value'])}.",
         ]
-    cells = analysis["tau_vs_noise"]
-    if cells:
-        lines += [
-            "",
-            "## tau against the true noise per class (noisy label)",
-            "",
-            "true_noise: over the training examples (those tau and the runs use); "
-            "true_noise_train_split: over the train split, its validation examples included.",
-            "",
-        ]
-        for cell, row in cells.items():
-            for key in ("tau", "err", "true_noise", "true_noise_train_split"):
-                vals = row.get(key) or []
-                shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
-                lines.append(f"- {cell} {key}: {shown}")
+    return lines
+
+
+def _tau_noise_lines(cells: dict) -> list[str]:
+    if not cells:
+        return []
+    lines = [
+        "",
+        "## tau against the true noise per class (noisy label)",
+        "",
+        "true_noise: over the training examples (those tau and the runs use); "
+        "true_noise_train_split: over the train split, its validation examples included.",
+        "",
+    ]
+    for cell, row in cells.items():
+        for key in ("tau", "err", "true_noise", "true_noise_train_split"):
+            vals = row.get(key) or []
+            shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
+            lines.append(f"- {cell} {key}: {shown}")
     return lines
 
 

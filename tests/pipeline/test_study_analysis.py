@@ -187,3 +187,6 @@ def test_training_sets_summarize_only_runs_that_dropped():
     rows = sa.training_sets(per_method)["m"]
     assert list(rows) == ["cl"]
     assert rows["cl"]["precision"]["mean"] == 0.6 and rows["cl"]["dropped"]["mean"] == 10
+    assert rows["cl"]["per_seed"] == {
+        0: {"dropped": 10, "kept": 90, "wrongly_labelled": 8, "precision": 0.6, "recall": 0.75}
+    }
