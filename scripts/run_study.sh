@@ -39,6 +39,12 @@ run_one() {  # config workdir
   done
 }
 
+# ROOT holds one workdir per study (ROOT/<study>); a study's own workdir passed as ROOT
+# would start every default study inside it.
+if [ -d "$ROOT/study" ] || [ -d "$ROOT/cells" ]; then
+  echo "error: $ROOT is a study's workdir (it has study/ or cells/); pass its parent as ROOT and the study's name after it, e.g. scripts/run_study.sh $(dirname "$ROOT") $(basename "$ROOT")" >&2
+  exit 2
+fi
 for name in "${STUDIES[@]}"; do
   if [ ! -f "configs/studies/$name.py" ]; then
     echo "error: no study config configs/studies/$name.py" >&2

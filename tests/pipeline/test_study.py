@@ -813,6 +813,19 @@ def test_study_records_script_saves_and_restores_without_overwriting(tmp_path):
     assert restored.read_text() == '{"newer": 1}\n'
 
 
+def test_run_study_script_refuses_a_study_workdir_as_its_root(tmp_path):
+    """scripts/run_study.sh ROOT [STUDY ...] runs ROOT/<study>; a study's workdir given
+    as ROOT (its name left off) is refused before any study starts in it."""
+    workdir = tmp_path / "fm_study2"
+    (workdir / "cells").mkdir(parents=True)
+    cmd = ["bash", os.path.join(REPO, "scripts", "run_study.sh"), str(workdir)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"error: {workdir} is a study's workdir" in result.stderr
+    assert f"scripts/run_study.sh {tmp_path} fm_study2" in result.stderr
+    assert sorted(os.listdir(workdir)) == ["cells"]  # nothing started in it
+
+
 def test_bad_study_config_fails_on_the_command_line(tmp_path, idx_dir):
     result = _study(str(tmp_path / "w"), idx_dir, "--config.methods.har.lam_grid=(1.0, -2.0)")
     assert result.returncode == 1
