@@ -58,10 +58,13 @@ def ordered(**items):
 
 def study(*, name, base, overrides, settings, selection_setting, grid_seeds, methods,
           reference="erm", primary_group="noisy_rare", grid_extensions=0, comparisons=(),
-          ceilings=()):  # fmt: skip
-    """A study config (pipeline.study.config documents every field)."""
+          ceilings=(), cut=None):  # fmt: skip
+    """A study config (pipeline.study.config documents every field); `cut` enters it
+    only when given (a study without one keeps its config as before)."""
+    extra = {} if cut is None else {"cut": dict(cut)}
     return ml_collections.ConfigDict(
         dict(
+            **extra,
             grid_extensions=int(grid_extensions),
             comparisons=tuple(comparisons),
             ceilings=tuple(ceilings),

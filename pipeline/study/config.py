@@ -28,6 +28,11 @@ Optional (older studies lack them; the defaults change nothing):
   ceilings         methods that bound what noise handling can gain (clean labels,
                    the oracle filter): headroom = ceiling - reference, and the share
                    of it each method captures
+  cut              dict(methods=(...), note="date: why"): methods whose runs not yet
+                   finished are no longer run (a budget cut, decided and dated by the
+                   study's author); their finished runs are still reported, and the
+                   report names the cut. Not the reference nor a grid method (others
+                   take their lambda from it).
 
 Jobs run in this order (most important numbers first): (1) in the selection setting,
 per grid seed, every grid lambda of every grid method and the reference; (2) the
@@ -54,7 +59,7 @@ TOP_FIELDS = (
     "name", "base", "overrides", "settings", "selection_setting", "grid_seeds",
     "methods", "reference", "primary_group",
 )  # fmt: skip
-OPTIONAL_FIELDS = {"grid_extensions": 0, "comparisons": (), "ceilings": ()}
+OPTIONAL_FIELDS = {"grid_extensions": 0, "comparisons": (), "ceilings": (), "cut": None}
 METHOD_FIELDS = (
     "regularizer", "lam", "lam_grid", "lam_from", "drw", "reg_every", "drop", "labels",
     "reweight", "seeds", "tier",
@@ -272,6 +277,35 @@ def _validate_optional(study) -> None:
         if name not in study.methods or name == study.reference:
             raise StudyConfigError(
                 f"ceilings: {name!r} is not a method of methods other than the reference"
+            )
+    _validate_cut(study)
+
+
+def cut_methods(study) -> tuple[str, ...]:
+    """The methods the study's `cut` stops (none without one)."""
+    cut = optional(study, "cut")
+    return () if cut is None else tuple(str(m) for m in cut.get("methods", ()))
+
+
+def _validate_cut(study) -> None:
+    cut = optional(study, "cut")
+    if cut is None:
+        return
+    if not hasattr(cut, "get") or set(cut) != {"methods", "note"}:
+        raise StudyConfigError(f'cut must be dict(methods=(...), note="..."), got {cut!r}')
+    if not isinstance(cut.note, str) or not cut.note.strip():
+        raise StudyConfigError("cut.note is empty: say when the cut was made and why")
+    names = cut_methods(study)
+    if not names:
+        raise StudyConfigError("cut.methods is empty: name the methods the cut stops")
+    for name in names:
+        if name not in study.methods or name == study.reference:
+            raise StudyConfigError(
+                f"cut.methods: {name!r} is not a method of methods other than the reference"
+            )
+        if tuple(study.methods[name].lam_grid):
+            raise StudyConfigError(
+                f"cut.methods: {name!r} is a grid method (its selection feeds other methods)"
             )
 
 

@@ -90,14 +90,36 @@ def _groups(study) -> dict:
 
 
 def planned(study, selection: dict | None = None) -> tuple[list[Job], list[Job]]:
-    """(the plan's jobs, every grid job) under the current selection."""
+    """(the plan's jobs, every grid job) under the current selection; a `cut` method's
+    jobs only where they have finished (done or failed)."""
     selection = selections(study) if selection is None else selection
     jobs = study_config.plan(
         study.config,
         {k: v["selected"] for k, v in selection.items()},
         {k: v["grid"] for k, v in selection.items()},
     )
+    cut = study_config.cut_methods(study.config)
+    if cut:
+        jobs = [j for j in jobs if j.method not in cut or study.status(j) in ("done", "failed")]
     return jobs, grid_jobs(study, selection)
+
+
+def cut_summary(study) -> dict | None:
+    """The study's cut as the report states it: its note, and per cut method the seeds
+    it finished of those it registered (None without a cut)."""
+    c = study.config
+    cut = study_config.cut_methods(c)
+    if not cut:
+        return None
+    jobs, _ = planned(study)
+    finished = {m: sorted(j.seed for j in jobs if j.method == m) for m in cut}
+    return {
+        "note": str(c.cut.note),
+        "methods": {
+            m: {"seeds_finished": finished[m], "seeds_registered": list(c.methods[m].seeds)}
+            for m in cut
+        },
+    }
 
 
 def collect(study, selection: dict | None = None) -> dict:
@@ -417,6 +439,7 @@ def build(study) -> dict:
         "regime_map": regime_map(study, runs, selection),
         "tau_by_cell": tau_by_cell(study, [j for j in jobs if j.lam is not None]),
         "runs": runs,
+        **({"cut": cut_summary(study)} if study_config.cut_methods(study.config) else {}),
         **analysis(study, runs, settings, jobs),
     }
 

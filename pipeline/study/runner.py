@@ -124,12 +124,8 @@ class Study:
         return {name: sel["selected"] for name, sel in self.selections().items()}
 
     def plan(self) -> list[Job]:
-        sels = self.selections()
-        return study_config.plan(
-            self.config,
-            {k: v["selected"] for k, v in sels.items()},
-            {k: v["grid"] for k, v in sels.items()},
-        )
+        """The jobs to run, in order (study_report.planned: a cut's unfinished left out)."""
+        return report.planned(self, self.selections())[0]
 
     def grid_jobs(self) -> list[Job]:
         return report.grid_jobs(self, self.selections())

@@ -20,6 +20,18 @@ def _ci(s: dict) -> str:
     return f"{100 * s['mean']:.1f}{band} (n={s['n']})"
 
 
+def _cut_lines(cut: dict | None) -> list[str]:
+    """The study's cut (report.cut_summary): its note and what each cut method ran."""
+    if not cut:
+        return []
+    lines = ["", f"**Cut:** {cut['note']} Runs not finished when it was made were not run:", ""]
+    for m, r in cut["methods"].items():
+        lines.append(
+            f"- {m}: seeds {r['seeds_finished']} finished of {r['seeds_registered']} registered"
+        )
+    return lines
+
+
 def _tau_lines(cells: dict) -> list[str]:
     """Whether the runs of each cell trained with one tau (study_report.tau_by_cell)."""
     if not cells:
@@ -40,6 +52,8 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
     figures and runtimes."""
     primary, ref = result["primary_group"], result["reference"]
     state = "COMPLETE" if result["complete"] else "PARTIAL (runs still to come; figures may change)"
+    if result.get("cut"):
+        state += ", WITH A CUT"
     code = result["code"]
     lines = [
         f"# Study `{result['study']}`: {state}",
@@ -51,6 +65,7 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         "All accuracies (%) are on the clean test set at each run's final epoch: mean "
         "[95% t-interval] (n seeds).",
     ]
+    lines += _cut_lines(result.get("cut"))
     lines += _tau_lines(result.get("tau_by_cell", {}))
     for method, sel in result["selection"].items():
         lines += _selection_lines(method, sel, primary)

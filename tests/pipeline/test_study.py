@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from configs.studies import smoke
+from configs.studies.common import method as c_method
 from pipeline import preprocess, pretrain
 from pipeline.core import stage
 from pipeline.data import datasets, validation
@@ -485,6 +486,12 @@ BAD = [
     (lambda c: c.update(dict(grid_extensions=-1)), "grid_extensions must be an integer >= 0"),
     (lambda c: c.update(dict(comparisons=(("har", "hra"),))), "comparisons: "),
     (lambda c: c.update(dict(ceilings=("erm",))), "ceilings: 'erm' is not a method"),
+    (lambda c: c.update(dict(cut=("har",))), "cut must be dict"),
+    (lambda c: c.update(dict(cut=dict(methods=("erm",), note=" "))), "cut.note is empty"),
+    (lambda c: c.update(dict(cut=dict(methods=(), note="n"))), "cut.methods is empty"),
+    (lambda c: c.update(dict(cut=dict(methods=("erm",), note="n"))), "cut.methods: 'erm' is not"),
+    (lambda c: c.update(dict(cut=dict(methods=("drw",), note="n"))), "cut.methods: 'drw' is not"),
+    (lambda c: c.update(dict(cut=dict(methods=("har",), note="n"))), "'har' is a grid method"),
 ]
 
 
@@ -493,6 +500,36 @@ def test_bad_study_config_names_the_field(tmp_path, edit, message):
     with pytest.raises(StudyConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         Study(_bad(edit), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_cut_stops_a_methods_unfinished_runs_and_the_report_names_it(tmp_path):
+    """smoke's study plus har_drw (HAR's lambda, seeds 0 and 1, tier 1): with every run
+    done but har_drw's seed 1, a cut of har_drw leaves that run out of the plan (the
+    runner will not train it), keeps seed 0's run in the report, and the study is
+    complete with the cut named."""
+    config = smoke.get_config()
+    config.methods.har_drw = c_method(regularizer="har", lam_from="har", drw=True,
+                                      seeds=(0, 1), tier=1)  # fmt: skip
+    study = Study(config, str(tmp_path / "w"))
+    for job in study.plan():  # the grids and the reference (har_drw pending)
+        if job.lam is not None:
+            _fake_done(study, job, val=0.5 + job.lam / 100, test_primary=0.3)
+    seed1 = Job("main", 1, "har_drw", 10.0)
+    assert study.plan()[-1] == seed1 and study.status(seed1) == "todo"
+    _fake_done(study, Job("main", 0, "har_drw", 10.0), val=0.5, test_primary=0.4)
+    assert not report.build(study)["complete"]
+    config.cut = dict(methods=("har_drw",), note="2026-12-05: the budget ran out.")
+    study = Study(config, str(tmp_path / "w"))
+    assert seed1 not in study.plan() and Job("main", 0, "har_drw", 10.0) in study.plan()
+    result = report.build(study)
+    assert result["complete"] and "main/seed0/har_drw_lam10" in result["runs"]
+    assert result["cut"] == {
+        "note": "2026-12-05: the budget ran out.",
+        "methods": {"har_drw": {"seeds_finished": [0], "seeds_registered": [0, 1]}},
+    }
+    text = study_md.markdown(result, {}, {})
+    assert text.startswith("# Study `smoke`: COMPLETE, WITH A CUT\n")
+    assert "- har_drw: seeds [0] finished of [0, 1] registered" in text
 
 
 def test_a_fractional_lambda_makes_a_usable_run_name(tmp_path):
