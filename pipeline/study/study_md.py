@@ -59,7 +59,7 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         f"# Study `{result['study']}`: {state}",
         "",
         f"Runs finished: {result['runs_done']} of {result['runs_planned']} planned; "
-        f"failed: {len(result['runs_failed'])}. Code: {code['commit']}"
+        f"failed: {len(result['runs_failed'])}. Aggregated by the code of {code['commit']}"
         + (" (uncommitted changes)" if code["dirty"] else ""),
         "",
         "All accuracies (%) are on the clean test set at each run's final epoch: mean "

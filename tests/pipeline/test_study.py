@@ -530,6 +530,7 @@ def test_a_cut_stops_a_methods_unfinished_runs_and_the_report_names_it(tmp_path)
     text = study_md.markdown(result, {}, {})
     assert text.startswith("# Study `smoke`: COMPLETE, WITH A CUT\n")
     assert "- har_drw: seeds [0] finished of [0, 1] registered" in text
+    assert f"Aggregated by the code of {result['code']['commit']}" in text  # not the runs'
 
 
 def test_a_fractional_lambda_makes_a_usable_run_name(tmp_path):
