@@ -3,9 +3,9 @@
 Writes study.json (every number; deterministic: the same runs give the same file),
 study.md (tables; study_md), COMMIT (the code that aggregated) and PNG plots (plots):
 per-method accuracy with 95% intervals, noisy & rare test accuracy per epoch,
-memorization per epoch. Anything
-not finished yet is left out and the outputs say "partial". All figures are at each
-run's final epoch; the statistics are pipeline.study.stats.
+memorization per epoch. Anything not finished yet is left out and the outputs say
+"partial". All figures are at each run's final epoch; the statistics are
+pipeline.study.stats.
 """
 
 from __future__ import annotations
@@ -104,15 +104,18 @@ def planned(study, selection: dict | None = None) -> tuple[list[Job], list[Job]]
     return jobs, grid_jobs(study, selection)
 
 
-def cut_summary(study) -> dict | None:
+def cut_summary(study, jobs: list[Job]) -> dict | None:
     """The study's cut as the report states it: its note, and per cut method the seeds
-    it finished of those it registered (None without a cut)."""
+    of the selection setting it finished (its jobs left in `jobs`, planned's) of those
+    it registered (None without a cut)."""
     c = study.config
     cut = study_config.cut_methods(c)
     if not cut:
         return None
-    jobs, _ = planned(study)
-    finished = {m: sorted(j.seed for j in jobs if j.method == m) for m in cut}
+    finished = {
+        m: sorted({j.seed for j in jobs if j.method == m and j.setting == c.selection_setting})
+        for m in cut
+    }
     return {
         "note": str(c.cut.note),
         "methods": {
@@ -439,7 +442,7 @@ def build(study) -> dict:
         "regime_map": regime_map(study, runs, selection),
         "tau_by_cell": tau_by_cell(study, [j for j in jobs if j.lam is not None]),
         "runs": runs,
-        **({"cut": cut_summary(study)} if study_config.cut_methods(study.config) else {}),
+        **({"cut": cut_summary(study, jobs)} if study_config.cut_methods(study.config) else {}),
         **analysis(study, runs, settings, jobs),
     }
 
