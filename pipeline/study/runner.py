@@ -300,7 +300,8 @@ def _run_next(study, jobs, todo, started) -> str:
         rest = report.estimate_remaining(study, [j for j in todo if j != job])
         print(
             f"== {position} {study.run_name(job)}: finished in {_hms(time.time() - t0)}; "
-            f"elapsed {_hms(time.time() - started)}; estimated for the rest {_hms(rest)}",
+            f"elapsed {_hms(time.time() - started)}; estimated for the rest {_hms(rest)} "
+            "of run time (summed; processes side by side share it)",
             flush=True,
         )
         return "ran"
