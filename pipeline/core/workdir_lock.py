@@ -39,6 +39,17 @@ def _holder(fd: int) -> str:
     return "another process (PID not yet recorded)"
 
 
+def last_holder_pid(workdir: str) -> int | None:
+    """The PID the workdir's lock file names: the process that last held the lock (it
+    may have exited since: the file outlives it). None without a readable file. Reads
+    only; never takes the lock."""
+    try:
+        with open(os.path.join(workdir, LOCK_FILE)) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
 def held(workdir: str) -> Iterator[None]:
     """Holds the workdir's lock while the block runs (creating the workdir if missing).

@@ -74,10 +74,8 @@ def _holder_alive(directory: str) -> bool:
     whose file keeps the holder's PID) is alive. Read only: probing the lock itself would
     make a study process that reaches for it at that moment skip the run. A PID reused
     by an unrelated process after the holder died reads as alive."""
-    try:
-        with open(os.path.join(directory, workdir_lock.LOCK_FILE)) as f:
-            pid = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
+    pid = workdir_lock.last_holder_pid(directory)
+    if pid is None:
         return False
     try:
         os.kill(pid, 0)
