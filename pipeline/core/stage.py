@@ -12,17 +12,19 @@ the stage reads (`SECTIONS`), the fingerprints of its input stages (`inputs`) an
 har_tf.__version__. A complete stage whose fingerprint differs from the one the
 current config gives is *stale*: `pipeline.run` reruns it and every later stage; a
 stage run as a program refuses it unless given --force. A stage whose metadata has
-no fingerprint (made before fingerprints, or by hand) counts as stale.
+no fingerprint (made before fingerprints, or by hand) counts as stale. metadata.json
+also records `code`, the git commit the stage ran from (pipeline.core.provenance),
+which no fingerprint reads.
 
 The stage graph: `REGISTRY` holds one `Stage` record per stage (the config fields its
-fingerprint reads, its inputs, its declared outputs, when a config needs it, its
-extra options) and is the only place the graph is written; STAGES, SECTIONS,
-DECLARED_OUTPUTS, inputs() and needed_stages() are views of it. The records hold
-pure data because this module is the bottom layer and imports nothing from the
-pipeline: the function that makes stage `s` is `pipeline.<s>.run` (`Stage.module`),
-bound where stages are run (pipeline.run.STAGE_RUNS), which imports the stage
-modules the records name. `ensure` is the one "make this stage current" step that
-pipeline.run, the stage programs (pipeline.cli) and the study share.
+fingerprint reads, its inputs, its declared outputs, when a config needs it, its extra
+options) and is the only place the graph is written; STAGES, SECTIONS, DECLARED_OUTPUTS,
+inputs() and needed_stages() are views of it. The records hold pure data because this
+module is the bottom layer and imports nothing from the pipeline outside pipeline.core:
+the function that makes stage `s` is `pipeline.<s>.run` (`Stage.module`), bound where
+stages are run (pipeline.run.STAGE_RUNS), which imports the stage modules the records
+name. `ensure` is the one "make this stage current" step that pipeline.run, the stage
+programs (pipeline.cli) and the study share.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
+
+from pipeline.core import provenance
 
 METADATA = "metadata.json"
 # Inside `<stage>.partial`: the fingerprint it is being made for, so that a resumed
@@ -556,6 +560,7 @@ def stage_output(
     if worker is not None:
         worker.barrier()
     started = time.time()
+    code = provenance.code_version()  # what is checked out as the stage starts
     yield partial
     os.remove(marker)
     write_json(
@@ -567,6 +572,7 @@ def stage_output(
             "started": started,
             "finished": time.time(),
             "argv": list(sys.argv),
+            "code": code,
             "config": None if config is None else config_section(config, name),
         },
     )

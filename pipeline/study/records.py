@@ -2,13 +2,14 @@
 
 A study's results are its run records, <workdir>/study/records/<setting>/seed<k>/
 <run>.json: the run's train fingerprint, its state ("done" or "failed"), and for a done
-run the per-epoch metrics the report uses (from its history.json), its cell's test
-class counts, the tau it trained with (HAR runs) and its train stage's start and end
-times; for a failed run, the error. The runner counts a run whose record carries its
-fingerprint as finished and the report (pipeline.study.report) reads records only, so
-the records alone carry a study's progress and results. Copy DIR/study/records into a
-new study workdir (another machine, a lost disk, records kept beside the docs) and the
-study reruns only the runs without a record, and reports the same numbers:
+run the per-epoch metrics the report uses (from its history.json), its cell's test class
+counts, the tau it trained with (HAR runs), its train stage's start and end times and
+the commit that trained it (`code`; absent from records written before it was kept,
+Study 2's among them); for a failed run, the error. The runner counts a run whose record
+carries its fingerprint as finished and the report (pipeline.study.report) reads records
+only, so the records alone carry a study's progress and results. Copy DIR/study/records
+into a new study workdir (another machine, a lost disk, records kept beside the docs)
+and the study reruns only the runs without a record, and reports the same numbers:
 
   mkdir -p NEW/study && cp -r DIR/study/records NEW/study/
 
@@ -130,15 +131,17 @@ def done_record(fingerprint: str, cell_dir: str, run_dir: str, run_name: str) ->
     meta = stage.read_json(os.path.join(train, stage.METADATA))
     manifest = stage.read_json(os.path.join(cell_dir, "preprocess", "manifest.json"))
     tau_path = os.path.join(run_dir, "estimate_tau", "tau.json")
-    tau = stage.read_json(tau_path)["tau"] if os.path.isfile(tau_path) else None
+    tau_report = stage.read_json(tau_path) if os.path.isfile(tau_path) else None
+    tau = None if tau_report is None else tau_report["tau"]
     extra = {}
+    if meta.get("code") is not None:  # the commit that trained it (pipeline.core.provenance)
+        extra["code"] = meta["code"]
     # What the run trained on when it dropped examples or used other labels.
     chosen = os.path.join(train, run_name, training_set.SUMMARY)
     if os.path.isfile(chosen):
         extra["training_set"] = stage.read_json(chosen)
-    if tau is not None:  # tau's inputs, to compare with the true per-class noise
-        report = stage.read_json(tau_path)
-        extra["tau_inputs"] = {k: report.get(k) for k in ("err", "n", "held_out")}
+    if tau_report is not None:  # tau's inputs, to compare with the true per-class noise
+        extra["tau_inputs"] = {k: tau_report.get(k) for k in ("err", "n", "held_out")}
     validation = manifest.get("validation")
     if validation:
         extra["val_counts"] = validation["counts_noisy"]

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.core import stage
+from pipeline.core import provenance, stage
 from pipeline.study import analysis as study_analysis
 from pipeline.study import config as study_config
 from pipeline.study import plots as study_plots
@@ -383,18 +382,21 @@ def _paired_differences(results: dict, methods: dict, reference: str) -> dict:
     return diffs
 
 
-def code_version(root: str) -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(
-                ["git", "-C", root, *args], capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+def trained_by(study, jobs) -> dict:
+    """How many done runs each commit trained ({"<sha>": n, "<sha> (dirty)": n,
+    "not recorded": n}), from the records' `code` (pipeline.study.records), so that
+    study.md names the code behind its figures beside the code that aggregated them."""
+    counts: dict = {}
+    for job in set(jobs):
+        record = _done(study, job)
+        if record is None:
+            continue
+        code = record.get("code") or {}
+        label = code.get("commit") or "not recorded"
+        if code.get("commit") and code.get("dirty"):
+            label += " (dirty)"
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def tau_by_cell(study, jobs) -> dict:
@@ -436,7 +438,8 @@ def build(study) -> dict:
         "primary_group": study.config.primary_group,
         "reference": study.config.reference,
         "config": study.config.to_dict(),
-        "code": code_version(study.root),
+        "code": provenance.code_version(study.root),
+        "trained_by": trained_by(study, [j for j in jobs if j.lam is not None]),
         "selection": selection,
         "settings": settings,
         "regime_map": regime_map(study, runs, selection),

@@ -47,6 +47,18 @@ def _tau_lines(cells: dict) -> list[str]:
     return lines
 
 
+def _trained_by_lines(trained_by: dict | None) -> list[str]:
+    """The commits that trained the done runs (a run record's `code`); records written
+    before records kept it count as "not recorded"."""
+    if not trained_by:
+        return []
+    parts = [
+        (label if label == "not recorded" else f"`{label}`") + f" ({n} run{'s' * (n != 1)})"
+        for label, n in trained_by.items()
+    ]
+    return ["", "Runs trained by the code of: " + "; ".join(parts) + "."]
+
+
 def markdown(result: dict, plots: dict, runtimes: dict) -> str:
     """study.md: the state, each lambda selection, each setting's tables, failures,
     figures and runtimes."""
@@ -61,6 +73,7 @@ def markdown(result: dict, plots: dict, runtimes: dict) -> str:
         f"Runs finished: {result['runs_done']} of {result['runs_planned']} planned; "
         f"failed: {len(result['runs_failed'])}. Aggregated by the code of {code['commit']}"
         + (" (uncommitted changes)" if code["dirty"] else ""),
+        *_trained_by_lines(result.get("trained_by")),
         "",
         "All accuracies (%) are on the clean test set at each run's final epoch: mean "
         "[95% t-interval] (n seeds).",

@@ -8,7 +8,7 @@ import pytest
 
 from configs.studies import smoke
 from pipeline.core import stage
-from pipeline.study import records, report, runner
+from pipeline.study import records, report, runner, study_md
 from pipeline.study.config import Job
 from pipeline.study.runner import Study
 from tests.pipeline.test_study import _fake_done
@@ -83,3 +83,31 @@ def test_a_record_of_another_fingerprint_is_named_as_ignored(tmp_path, capsys, m
     out = capsys.readouterr().out
     assert out.startswith("== note: 1 run record(s) of another fingerprint ")
     assert "are ignored and those runs train again, e.g. main/seed0/har_lam1\n" in out
+
+
+def test_a_record_keeps_the_commit_that_trained_it_and_study_md_counts_them(tmp_path):
+    """The train stage's `code` (pipeline.core.provenance) goes into the run's record;
+    study.md names each commit with its number of runs, and records of code before
+    that as not recorded."""
+    study = Study(smoke.get_config(), str(tmp_path))
+    jobs = [j for j in study.plan() if j.method == "har"][:3]
+    codes = [
+        {"commit": "a" * 40, "dirty": False},
+        {"commit": "b" * 40, "dirty": True},
+        None,  # a train stage written before stages recorded their code
+    ]
+    for job, code in zip(jobs, codes, strict=True):
+        _fake_done(study, job, val=0.8, test_primary=0.3)
+        meta_path = os.path.join(study.paths(job)[1], "train", stage.METADATA)
+        meta = stage.read_json(meta_path)
+        if code is not None:
+            meta["code"] = code
+        stage.write_json(meta_path, meta)
+    assert [study.record(j).get("code") for j in jobs] == codes
+    result = report.build(study)
+    assert result["trained_by"] == {"a" * 40: 1, "b" * 40 + " (dirty)": 1, "not recorded": 1}
+    text = study_md.markdown(result, {}, {})
+    assert (
+        f"Runs trained by the code of: `{'a' * 40}` (1 run); `{'b' * 40} (dirty)` (1 run); "
+        "not recorded (1 run)." in text
+    )
