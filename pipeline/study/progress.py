@@ -54,8 +54,8 @@ def _read(path: str):
 def finished(records_dir: str) -> dict[str, dict]:
     """ "<setting>/seed<k>/<run>" -> {"state", "epochs", "history"} of every record."""
     out = {}
-    for path in glob.glob(os.path.join(records_dir, "*", "seed*", "*.json")):
-        key = os.path.relpath(path, records_dir)[: -len(".json")]
+    for key in records.keys(records_dir):
+        path = records.file_in(records_dir, key)
         record = _read(path)
         state = record.get("state") if isinstance(record, dict) else None
         if state not in ("done", "failed"):

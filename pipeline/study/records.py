@@ -20,6 +20,7 @@ version) is ignored, as a stale stage is.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -66,9 +67,23 @@ def _kept(key: str) -> bool:
     )
 
 
+def file_in(records_dir: str, key: str) -> str:
+    """The record file of run `key` ("<setting>/seed<k>/<run>") in a records directory
+    (a workdir's study/records or a copy of it, as docs/results/<study>/records)."""
+    return os.path.join(records_dir, *key.split("/")) + ".json"
+
+
 def path(workdir: str, key: str) -> str:
-    """The record file of run `key` ("<setting>/seed<k>/<run>") of a study workdir."""
-    return os.path.join(workdir, "study", RECORDS, *key.split("/")) + ".json"
+    """The record file of run `key` of a study workdir."""
+    return file_in(os.path.join(workdir, "study", RECORDS), key)
+
+
+def keys(records_dir: str) -> list[str]:
+    """The key of every record file in a records directory, sorted."""
+    found = glob.glob(file_in(records_dir, "*/seed*/*"))
+    return sorted(
+        "/".join(os.path.relpath(p, records_dir)[: -len(".json")].split(os.sep)) for p in found
+    )
 
 
 def _load(p: str) -> dict | None:

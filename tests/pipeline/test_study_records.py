@@ -111,3 +111,14 @@ def test_a_record_keeps_the_commit_that_trained_it_and_study_md_counts_them(tmp_
         f"Runs trained by the code of: `{'a' * 40}` (1 run); `{'b' * 40} (dirty)` (1 run); "
         "not recorded (1 run)." in text
     )
+
+
+def test_keys_lists_every_record_by_the_key_path_gives_it(tmp_path):
+    written = ["noaug/seed1/har_lam0p5", "main/seed0/erm", "main/seed10/unif_lam4"]
+    for key in written:
+        records.write(str(tmp_path), key, records.failed_record("f", "boom"))
+    (tmp_path / "study" / records.RECORDS / "main" / "notes.txt").write_text("not a record")
+    assert records.keys(str(tmp_path / "study" / records.RECORDS)) == sorted(written)
+    assert records.path(str(tmp_path), written[0]) == records.file_in(
+        str(tmp_path / "study" / records.RECORDS), written[0]
+    )
