@@ -13,8 +13,8 @@ har_tf.__version__. A complete stage whose fingerprint differs from the one the
 current config gives is *stale*: `pipeline.run` reruns it and every later stage; a
 stage run as a program refuses it unless given --force. A stage whose metadata has
 no fingerprint (made before fingerprints, or by hand) counts as stale. metadata.json
-also records `code`, the git commit the stage ran from (pipeline.core.provenance),
-which no fingerprint reads.
+also records `code`, the git commit of the checkout the process ran from
+(pipeline.core.provenance), which no fingerprint reads.
 
 The stage graph: `REGISTRY` holds one `Stage` record per stage (the config fields its
 fingerprint reads, its inputs, its declared outputs, when a config needs it, its extra
@@ -546,6 +546,7 @@ def stage_output(
     if os.path.exists(final):
         raise PipelineError(f"stage '{name}' already completed in {workdir!r}")
     fingerprint = None if config is None else fingerprints(config)[name]
+    code = provenance.this_process()
     marker = os.path.join(partial, PARTIAL_FINGERPRINT)
     if os.path.exists(partial):
         same = os.path.isfile(marker) and _read_text(marker) == str(fingerprint)
@@ -560,7 +561,6 @@ def stage_output(
     if worker is not None:
         worker.barrier()
     started = time.time()
-    code = provenance.code_version()  # what is checked out as the stage starts
     yield partial
     os.remove(marker)
     write_json(

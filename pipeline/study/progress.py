@@ -92,7 +92,7 @@ def training(workdir: str) -> dict[str, dict]:
     pretraining ("<setting>/seed<k>/pretrain", one entry per cross-fitted half). A run's
     lock is its run directory's, pretraining's its cell's."""
     ckpt = os.path.join(modeling.CHECKPOINTS, modeling.CHECKPOINT_HISTORY)
-    cells = os.path.join(workdir, "cells", "*", "seed*")
+    cells = os.path.join(glob.escape(workdir), "cells", "*", "seed*")
     patterns = {
         "run": os.path.join(cells, "runs", "*", "train.partial", "*", ckpt),
         "pretrain": os.path.join(cells, "pretrain.partial", ckpt),
@@ -162,7 +162,7 @@ def progress(*, workdir: str | None = None, records_dir: str | None = None) -> s
     if workdir is not None:
         if not os.path.isdir(workdir):
             raise stage.PipelineError(f"--workdir {workdir} is not a directory")
-        records_dir = os.path.join(workdir, "study", records.RECORDS)
+        records_dir = records.directory(workdir)
         rows = finished(records_dir) if os.path.isdir(records_dir) else {}
         rows.update(training(workdir))
     elif not os.path.isdir(records_dir):

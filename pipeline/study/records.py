@@ -73,14 +73,19 @@ def file_in(records_dir: str, key: str) -> str:
     return os.path.join(records_dir, *key.split("/")) + ".json"
 
 
+def directory(workdir: str) -> str:
+    """A study workdir's records directory."""
+    return os.path.join(workdir, "study", RECORDS)
+
+
 def path(workdir: str, key: str) -> str:
     """The record file of run `key` of a study workdir."""
-    return file_in(os.path.join(workdir, "study", RECORDS), key)
+    return file_in(directory(workdir), key)
 
 
 def keys(records_dir: str) -> list[str]:
     """The key of every record file in a records directory, sorted."""
-    found = glob.glob(file_in(records_dir, "*/seed*/*"))
+    found = glob.glob(file_in(glob.escape(records_dir), "*/seed*/*"))
     return sorted(
         "/".join(os.path.relpath(p, records_dir)[: -len(".json")].split(os.sep)) for p in found
     )

@@ -382,21 +382,23 @@ def _paired_differences(results: dict, methods: dict, reference: str) -> dict:
     return diffs
 
 
-def trained_by(study, jobs) -> dict:
-    """How many done runs each commit trained ({"<sha>": n, "<sha> (dirty)": n,
-    "not recorded": n}), from the records' `code` (pipeline.study.records), so that
-    study.md names the code behind its figures beside the code that aggregated them."""
+def trained_by(study, jobs) -> list[dict]:
+    """The code that trained the done runs: [{"code": a record's `code` (None: the
+    record predates the field; its "commit" None: not a git checkout), "runs": how
+    many}], most runs first, so that study.md names the code behind its figures beside
+    the code that aggregated them."""
     counts: dict = {}
     for job in set(jobs):
         record = _done(study, job)
-        if record is None:
-            continue
-        code = record.get("code") or {}
-        label = code.get("commit") or "not recorded"
-        if code.get("commit") and code.get("dirty"):
-            label += " (dirty)"
-        counts[label] = counts.get(label, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        if record is not None:
+            code = record.get("code")
+            key = None if code is None else (code.get("commit"), code.get("dirty"))
+            counts[key] = counts.get(key, 0) + 1
+    entries = [
+        {"code": None if key is None else {"commit": key[0], "dirty": key[1]}, "runs": n}
+        for key, n in counts.items()
+    ]
+    return sorted(entries, key=lambda e: (-e["runs"], str(e["code"])))
 
 
 def tau_by_cell(study, jobs) -> dict:

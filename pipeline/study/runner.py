@@ -34,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pipeline import cli
-from pipeline.core import stage, workdir_lock
+from pipeline.core import provenance, stage, workdir_lock
 from pipeline.run import STAGE_RUNS
 from pipeline.study import config as study_config
 from pipeline.study import records, report
@@ -46,7 +46,7 @@ CELL_STAGES = stage.upstream("train")
 FAILED = "FAILED.json"
 MORE_TO_DO = 75  # exit status when --max_jobs stopped the study with runs left
 POLL_SECONDS = 30.0  # how often a process whose runs are all held by others looks again
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = provenance.REPO_ROOT
 
 
 def cell_dir(workdir: str, job: Job) -> str:

@@ -47,16 +47,21 @@ def _tau_lines(cells: dict) -> list[str]:
     return lines
 
 
-def _trained_by_lines(trained_by: dict | None) -> list[str]:
-    """The commits that trained the done runs (a run record's `code`); records written
-    before records kept it count as "not recorded"."""
+def _trained_by_lines(trained_by: list | None) -> list[str]:
+    """The commits that trained the done runs (report.trained_by)."""
     if not trained_by:
         return []
-    parts = [
-        (label if label == "not recorded" else f"`{label}`") + f" ({n} run{'s' * (n != 1)})"
-        for label, n in trained_by.items()
-    ]
-    return ["", "Runs trained by the code of: " + "; ".join(parts) + "."]
+    parts = []
+    for entry in trained_by:
+        code, n = entry["code"], entry["runs"]
+        if code is None:
+            label = "not recorded (records written before records kept it)"
+        elif code["commit"] is None:
+            label = "unknown (not run from a git checkout)"
+        else:
+            label = f"`{code['commit']}`" + (" with uncommitted changes" if code["dirty"] else "")
+        parts.append(f"{label}: {n} run{'s' * (n != 1)}")
+    return ["", "Runs trained by the code of " + "; ".join(parts) + "."]
 
 
 def markdown(result: dict, plots: dict, runtimes: dict) -> str:

@@ -14,27 +14,40 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def _git(root, *args):
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    """git in `root` alone: no repository, hook or signing setting of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+    )
     return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, env=env
+        ["git", "-C", str(root), "-c", "commit.gpgsign=false", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.strip()
+
+
+def _repo(root):
+    root.mkdir()
+    _git(root, "init", "-q")
+    (root / "pipeline").mkdir()
+    (root / "pipeline" / "code.py").write_text("x = 1\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "notes.md").write_text("notes\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "first")
+    return root
 
 
 @pytest.fixture
 def repo(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    _git(root, "init", "-q")
-    (root / "code.py").write_text("x = 1\n")
-    _git(root, "add", "code.py")
-    _git(root, "commit", "-q", "-m", "first")
-    return root
+    return _repo(tmp_path / "repo")
 
 
 def test_the_commit_is_git_s_head_and_a_change_of_tracked_code_marks_it_dirty(repo):
@@ -42,11 +55,25 @@ def test_the_commit_is_git_s_head_and_a_change_of_tracked_code_marks_it_dirty(re
         "commit": _git(repo, "rev-parse", "HEAD"),
         "dirty": False,
     }
-    (repo / "workdir.json").write_text("{}\n")  # untracked: a workdir is not code
+    (repo / "pipeline" / "workdir.json").write_text("{}\n")  # untracked: not code
+    (repo / "docs" / "notes.md").write_text("more notes\n")  # tracked, not code
     assert provenance.code_version(str(repo))["dirty"] is False
-    (repo / "code.py").write_text("x = 2\n")
+    (repo / "pipeline" / "code.py").write_text("x = 2\n")
     assert provenance.code_version(str(repo))["dirty"] is True
     _git(repo, "commit", "-q", "-am", "second")
+    assert provenance.code_version(str(repo)) == {
+        "commit": _git(repo, "rev-parse", "HEAD"),
+        "dirty": False,
+    }
+
+
+def test_git_variables_of_the_caller_do_not_point_it_at_another_repository(
+    repo, tmp_path, monkeypatch
+):
+    other = _repo(tmp_path / "other")  # a stage started from a git hook of another repo
+    (other / "pipeline" / "code.py").write_text("changed\n")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
     assert provenance.code_version(str(repo)) == {
         "commit": _git(repo, "rev-parse", "HEAD"),
         "dirty": False,
@@ -63,6 +90,20 @@ def test_a_copy_inside_another_repository_or_outside_git_is_unknown(repo, tmp_pa
     assert provenance.code_version(str(outside)) == unknown
     monkeypatch.setenv("PATH", "")  # no git at all
     assert provenance.code_version(str(repo)) == unknown
+
+
+def test_a_process_reads_its_checkout_once(monkeypatch):
+    """A long process (a study's) keeps the commit it read first, not one checked out
+    under it later."""
+    heads = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(provenance, "code_version", lambda: {"commit": next(heads), "dirty": False})
+    provenance._first_read.cache_clear()
+    try:
+        first = provenance.this_process()
+        first["commit"] = "edited by a caller"
+        assert provenance.this_process() == {"commit": "a" * 40, "dirty": False}
+    finally:
+        provenance._first_read.cache_clear()
 
 
 def test_every_stage_records_the_commit_of_this_checkout(tmp_path):

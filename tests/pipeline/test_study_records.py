@@ -87,14 +87,17 @@ def test_a_record_of_another_fingerprint_is_named_as_ignored(tmp_path, capsys, m
 
 def test_a_record_keeps_the_commit_that_trained_it_and_study_md_counts_them(tmp_path):
     """The train stage's `code` (pipeline.core.provenance) goes into the run's record;
-    study.md names each commit with its number of runs, and records of code before
-    that as not recorded."""
+    study.md names each commit with its number of runs, a run outside git as unknown
+    and records of code before that as not recorded."""
     study = Study(smoke.get_config(), str(tmp_path))
-    jobs = [j for j in study.plan() if j.method == "har"][:3]
+    jobs = [j for j in study.plan() if j.lam is not None][:5]
+    a, b = "a" * 40, "b" * 40
     codes = [
-        {"commit": "a" * 40, "dirty": False},
-        {"commit": "b" * 40, "dirty": True},
+        {"commit": a, "dirty": False},
+        {"commit": b, "dirty": True},
+        {"commit": None, "dirty": None},  # not run from a git checkout
         None,  # a train stage written before stages recorded their code
+        {"commit": a, "dirty": False},
     ]
     for job, code in zip(jobs, codes, strict=True):
         _fake_done(study, job, val=0.8, test_primary=0.3)
@@ -105,12 +108,19 @@ def test_a_record_keeps_the_commit_that_trained_it_and_study_md_counts_them(tmp_
         stage.write_json(meta_path, meta)
     assert [study.record(j).get("code") for j in jobs] == codes
     result = report.build(study)
-    assert result["trained_by"] == {"a" * 40: 1, "b" * 40 + " (dirty)": 1, "not recorded": 1}
-    text = study_md.markdown(result, {}, {})
-    assert (
-        f"Runs trained by the code of: `{'a' * 40}` (1 run); `{'b' * 40} (dirty)` (1 run); "
-        "not recorded (1 run)." in text
+    assert result["trained_by"][0] == {"code": codes[0], "runs": 2}  # most runs first
+    assert sorted(result["trained_by"][1:], key=str) == sorted(
+        [{"code": c, "runs": 1} for c in codes[1:4]], key=str
     )
+    text = study_md.markdown(result, {}, {})
+    for part in (
+        f"`{a}`: 2 runs",
+        f"`{b}` with uncommitted changes: 1 run",
+        "unknown (not run from a git checkout): 1 run",
+        "not recorded (records written before records kept it): 1 run",
+    ):
+        assert part in text
+    assert text.count("Runs trained by the code of ") == 1
 
 
 def test_keys_lists_every_record_by_the_key_path_gives_it(tmp_path):
