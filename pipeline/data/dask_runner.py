@@ -7,16 +7,23 @@
 `apache_beam.runners.dask.dask_runner.DaskRunner` to `pipeline.data.dask_runner.DaskRunner`.)
 
 Beam's DaskRunner (apache_beam.runners.dask, Beam 2.77) turns each transform into a
-dask.bag, and has two faults that break `pipeline.preprocess`:
+dask.bag, and has three faults that break `pipeline.preprocess`:
 
   * it computes only the bag of the last transform it visits, so every other sink
     silently never runs (of a job's two splits, one is not written);
   * a ParDo's bag holds all of its outputs, main and tagged alike, and a consumer of
-    any one of them reads the whole bag (`with_outputs` streams get mixed).
+    any one of them reads the whole bag (`with_outputs` streams get mixed);
+  * a side input is a bag that the task reading it computes itself, a dask
+    computation nested inside another one over the same keys, and it can come back
+    wrong: once (the test suite of 2026-12-06, two one-thread workers on
+    this 2-core host) the task that counted the kept examples read no cut thresholds
+    and kept every example while the task that wrote the shards had cut them, so
+    manifest.json's counts silently disagreed with the shards.
 
-`DaskRunner` here keeps Beam's translation of every other transform, its options and
-its side inputs (each evaluated inside the task that reads it), but reads each
-PCollection by its tag and computes every sink.
+`DaskRunner` here keeps Beam's translation of every other transform and its options,
+but reads each PCollection by its tag, computes every sink, and makes each side input
+an ordinary dependency of the tasks that read it (the scheduler computes it once and
+hands the whole of it to each of them).
 """
 
 from __future__ import annotations
@@ -36,13 +43,33 @@ from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 
 
-def _run_bundle(items, fn, window_fn, label, side_inputs, args, kwargs) -> list:
+@dataclasses.dataclass(frozen=True)
+class _SideInputView:
+    """What a ParDo needs to read one side input, besides its values."""
+
+    view_class: type
+    view_options: dict
+    window_mapping_fn: object
+
+    def view(self, partitions: list[list]) -> SideInputMap:
+        """The side input over its computed bag (a list per partition)."""
+        values = [
+            evaluator.get_windowed_value(v, self.window_mapping_fn)
+            for part in partitions
+            for v in part
+        ]
+        return SideInputMap(self.view_class, self.view_options, values)
+
+
+def _run_bundle(items, fn, window_fn, label, views, side_values, args, kwargs) -> list:
     """Runs a DoFn over one dask partition; returns its outputs as (tag, value) pairs.
 
     Tag None is the main output. Like Beam's `apply_dofn_to_bundle`, but the
     receivers are made here, per partition, and outputs keep their tag (and those of
-    finish_bundle are kept too).
+    finish_bundle are kept too). `side_values` holds each side input's computed
+    partitions (dask substitutes them for the delayed ones), read through `views`.
     """
+    side_inputs = [v.view(parts) for v, parts in zip(views, side_values, strict=True)]
     receivers = evaluator.OneReceiver()
     handler = _OutputHandler(
         window_fn=window_fn,
@@ -57,7 +84,7 @@ def _run_bundle(items, fn, window_fn, label, side_inputs, args, kwargs) -> list:
         DoFnSignature(fn),
         handler,
         context=DoFnContext(label, state=None),
-        side_inputs=side_inputs,
+        side_inputs=side_inputs or None,
         input_args=args,
         input_kwargs=kwargs,
         user_state_context=None,
@@ -79,15 +106,29 @@ def _run_bundle(items, fn, window_fn, label, side_inputs, args, kwargs) -> list:
 
 
 class _TaggedParDo(evaluator.DaskBagOp):
-    """A ParDo whose bag holds (tag, value) pairs; `_Visitor` splits them by tag."""
+    """A ParDo whose bag holds (tag, value) pairs; `_Visitor` splits them by tag.
+
+    `side_inputs`: per side input, its `_SideInputView` and its bag."""
 
     def apply(self, input_bag, side_inputs=None):
         transform = self.transform
         args, kwargs = transform.raw_side_inputs
         main_input = next(iter(self.applied.main_inputs.values()))
         window_fn = getattr(getattr(main_input, "windowing", None), "windowfn", None)
+        side_inputs = side_inputs or []
+        views = [view for view, _ in side_inputs]
+        # A bag's delayed partitions inside an argument are dependencies of each task:
+        # dask computes them first and passes their values (dask.bag.map_partitions).
+        side_values = [bag.to_delayed() for _, bag in side_inputs]
         return input_bag.map(evaluator.get_windowed_value, window_fn).map_partitions(
-            _run_bundle, transform.fn, window_fn, transform.label, side_inputs, list(args), kwargs
+            _run_bundle,
+            transform.fn,
+            window_fn,
+            transform.label,
+            views,
+            side_values,
+            list(args),
+            kwargs,
         )
 
 
@@ -143,11 +184,15 @@ class _Visitor(PipelineVisitor):
         ]
         if len(inputs) == 1 and not isinstance(op, evaluator.Flatten):
             inputs = inputs[0]
+        if node.side_inputs and not isinstance(op, _TaggedParDo):
+            raise NotImplementedError(
+                f"DaskRunner: side inputs of {type(node.transform).__name__} "
+                f"({node.full_label}) are not supported, only those of a ParDo"
+            )
         side_inputs = [
-            SideInputMap(
-                type(si),
-                si._view_options(),
-                evaluator.DaskBagWindowedIterator(self._bag(si.pvalue), si._window_mapping_fn),
+            (
+                _SideInputView(type(si), si._view_options(), si._window_mapping_fn),
+                self._bag(si.pvalue),
             )
             for si in node.side_inputs
         ]

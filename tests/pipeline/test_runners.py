@@ -40,7 +40,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
-    """The address of a dask scheduler with 2 one-thread workers, all separate processes.
+    """(address, log file) of a dask scheduler with 2 one-thread workers, all separate
+    processes.
 
     The workers import `pipeline` and `har_tf` from this checkout (cwd and
     PYTHONPATH); everything started here is stopped at the end, whatever happened.
@@ -88,7 +89,7 @@ def dask_cluster(tmp_path_factory):
         with distributed.Client(scheduler_file=scheduler_file, timeout=60) as client:
             client.wait_for_workers(NUM_WORKERS, timeout=120)
             address = client.scheduler.address
-        yield address
+        yield address, directory / "scheduler.log"
     finally:
         _stop(procs)
 
@@ -111,6 +112,7 @@ def _records(path: str) -> set[tuple[int, int, int, bytes]]:
 
 @pytest.mark.slow
 def test_all_runners_write_the_same_records(dask_cluster, tmp_path):
+    address, scheduler_log = dask_cluster
     data_dir = tmp_path / "idx"
     idx_fixtures.write_dataset(data_dir, num_train=1_200, num_test=300, gzip_splits=("train",))
     # Four chunks of train: the runners really spread and merge them.
@@ -118,7 +120,7 @@ def test_all_runners_write_the_same_records(dask_cluster, tmp_path):
     runners = {
         "in_process": [],
         "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-        "dask": ["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"],
+        "dask": ["--runner=DaskRunner", f"--dask_client_address={address}"],
     }
     outputs = {}
     for name, beam_args in runners.items():
@@ -145,3 +147,7 @@ def test_all_runners_write_the_same_records(dask_cluster, tmp_path):
     for name, out in outputs.items():
         manifest = stage.read_json(os.path.join(out, preprocess.MANIFEST))
         assert manifest == want_manifest, name
+    # Each side input reached its tasks as a dependency: no task computed one itself
+    # through a client of its own (a worker's client connects to the scheduler as
+    # "Client-worker-..."), the nested computation that once came back empty.
+    assert "Client-worker" not in scheduler_log.read_text()
