@@ -115,7 +115,7 @@ class _EncodeChunk(beam.DoFn):
         start, stop = chunk
         inputs, clean = plan.source.read(self._split, start, stop)
         labels = preprocess_plan.corrupt(plan, self._split, start, clean)
-        keep = preprocess_plan.keep_mask(labels, plan, thresholds or {})
+        keep = preprocess_plan.keep_mask(labels, plan, thresholds)
         kept = np.flatnonzero(keep)
         ids = labels.ids[kept]
         if plan.modality == "text":

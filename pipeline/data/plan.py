@@ -427,13 +427,25 @@ def threshold(item, targets: np.ndarray):
     return c, (float(keys[t - 1]), int(ids[t - 1]))
 
 
-def keep_mask(labels: Labels, plan: Plan, thresholds: dict) -> np.ndarray:
-    """bool [n]: an example of a cut class is kept iff (key, id) <= its class threshold."""
+def keep_mask(labels: Labels, plan: Plan, thresholds: dict | None) -> np.ndarray:
+    """bool [n]: an example of a cut class is kept iff (key, id) <= its class threshold.
+
+    thresholds: None for a split that is not cut (everything kept). In a cut split
+    every cut class with an example has one (`threshold`), so a chunk holding a cut
+    class without one got an incomplete side input from its runner: an error, not a
+    chunk kept whole."""
     keep = np.ones(labels.ids.size, dtype=bool)
-    if not thresholds:
+    if thresholds is None:
         return keep
     keys = corruption.imbalance_sort_keys(labels.ids, seed=plan.seed)
     by = cut_labels(plan, labels)
+    missing = sorted((set(plan.cut_classes) & set(np.unique(by).tolist())) - set(thresholds))
+    if missing:
+        raise PipelineError(
+            f"the cut's thresholds miss class(es) {missing} of ids {int(labels.ids.min())}-"
+            f"{int(labels.ids.max())}: the Beam runner passed an incomplete side input "
+            f"(it has classes {sorted(thresholds)}); nothing was written"
+        )
     for c, (key, last_id) in thresholds.items():
         members = by == c
         keep[members] = (keys[members] < key) | (

@@ -22,6 +22,7 @@ from har_tf import corruption
 from pipeline import preprocess
 from pipeline.core import stage
 from pipeline.core.stage import PipelineError
+from pipeline.data import plan as preprocess_plan
 from pipeline.data import records, sources
 from tests import harness
 from tests.pipeline import idx_fixtures, schema_fixtures
@@ -741,3 +742,22 @@ def test_tfds_fallback_failure_explains_the_fix(tmp_path, monkeypatch):
     assert "TFDS download of 'fashion_mnist' failed" in message
     assert "cannot reach the download server" in message
     assert "apt-get install dataset-fashion-mnist" in message and "$HAR_DATA_DIR" in message
+
+
+def test_a_cut_chunk_whose_thresholds_miss_a_class_is_an_error(dataset):
+    """A runner that hands the cut's thresholds (a side input) over incomplete makes
+    the chunk fail, naming the classes, instead of keeping the chunk whole."""
+    plan = preprocess.make_plan(smoke_config(dataset[0]))
+    labels = preprocess_plan.read_labels((0, 700), plan, "train")
+    by = preprocess_plan.cut_labels(plan, labels)
+    present = sorted(set(plan.cut_classes) & set(by.tolist()))
+    assert len(present) >= 2  # the chunk holds cut classes
+    everything = {c: (float("inf"), 0) for c in plan.cut_classes}  # keeps every example
+    assert preprocess_plan.keep_mask(labels, plan, everything).all()
+    assert preprocess_plan.keep_mask(labels, plan, None).all()  # a split not cut
+    del everything[present[0]]
+    with pytest.raises(PipelineError, match=rf"miss class\(es\) \[{present[0]}\] of ids 0-699"):
+        preprocess_plan.keep_mask(labels, plan, everything)
+    listed = ", ".join(map(str, present))
+    with pytest.raises(PipelineError, match=rf"miss class\(es\) \[{listed}\]"):
+        preprocess_plan.keep_mask(labels, plan, {})
