@@ -282,6 +282,10 @@ def aggregate(study, runs: dict, selection: dict) -> dict:
                 "seeds_planned": seeds,
                 "seeds_done": sorted(per_seed),
                 "partial": len(per_seed) < len(seeds),
+                "last_epoch_fit": {
+                    seed: {key: per_seed[seed][key] for key in (FIT_ACC, FIT_MEM)}
+                    for seed in sorted(per_seed)
+                },
                 **_summaries(list(per_seed.values()), c.primary_group),
             }
         diffs = _paired_differences(results, methods, c.reference)

@@ -173,6 +173,7 @@ def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]
             + " | ".join(_ci(r["groups"].get(g)) for g in groups)
             + f" | {_ci(r['overall'])} | {_ci(mem[FIT_ACC])} | {_ci(mem[FIT_MEM])} |"
         )
+    lines += _regime_seed_lines(ref, methods.get(ref, {}).get("last_epoch_fit"))
     lines += [
         "",
         f"Paired difference against `{ref}` on the same seeds (percent points):",
@@ -200,6 +201,21 @@ def _setting_lines(setting: str, agg: dict, primary: str, ref: str) -> list[str]
                     f"| {m} | " + " | ".join(_pct(s["mean"]) for s in r["per_class"]) + " |"
                 )
     return lines
+
+
+def _regime_seed_lines(ref: str, fits: dict | None) -> list[str]:
+    """The reference's last-epoch fit per seed: whether each seed ran in the regime
+    where it memorizes its noisy labels (the protocol's criterion is judged on these)."""
+    if not fits:
+        return []
+    cells = [
+        f"seed {seed}: {_pct(f.get(FIT_ACC))} / {_pct(f.get(FIT_MEM))}" for seed, f in fits.items()
+    ]
+    return [
+        "",
+        f"`{ref}` per seed at its last epoch (training accuracy vs noisy labels / wrong "
+        "labels memorized, %): " + "; ".join(cells) + ".",
+    ]
 
 
 def _memorization_lines(methods: dict) -> list[str]:
@@ -257,7 +273,7 @@ def _analysis_lines(analysis: dict, primary: str, ref: str) -> list[str]:
     memorization against gain, tau against the true noise."""
     lines = []
     for setting, rows in analysis["comparisons"].items():
-        lines += _comparison_lines(setting, rows)
+        lines += _comparison_lines(setting, rows, ref)
     for setting, ceilings in analysis["headroom"].items():
         for ceiling, row in ceilings.items():
             lines += _headroom_lines(setting, ceiling, row, set(ceilings), primary, ref)
@@ -273,7 +289,7 @@ def _p(p) -> str:
     return "n/a" if p is None else f"{p:.4f}"
 
 
-def _comparison_lines(setting: str, rows: dict) -> list[str]:
+def _comparison_lines(setting: str, rows: dict, ref: str) -> list[str]:
     if not rows:
         return []
     groups = list(next(iter(rows.values())))
@@ -281,7 +297,8 @@ def _comparison_lines(setting: str, rows: dict) -> list[str]:
         "",
         f"## Pre-registered comparisons, setting `{setting}` (paired, points)",
         "",
-        "Beside these, each method minus the reference is in the setting's table above.",
+        f"Each method - `{ref}`, the pre-registered comparisons against `{ref}` included, "
+        "is in the setting's paired-difference table above.",
         "",
         "| comparison | " + " | ".join(groups) + " |",
         "|---" * (len(groups) + 1) + "|",
@@ -311,14 +328,18 @@ def _headroom_lines(setting, ceiling, row, ceilings, primary, ref) -> list[str]:
             "",
         ]
     lines += [
-        f"| method | gain over `{ref}` on these seeds (points) | share of the headroom | seeds |",
-        "|---|---|---|---|",
+        "A share is the gain divided by the headroom on the seeds of its row, which differs "
+        "from the headroom above when a row lacks a seed.",
+        "",
+        f"| method | gain over `{ref}` on these seeds (points) | headroom on these seeds "
+        "(points) | share of the headroom | seeds |",
+        "|---|---|---|---|---|",
     ]
     for method, share in row["share"].items():
         frac = share["share"]
         name = f"{method} (the other ceiling)" if method in ceilings else method
         lines.append(
-            f"| {name} | {_pct(share['gain'])} | "
+            f"| {name} | {_pct(share['gain'])} | {_pct(share['headroom'])} | "
             f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | {share['seeds']} |"
         )
     return lines
@@ -337,7 +358,8 @@ def _drop_lines(setting: str, rows: dict) -> list[str]:
         f"## Examples dropped, setting `{setting}` (precision and recall against the "
         "known flips, %)",
         "",
-        "| method | seed | dropped | kept | wrongly labelled | precision | recall |",
+        "| method | seed | dropped | kept | wrongly labelled in the training set, before "
+        "the drop | precision | recall |",
         "|---|---|---|---|---|---|---|",
     ]
     for method, r in rows.items():

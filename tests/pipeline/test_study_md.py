@@ -29,12 +29,24 @@ def test_headroom_table_labels_its_gain_and_the_other_ceiling():
         "## Headroom on noisy_rare, setting `main`: `erm_clean` - `erm` = "
         "8.0 [5.0, 11.0] (n=3) points"
     )
-    assert lines[3:] == [
-        "| method | gain over `erm` on these seeds (points) | share of the headroom | seeds |",
-        "|---|---|---|---|",
-        "| har | 2.0 | 25% | [0, 1, 2] |",
-        "| erm_oracle_filter (the other ceiling) | 6.0 | 75% | [0, 1, 2] |",
+    assert lines[5:] == [
+        "| method | gain over `erm` on these seeds (points) | headroom on these seeds (points) "
+        "| share of the headroom | seeds |",
+        "|---|---|---|---|---|",
+        "| har | 2.0 | 8.0 | 25% | [0, 1, 2] |",
+        "| erm_oracle_filter (the other ceiling) | 6.0 | 8.0 | 75% | [0, 1, 2] |",
     ]
+
+
+def test_a_share_shows_the_headroom_of_its_own_seeds():
+    """A row missing a seed divides by the headroom over its seeds, not the heading's:
+    the row shows that denominator, so gain / headroom reads as the share printed."""
+    row = {
+        "headroom": _summary(0.022, (0.01, 0.034)),
+        "share": {"cl_filter_har": _share(0.049, 0.056, seeds=(0, 1))},
+    }
+    lines = study_md._headroom_lines("main", "erm_clean", row, {"erm_clean"}, "g", "erm")
+    assert lines[-1] == "| cl_filter_har | 4.9 | 5.6 | 88% | [0, 1] |"
 
 
 def test_headroom_says_when_its_shares_cannot_be_read():
@@ -113,3 +125,21 @@ def test_selection_names_an_edge_pick_and_lists_the_oracle_view_in_lambda_order(
         study_md._selection_lines("har", _selection(1.0, [0.25, 1.0, 4.0], 1.0), "g")
     )
     assert "grid's edge" not in inside
+
+
+def test_the_reference_regime_is_shown_per_seed():
+    fits = {0: {"fit_accuracy": 1.0, "fit_memorized": 0.995}, 3: {"fit_accuracy": 0.987,
+            "fit_memorized": None}}  # fmt: skip
+    assert study_md._regime_seed_lines("erm", fits) == [
+        "",
+        "`erm` per seed at its last epoch (training accuracy vs noisy labels / wrong labels "
+        "memorized, %): seed 0: 100.0 / 99.5; seed 3: 98.7 / n/a.",
+    ]
+    assert study_md._regime_seed_lines("erm", None) == []
+
+
+def test_comparisons_point_to_the_differences_against_the_reference():
+    rows = {"har - drw": {"g": _summary(0.01), "overall": _summary(0.0)}}
+    lines = study_md._comparison_lines("main", rows, "erm")
+    assert "Each method - `erm`, the pre-registered comparisons against `erm` included" in lines[3]
+    assert lines[-1] == "| har - drw | 1.0 (n=3) | 0.0 (n=3) |"
