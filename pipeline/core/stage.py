@@ -51,6 +51,9 @@ METADATA = "metadata.json"
 # Inside `<stage>.partial`: the fingerprint it is being made for, so that a resumed
 # attempt never continues from checkpoints made under another config.
 PARTIAL_FINGERPRINT = "fingerprint.partial"
+# Inside `<stage>.partial`: each attempt's start and code, so that a stage finished by
+# a resumed attempt says so (its wall clock covers the last attempt only).
+PARTIAL_ATTEMPTS = "attempts.partial.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,6 +551,8 @@ def stage_output(
     fingerprint = None if config is None else fingerprints(config)[name]
     code = provenance.this_process()
     marker = os.path.join(partial, PARTIAL_FINGERPRINT)
+    attempts_file = os.path.join(partial, PARTIAL_ATTEMPTS)
+    same = False
     if os.path.exists(partial):
         same = os.path.isfile(marker) and _read_text(marker) == str(fingerprint)
         if resume and same:
@@ -555,32 +560,60 @@ def stage_output(
         else:
             logging.info("Clearing %s left by an earlier, unfinished attempt.", partial)
             shutil.rmtree(partial)
+            same = False
     os.makedirs(partial, exist_ok=True)
-    with open(marker, "w") as f:
-        f.write(str(fingerprint))
+    if not same:  # a resumed attempt's marker already says it (never left half-written)
+        _write_text(marker, str(fingerprint))
+    started = time.time()
+    earlier = _earlier_attempts(attempts_file) if same else []
+    write_json(attempts_file, [*earlier, {"started": started, "code": code}])
     if worker is not None:
         worker.barrier()
-    started = time.time()
     yield partial
-    os.remove(marker)
+    # metadata.json goes in before the rename and the markers leave after it, so that a
+    # kill at any point leaves either a resumable .partial or a complete stage.
+    files = {
+        k: v for k, v in _sizes(partial).items() if k not in (PARTIAL_FINGERPRINT, PARTIAL_ATTEMPTS)
+    }
     write_json(
         os.path.join(partial, METADATA),
         {
             "stage": name,
-            "files": _sizes(partial),
+            "files": files,
             "fingerprint": fingerprint,
             "started": started,
             "finished": time.time(),
+            "earlier_attempts": earlier,
             "argv": list(sys.argv),
             "code": code,
             "config": None if config is None else config_section(config, name),
         },
     )
     os.rename(partial, final)
+    for leftover in (PARTIAL_FINGERPRINT, PARTIAL_ATTEMPTS):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(final, leftover))
     logging.info("Stage '%s' complete: %s", name, final)
     discard_stale(workdir, name)
     if worker is not None:
         worker.barrier()
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes a small text file through a temporary file (never seen half-written)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _earlier_attempts(path: str) -> list[dict]:
+    """The attempts recorded in a resumed `.partial` (none: it predates the record, or
+    a kill cut it short: the stage then reports no earlier attempt it cannot prove)."""
+    try:
+        attempts = read_json(path)
+    except PipelineError:
+        return []
+    return attempts if isinstance(attempts, list) else []
 
 
 def _sizes(directory: str) -> dict[str, int]:

@@ -156,6 +156,8 @@ def done_record(fingerprint: str, cell_dir: str, run_dir: str, run_name: str) ->
     extra = {}
     if meta.get("code") is not None:  # the commit that trained it (pipeline.core.provenance)
         extra["code"] = meta["code"]
+    if meta.get("earlier_attempts"):  # resumed: started/finished cover the last attempt
+        extra["earlier_attempts"] = meta["earlier_attempts"]
     # What the run trained on when it dropped examples or used other labels.
     chosen = os.path.join(train, run_name, training_set.SUMMARY)
     if os.path.isfile(chosen):

@@ -395,14 +395,25 @@ def trained_by(study, jobs) -> list[dict]:
     for job in set(jobs):
         record = _done(study, job)
         if record is not None:
-            code = record.get("code")
-            key = None if code is None else (code.get("commit"), code.get("dirty"))
+            final = _code_key(record.get("code"))
+            earlier = [_code_key(a.get("code")) for a in record.get("earlier_attempts", [])]
+            key = (final, tuple(k for k in dict.fromkeys(earlier) if k != final))
             counts[key] = counts.get(key, 0) + 1
-    entries = [
-        {"code": None if key is None else {"commit": key[0], "dirty": key[1]}, "runs": n}
-        for key, n in counts.items()
-    ]
+    entries = []
+    for (final, earlier), n in counts.items():
+        entry = {"code": _code_dict(final), "runs": n}
+        if earlier:  # resumed attempts begun by other code
+            entry["resumed_from"] = [_code_dict(k) for k in earlier]
+        entries.append(entry)
     return sorted(entries, key=lambda e: (-e["runs"], str(e["code"])))
+
+
+def _code_key(code: dict | None):
+    return None if code is None else (code.get("commit"), code.get("dirty"))
+
+
+def _code_dict(key) -> dict | None:
+    return None if key is None else {"commit": key[0], "dirty": key[1]}
 
 
 def tau_by_cell(study, jobs) -> dict:
@@ -527,8 +538,12 @@ def _write(study, out: str) -> dict:
 
 
 def _duration(study, job: Job) -> float | None:
+    """A done run's wall clock; None for a run resumed from an earlier attempt (its
+    started/finished cover the last attempt only), or one not done."""
     record = _done(study, job)
-    return None if record is None else record["finished"] - record["started"]
+    if record is None or record.get("earlier_attempts"):
+        return None
+    return record["finished"] - record["started"]
 
 
 def _kind(study, job: Job) -> str:

@@ -59,9 +59,18 @@ def _trained_by_lines(trained_by: list | None) -> list[str]:
         elif code["commit"] is None:
             label = "unknown (not run from a git checkout)"
         else:
-            label = f"`{code['commit']}`" + (" with uncommitted changes" if code["dirty"] else "")
+            label = _code_label(code)
+        if entry.get("resumed_from"):
+            begun = ", ".join(_code_label(c) for c in entry["resumed_from"])
+            label += f" (resuming runs begun by {begun})"
         parts.append(f"{label}: {n} run{'s' * (n != 1)}")
     return ["", "Runs trained by the code of " + "; ".join(parts) + "."]
+
+
+def _code_label(code: dict | None) -> str:
+    if code is None or code["commit"] is None:
+        return "unknown code"
+    return f"`{code['commit']}`" + (" with uncommitted changes" if code["dirty"] else "")
 
 
 def markdown(result: dict, plots: dict, runtimes: dict) -> str:
@@ -428,6 +437,9 @@ def _runtime_lines(runtimes: dict) -> list[str]:
     lines = [
         "",
         "## Runtime (train stage, wall clock)",
+        "",
+        "Runs resumed from an earlier attempt are left out (their records say so; "
+        "records written before records kept it do not).",
         "",
         "| setting, kind | runs | mean s | total s |",
         "|---|---|---|---|",

@@ -140,6 +140,34 @@ def test_fingerprint_of_an_erm_only_train_ignores_tau():
     assert changed["estimate_tau"] != base["estimate_tau"]
 
 
+def test_a_kill_while_a_stage_completes_leaves_it_resumable_or_complete(tmp_path, monkeypatch):
+    """Killed after its body returned, a stage is never discarded: before the rename its
+    .partial still resumes (with its checkpoint); after it, the stage is complete."""
+    workdir, config = str(tmp_path), _config()
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "rename", killed)
+        with pytest.raises(KeyboardInterrupt):
+            with stage.stage_output(workdir, "train", config, resume=True) as out:
+                open(os.path.join(out, "ckpt"), "w").close()
+    with stage.stage_output(workdir, "train", config, resume=True) as out:
+        assert os.path.isfile(os.path.join(out, "ckpt"))  # resumed, not cleared
+    meta = stage.read_json(os.path.join(workdir, "train", stage.METADATA))
+    assert len(meta["earlier_attempts"]) == 1
+    shutil.rmtree(os.path.join(workdir, "train"))
+    with monkeypatch.context() as m:
+        m.setattr(os, "remove", killed)
+        with pytest.raises(KeyboardInterrupt):
+            with stage.stage_output(workdir, "train", config) as out:
+                open(os.path.join(out, "ckpt"), "w").close()
+    fps = stage.fingerprints(config)
+    assert stage.state(workdir, "train", fps["train"]) == "current"
+    assert stage.read_json(os.path.join(workdir, "train", stage.METADATA))["earlier_attempts"] == []
+
+
 def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     workdir = str(tmp_path)
     config = _config()
@@ -153,7 +181,7 @@ def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     # A non-resuming stage clears what the earlier attempt left...
     with pytest.raises(RuntimeError):
         with stage.stage_output(workdir, "train", config) as out:
-            assert os.listdir(out) == [stage.PARTIAL_FINGERPRINT]
+            assert sorted(os.listdir(out)) == [stage.PARTIAL_ATTEMPTS, stage.PARTIAL_FINGERPRINT]
             open(os.path.join(out, "ckpt"), "w").close()
             raise RuntimeError("killed")
     # ... a resuming one keeps it.
@@ -163,8 +191,13 @@ def test_stage_output_records_fingerprint_and_clears_or_resumes(tmp_path):
     assert stage.stored_fingerprint(workdir, "train") == fps["train"]
     assert not os.path.exists(partial)
     assert not os.path.exists(os.path.join(workdir, "train", stage.PARTIAL_FINGERPRINT))
+    assert sorted(os.listdir(os.path.join(workdir, "train"))) == ["ckpt", stage.METADATA]
     meta = stage.read_json(os.path.join(workdir, "train", stage.METADATA))
     assert meta["started"] <= meta["finished"] and isinstance(meta["argv"], list)
+    # The cleared attempt is gone; the killed one the stage resumed from is recorded.
+    (earlier,) = meta["earlier_attempts"]
+    assert earlier["started"] < meta["started"] and earlier["code"] == meta["code"]
+    assert set(meta["files"]) == {"ckpt"}
     # The fields the fingerprint read, as config_section gives them.
     assert meta["config"]["train"]["epochs"] == config.train.epochs
     # (A field at its NEUTRAL_DEFAULTS value is left out, as if it did not exist.)

@@ -123,6 +123,36 @@ def test_a_record_keeps_the_commit_that_trained_it_and_study_md_counts_them(tmp_
     assert text.count("Runs trained by the code of ") == 1
 
 
+def test_a_resumed_run_names_its_earlier_attempts_and_leaves_the_runtimes(tmp_path):
+    """A train stage finished by a resumed attempt (stage metadata's earlier_attempts)
+    carries them into its record: study.md names the code that began it, and its
+    wall clock, the last attempt's only, is not counted as a run's runtime."""
+    study = Study(smoke.get_config(), str(tmp_path))
+    jobs = [j for j in study.plan() if j.lam is not None][:3]
+    a, c = {"commit": "a" * 40, "dirty": False}, {"commit": "c" * 40, "dirty": False}
+    earlier = [
+        [],
+        [{"started": 1.0, "code": c}, {"started": 2.0, "code": a}],
+        [{"started": 1.0, "code": a}],  # resumed by the same code
+    ]
+    for job, attempts in zip(jobs, earlier, strict=True):
+        _fake_done(study, job, val=0.8, test_primary=0.3)
+        meta_path = os.path.join(study.paths(job)[1], "train", stage.METADATA)
+        meta = stage.read_json(meta_path)
+        meta.update(code=a, earlier_attempts=attempts, started=10.0, finished=15.0)
+        stage.write_json(meta_path, meta)
+    assert [study.record(j).get("earlier_attempts") for j in jobs] == [None, *earlier[1:]]
+    result = report.build(study)
+    assert sorted(result["trained_by"], key=str) == sorted(
+        [{"code": a, "runs": 2}, {"code": a, "runs": 1, "resumed_from": [c]}], key=str
+    )
+    text = study_md.markdown(result, {}, {})
+    assert f"`{'a' * 40}` (resuming runs begun by `{'c' * 40}`): 1 run" in text
+    runtimes = report.runtime_table(study)
+    assert [list(runs.values()) for runs in runtimes.values()] == [[5.0]]
+    assert list(next(iter(runtimes.values()))) == [f"seed{jobs[0].seed}/{study.run_name(jobs[0])}"]
+
+
 def test_keys_lists_every_record_by_the_key_path_gives_it(tmp_path):
     written = ["noaug/seed1/har_lam0p5", "main/seed0/erm", "main/seed10/unif_lam4"]
     for key in written:
