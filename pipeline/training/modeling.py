@@ -282,9 +282,13 @@ def fit(
     With section.deterministic, TensorFlow's op determinism is enabled, so a resumed
     fit ends with the same weights as an uninterrupted one (the tf.data input is
     advanced by the completed epochs, so that each epoch sees its own shuffle and
-    augmentation). With `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/`
-    (if the `tensorboard` package is installed; else a warning). section.verbose is
-    Keras's progress output (--quiet sets it to 0, `cli.config_from_flags`).
+    augmentation). That holds for input of unknown length, as the pipeline's TFRecord
+    datasets are; for a dataset whose length tf.data knows (from_tensor_slices then
+    shuffle, no filter) a resumed fit sees other epoch orders than an uninterrupted
+    one, so its weights differ (found by a review, not fixed). With `tensorboard`,
+    TensorBoard logs go to `out_dir/tensorboard/` (if the `tensorboard` package is
+    installed; else a warning). section.verbose is Keras's progress output (--quiet
+    sets it to 0, `cli.config_from_flags`).
 
     With section.strategy "multi_worker" the epochs run in pipeline.training.multi_worker's
     loop (Keras's fit does not run under that strategy) and only the chief writes;
