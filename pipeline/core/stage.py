@@ -506,13 +506,16 @@ def _strict(obj: Any) -> Any:
     return obj
 
 
+def write_text(path: str, text: str) -> None:
+    """Writes a text file through a temporary file so a reader never sees half of it."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def write_json(path: str, obj: Any) -> None:
     """Writes strict JSON through a temporary file so a reader never sees half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_strict(obj), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -563,7 +566,7 @@ def stage_output(
             same = False
     os.makedirs(partial, exist_ok=True)
     if not same:  # a resumed attempt's marker already says it (never left half-written)
-        _write_text(marker, str(fingerprint))
+        write_text(marker, str(fingerprint))
     started = time.time()
     earlier = _earlier_attempts(attempts_file) if same else []
     write_json(attempts_file, [*earlier, {"started": started, "code": code}])
@@ -597,13 +600,6 @@ def stage_output(
     discard_stale(workdir, name)
     if worker is not None:
         worker.barrier()
-
-
-def _write_text(path: str, text: str) -> None:
-    """Writes a small text file through a temporary file (never seen half-written)."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _earlier_attempts(path: str) -> list[dict]:

@@ -525,15 +525,11 @@ def write(study) -> dict:
 def _write(study, out: str) -> dict:
     result = build(study)
     stage.write_json(os.path.join(out, "study.json"), result)
-    with open(os.path.join(out, "COMMIT.tmp"), "w") as f:
-        f.write(f"{result['code']['commit']}{' (dirty)' if result['code']['dirty'] else ''}\n")
-    os.replace(os.path.join(out, "COMMIT.tmp"), os.path.join(out, "COMMIT"))
+    dirty = " (dirty)" if result["code"]["dirty"] else ""
+    stage.write_text(os.path.join(out, "COMMIT"), f"{result['code']['commit']}{dirty}\n")
     plots = study_plots.write_all(result, out)
     runtimes = runtime_table(study)
-    text = study_md.markdown(result, plots, runtimes)
-    with open(os.path.join(out, "study.md.tmp"), "w") as f:
-        f.write(text)
-    os.replace(os.path.join(out, "study.md.tmp"), os.path.join(out, "study.md"))
+    stage.write_text(os.path.join(out, "study.md"), study_md.markdown(result, plots, runtimes))
     return result
 
 
