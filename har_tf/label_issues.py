@@ -16,6 +16,10 @@ EXTRA_HINT = (
     'install the label-issues extra: pip install "har-tf[label-issues]" (cleanlab and pandas)'
 )
 COLUMNS = ("id", "given_label", "predicted_label", "label_quality", "is_label_issue")
+# cleanlab's CleanLearning keeps at least this many examples of each given label
+# (its default for find_label_issues; cleanlab.filter's own default is 1), so that a
+# rare class is never pruned to a handful.
+MIN_EXAMPLES_PER_CLASS = 10
 
 
 def require_cleanlab():
@@ -57,7 +61,9 @@ def find_label_issues(labels, pred_probs, *, ids=None):
         id (int64), given_label (int64), predicted_label (int64, argmax of
         pred_probs), label_quality (float64 in [0, 1]: cleanlab's self-confidence,
         the probability of the given label; low = likely mislabelled),
-        is_label_issue (bool: cleanlab.filter.find_label_issues, prune by noise rate).
+        is_label_issue (bool: cleanlab.filter.find_label_issues, prune by noise rate,
+        with CleanLearning's MIN_EXAMPLES_PER_CLASS: the flags CleanLearning's own
+        find_label_issues gives for these probabilities).
     """
     require_cleanlab()
     import cleanlab.filter
@@ -71,7 +77,9 @@ def find_label_issues(labels, pred_probs, *, ids=None):
     # n_jobs=1: cleanlab would otherwise fork a pool of processes (one per core) on
     # every call, from a process that has TensorFlow loaded; its flags are the same
     # for any n_jobs (its docstring), and one process is faster at these sizes.
-    flags = cleanlab.filter.find_label_issues(labels, pred_probs, n_jobs=1)
+    flags = cleanlab.filter.find_label_issues(
+        labels, pred_probs, n_jobs=1, min_examples_per_class=MIN_EXAMPLES_PER_CLASS
+    )
     quality = cleanlab.rank.get_label_quality_scores(labels, pred_probs)
     return pd.DataFrame(
         {

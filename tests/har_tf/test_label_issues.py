@@ -42,6 +42,31 @@ def test_find_label_issues_flags_the_flipped_examples():
     np.testing.assert_array_equal(frame["is_label_issue"], flip)
 
 
+def test_flags_equal_cleanlearning_where_a_rare_class_would_be_pruned_away():
+    # Class 2 has 12 examples, 8 of them really class 0. cleanlab.filter's default
+    # (keep at least 1) flags most of the 8; CleanLearning keeps at least 10 per class.
+    cleanlab_classification = pytest.importorskip("cleanlab.classification")
+    import cleanlab.filter
+
+    rng = np.random.default_rng(0)
+    given = np.repeat([0, 1, 2], [200, 200, 12])
+    clean = given.copy()
+    clean[-8:] = 0
+    logits = rng.normal(size=(len(given), 3))
+    logits[np.arange(len(given)), clean] += 4.0
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    reference = cleanlab_classification.CleanLearning().find_label_issues(
+        labels=given, pred_probs=proba
+    )
+    frame = label_issues.find_label_issues(given, proba)
+    np.testing.assert_array_equal(frame["is_label_issue"], reference["is_label_issue"])
+    np.testing.assert_allclose(frame["label_quality"], reference["label_quality"])
+    # The case binds: with cleanlab.filter's default the rare class loses more.
+    loose = cleanlab.filter.find_label_issues(given, proba, n_jobs=1)
+    assert loose[given == 2].sum() > frame["is_label_issue"][given == 2].sum() > 0
+    assert (~frame["is_label_issue"][given == 2]).sum() >= label_issues.MIN_EXAMPLES_PER_CLASS
+
+
 @pytest.mark.parametrize(
     "labels,proba,match",
     [
