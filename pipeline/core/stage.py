@@ -506,11 +506,40 @@ def _strict(obj: Any) -> Any:
     return obj
 
 
+def replace_durably(tmp: str, path: str) -> None:
+    """Renames the finished file `tmp` to `path` so that a crash of the host, not only
+    of the process, leaves either the old `path` or the whole new one.
+
+    `os.replace` alone is atomic for readers, but the kernel may write the rename to
+    disk before the file's data: after a power loss `path` can then exist and be
+    empty. So the data is flushed (fsync of `tmp`, whoever wrote it: TensorFlow's
+    writers included) before the rename, and the directory after it, so that the
+    rename itself survives.
+    """
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write_text(path: str, text: str) -> None:
-    """Writes a text file through a temporary file so a reader never sees half of it."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    """Writes a text file through a temporary file so a reader never sees half of it,
+    and a host crash leaves the old file or the new one (`replace_durably`)."""
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        replace_durably(path + ".tmp", path)
+    except BaseException:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
 
 
 def write_json(path: str, obj: Any) -> None:

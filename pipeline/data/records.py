@@ -22,6 +22,8 @@ import uuid
 
 import tensorflow as tf
 
+from pipeline.core import stage
+
 SPLITS = ("train", "test")
 SUFFIX = ".tfrecord"
 
@@ -119,7 +121,7 @@ def write_shard(path: str, serialized) -> None:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in serialized:
                 writer.write(record)
-        os.replace(tmp, path)
+        stage.replace_durably(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -34,6 +34,7 @@ from absl import logging
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
+from pipeline.core import stage
 from pipeline.core.stage import PipelineError
 from pipeline.data import records
 from pipeline.data_validation import anomalies as data_anomalies
@@ -61,7 +62,7 @@ def write_text_proto(path: str, message) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text_format.MessageToString(message))
-        os.replace(tmp, path)
+        stage.replace_durably(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -140,7 +140,7 @@ def write(workdir: str, key: str, record: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(record, f, sort_keys=True, separators=(",", ":"), allow_nan=False)
         f.write("\n")
-    os.replace(tmp, p)
+    stage.replace_durably(tmp, p)
 
 
 def done_record(fingerprint: str, cell_dir: str, run_dir: str, run_name: str) -> dict:

@@ -230,7 +230,7 @@ class EpochCheckpoint(EpochLogs):
         stage.write_json(os.path.join(self.directory, CHECKPOINT_HISTORY), self.history)
         tmp = os.path.join(self.directory, "tmp-" + _CKPT.format(epoch + 1))
         self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, os.path.join(self.directory, _CKPT.format(epoch + 1)))
+        stage.replace_durably(tmp, os.path.join(self.directory, _CKPT.format(epoch + 1)))
         for old in range(epoch + 1):
             path = os.path.join(self.directory, _CKPT.format(old))
             if os.path.exists(path):
@@ -362,7 +362,7 @@ def finish_fit(model: HARModel, logs: list[dict], out_dir: str, *, resume: bool)
             raise TrainingDiverged(f"training diverged: {k} became {vals[-1]} (history {vals})")
     tmp = os.path.join(out_dir, "tmp-model.keras")
     model.save(tmp)
-    os.replace(tmp, os.path.join(out_dir, "model.keras"))
+    stage.replace_durably(tmp, os.path.join(out_dir, "model.keras"))
     stage.write_json(os.path.join(out_dir, "history.json"), hist)
     if resume:
         shutil.rmtree(os.path.join(out_dir, CHECKPOINTS), ignore_errors=True)
