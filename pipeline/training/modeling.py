@@ -264,6 +264,21 @@ def restore_checkpoint(model: HARModel, directory: str) -> tuple[int, list[dict]
     return epoch, history
 
 
+def epoch_steps(train_ds) -> int | None:
+    """The `steps_per_epoch` that gives epoch k the dataset's k-th iterator, which the
+    resume replay in `fit` relies on.
+
+    Keras 3.15 makes one iterator per epoch for a dataset of unknown length (None
+    here), but for one whose length tf.data knows and no `steps_per_epoch` it makes two
+    per epoch (one at its start and one it discards at its end), so epochs 1, 2, 3 of
+    a fit see the dataset's iterators 1, 3, 5 and a fit resumed after epoch 1 sees
+    others. Given the known length as `steps_per_epoch`, it keeps each epoch's
+    end-of-epoch iterator for the next epoch: one per epoch again.
+    """
+    cardinality = int(train_ds.cardinality()) if hasattr(train_ds, "cardinality") else -2
+    return cardinality if cardinality > 0 else None
+
+
 def fit(
     model: HARModel,
     train_ds,
@@ -283,9 +298,8 @@ def fit(
     fit ends with the same weights as an uninterrupted one (the tf.data input is
     advanced by the completed epochs, so that each epoch sees its own shuffle and
     augmentation). That holds for input of unknown length, as the pipeline's TFRecord
-    datasets are; for a dataset whose length tf.data knows (from_tensor_slices then
-    shuffle, no filter) a resumed fit sees other epoch orders than an uninterrupted
-    one, so its weights differ (found by a review, not fixed). With `tensorboard`,
+    datasets are, and for a dataset whose length tf.data knows (`epoch_steps`). With
+    `tensorboard`,
     TensorBoard logs go to `out_dir/tensorboard/` (if the `tensorboard` package is
     installed; else a warning). section.verbose is Keras's progress output (--quiet
     sets it to 0, `cli.config_from_flags`).
@@ -330,6 +344,7 @@ def fit(
             train_ds,
             epochs=section.epochs,
             initial_epoch=initial_epoch,
+            steps_per_epoch=epoch_steps(train_ds),
             verbose=section.verbose,
             shuffle=False,
             callbacks=callbacks,
