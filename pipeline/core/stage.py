@@ -516,17 +516,17 @@ def replace_durably(tmp: str, path: str) -> None:
     writers included) before the rename, and the directory after it, so that the
     rename itself survives.
     """
-    fd = os.open(tmp, os.O_RDONLY)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def write_text(path: str, text: str) -> None:

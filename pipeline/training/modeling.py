@@ -275,7 +275,9 @@ def epoch_steps(train_ds) -> int | None:
     others. Given the known length as `steps_per_epoch`, it keeps each epoch's
     end-of-epoch iterator for the next epoch: one per epoch again.
     """
-    cardinality = int(train_ds.cardinality()) if hasattr(train_ds, "cardinality") else -2
+    if not isinstance(train_ds, tf.data.Dataset):
+        return None
+    cardinality = int(train_ds.cardinality())  # < 0: unknown or infinite
     return cardinality if cardinality > 0 else None
 
 
@@ -299,9 +301,8 @@ def fit(
     advanced by the completed epochs, so that each epoch sees its own shuffle and
     augmentation). That holds for input of unknown length, as the pipeline's TFRecord
     datasets are, and for a dataset whose length tf.data knows (`epoch_steps`). With
-    `tensorboard`,
-    TensorBoard logs go to `out_dir/tensorboard/` (if the `tensorboard` package is
-    installed; else a warning). section.verbose is Keras's progress output (--quiet
+    `tensorboard`, TensorBoard logs go to `out_dir/tensorboard/` (if the `tensorboard`
+    package is installed; else a warning). section.verbose is Keras's progress output (--quiet
     sets it to 0, `cli.config_from_flags`).
 
     With section.strategy "multi_worker" the epochs run in pipeline.training.multi_worker's

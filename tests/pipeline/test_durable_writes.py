@@ -10,6 +10,7 @@ writer of a file a later stage or session relies on goes through the helper.
 import os
 
 import pytest
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from pipeline.core import stage
 from pipeline.data import records as tfrecords
@@ -82,8 +83,6 @@ def test_run_records_shards_and_protos_go_through_it(tmp_path, durable):
     shard = str(tmp_path / "train-00000-of-00001.tfrecord")
     tfrecords.write_shard(shard, [b"x", b"y"])
     proto = str(tmp_path / "schema.pbtxt")
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
     validate.write_text_proto(proto, schema_pb2.Schema())
     written = [path for _, path in durable]
     assert written == [run_records.path(str(tmp_path), "main/seed0/erm"), shard, proto]
